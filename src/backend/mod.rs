@@ -1,0 +1,97 @@
+//! The kernel mechanisms, one module each. Each turns "take `mode` on `range`" and
+//! "release `range`" into its system call; the table and the waits live elsewhere.
+
+pub(crate) mod flock;
+pub(crate) mod ofd;
+pub(crate) mod posix;
+
+use std::os::fd::BorrowedFd;
+
+use crate::range::{ByteRange, RESERVED};
+use crate::sys::{Errno, KernelCall};
+use crate::{Backend, Mode};
+
+/// The call that takes `mode` on `range`: blocking (`wait`) for a waiter child, or
+/// non-blocking.
+pub(crate) fn lock_call(backend: Backend, range: ByteRange, mode: Mode, wait: bool) -> KernelCall {
+    match backend {
+        Backend::Flock => flock::call(Some(mode), wait),
+        Backend::Ofd => ofd::call(range, Some(mode), wait),
+        _ => posix::call(range, Some(mode), wait),
+    }
+}
+
+/// Makes a non-blocking call: sets `mode` on `range`, or releases it when `None`.
+pub(crate) fn apply(
+    fd: BorrowedFd<'_>,
+    backend: Backend,
+    range: ByteRange,
+    mode: Option<Mode>,
+) -> Result<(), Errno> {
+    match backend {
+        Backend::Flock => flock::call(mode, false),
+        Backend::Ofd => ofd::call(range, mode, false),
+        _ => posix::call(range, mode, false),
+    }
+    .run(fd)
+}
+
+impl KernelCall {
+    /// Makes the call in this thread.
+    pub(crate) fn run(self, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+        match self {
+            KernelCall::Flock { op } => crate::sys::flock(fd, op),
+            KernelCall::Fcntl { cmd, mut fl } => crate::sys::fcntl_lock(fd, cmd, &mut fl),
+        }
+    }
+}
+
+/// A `struct flock` for `range` (clamped below the reserved offsets) and `mode`.
+pub(crate) fn record(range: ByteRange, mode: Option<Mode>) -> libc::flock {
+    // SAFETY: struct flock is plain data for which all-zero bytes are valid.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = match mode {
+        None => libc::F_UNLCK,
+        Some(Mode::Shared) => libc::F_RDLCK,
+        Some(Mode::Exclusive) => libc::F_WRLCK,
+    } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = range.start as libc::off_t;
+    fl.l_len = (range.end.min(RESERVED) - range.start) as libc::off_t;
+    fl
+}
+
+/// A lock `F_GETLK`/`F_OFD_GETLK` reported: its range (to the end when the kernel's
+/// length is 0 or reaches the reserved offsets), its mode and its pid (-1 for OFD).
+pub(crate) fn reported(fl: &libc::flock) -> Option<(ByteRange, Mode, i32)> {
+    let mode = match fl.l_type as libc::c_int {
+        libc::F_RDLCK => Mode::Shared,
+        libc::F_WRLCK => Mode::Exclusive,
+        _ => return None,
+    };
+    let start = (fl.l_start.max(0) as u64).min(RESERVED - 1);
+    let end = if fl.l_len <= 0 {
+        RESERVED
+    } else {
+        start.saturating_add(fl.l_len as u64).min(RESERVED)
+    };
+    Some((ByteRange { start, end }, mode, fl.l_pid))
+}
+
+/// Asks the kernel for a lock of another owner that conflicts with `mode` on `range`
+/// (`F_OFD_GETLK` or `F_GETLK`; flock has no such call).
+pub(crate) fn conflicting(
+    fd: BorrowedFd<'_>,
+    backend: Backend,
+    range: ByteRange,
+    mode: Mode,
+) -> Result<Option<(ByteRange, Mode, i32)>, Errno> {
+    let cmd = if backend == Backend::Ofd {
+        libc::F_OFD_GETLK
+    } else {
+        libc::F_GETLK
+    };
+    let mut fl = record(range, Some(mode));
+    crate::sys::fcntl_lock(fd, cmd, &mut fl)?;
+    Ok(reported(&fl))
+}

@@ -1,0 +1,447 @@
+//! The `unilock` handle and its functions.
+//!
+//! These are C entry points: C callers cannot see Rust's `unsafe`, so the functions
+//! are safe to call with any argument the header allows, checking every pointer
+//! before use (the lint that asks for `unsafe fn` is silenced for that reason).
+
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
+use std::ffi::{CStr, c_char, c_int};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+use super::boundary::{guard, null_argument};
+use crate::{Error, Holder, Lock, Mode, Options, Result};
+
+/// A backend bit (`UNILOCK_BACKEND_*`). A plain integer type rather than a C enum, so
+/// that any value a caller passes is defined behaviour and gets `-EINVAL` when unknown.
+pub type unilock_backend = u32;
+/// The default backend: FLOCK.
+pub const UNILOCK_BACKEND_DEFAULT: unilock_backend = 0;
+/// `flock(2)`: whole files; excludes flock(1), gofrs/flock, Python filelock.
+pub const UNILOCK_BACKEND_FLOCK: unilock_backend = 1;
+/// OFD locks (`F_OFD_SETLK`): byte ranges owned by the handle.
+pub const UNILOCK_BACKEND_OFD: unilock_backend = 2;
+/// POSIX record locks (`F_SETLK`): byte ranges; the library makes each handle an owner.
+pub const UNILOCK_BACKEND_POSIX: unilock_backend = 4;
+/// Lock files by existence (`path.lock`); not supported in this version.
+pub const UNILOCK_BACKEND_DOTLOCK: unilock_backend = 8;
+
+/// A lock mode (`UNILOCK_SHARED`, `UNILOCK_EXCLUSIVE`); a plain integer type for the
+/// same reason as `unilock_backend`.
+pub type unilock_mode = u32;
+/// A read lock: any number of shared holders.
+pub const UNILOCK_SHARED: unilock_mode = 1;
+/// A write lock: one holder.
+pub const UNILOCK_EXCLUSIVE: unilock_mode = 2;
+
+/// `unilock_options.flags`: create the file if missing (mode `.mode`, 0600 when 0).
+pub const UNILOCK_CREATE: u32 = 1;
+/// Follow a symbolic link in the last component (refused with `-ELOOP` by default).
+pub const UNILOCK_FOLLOW: u32 = 2;
+/// Keep the descriptor across exec (close-on-exec by default).
+pub const UNILOCK_INHERIT: u32 = 4;
+/// Delete the lock file once no lock is held on it; not supported in this version.
+pub const UNILOCK_UNLINK: u32 = 8;
+/// FIFO hand-off among fair waiters; not supported in this version.
+pub const UNILOCK_FAIR: u32 = 16;
+
+/// How to open a handle. Set `size` to `sizeof(unilock_options)` (or call
+/// `unilock_options_init`): the struct may grow in later versions and the library reads
+/// only what the caller's version has. A `size` smaller than this first version gives
+/// `-EINVAL`; non-zero bytes past what this version knows give `-E2BIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct unilock_options {
+    /// `sizeof(unilock_options)`.
+    pub size: u32,
+    /// `unilock_backend` bits; 0 means FLOCK.
+    pub backends: u32,
+    /// `UNILOCK_CREATE`, `UNILOCK_FOLLOW`, `UNILOCK_INHERIT`, ... bits.
+    pub flags: u32,
+    /// Permission bits of a created file; 0 means 0600 (the umask applies).
+    pub mode: u32,
+    /// DOTLOCK: not refreshed this many seconds = stale; 0 = only a dead owner.
+    pub stale_after_s: u32,
+}
+
+/// One lock on a file and who holds it.
+/// cbindgen:field-names=[backend, mode, start, len, pid, self, command]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct unilock_holder {
+    /// The one mechanism that holds it.
+    pub backend: unilock_backend,
+    /// Its mode.
+    pub mode: unilock_mode,
+    /// First byte.
+    pub start: u64,
+    /// Length; 0 means to the end of the file and beyond.
+    pub len: u64,
+    /// A live process that holds it; -1 when it cannot be known.
+    pub pid: i32,
+    /// 1 when this process holds it.
+    pub is_self: i32,
+    /// The holder's command name, NUL-terminated; "" when unknown.
+    pub command: [c_char; 16],
+}
+
+/// An open lock handle: one lock owner on one file. Opaque.
+pub struct unilock {
+    tag: u64,
+    lock: Lock,
+}
+
+const LIVE: u64 = 0x756e_696c_6f63_6b21; // "unilock!"
+const DEAD: u64 = 0x6465_6164_6c6f_636b; // "deadlock"
+
+/// Borrows the handle behind `l`: `-EINVAL` for NULL, `-EBADF` when the tag says it
+/// is not a live handle (closed, or not made by this library).
+///
+/// # Safety
+/// `l` is NULL or points to readable memory of at least a handle's size.
+unsafe fn handle<'a>(l: *const unilock) -> Result<&'a Lock> {
+    if l.is_null() {
+        return Err(null_argument("the handle"));
+    }
+    // SAFETY: non-null, and the caller passes a pointer from unilock_open (or memory
+    // at least that large): reading the tag first tells a live handle from others.
+    let tag = unsafe { std::ptr::read_volatile(&(*l).tag) };
+    if tag != LIVE {
+        return Err(Error::new(
+            libc::EBADF,
+            "not an open unilock handle (closed, or foreign)",
+        ));
+    }
+    // SAFETY: the tag says this is a live handle made by Box::into_raw.
+    Ok(unsafe { &(*l).lock })
+}
+
+fn timeout(ms: i64) -> Option<Duration> {
+    (ms >= 0).then(|| Duration::from_millis(ms as u64))
+}
+
+fn mode(raw: unilock_mode) -> Result<Mode> {
+    Mode::from_raw(raw).ok_or_else(|| {
+        Error::new(
+            libc::EINVAL,
+            format!("mode {raw} is neither UNILOCK_SHARED nor UNILOCK_EXCLUSIVE"),
+        )
+    })
+}
+
+/// The largest options struct accepted (as the kernel caps such structs at a page).
+const MAX_OPTIONS_SIZE: u32 = 4096;
+
+/// Reads a caller's options struct by its `size`.
+///
+/// # Safety
+/// `o` is NULL or points to `o->size` readable bytes.
+unsafe fn read_options(o: *const unilock_options) -> Result<Options> {
+    if o.is_null() {
+        return Ok(Options::default());
+    }
+    // SAFETY: `size` is the first field; every version of the struct has it.
+    let size = unsafe { std::ptr::read_unaligned(o.cast::<u32>()) };
+    let known = std::mem::size_of::<unilock_options>() as u32;
+    if size < known {
+        return Err(Error::new(
+            libc::EINVAL,
+            format!("options size {size} is smaller than this library's {known}; set .size"),
+        ));
+    }
+    if size > MAX_OPTIONS_SIZE {
+        return Err(Error::new(
+            libc::E2BIG,
+            format!("options size {size} is too large"),
+        ));
+    }
+    // SAFETY: the caller promises `size` readable bytes at `o`.
+    let bytes = unsafe { std::slice::from_raw_parts(o.cast::<u8>(), size as usize) };
+    if bytes[known as usize..].iter().any(|&b| b != 0) {
+        return Err(Error::new(
+            libc::E2BIG,
+            "options set fields this version of the library does not know",
+        ));
+    }
+    // SAFETY: at least `known` bytes are readable; the struct is plain data.
+    let ours = unsafe { std::ptr::read_unaligned(o) };
+    Ok(Options {
+        backends: ours.backends,
+        flags: ours.flags,
+        create_mode: ours.mode,
+        stale_after_s: ours.stale_after_s,
+    })
+}
+
+/// Writes a new handle to `*out`.
+///
+/// # Safety
+/// `out` is a valid pointer to a `unilock *`.
+unsafe fn publish(out: *mut *mut unilock, lock: Lock) -> c_int {
+    let raw = Box::into_raw(Box::new(unilock { tag: LIVE, lock }));
+    // SAFETY: checked non-null by the caller; writing a pointer.
+    unsafe { out.write(raw) };
+    0
+}
+
+/// Fills `*o` with the defaults (FLOCK, no flags, mode 0600) and the right `size`.
+/// NULL is ignored.
+#[unsafe(no_mangle)]
+pub extern "C" fn unilock_options_init(o: *mut unilock_options) {
+    if o.is_null() {
+        return;
+    }
+    let defaults = unilock_options {
+        size: std::mem::size_of::<unilock_options>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: non-null pointer to a caller's unilock_options.
+    unsafe { o.write(defaults) };
+}
+
+/// Opens `path` for locking and stores the new handle in `*out` (no lock is taken).
+/// `o` may be NULL for the defaults. An existing file is opened without `O_CREAT`; a
+/// missing one is created (0600 unless `o->mode`) with `UNILOCK_CREATE`, else
+/// `-ENOENT`. The descriptor is close-on-exec unless `UNILOCK_INHERIT`. A symbolic link
+/// as the last component gives `-ELOOP` unless `UNILOCK_FOLLOW`; a FIFO, socket or
+/// device gives `-EINVAL` without being opened. FLOCK handles use a read-only
+/// descriptor; OFD and POSIX handles a read-write one where permitted, else read-only
+/// (then only shared locks). The file is never written or truncated.
+/// Not yet supported (`-EOPNOTSUPP`): DOTLOCK, several backends, `UNILOCK_UNLINK`,
+/// `UNILOCK_FAIR`. OFD together with POSIX: `-EINVAL`.
+#[unsafe(no_mangle)]
+pub extern "C" fn unilock_open(
+    path: *const c_char,
+    o: *const unilock_options,
+    out: *mut *mut unilock,
+) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return Err(null_argument("out"));
+        }
+        if path.is_null() {
+            return Err(null_argument("path"));
+        }
+        // SAFETY: non-null; the caller passes a NUL-terminated string.
+        let path = unsafe { CStr::from_ptr(path) };
+        // SAFETY: the caller passes NULL or a struct of `size` bytes.
+        let options = unsafe { read_options(o) }?;
+        let lock = Lock::open(std::ffi::OsStr::from_bytes(path.to_bytes()), &options)?;
+        // SAFETY: `out` checked non-null above.
+        Ok(unsafe { publish(out, lock) })
+    })
+}
+
+/// Makes a handle on the open descriptor `fd`, which is duplicated (the caller keeps
+/// and closes `fd`). The duplicate shares the open file description, so FLOCK and OFD
+/// locks taken through the handle belong to that description, as with flock(1) on a
+/// descriptor.
+#[unsafe(no_mangle)]
+pub extern "C" fn unilock_open_fd(
+    fd: c_int,
+    o: *const unilock_options,
+    out: *mut *mut unilock,
+) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return Err(null_argument("out"));
+        }
+        if fd < 0 {
+            return Err(Error::new(
+                libc::EBADF,
+                format!("descriptor {fd} is not valid"),
+            ));
+        }
+        // SAFETY: the caller passes NULL or a struct of `size` bytes.
+        let options = unsafe { read_options(o) }?;
+        // SAFETY: the descriptor is only borrowed for this call (fstat and dup);
+        // an invalid one makes fstat fail with EBADF.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let lock = Lock::from_fd(borrowed, &options)?;
+        // SAFETY: `out` checked non-null above.
+        Ok(unsafe { publish(out, lock) })
+    })
+}
+
+/// Closes the handle and frees it. It releases what the handle holds, except FLOCK and
+/// OFD locks whose open file description a child shares since a `fork()` after they
+/// were taken (they stay with the child). NULL is a no-op returning 0. Must not race
+/// with other calls on the same handle. Returns the error of the release, if any (the
+/// handle is freed all the same).
+#[unsafe(no_mangle)]
+pub extern "C" fn unilock_close(l: *mut unilock) -> c_int {
+    guard(|| {
+        if l.is_null() {
+            return Ok(0);
+        }
+        // SAFETY: checks the tag of a caller's handle.
+        unsafe { handle(l) }?;
+        // SAFETY: the tag says `l` came from Box::into_raw; mark it dead first so a
+        // second close of the same pointer is caught while the memory is still ours.
+        let boxed = unsafe {
+            std::ptr::write_volatile(&mut (*l).tag, DEAD);
+            Box::from_raw(l)
+        };
+        boxed.lock.close()?;
+        Ok(0)
+    })
+}
+
+/// Takes `mode` on `len` bytes from `start` (`len` 0: to the end; `(0, 0)`: the whole
+/// file). `timeout_ms` 0: try once (`-EAGAIN` when held); < 0: wait forever; > 0: give up
+/// with `-ETIMEDOUT`. The wait sleeps in the kernel (no polling) and ends promptly at
+/// the deadline or on `unilock_cancel` (`-ECANCELED`).
+///
+/// Re-locking a held range converts it (never counted). OFD and POSIX conversions are
+/// atomic. A FLOCK upgrade (shared to exclusive) is not atomic in the kernel: if it
+/// fails, times out or is cancelled, the shared lock is taken back; if another process
+/// took an exclusive lock in between, the call returns `-ENOLCK` and the handle holds
+/// nothing.
+///
+/// Other errors: `-EDEADLK` (only this process could end the wait: this thread holds
+/// the conflicting lock through another handle, or a cycle of this process's waits;
+/// POSIX also from the kernel), `-EBUSY` (a lock or unlock is in progress on this
+/// handle), `-EOPNOTSUPP` (a byte range on a FLOCK handle), `-EINVAL` (bad mode, a
+/// range reaching the reserved offsets at or above 2^62), `-EACCES` (an exclusive
+/// OFD/POSIX lock on a file only readable), `-ENOLCK` (a POSIX handle in a forked
+/// child).
+#[unsafe(no_mangle)]
+pub extern "C" fn unilock_lock(
+    l: *mut unilock,
+    mode: unilock_mode,
+    start: u64,
+    len: u64,
+    timeout_ms: i64,
+) -> c_int {
+    guard(|| {
+        // SAFETY: checks the tag of a caller's handle.
+        let lock = unsafe { handle(l) }?;
+        lock.lock(self::mode(mode)?, start, len, timeout(timeout_ms))?;
+        Ok(0)
+    })
+}
+
+/// Releases `len` bytes from `start` (`(0, 0)`: everything). Bytes not held are
+/// ignored.
+#[unsafe(no_mangle)]
+pub extern "C" fn unilock_unlock(l: *mut unilock, start: u64, len: u64) -> c_int {
+    guard(|| {
+        // SAFETY: checks the tag of a caller's handle.
+        unsafe { handle(l) }?.unlock(start, len)?;
+        Ok(0)
+    })
+}
+
+fn fill_holder(h: &Holder) -> unilock_holder {
+    let mut command = [0 as c_char; 16];
+    for (dst, src) in command.iter_mut().zip(h.command.as_bytes().iter().take(15)) {
+        *dst = *src as c_char;
+    }
+    unilock_holder {
+        backend: h.backend as u32,
+        mode: h.mode as u32,
+        start: h.start,
+        len: h.len,
+        pid: h.pid,
+        is_self: h.is_self as i32,
+        command,
+    }
+}
+
+/// Tells whether `mode` on the range could be taken now, taking nothing. Returns 0
+/// when it could, 1 when not, with one conflicting lock in `*who` (`who` may be NULL):
+/// its backend, mode, range, the pid of a live holder (resolved from /proc for OFD and
+/// FLOCK holders too; -1 when it cannot be known) and `self` when this process holds
+/// it. FLOCK has no query system call: a FLOCK query reads /proc/locks and fails where
+/// /proc cannot be read.
+#[unsafe(no_mangle)]
+pub extern "C" fn unilock_query(
+    l: *mut unilock,
+    mode: unilock_mode,
+    start: u64,
+    len: u64,
+    who: *mut unilock_holder,
+) -> c_int {
+    guard(|| {
+        // SAFETY: checks the tag of a caller's handle.
+        let lock = unsafe { handle(l) }?;
+        match lock.query(self::mode(mode)?, start, len)? {
+            None => Ok(0),
+            Some(h) => {
+                if !who.is_null() {
+                    // SAFETY: non-null pointer to the caller's holder struct.
+                    unsafe { who.write(fill_holder(&h)) };
+                }
+                Ok(1)
+            }
+        }
+    })
+}
+
+/// Lists every lock on the file, from any process and any mechanism (like lslocks for
+/// one file): fills up to `cap` entries of `buf` and sets `*count` to how many locks
+/// there are (which may exceed `cap`). `buf` may be NULL when `cap` is 0. Returns 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn unilock_list(
+    l: *mut unilock,
+    buf: *mut unilock_holder,
+    cap: usize,
+    count: *mut usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: checks the tag of a caller's handle.
+        let lock = unsafe { handle(l) }?;
+        if count.is_null() {
+            return Err(null_argument("count"));
+        }
+        if buf.is_null() && cap > 0 {
+            return Err(null_argument("buf (with cap > 0)"));
+        }
+        let holders = lock.list()?;
+        for (i, h) in holders.iter().take(cap).enumerate() {
+            // SAFETY: `buf` has room for `cap` entries and i < cap.
+            unsafe { buf.add(i).write(fill_holder(h)) };
+        }
+        // SAFETY: non-null pointer to the caller's size_t.
+        unsafe { count.write(holders.len()) };
+        Ok(0)
+    })
+}
+
+/// Cancels the lock call in progress on this handle, from any thread: that call
+/// returns `-ECANCELED` (or 0 if the lock was granted first). Returns 1 when a lock call
+/// was in progress, 0 when none was. A cancel that lands while a lock call runs —
+/// before it starts to sleep or during the sleep — is never lost; a cancel that lands
+/// when no lock call runs (before one starts, or after it returned) does nothing and
+/// is never remembered, so it cannot fail a later call. A watcher that may fire before
+/// the call starts (a Go context, a signal) should therefore repeat the cancel while
+/// it returns 0 and the call has not returned.
+#[unsafe(no_mangle)]
+pub extern "C" fn unilock_cancel(l: *mut unilock) -> c_int {
+    guard(|| {
+        // SAFETY: checks the tag of a caller's handle.
+        Ok(unsafe { handle(l) }?.cancel() as c_int)
+    })
+}
+
+/// DOTLOCK: refreshes the lock file's time; the kernel backends: nothing, returns 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn unilock_touch(l: *mut unilock) -> c_int {
+    guard(|| {
+        // SAFETY: checks the tag of a caller's handle.
+        unsafe { handle(l) }?.touch()?;
+        Ok(0)
+    })
+}
+
+/// The descriptor the handle locks through (owned by the handle: do not close it;
+/// closing any descriptor of the file drops the process's POSIX locks on it).
+#[unsafe(no_mangle)]
+pub extern "C" fn unilock_fd(l: *const unilock) -> c_int {
+    guard(|| {
+        // SAFETY: checks the tag of a caller's handle.
+        Ok(unsafe { handle(l) }?.fd())
+    })
+}

@@ -1,0 +1,246 @@
+//! Who holds a lock: `/proc/locks` for the locks on a file, `/proc/PID/fdinfo` to find
+//! the processes that have each lock (the lslocks method).
+//!
+//! The pid in `/proc/locks` is the process that *took* the lock: -1 for OFD locks,
+//! possibly long gone after a fork hand-off or a waiter child. A process that has the
+//! lock shows it on a `lock:` line of the fdinfo of a descriptor of that file, so the
+//! holder's pid is resolved there: the taker first (cheap), else a scan of every
+//! process this user may inspect.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::inode_table::InodeKey;
+use crate::range::{ByteRange, RESERVED};
+use crate::{Backend, Error, Holder, Mode, Result};
+
+/// One lock line about our inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ProcLock {
+    pub backend: Backend,
+    pub mode: Mode,
+    pub range: ByteRange,
+    /// The pid the kernel shows (the taker), -1 for OFD.
+    pub pid: i32,
+}
+
+/// Parses `ID: [-> ]TYPE ADVISORY READ|WRITE PID MAJ:MIN:INO START END|EOF` and keeps
+/// it when it is a granted lock on `key`.
+fn parse(line: &str, key: InodeKey) -> Option<ProcLock> {
+    let mut f = line.split_whitespace();
+    f.next()?; // "N:"
+    let mut kind = f.next()?;
+    if kind == "->" {
+        return None; // a waiter, not a holder
+    }
+    if kind == "DELEG" || kind == "LEASE" {
+        kind = "";
+    }
+    let backend = match kind {
+        "FLOCK" => Backend::Flock,
+        "OFDLCK" => Backend::Ofd,
+        "POSIX" => Backend::Posix,
+        _ => return None,
+    };
+    f.next()?; // ADVISORY / MANDATORY
+    let mode = match f.next()? {
+        "READ" => Mode::Shared,
+        "WRITE" => Mode::Exclusive,
+        _ => return None,
+    };
+    let pid: i32 = f.next()?.parse().ok()?;
+    let mut dev = f.next()?.split(':');
+    let major = u64::from_str_radix(dev.next()?, 16).ok()?;
+    let minor = u64::from_str_radix(dev.next()?, 16).ok()?;
+    let ino: u64 = dev.next()?.parse().ok()?;
+    if ino != key.ino
+        || major != libc::major(key.dev) as u64
+        || minor != libc::minor(key.dev) as u64
+    {
+        return None;
+    }
+    let start: u64 = f.next()?.parse().ok()?;
+    let end = match f.next()? {
+        "EOF" => RESERVED,
+        e => e.parse::<u64>().ok()?.saturating_add(1).min(RESERVED),
+    };
+    let start = start.min(RESERVED - 1);
+    Some(ProcLock {
+        backend,
+        mode,
+        range: ByteRange {
+            start,
+            end: end.max(start + 1),
+        },
+        pid,
+    })
+}
+
+/// Every lock granted on `key`, as `/proc/locks` shows it.
+pub(crate) fn proc_locks(key: InodeKey) -> Result<Vec<ProcLock>> {
+    let text = std::fs::read_to_string("/proc/locks").map_err(|e| {
+        Error::new(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("cannot read /proc/locks ({e}): the holders of a lock cannot be listed"),
+        )
+    })?;
+    Ok(text.lines().filter_map(|l| parse(l, key)).collect())
+}
+
+/// The locks on `key` that `pid` has through one of its descriptors (fdinfo `lock:`
+/// lines), or `None` when its fdinfo cannot be read.
+fn locks_of_process(pid: i32, key: InodeKey) -> Option<Vec<ProcLock>> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?;
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("lock:") {
+                out.extend(parse(rest.trim_start(), key));
+            }
+        }
+    }
+    Some(out)
+}
+
+fn same_lock(a: &ProcLock, b: &ProcLock) -> bool {
+    a.backend == b.backend && a.mode == b.mode && a.range == b.range
+}
+
+/// Finds the processes that have locks, caching one scan of /proc per resolver.
+pub(crate) struct Resolver {
+    key: InodeKey,
+    me: i32,
+    scanned: Option<HashMap<i32, Vec<ProcLock>>>,
+    by_pid: HashMap<i32, Option<Vec<ProcLock>>>,
+}
+
+impl Resolver {
+    pub(crate) fn new(key: InodeKey) -> Self {
+        Resolver {
+            key,
+            me: crate::sys::getpid(),
+            scanned: None,
+            by_pid: HashMap::new(),
+        }
+    }
+
+    fn has(&mut self, pid: i32, lock: &ProcLock) -> bool {
+        let key = self.key;
+        let locks = self
+            .by_pid
+            .entry(pid)
+            .or_insert_with(|| locks_of_process(pid, key));
+        locks
+            .as_ref()
+            .is_some_and(|l| l.iter().any(|x| same_lock(x, lock)))
+    }
+
+    /// A live pid that has `lock`, or -1 when none can be found.
+    pub(crate) fn pid_of(&mut self, lock: &ProcLock) -> i32 {
+        if lock.pid > 0 && self.has(lock.pid, lock) {
+            return lock.pid;
+        }
+        if self.has(self.me, lock) {
+            return self.me;
+        }
+        let key = self.key;
+        let scanned = self.scanned.get_or_insert_with(|| scan_all(key));
+        let mut found: Vec<i32> = scanned
+            .iter()
+            .filter(|(_, locks)| locks.iter().any(|x| same_lock(x, lock)))
+            .map(|(pid, _)| *pid)
+            .collect();
+        found.sort_unstable();
+        found
+            .first()
+            .copied()
+            .unwrap_or(if lock.pid > 0 && alive(lock.pid) {
+                lock.pid
+            } else {
+                -1
+            })
+    }
+
+    /// A [`Holder`] for `lock`, with its pid, command and whether it is this process.
+    pub(crate) fn holder(&mut self, lock: &ProcLock) -> Holder {
+        let pid = self.pid_of(lock);
+        self.holder_with_pid(lock, pid)
+    }
+
+    /// A [`Holder`] for `lock` held by `pid`.
+    pub(crate) fn holder_with_pid(&self, lock: &ProcLock, pid: i32) -> Holder {
+        Holder {
+            backend: lock.backend,
+            mode: lock.mode,
+            start: lock.range.start,
+            len: lock.range.api_len(),
+            pid,
+            is_self: pid == self.me,
+            command: command(pid),
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn scan_all(key: InodeKey) -> HashMap<i32, Vec<ProcLock>> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Some(locks) = locks_of_process(pid, key) {
+            if !locks.is_empty() {
+                out.insert(pid, locks);
+            }
+        }
+    }
+    out
+}
+
+/// The command name of `pid` (`/proc/PID/comm`), "" when unknown.
+pub(crate) fn command(pid: i32) -> String {
+    if pid <= 0 {
+        return String::new();
+    }
+    crate::sys::read_small(Path::new(&format!("/proc/{pid}/comm")))
+        .map(|s| s.trim_end_matches('\n').chars().take(15).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_locks_lines_for_one_inode() {
+        let key = InodeKey {
+            dev: libc::makedev(0xfd, 1),
+            ino: 1234,
+        };
+        let l = parse("1: OFDLCK ADVISORY  READ  -1 fd:01:1234 10 19", key).unwrap();
+        assert_eq!(l.backend, Backend::Ofd);
+        assert_eq!(l.range, ByteRange { start: 10, end: 20 });
+        assert_eq!(l.pid, -1);
+        let l = parse("2: FLOCK  ADVISORY  WRITE 77 fd:01:1234 0 EOF", key).unwrap();
+        assert_eq!(
+            (l.backend, l.mode, l.range.api_len()),
+            (Backend::Flock, Mode::Exclusive, 0)
+        );
+        assert!(parse("3: -> FLOCK  ADVISORY  WRITE 78 fd:01:1234 0 EOF", key).is_none());
+        assert!(parse("4: POSIX  ADVISORY  WRITE 79 fd:01:999 0 EOF", key).is_none());
+        assert!(parse("5: LEASE  ACTIVE    READ 80 fd:01:1234 0 EOF", key).is_none());
+    }
+}

@@ -1,0 +1,353 @@
+//! The process-wide table of locked files: who, in this process, holds what.
+//!
+//! The kernel sees one owner per process for POSIX locks, and cannot tell that two
+//! of this process's handles, or two of its threads, are deadlocked on each other. The
+//! table keeps, per inode, the ranges each handle holds, so that:
+//! - handles of one process exclude each other in every backend (for POSIX the table
+//!   is the only arbiter; for flock and OFD it agrees with the kernel);
+//! - a wait that cannot end because this process itself holds the conflicting lock —
+//!   taken by the waiting thread, or held by a thread that waits (transitively) for the
+//!   waiting one — fails with `EDEADLK` instead of hanging;
+//! - closing a descriptor never drops POSIX locks another handle holds: closes are
+//!   deferred while POSIX locks are held on the inode (SQLite's `unixInodeInfo`).
+//!
+//! Structure and locking: one global mutex ([`table`]) guards everything here — the
+//! map from [`InodeKey`] to [`Inode`] and the map of waiting threads. There is no other
+//! lock in the table, so there is no lock order to get wrong; kernel calls that may
+//! block are never made while it is held (non-blocking attempts are, so that the table
+//! and the kernel change together). Each inode has a condition variable, used with the
+//! global mutex, on which threads wait for in-process holders.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+
+use crate::Backend;
+use crate::Mode;
+use crate::range::{ByteRange, RangeMap};
+
+/// Identifies a handle in the table (never reused).
+pub(crate) type HandleId = u64;
+
+/// A new handle id.
+pub(crate) fn next_handle_id() -> HandleId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The lookup key: the file's device and inode numbers (`fstat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct InodeKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Lock families that conflict with each other: flock locks only with flock locks;
+/// OFD and POSIX locks with each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    Flock,
+    Fcntl,
+}
+
+impl From<Backend> for Family {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Flock => Family::Flock,
+            _ => Family::Fcntl,
+        }
+    }
+}
+
+/// What one handle holds on an inode.
+pub(crate) struct Holding {
+    pub handle: HandleId,
+    pub backend: Backend,
+    /// The thread that last took a lock with this handle: its locks are attributed to it.
+    pub thread: i32,
+    /// [`fork_generation`] when the lock was last taken: if it changed, a child may
+    /// share the open file description and its lock.
+    pub fork_gen: u64,
+    pub ranges: RangeMap,
+    /// A POSIX lock the handle is waiting for in the kernel: counted as held, so that
+    /// no other handle of this process changes the process's kernel lock under it.
+    pub pending: Option<(ByteRange, Mode)>,
+}
+
+/// A lock held (or reserved) by another handle of this process that conflicts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Conflict {
+    pub thread: i32,
+    pub backend: Backend,
+    pub range: ByteRange,
+    pub mode: Mode,
+}
+
+/// One locked (or open) file.
+#[derive(Default)]
+pub(crate) struct Inode {
+    /// Handles open on the inode.
+    pub open_handles: usize,
+    pub holdings: Vec<Holding>,
+    /// Descriptors whose close is deferred while POSIX locks are held here.
+    pub deferred: Vec<OwnedFd>,
+    pub cond: Arc<Condvar>,
+}
+
+/// A thread waiting for a lock: what it asked for.
+#[derive(Clone, Copy)]
+pub(crate) struct WaitRecord {
+    pub key: InodeKey,
+    pub handle: HandleId,
+    pub family: Family,
+    pub range: ByteRange,
+    pub mode: Mode,
+}
+
+/// The table: see the module docs for the key and the lock.
+#[derive(Default)]
+pub(crate) struct Table {
+    inodes: HashMap<InodeKey, Inode>,
+    /// thread id -> what it waits for
+    waits: HashMap<i32, WaitRecord>,
+}
+
+static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Locks the table. A panic while it was held leaves consistent data (every update is
+/// a single step), so poisoning is ignored.
+pub(crate) fn table() -> MutexGuard<'static, Table> {
+    TABLE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts forks of this process (and of its ancestors since the table was copied).
+pub(crate) fn fork_generation() -> u64 {
+    FORK_GENERATION.load(Ordering::SeqCst)
+}
+
+thread_local! {
+    static FORK_GUARD: std::cell::RefCell<Option<MutexGuard<'static, Table>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+unsafe extern "C" fn before_fork() {
+    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+    let guard = table();
+    FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
+}
+
+unsafe extern "C" fn after_fork() {
+    FORK_GUARD.with(|g| g.borrow_mut().take());
+}
+
+/// Installs fork handlers once: the table is locked across `fork()` so that a child
+/// never inherits it half-updated or locked by a thread it does not have.
+pub(crate) fn install_fork_handlers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| crate::sys::at_fork(before_fork, after_fork, after_fork));
+}
+
+impl Table {
+    /// The entry for `key`, created empty when missing.
+    pub(crate) fn inode(&mut self, key: InodeKey) -> &mut Inode {
+        self.inodes.entry(key).or_default()
+    }
+
+    /// The entry for `key`, if any.
+    pub(crate) fn get(&self, key: InodeKey) -> Option<&Inode> {
+        self.inodes.get(&key)
+    }
+
+    /// Drops the entry when nothing refers to it any more.
+    pub(crate) fn forget_if_unused(&mut self, key: InodeKey) {
+        if let Some(inode) = self.inodes.get(&key) {
+            if inode.open_handles == 0 && inode.holdings.is_empty() && inode.deferred.is_empty() {
+                self.inodes.remove(&key);
+            }
+        }
+    }
+
+    /// Locks of other handles of this process (held or pending) on `key` that conflict
+    /// with `mode` on `range` in `family`.
+    pub(crate) fn conflicts(
+        &self,
+        key: InodeKey,
+        me: HandleId,
+        family: Family,
+        range: ByteRange,
+        mode: Mode,
+    ) -> Vec<Conflict> {
+        let Some(inode) = self.inodes.get(&key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for h in inode.holdings.iter().filter(|h| h.handle != me) {
+            if Family::from(h.backend) != family {
+                continue;
+            }
+            let pending = h
+                .pending
+                .iter()
+                .filter(|(r, _)| r.overlaps(&range))
+                .copied();
+            for (r, m) in h.ranges.touching(range).chain(pending) {
+                if m == Mode::Exclusive || mode == Mode::Exclusive {
+                    out.push(Conflict {
+                        thread: h.thread,
+                        backend: h.backend,
+                        range: r,
+                        mode: m,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// True when a wait of thread `me` on locks held by `holders` (threads) could never
+    /// end: one of them is `me`, or one of them waits, directly or through others, for
+    /// a lock `me` holds.
+    pub(crate) fn would_deadlock(&self, me: i32, holders: impl IntoIterator<Item = i32>) -> bool {
+        let mut stack: Vec<i32> = holders.into_iter().collect();
+        let mut seen = HashSet::new();
+        while let Some(t) = stack.pop() {
+            if t == me {
+                return true;
+            }
+            if !seen.insert(t) {
+                continue;
+            }
+            if let Some(w) = self.waits.get(&t) {
+                let next = self.conflicts(w.key, w.handle, w.family, w.range, w.mode);
+                stack.extend(next.iter().map(|c| c.thread));
+            }
+        }
+        false
+    }
+
+    /// Records that thread `me` waits for `record` (until [`Table::done_waiting`]).
+    pub(crate) fn start_waiting(&mut self, me: i32, record: WaitRecord) {
+        self.waits.insert(me, record);
+    }
+
+    /// Removes thread `me`'s wait record.
+    pub(crate) fn done_waiting(&mut self, me: i32) {
+        self.waits.remove(&me);
+    }
+
+    /// The holding of `handle` on `key`, created empty when missing.
+    pub(crate) fn holding_mut(
+        &mut self,
+        key: InodeKey,
+        handle: HandleId,
+        backend: Backend,
+    ) -> &mut Holding {
+        let inode = self.inode(key);
+        let pos = match inode.holdings.iter().position(|h| h.handle == handle) {
+            Some(p) => p,
+            None => {
+                inode.holdings.push(Holding {
+                    handle,
+                    backend,
+                    thread: 0,
+                    fork_gen: 0,
+                    ranges: RangeMap::new(),
+                    pending: None,
+                });
+                inode.holdings.len() - 1
+            }
+        };
+        &mut inode.holdings[pos]
+    }
+
+    /// The holding of `handle` on `key`, if it holds or reserves anything.
+    pub(crate) fn holding(&self, key: InodeKey, handle: HandleId) -> Option<&Holding> {
+        self.inodes
+            .get(&key)?
+            .holdings
+            .iter()
+            .find(|h| h.handle == handle)
+    }
+
+    /// Removes empty holdings on `key`, closes the deferred descriptors once no POSIX
+    /// lock is held there, and wakes the threads waiting there.
+    pub(crate) fn settle(&mut self, key: InodeKey) {
+        let posix = self.has_posix_locks(key);
+        if let Some(inode) = self.inodes.get_mut(&key) {
+            inode
+                .holdings
+                .retain(|h| !h.ranges.is_empty() || h.pending.is_some());
+            if !posix {
+                inode.deferred.clear();
+            }
+            inode.cond.notify_all();
+        }
+    }
+
+    /// True when any handle holds or reserves a POSIX lock on `key`.
+    pub(crate) fn has_posix_locks(&self, key: InodeKey) -> bool {
+        self.inodes.get(&key).is_some_and(|i| {
+            i.holdings.iter().any(|h| {
+                h.backend == Backend::Posix && (!h.ranges.is_empty() || h.pending.is_some())
+            })
+        })
+    }
+
+    /// The strongest mode other handles of the process hold or reserve in POSIX-family
+    /// terms on each part of `range`: the process's kernel lock must stay at least this.
+    /// Returns disjoint pieces covering `range`, in order.
+    pub(crate) fn others_strongest(
+        &self,
+        key: InodeKey,
+        me: HandleId,
+        range: ByteRange,
+    ) -> Vec<(ByteRange, Option<Mode>)> {
+        let mut cuts = vec![range.start, range.end];
+        let mut segs: Vec<(ByteRange, Mode)> = Vec::new();
+        if let Some(inode) = self.inodes.get(&key) {
+            for h in inode
+                .holdings
+                .iter()
+                .filter(|h| h.handle != me && h.backend == Backend::Posix)
+            {
+                segs.extend(h.ranges.overlapping(range));
+                if let Some((r, m)) = h.pending.filter(|(r, _)| r.overlaps(&range)) {
+                    segs.push((
+                        ByteRange {
+                            start: r.start.max(range.start),
+                            end: r.end.min(range.end),
+                        },
+                        m,
+                    ));
+                }
+            }
+        }
+        for (r, _) in &segs {
+            cuts.push(r.start);
+            cuts.push(r.end);
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut out: Vec<(ByteRange, Option<Mode>)> = Vec::new();
+        for w in cuts.windows(2) {
+            let piece = ByteRange {
+                start: w[0],
+                end: w[1],
+            };
+            let strongest = segs
+                .iter()
+                .filter(|(r, _)| r.overlaps(&piece))
+                .map(|(_, m)| *m)
+                .max();
+            match out.last_mut() {
+                Some((last, m)) if *m == strongest && last.end == piece.start => {
+                    last.end = piece.end
+                }
+                _ => out.push((piece, strongest)),
+            }
+        }
+        out
+    }
+}

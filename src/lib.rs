@@ -1,0 +1,176 @@
+//! # unilock: advisory file locking for Linux done right
+//!
+//! One small API over every kernel locking mechanism — BSD `flock(2)`, open file
+//! description (OFD) locks and POSIX record locks — that removes their traps:
+//!
+//! - every handle is its own lock owner, in every backend: POSIX locks are arbitrated
+//!   between the handles and threads of a process, and closing one handle never drops
+//!   another's locks;
+//! - waits have real timeouts and can be cancelled from another thread, without
+//!   polling and without signals in the host;
+//! - a wait that only this process could end (the same thread asking twice, or a cycle
+//!   of this process's threads) fails with `EDEADLK` instead of hanging;
+//! - files are created 0600, opened close-on-exec, without following a symbolic link,
+//!   never written or truncated; FIFOs and devices are refused without blocking;
+//! - [`Lock::query`] and [`Lock::list`] say who holds a lock, with pid and command,
+//!   for OFD and flock locks too.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use unilock::{Lock, Mode, Options, flags};
+//!
+//! let lock = Lock::open("/tmp/job.lock", &Options::new().flags(flags::CREATE))?;
+//! match lock.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(2))) {
+//!     Ok(()) => { /* exclusive until unlock or drop */ }
+//!     Err(e) if e.is_timeout() => eprintln!("busy: {:?}", lock.query(Mode::Exclusive, 0, 0)?),
+//!     Err(e) => return Err(e.into()),
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The C API (`include/unilock.h`) is a thin layer over this crate, in [`capi`].
+
+#![deny(missing_docs)]
+
+mod backend;
+pub mod capi;
+mod error;
+mod holders;
+mod inode_table;
+mod lock;
+pub mod range;
+mod sys;
+mod wait;
+
+pub use error::{Error, Result, describe};
+pub use lock::Lock;
+pub use wait::mechanism as wait_mechanism;
+
+/// Lock modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u32)]
+pub enum Mode {
+    /// A read lock: any number of shared holders at once.
+    Shared = 1,
+    /// A write lock: one holder, no shared holders.
+    Exclusive = 2,
+}
+
+impl Mode {
+    /// The mode for a C value (`UNILOCK_SHARED`, `UNILOCK_EXCLUSIVE`).
+    pub fn from_raw(raw: u32) -> Option<Mode> {
+        match raw {
+            1 => Some(Mode::Shared),
+            2 => Some(Mode::Exclusive),
+            _ => None,
+        }
+    }
+
+    /// "shared" or "exclusive".
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Shared => "shared",
+            Mode::Exclusive => "exclusive",
+        }
+    }
+}
+
+/// Kernel mechanisms (bits of [`Options::backends`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Backend {
+    /// `flock(2)`: whole files; excludes flock(1), gofrs/flock, Python filelock.
+    Flock = 1,
+    /// OFD locks: byte ranges owned by the open file description.
+    Ofd = 2,
+    /// POSIX record locks: byte ranges; the library makes each handle an owner.
+    Posix = 4,
+    /// Lock files by existence (not supported yet).
+    Dotlock = 8,
+}
+
+impl Backend {
+    /// "FLOCK", "OFD", "POSIX" or "DOTLOCK".
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Flock => "FLOCK",
+            Backend::Ofd => "OFD",
+            Backend::Posix => "POSIX",
+            Backend::Dotlock => "DOTLOCK",
+        }
+    }
+}
+
+/// Bits of [`Options::flags`].
+pub mod flags {
+    /// Create the file if missing (mode [`crate::Options::create_mode`], 0600 by default).
+    pub const CREATE: u32 = 1;
+    /// Follow a symbolic link in the last component (refused by default).
+    pub const FOLLOW: u32 = 2;
+    /// Keep the descriptor across exec (close-on-exec by default).
+    pub const INHERIT: u32 = 4;
+    /// Delete the lock file once no lock is held on it (not supported yet).
+    pub const UNLINK: u32 = 8;
+    /// FIFO hand-off among fair waiters (not supported yet).
+    pub const FAIR: u32 = 16;
+    /// Every flag this version knows.
+    pub const ALL: u32 = CREATE | FOLLOW | INHERIT | UNLINK | FAIR;
+}
+
+/// How to open a [`Lock`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// [`Backend`] bits; 0 means [`Backend::Flock`].
+    pub backends: u32,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// Permission bits for a created file; 0 means 0600 (the umask applies).
+    pub create_mode: u32,
+    /// DOTLOCK: a lock file not refreshed for this many seconds is stale (0: only a
+    /// dead owner makes it stale).
+    pub stale_after_s: u32,
+}
+
+impl Options {
+    /// The defaults: flock, no flags.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uses `backend`.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backends = backend as u32;
+        self
+    }
+
+    /// Adds [`flags`] bits.
+    pub fn flags(mut self, bits: u32) -> Self {
+        self.flags |= bits;
+        self
+    }
+
+    /// Sets the creation mode.
+    pub fn create_mode(mut self, mode: u32) -> Self {
+        self.create_mode = mode;
+        self
+    }
+}
+
+/// One lock on a file and who holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The mechanism that holds it.
+    pub backend: Backend,
+    /// Its mode.
+    pub mode: Mode,
+    /// First byte.
+    pub start: u64,
+    /// Length in bytes; 0 means to the end of the file and beyond.
+    pub len: u64,
+    /// A live process that holds it; -1 when it cannot be known.
+    pub pid: i32,
+    /// True when this process holds it.
+    pub is_self: bool,
+    /// The holder's command name (`/proc/PID/comm`), "" when unknown.
+    pub command: String,
+}

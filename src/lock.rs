@@ -1,0 +1,772 @@
+//! [`Lock`]: one lock owner on one file, over one kernel mechanism.
+//!
+//! A call travels: argument checks here → the process table ([`crate::inode_table`]:
+//! does another handle of this process conflict? would waiting deadlock?) → the kernel
+//! ([`crate::backend`]) with a non-blocking attempt → if the lock is held by another
+//! process, a wait in the kernel ([`crate::wait`]) → the table records the result.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::backend;
+use crate::holders::{self, ProcLock, Resolver};
+use crate::inode_table::{
+    self, Conflict, Family, HandleId, InodeKey, Table, WaitRecord, fork_generation,
+};
+use crate::range::ByteRange;
+use crate::sys;
+use crate::wait::{self, CallState, Deadline, Outcome};
+use crate::{Backend, Error, Holder, Mode, Options, Result, flags};
+
+/// An open lock handle: one owner of locks on one file.
+///
+/// Every handle is its own owner, whatever the backend: two handles on one file
+/// conflict even in one thread, closing one never releases another's locks, and a
+/// blocking wait that only this process could end (the same thread, or a cycle of this
+/// process's waiting threads) fails with `EDEADLK`. Methods take `&self` and are
+/// thread-safe; one lock or unlock runs at a time per handle (`EBUSY` otherwise).
+///
+/// Dropping the handle closes it: see [`Lock::close`].
+pub struct Lock {
+    fd: Option<OwnedFd>,
+    backend: Backend,
+    key: InodeKey,
+    id: HandleId,
+    /// The path or descriptor, for messages.
+    name: String,
+    /// The process that opened the handle (POSIX locks are not inherited by children).
+    opener: i32,
+    /// False when the file could only be opened read-only.
+    writable: bool,
+    call: CallState,
+}
+
+/// Backoff bounds of the fallback used where no waiter child can take a POSIX lock.
+const BACKOFF_FIRST: Duration = Duration::from_millis(1);
+const BACKOFF_MAX: Duration = Duration::from_millis(25);
+
+fn resolve_backend(options: &Options) -> Result<Backend> {
+    let known = Backend::Flock as u32
+        | Backend::Ofd as u32
+        | Backend::Posix as u32
+        | Backend::Dotlock as u32;
+    if options.backends & !known != 0 {
+        return Err(Error::new(
+            libc::EINVAL,
+            format!("unknown backend bits {:#x}", options.backends),
+        ));
+    }
+    if options.flags & !flags::ALL != 0 {
+        return Err(Error::new(
+            libc::EINVAL,
+            format!("unknown flag bits {:#x}", options.flags),
+        ));
+    }
+    let fcntl = Backend::Ofd as u32 | Backend::Posix as u32;
+    if options.backends & fcntl == fcntl {
+        return Err(Error::new(
+            libc::EINVAL,
+            "the OFD and POSIX backends cannot be combined: choose one fcntl mechanism",
+        ));
+    }
+    if options.flags & flags::UNLINK != 0 {
+        return Err(Error::new(
+            libc::EOPNOTSUPP,
+            "UNILOCK_UNLINK is not supported yet",
+        ));
+    }
+    if options.flags & flags::FAIR != 0 {
+        return Err(Error::new(
+            libc::EOPNOTSUPP,
+            "UNILOCK_FAIR is not supported yet",
+        ));
+    }
+    match options.backends {
+        0 => Ok(Backend::Flock),
+        b if b == Backend::Flock as u32 => Ok(Backend::Flock),
+        b if b == Backend::Ofd as u32 => Ok(Backend::Ofd),
+        b if b == Backend::Posix as u32 => Ok(Backend::Posix),
+        b if b == Backend::Dotlock as u32 => Err(Error::new(
+            libc::EOPNOTSUPP,
+            "the DOTLOCK backend is not supported yet",
+        )),
+        _ => Err(Error::new(
+            libc::EOPNOTSUPP,
+            "sets of several backends are not supported yet: choose one",
+        )),
+    }
+}
+
+/// Refuses what cannot be locked safely: FIFOs, sockets and devices (opening them may
+/// block or have effects), and a symbolic link unless following was asked for.
+fn check_file_type(st: &libc::stat, name: &str) -> Result<()> {
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG | libc::S_IFDIR => return Ok(()),
+        libc::S_IFLNK => {
+            return Err(Error::new(
+                libc::ELOOP,
+                format!("{name} is a symbolic link; pass UNILOCK_FOLLOW to lock its target"),
+            ));
+        }
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        _ => "not a regular file",
+    };
+    Err(Error::new(
+        libc::EINVAL,
+        format!("{name} is {kind}: only regular files and directories can be locked"),
+    ))
+}
+
+fn key_of(st: &libc::stat) -> InodeKey {
+    InodeKey {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    }
+}
+
+impl Lock {
+    /// Opens `path` for locking (no lock is taken yet).
+    ///
+    /// An existing file is opened without `O_CREAT` (a sticky directory refuses
+    /// `O_CREAT` on another user's file even when it exists); a missing one is created
+    /// with `options.create_mode` (0600 when 0) if [`flags::CREATE`] is set. flock
+    /// handles use a read-only descriptor; OFD and POSIX handles a read-write one where
+    /// the file allows it, else a read-only one (shared locks only). The descriptor is
+    /// close-on-exec unless [`flags::INHERIT`]; a symbolic link as the last component is
+    /// refused (`ELOOP`) unless [`flags::FOLLOW`]; FIFOs, sockets and devices are refused
+    /// with `EINVAL` without being opened. The file is never written or truncated.
+    pub fn open(path: impl AsRef<Path>, options: &Options) -> Result<Lock> {
+        let backend = resolve_backend(options)?;
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let cpath = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| Error::new(libc::EINVAL, "the path contains a NUL byte"))?;
+        let follow = options.flags & flags::FOLLOW != 0;
+        match sys::stat(&cpath, follow) {
+            Ok(st) => check_file_type(&st, &name)?,
+            Err(libc::ENOENT) => {}
+            Err(e) => return Err(Error::sys(e, "stat", &name)),
+        }
+        let mut base = libc::O_NOCTTY | libc::O_NONBLOCK;
+        if !follow {
+            base |= libc::O_NOFOLLOW;
+        }
+        if options.flags & flags::INHERIT == 0 {
+            base |= libc::O_CLOEXEC;
+        }
+        let accesses: &[libc::c_int] = if backend == Backend::Flock {
+            &[libc::O_RDONLY]
+        } else {
+            &[libc::O_RDWR, libc::O_RDONLY]
+        };
+        let create_mode = if options.create_mode == 0 {
+            0o600
+        } else {
+            options.create_mode
+        };
+        let mut last = libc::ENOENT;
+        let mut opened = None;
+        for (i, &access) in accesses.iter().enumerate() {
+            let more = i + 1 < accesses.len();
+            match sys::open(&cpath, base | access, 0) {
+                Ok(fd) => {
+                    opened = Some((fd, access == libc::O_RDWR));
+                    break;
+                }
+                Err(libc::ENOENT) if options.flags & flags::CREATE != 0 => {
+                    match sys::open(&cpath, base | access | libc::O_CREAT, create_mode) {
+                        Ok(fd) => {
+                            opened = Some((fd, access == libc::O_RDWR));
+                            break;
+                        }
+                        Err(e) if more && matches!(e, libc::EACCES | libc::EROFS | libc::EPERM) => {
+                            last = e
+                        }
+                        Err(e) => return Err(Error::sys(e, "create", &name)),
+                    }
+                }
+                Err(e)
+                    if more
+                        && matches!(
+                            e,
+                            libc::EACCES | libc::EROFS | libc::EISDIR | libc::ETXTBSY | libc::EPERM
+                        ) =>
+                {
+                    last = e
+                }
+                Err(libc::ELOOP) if !follow => {
+                    return Err(Error::new(
+                        libc::ELOOP,
+                        format!(
+                            "{name} is a symbolic link; pass UNILOCK_FOLLOW to lock its target"
+                        ),
+                    ));
+                }
+                Err(e) => return Err(Error::sys(e, "open", &name)),
+            }
+        }
+        let Some((fd, writable)) = opened else {
+            return Err(Error::sys(last, "open", &name));
+        };
+        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", &name))?;
+        check_file_type(&st, &name)?;
+        sys::clear_nonblock(fd.as_fd()).map_err(|e| Error::sys(e, "fcntl(F_SETFL)", &name))?;
+        Ok(Self::register(fd, backend, key_of(&st), name, writable))
+    }
+
+    /// Makes a handle on an open descriptor, which is duplicated (the caller keeps
+    /// `fd`). The duplicate shares the open file description: flock and OFD locks taken
+    /// through the handle are the description's, as with flock(1) on a descriptor.
+    pub fn from_fd(fd: BorrowedFd<'_>, options: &Options) -> Result<Lock> {
+        let backend = resolve_backend(options)?;
+        let name = format!("descriptor {}", fd.as_raw_fd());
+        let st = sys::fstat(fd).map_err(|e| Error::sys(e, "fstat", &name))?;
+        check_file_type(&st, &name)?;
+        let status = sys::status_flags(fd).map_err(|e| Error::sys(e, "fcntl(F_GETFL)", &name))?;
+        if status & libc::O_PATH != 0 {
+            return Err(Error::new(
+                libc::EBADF,
+                format!("{name} is an O_PATH descriptor"),
+            ));
+        }
+        let writable = status & libc::O_ACCMODE != libc::O_RDONLY;
+        let dup = sys::dup(fd, options.flags & flags::INHERIT == 0)
+            .map_err(|e| Error::sys(e, "dup", &name))?;
+        Ok(Self::register(dup, backend, key_of(&st), name, writable))
+    }
+
+    fn register(
+        fd: OwnedFd,
+        backend: Backend,
+        key: InodeKey,
+        name: String,
+        writable: bool,
+    ) -> Lock {
+        inode_table::install_fork_handlers();
+        inode_table::table().inode(key).open_handles += 1;
+        Lock {
+            fd: Some(fd),
+            backend,
+            key,
+            id: inode_table::next_handle_id(),
+            name,
+            opener: sys::getpid(),
+            writable,
+            call: CallState::default(),
+        }
+    }
+
+    fn borrowed(&self) -> BorrowedFd<'_> {
+        self.fd
+            .as_ref()
+            .expect("the descriptor lives until close")
+            .as_fd()
+    }
+
+    /// The descriptor the handle locks through (for `fstat`, `poll`, passing to a
+    /// child). Closing it, or any other descriptor of the file, drops the process's
+    /// POSIX locks on the file: that is the kernel's rule, and why OFD is preferred.
+    pub fn fd(&self) -> RawFd {
+        self.borrowed().as_raw_fd()
+    }
+
+    /// The kernel mechanism of this handle.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn range(&self, start: u64, len: u64) -> Result<ByteRange> {
+        let range = ByteRange::from_api(start, len)?;
+        if self.backend == Backend::Flock && !range.is_whole() {
+            return Err(Error::new(
+                libc::EOPNOTSUPP,
+                "the FLOCK backend locks whole files only (start 0, length 0); byte ranges \
+                 need the OFD or POSIX backend",
+            ));
+        }
+        Ok(range)
+    }
+
+    /// POSIX locks belong to the process that took them: a forked child gets none.
+    fn check_owner(&self) -> Result<()> {
+        if self.backend == Backend::Posix && sys::getpid() != self.opener {
+            return Err(Error::new(
+                libc::ENOLCK,
+                format!(
+                    "{}: this POSIX handle was opened by process {}; POSIX locks are not \
+                     inherited across fork, open a new handle in this process",
+                    self.name, self.opener
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes `mode` on `len` bytes from `start` (`len` 0: to the end; `(0, 0)`: the
+    /// whole file), waiting up to `timeout`: `Some(ZERO)` tries once, `None` waits
+    /// forever.
+    ///
+    /// Re-locking a range the handle holds converts it (upgrade, downgrade, grow,
+    /// split); locks are not counted. OFD and POSIX conversions are atomic. A flock
+    /// upgrade is not atomic in the kernel (it releases the shared lock before it
+    /// waits): when the upgrade fails, times out or is cancelled, the shared lock is
+    /// taken back without waiting, and if another process got an exclusive lock in
+    /// between, the call fails with `ENOLCK` and the handle holds nothing.
+    ///
+    /// Errors: `EAGAIN` (held, not waiting), `ETIMEDOUT`, `ECANCELED` ([`Lock::cancel`]),
+    /// `EDEADLK` (only this process could end the wait; POSIX also from the kernel),
+    /// `EBUSY` (another lock or unlock on this handle is in progress), `EOPNOTSUPP`
+    /// (a byte range on a flock handle), `EINVAL` (a range into the reserved offsets at
+    /// or above 2^62), `EACCES` (an exclusive fcntl lock on a file opened read-only).
+    pub fn lock(&self, mode: Mode, start: u64, len: u64, timeout: Option<Duration>) -> Result<()> {
+        let range = self.range(start, len)?;
+        if mode == Mode::Exclusive && !self.writable && self.backend != Backend::Flock {
+            return Err(Error::new(
+                libc::EACCES,
+                format!(
+                    "{}: the file could only be opened read-only, and an exclusive {} lock \
+                     needs write access",
+                    self.name,
+                    self.backend.name()
+                ),
+            ));
+        }
+        let _call = self.call.begin(true)?;
+        self.check_owner()?;
+        let deadline = Deadline::after(timeout);
+        let me = sys::gettid();
+        let family = Family::from(self.backend);
+        let record = WaitRecord {
+            key: self.key,
+            handle: self.id,
+            family,
+            range,
+            mode,
+        };
+        let fd = self.borrowed();
+        let mut backoff = BACKOFF_FIRST;
+        let mut table = inode_table::table();
+        loop {
+            let conflicts = table.conflicts(self.key, self.id, family, range, mode);
+            if let Some(c) = conflicts.first() {
+                if deadline.is_try() {
+                    return Err(self.held_here(c));
+                }
+                if table.would_deadlock(me, conflicts.iter().map(|c| c.thread)) {
+                    return Err(self.deadlock(c, me));
+                }
+                self.check_wait(&deadline)?;
+                let cond = table.inode(self.key).cond.clone();
+                table.start_waiting(me, record);
+                table = match deadline.remaining() {
+                    None => cond.wait(table).unwrap_or_else(|p| p.into_inner()),
+                    Some(d) => {
+                        cond.wait_timeout(table, d)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                };
+                table.done_waiting(me);
+                continue;
+            }
+            let held_before = self.held_mode(&table);
+            match backend::apply(fd, self.backend, range, Some(mode)) {
+                Ok(()) => {
+                    self.record(&mut table, range, mode, me);
+                    return Ok(());
+                }
+                Err(e) if e == libc::EAGAIN || e == libc::EACCES => {}
+                Err(e) => {
+                    self.restore_flock(&mut table, held_before)?;
+                    return Err(self.kernel_error(e));
+                }
+            }
+            self.restore_flock(&mut table, held_before)?;
+            if deadline.is_try() {
+                return Err(Error::new(
+                    libc::EAGAIN,
+                    format!("{}: the lock is held by another process", self.name),
+                ));
+            }
+            self.check_wait(&deadline)?;
+            let posix = self.backend == Backend::Posix;
+            if posix {
+                table.holding_mut(self.key, self.id, self.backend).pending = Some((range, mode));
+            }
+            table.start_waiting(me, record);
+            drop(table);
+            let call = backend::lock_call(self.backend, range, mode, true);
+            let outcome = wait::in_kernel(fd, call, posix, &deadline, &self.call);
+            table = inode_table::table();
+            table.done_waiting(me);
+            if posix {
+                table.holding_mut(self.key, self.id, self.backend).pending = None;
+                table.settle(self.key);
+            }
+            let failure = match outcome? {
+                Some(Outcome::Granted) => {
+                    self.record(&mut table, range, mode, me);
+                    return Ok(());
+                }
+                Some(Outcome::Failed(e)) => {
+                    self.restore_flock(&mut table, held_before)?;
+                    return Err(self.kernel_error(e));
+                }
+                Some(Outcome::TimedOut) => libc::ETIMEDOUT,
+                Some(Outcome::Cancelled) => libc::ECANCELED,
+                None => {
+                    // No waiter child can hold a POSIX lock here: retry with backoff.
+                    drop(table);
+                    let nap = deadline.remaining().map_or(backoff, |r| r.min(backoff));
+                    wait::sleep(&self.call, nap)?;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    table = inode_table::table();
+                    continue;
+                }
+            };
+            // The wait was aborted; the lock may have been granted just before. One
+            // non-blocking attempt settles it: a grant that won the race is kept.
+            match backend::apply(fd, self.backend, range, Some(mode)) {
+                Ok(()) => {
+                    self.record(&mut table, range, mode, me);
+                    return Ok(());
+                }
+                Err(e) if e == libc::EAGAIN || e == libc::EACCES => {
+                    self.restore_flock(&mut table, held_before)?;
+                    return Err(if failure == libc::ETIMEDOUT {
+                        self.timed_out()
+                    } else {
+                        self.cancelled()
+                    });
+                }
+                Err(e) => {
+                    self.restore_flock(&mut table, held_before)?;
+                    return Err(self.kernel_error(e));
+                }
+            }
+        }
+    }
+
+    /// Fails when the call was cancelled or its deadline passed.
+    fn check_wait(&self, deadline: &Deadline) -> Result<()> {
+        if self.call.cancelled() {
+            return Err(self.cancelled());
+        }
+        if deadline.expired() {
+            return Err(self.timed_out());
+        }
+        Ok(())
+    }
+
+    fn cancelled(&self) -> Error {
+        Error::new(
+            libc::ECANCELED,
+            format!("{}: the wait for the lock was cancelled", self.name),
+        )
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::new(
+            libc::ETIMEDOUT,
+            format!("{}: timed out waiting for the lock", self.name),
+        )
+    }
+
+    fn held_here(&self, c: &Conflict) -> Error {
+        Error::new(
+            libc::EAGAIN,
+            format!(
+                "{}: the lock is held by another handle of this process ({} {} lock on bytes \
+                 {}..{}, taken by thread {})",
+                self.name,
+                c.backend.name(),
+                c.mode.name(),
+                c.range.start,
+                c.range.end,
+                c.thread
+            ),
+        )
+    }
+
+    fn deadlock(&self, c: &Conflict, me: i32) -> Error {
+        let who = if c.thread == me {
+            "this thread holds it through another handle".to_string()
+        } else {
+            format!(
+                "thread {} holds it and waits, directly or not, for this thread",
+                c.thread
+            )
+        };
+        Error::new(
+            libc::EDEADLK,
+            format!("{}: waiting would deadlock: {who}", self.name),
+        )
+    }
+
+    fn kernel_error(&self, e: i32) -> Error {
+        let call = match self.backend {
+            Backend::Flock => "flock",
+            Backend::Ofd => "fcntl(F_OFD_SETLK)",
+            _ => "fcntl(F_SETLK)",
+        };
+        Error::sys(e, call, &self.name)
+    }
+
+    /// The strongest mode this handle holds anywhere.
+    fn held_mode(&self, table: &Table) -> Option<Mode> {
+        table
+            .holding(self.key, self.id)
+            .and_then(|h| h.ranges.iter().map(|(_, m)| m).max())
+    }
+
+    /// After a failed flock upgrade (the kernel dropped the shared lock), takes the
+    /// shared lock back without waiting; if that fails, records that nothing is held.
+    fn restore_flock(&self, table: &mut Table, held_before: Option<Mode>) -> Result<()> {
+        if self.backend != Backend::Flock || held_before != Some(Mode::Shared) {
+            return Ok(());
+        }
+        if backend::apply(
+            self.borrowed(),
+            Backend::Flock,
+            ByteRange::WHOLE,
+            Some(Mode::Shared),
+        )
+        .is_ok()
+        {
+            return Ok(());
+        }
+        table
+            .holding_mut(self.key, self.id, self.backend)
+            .ranges
+            .clear(ByteRange::WHOLE);
+        table.settle(self.key);
+        Err(Error::new(
+            libc::ENOLCK,
+            format!(
+                "{}: the upgrade failed and the shared lock, which flock releases before an \
+                 upgrade, was taken by another process meanwhile: this handle holds nothing",
+                self.name
+            ),
+        ))
+    }
+
+    fn record(&self, table: &mut Table, range: ByteRange, mode: Mode, me: i32) {
+        let h = table.holding_mut(self.key, self.id, self.backend);
+        h.ranges.set(range, mode);
+        h.thread = me;
+        h.fork_gen = fork_generation();
+        h.pending = None;
+    }
+
+    /// Releases `len` bytes from `start` (`(0, 0)`: everything this handle holds).
+    /// Bytes the handle does not hold are ignored. For POSIX, bytes another handle of
+    /// this process holds keep that handle's lock in the kernel.
+    pub fn unlock(&self, start: u64, len: u64) -> Result<()> {
+        let range = self.range(start, len)?;
+        let _call = self.call.begin(false)?;
+        self.check_owner()?;
+        let mut table = inode_table::table();
+        let result = self.release(self.borrowed(), &mut table, range);
+        table.settle(self.key);
+        result
+    }
+
+    fn release(&self, fd: BorrowedFd<'_>, table: &mut Table, range: ByteRange) -> Result<()> {
+        if self.backend == Backend::Posix {
+            let Some(h) = table.holding(self.key, self.id) else {
+                return Ok(());
+            };
+            let others = table.others_strongest(self.key, self.id, range);
+            for (piece, mode) in backend::posix::release_ops(&h.ranges, range, &others) {
+                backend::apply(fd, self.backend, piece, mode).map_err(|e| self.kernel_error(e))?;
+            }
+        } else {
+            backend::apply(fd, self.backend, range, None).map_err(|e| self.kernel_error(e))?;
+        }
+        if table.holding(self.key, self.id).is_some() {
+            table
+                .holding_mut(self.key, self.id, self.backend)
+                .ranges
+                .clear(range);
+        }
+        Ok(())
+    }
+
+    /// Tells whether `mode` on the range could be taken now, taking nothing: `None`
+    /// when it could, else one conflicting lock with its holder (pid and command
+    /// resolved from /proc for OFD and flock holders too; `is_self` for this process).
+    /// flock has no query call: its holders come from /proc/locks, so a flock query
+    /// fails where /proc cannot be read.
+    pub fn query(&self, mode: Mode, start: u64, len: u64) -> Result<Option<Holder>> {
+        let range = self.range(start, len)?;
+        let family = Family::from(self.backend);
+        let me = sys::getpid();
+        let (here, own_flocks) = {
+            let table = inode_table::table();
+            let here = table
+                .conflicts(self.key, self.id, family, range, mode)
+                .first()
+                .copied();
+            let own: Vec<Mode> = table
+                .get(self.key)
+                .map(|i| {
+                    i.holdings
+                        .iter()
+                        .filter(|h| h.backend == Backend::Flock)
+                        .filter_map(|h| h.ranges.iter().map(|(_, m)| m).max())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (here, own)
+        };
+        if let Some(c) = here {
+            return Ok(Some(Holder {
+                backend: c.backend,
+                mode: c.mode,
+                start: c.range.start,
+                len: c.range.api_len(),
+                pid: me,
+                is_self: true,
+                command: holders::command(me),
+            }));
+        }
+        let mut resolver = Resolver::new(self.key);
+        if self.backend == Backend::Flock {
+            let mut locks: Vec<ProcLock> = holders::proc_locks(self.key)?
+                .into_iter()
+                .filter(|l| l.backend == Backend::Flock)
+                .collect();
+            // This process's own flock locks (this handle's and compatible ones of its
+            // other handles) are not conflicts: take one line out for each.
+            for m in own_flocks {
+                let pos = locks
+                    .iter()
+                    .position(|l| l.mode == m && l.pid == me)
+                    .or_else(|| {
+                        locks
+                            .iter()
+                            .position(|l| l.mode == m && resolver.pid_of(l) == me)
+                    });
+                if let Some(p) = pos {
+                    locks.remove(p);
+                }
+            }
+            let hit = locks
+                .iter()
+                .find(|l| mode == Mode::Exclusive || l.mode == Mode::Exclusive);
+            return Ok(hit.map(|l| resolver.holder(l)));
+        }
+        let found = backend::conflicting(self.borrowed(), self.backend, range, mode)
+            .map_err(|e| Error::sys(e, "fcntl(F_GETLK)", &self.name))?;
+        Ok(found.map(|(range, mode, pid)| {
+            let backend = if pid == -1 {
+                Backend::Ofd
+            } else {
+                Backend::Posix
+            };
+            let lock = ProcLock {
+                backend,
+                mode,
+                range,
+                pid,
+            };
+            let pid = resolver.pid_of(&lock);
+            resolver.holder_with_pid(&lock, pid)
+        }))
+    }
+
+    /// Every lock on the file, from any process and any mechanism, as /proc/locks
+    /// shows it (POSIX locks of this process appear once, as the kernel holds them).
+    pub fn list(&self) -> Result<Vec<Holder>> {
+        let locks = holders::proc_locks(self.key)?;
+        let mut resolver = Resolver::new(self.key);
+        Ok(locks.iter().map(|l| resolver.holder(l)).collect())
+    }
+
+    /// Cancels the lock call in progress on this handle, from any thread: it returns
+    /// `ECANCELED` (unless the lock was granted first). Returns false, and has no
+    /// effect, when no lock call is in progress: a cancel is never remembered for a
+    /// later call.
+    pub fn cancel(&self) -> bool {
+        if !self.call.cancel() {
+            return false;
+        }
+        // Wake a thread waiting for another handle of this process.
+        let table = inode_table::table();
+        if let Some(inode) = table.get(self.key) {
+            inode.cond.notify_all();
+        }
+        true
+    }
+
+    /// Refreshes a DOTLOCK lock file; for the kernel backends there is nothing to do.
+    pub fn touch(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Closes the handle, releasing what it holds, with two exceptions that follow
+    /// the kernel: flock and OFD locks whose open file description was shared with a
+    /// child by `fork()` after they were taken stay with the child (closing merely drops
+    /// this process's reference), and a POSIX handle in a forked child has nothing to
+    /// release. While this process holds POSIX locks on the file through other handles,
+    /// the descriptor's close is deferred, since closing it would drop them.
+    pub fn close(mut self) -> Result<()> {
+        self.close_inner()
+    }
+
+    fn close_inner(&mut self) -> Result<()> {
+        let Some(fd) = self.fd.take() else {
+            return Ok(());
+        };
+        let mut table = inode_table::table();
+        let mut result = Ok(());
+        if let Some(h) = table.holding(self.key, self.id) {
+            let shared_by_fork = h.fork_gen != fork_generation();
+            let release = match self.backend {
+                Backend::Posix => sys::getpid() == self.opener,
+                _ => !shared_by_fork,
+            };
+            if release {
+                result = self.release(fd.as_fd(), &mut table, ByteRange::WHOLE);
+            }
+            table
+                .inode(self.key)
+                .holdings
+                .retain(|h| h.handle != self.id);
+        }
+        let keep_open = table.has_posix_locks(self.key);
+        let inode = table.inode(self.key);
+        inode.open_handles = inode.open_handles.saturating_sub(1);
+        if keep_open {
+            inode.deferred.push(fd);
+        } else {
+            inode.deferred.clear();
+            drop(fd);
+        }
+        table.settle(self.key);
+        table.forget_if_unused(self.key);
+        result
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = self.close_inner();
+    }
+}
+
+impl std::fmt::Debug for Lock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lock")
+            .field("name", &self.name)
+            .field("backend", &self.backend)
+            .field("fd", &self.fd.as_ref().map(|f| f.as_raw_fd()))
+            .finish()
+    }
+}

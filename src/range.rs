@@ -1,0 +1,227 @@
+//! Byte ranges: validation of what callers pass, and the set of ranges one owner holds.
+
+use std::collections::BTreeMap;
+
+use crate::{Error, Mode, Result};
+
+/// Offsets at or above 2^62 are reserved for the library; "to the end of the file"
+/// means up to here.
+pub const RESERVED: u64 = 1 << 62;
+
+/// A half-open byte range `[start, end)` with `end <= RESERVED`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// The whole file: `(0, 0)` in the API.
+    pub const WHOLE: ByteRange = ByteRange {
+        start: 0,
+        end: RESERVED,
+    };
+
+    /// Validates an API range: `len == 0` means to the end; nothing may reach the
+    /// reserved offsets. Fails with `EINVAL`.
+    pub fn from_api(start: u64, len: u64) -> Result<Self> {
+        let end = if len == 0 {
+            Some(RESERVED)
+        } else {
+            start.checked_add(len)
+        };
+        match end {
+            Some(end) if start < RESERVED && end <= RESERVED => Ok(ByteRange { start, end }),
+            _ => Err(Error::new(
+                libc::EINVAL,
+                format!(
+                    "range start {start} length {len} reaches offset 2^62 or beyond, \
+                     which is reserved"
+                ),
+            )),
+        }
+    }
+
+    /// The API length: 0 when the range runs to the end.
+    pub fn api_len(&self) -> u64 {
+        if self.end >= RESERVED {
+            0
+        } else {
+            self.end - self.start
+        }
+    }
+
+    /// True when the two ranges share a byte.
+    pub fn overlaps(&self, other: &ByteRange) -> bool {
+        self.start < other.end && other.start < self.end
+    }
+
+    /// True for `(0, 0)`.
+    pub fn is_whole(&self) -> bool {
+        *self == Self::WHOLE
+    }
+}
+
+/// The ranges one owner holds, each with its mode: disjoint, and adjacent ranges of
+/// the same mode merged. Keyed by start; lookups cost O(log n).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeMap {
+    /// start -> (end, mode)
+    segments: BTreeMap<u64, (u64, Mode)>,
+}
+
+impl RangeMap {
+    /// No ranges.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Number of disjoint segments.
+    pub fn len(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Segments overlapping `r`, whole (not clipped), in order.
+    pub fn touching(&self, r: ByteRange) -> impl Iterator<Item = (ByteRange, Mode)> + '_ {
+        let first = self
+            .segments
+            .range(..=r.start)
+            .next_back()
+            .filter(|(_, (end, _))| *end > r.start)
+            .map(|(s, _)| *s)
+            .unwrap_or(r.start);
+        self.segments
+            .range(first..r.end)
+            .map(|(&s, &(e, m))| (ByteRange { start: s, end: e }, m))
+            .filter(move |(seg, _)| seg.overlaps(&r))
+    }
+
+    /// Segments overlapping `r`, clipped to `r`, in order.
+    pub fn overlapping(&self, r: ByteRange) -> impl Iterator<Item = (ByteRange, Mode)> + '_ {
+        self.touching(r).map(move |(seg, m)| {
+            (
+                ByteRange {
+                    start: seg.start.max(r.start),
+                    end: seg.end.min(r.end),
+                },
+                m,
+            )
+        })
+    }
+
+    /// All segments in order.
+    pub fn iter(&self) -> impl Iterator<Item = (ByteRange, Mode)> + '_ {
+        self.segments
+            .iter()
+            .map(|(&s, &(e, m))| (ByteRange { start: s, end: e }, m))
+    }
+
+    /// Sets every byte of `r` to `mode` (replacing whatever was held there).
+    pub fn set(&mut self, r: ByteRange, mode: Mode) {
+        self.clear(r);
+        let mut start = r.start;
+        let mut end = r.end;
+        if let Some((&s, &(e, m))) = self.segments.range(..start).next_back() {
+            if e == start && m == mode {
+                self.segments.remove(&s);
+                start = s;
+            }
+        }
+        if let Some(&(e, m)) = self.segments.get(&end) {
+            if m == mode {
+                self.segments.remove(&end);
+                end = e;
+            }
+        }
+        self.segments.insert(start, (end, mode));
+    }
+
+    /// Releases every byte of `r`.
+    pub fn clear(&mut self, r: ByteRange) {
+        if let Some((&s, &(e, m))) = self.segments.range(..r.start).next_back() {
+            if e > r.start {
+                self.segments.insert(s, (r.start, m));
+                if e > r.end {
+                    self.segments.insert(r.end, (e, m));
+                    return;
+                }
+            }
+        }
+        let inside: Vec<u64> = self
+            .segments
+            .range(r.start..r.end)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in inside {
+            let (e, m) = self.segments.remove(&s).expect("key was just listed");
+            if e > r.end {
+                self.segments.insert(r.end, (e, m));
+            }
+        }
+    }
+
+    /// The strongest mode held anywhere in `r`, if any.
+    pub fn strongest_in(&self, r: ByteRange) -> Option<Mode> {
+        self.overlapping(r).map(|(_, m)| m).max()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(start: u64, end: u64) -> ByteRange {
+        ByteRange { start, end }
+    }
+
+    #[test]
+    fn from_api_rejects_reserved_offsets() {
+        assert!(ByteRange::from_api(RESERVED, 0).is_err());
+        assert!(ByteRange::from_api(RESERVED - 1, 2).is_err());
+        assert!(ByteRange::from_api(u64::MAX, 1).is_err());
+        assert_eq!(ByteRange::from_api(0, 0).unwrap(), ByteRange::WHOLE);
+        assert_eq!(
+            ByteRange::from_api(RESERVED - 1, 1).unwrap(),
+            r(RESERVED - 1, RESERVED)
+        );
+    }
+
+    #[test]
+    fn set_merges_neighbours_of_the_same_mode() {
+        let mut m = RangeMap::new();
+        m.set(r(0, 10), Mode::Shared);
+        m.set(r(10, 20), Mode::Shared);
+        assert_eq!(m.len(), 1);
+        m.set(r(5, 15), Mode::Exclusive);
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            vec![
+                (r(0, 5), Mode::Shared),
+                (r(5, 15), Mode::Exclusive),
+                (r(15, 20), Mode::Shared)
+            ]
+        );
+        m.clear(r(0, 20));
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn clear_splits_a_segment() {
+        let mut m = RangeMap::new();
+        m.set(r(0, 100), Mode::Exclusive);
+        m.clear(r(40, 60));
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            vec![(r(0, 40), Mode::Exclusive), (r(60, 100), Mode::Exclusive)]
+        );
+        assert_eq!(m.overlapping(r(30, 70)).count(), 2);
+        assert_eq!(m.strongest_in(r(40, 60)), None);
+    }
+}

@@ -1,0 +1,509 @@
+//! The only raw system calls of the crate, each in a small function with its safety
+//! argument. Every call retries `EINTR` where that is the right thing to do and reports
+//! failure as the positive errno.
+
+use std::ffi::CStr;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// A failed system call: the positive errno.
+pub(crate) type Errno = i32;
+
+/// `clone(2)` flag: put a pidfd for the child in `parent_tid` (Linux 5.2).
+const CLONE_PIDFD: libc::c_int = 0x1000;
+/// `waitid(2)` id type for a pidfd (Linux 5.4).
+const P_PIDFD: libc::idtype_t = 3;
+/// `waitid(2)` option: wait for children whatever their exit signal.
+const WALL: libc::c_int = 0x4000_0000;
+
+fn errno() -> Errno {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Runs `f` until it does not fail with `EINTR`.
+fn retry<T: PartialEq + From<i8>>(mut f: impl FnMut() -> T) -> Result<T, Errno> {
+    loop {
+        let r = f();
+        if r != T::from(-1) {
+            return Ok(r);
+        }
+        let e = errno();
+        if e != libc::EINTR {
+            return Err(e);
+        }
+    }
+}
+
+/// `open(2)` with `flags` and creation `mode`; never returns descriptor 0, 1 or 2
+/// (a descriptor there would be mistaken for a standard stream by the host).
+pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> Result<OwnedFd, Errno> {
+    // SAFETY: `path` is a valid NUL-terminated string; open does not keep the pointer.
+    let fd = retry(|| unsafe { libc::open(path.as_ptr(), flags, mode as libc::c_uint) })?;
+    // SAFETY: open returned a fresh descriptor that nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    if fd > 2 {
+        return Ok(owned);
+    }
+    let cmd = if flags & libc::O_CLOEXEC != 0 {
+        libc::F_DUPFD_CLOEXEC
+    } else {
+        libc::F_DUPFD
+    };
+    // SAFETY: F_DUPFD(_CLOEXEC) on a descriptor we own returns a new one or -1.
+    let high = retry(|| unsafe { libc::fcntl(owned.as_raw_fd(), cmd, 3) })?;
+    // SAFETY: the duplicate is fresh and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(high) })
+}
+
+/// `stat(2)` or `lstat(2)` of a path.
+pub(crate) fn stat(path: &CStr, follow: bool) -> Result<libc::stat, Errno> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `path` is NUL-terminated and `st` is writable memory of the right size.
+    let rc = unsafe {
+        if follow {
+            libc::stat(path.as_ptr(), st.as_mut_ptr())
+        } else {
+            libc::lstat(path.as_ptr(), st.as_mut_ptr())
+        }
+    };
+    if rc != 0 {
+        return Err(errno());
+    }
+    // SAFETY: stat succeeded, so it filled the struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstat(2)`.
+pub(crate) fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat, Errno> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `fd` is open for the duration of the call and `st` is writable.
+    let rc = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(errno());
+    }
+    // SAFETY: fstat succeeded, so it filled the struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC)` (or `F_DUPFD` when `cloexec` is false), above the
+/// standard streams.
+pub(crate) fn dup(fd: BorrowedFd<'_>, cloexec: bool) -> Result<OwnedFd, Errno> {
+    let cmd = if cloexec {
+        libc::F_DUPFD_CLOEXEC
+    } else {
+        libc::F_DUPFD
+    };
+    // SAFETY: duplicating a borrowed, open descriptor.
+    let new = retry(|| unsafe { libc::fcntl(fd.as_raw_fd(), cmd, 3) })?;
+    // SAFETY: the duplicate is fresh and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// `fcntl(F_GETFL)`: the access mode and status flags of an open file description.
+pub(crate) fn status_flags(fd: BorrowedFd<'_>) -> Result<libc::c_int, Errno> {
+    // SAFETY: F_GETFL reads flags of an open descriptor.
+    retry(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+}
+
+/// `fcntl(F_SETFL)` without `O_NONBLOCK`.
+pub(crate) fn clear_nonblock(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let flags = status_flags(fd)?;
+    // SAFETY: F_SETFL on an open descriptor with flags it reported itself.
+    retry(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+/// `flock(2)` with `op` (`LOCK_SH`, `LOCK_EX`, `LOCK_UN`, with `LOCK_NB`).
+pub(crate) fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: flock takes an open descriptor and an integer.
+    retry(|| unsafe { libc::flock(fd.as_raw_fd(), op) })?;
+    Ok(())
+}
+
+/// `fcntl(2)` with a record-lock command (`F_SETLK`, `F_GETLK`, `F_OFD_*`).
+pub(crate) fn fcntl_lock(
+    fd: BorrowedFd<'_>,
+    cmd: libc::c_int,
+    fl: &mut libc::flock,
+) -> Result<(), Errno> {
+    // SAFETY: `fl` is a valid, writable struct flock for the duration of the call.
+    retry(|| unsafe { libc::fcntl(fd.as_raw_fd(), cmd, fl as *mut libc::flock) })?;
+    Ok(())
+}
+
+/// `gettid(2)`: the calling thread's id.
+pub(crate) fn gettid() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// `getpid(2)`.
+pub(crate) fn getpid() -> i32 {
+    // SAFETY: getpid has no arguments and cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// `eventfd(2)`: non-blocking, close-on-exec, counter 0.
+pub(crate) fn eventfd() -> Result<OwnedFd, Errno> {
+    // SAFETY: eventfd takes integers and returns a new descriptor or -1.
+    let fd = retry(|| unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: the descriptor is fresh and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd counter, waking whoever polls it.
+pub(crate) fn eventfd_signal(fd: BorrowedFd<'_>) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a local to an eventfd; failure (a full counter) is
+    // harmless because the descriptor is then readable already.
+    unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
+/// Resets an eventfd counter to zero.
+pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
+    let mut value: u64 = 0;
+    // SAFETY: reads 8 bytes into a local; EAGAIN (already zero) is expected and fine.
+    unsafe { libc::read(fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+}
+
+/// `ppoll(2)` for readability of up to two descriptors; `None` waits forever.
+/// Returns which of them are readable; both false on timeout. EINTR counts as
+/// "nothing ready" so that the caller re-checks its deadline.
+pub(crate) fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> Result<[bool; 2], Errno> {
+    let mut pfd = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; 2];
+    for (slot, fd) in pfd.iter_mut().zip(fds) {
+        slot.fd = *fd;
+    }
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `pfd` holds two valid pollfd entries (fd -1 is ignored by the kernel),
+    // `tsp` is null or points to a live timespec, and the sigmask is null.
+    let rc = unsafe { libc::ppoll(pfd.as_mut_ptr(), 2, tsp, std::ptr::null()) };
+    if rc < 0 {
+        let e = errno();
+        return if e == libc::EINTR {
+            Ok([false, false])
+        } else {
+            Err(e)
+        };
+    }
+    let ready = |p: &libc::pollfd| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
+    Ok([ready(&pfd[0]), ready(&pfd[1])])
+}
+
+/// `pidfd_send_signal(2)` with SIGKILL.
+pub(crate) fn pidfd_kill(pidfd: BorrowedFd<'_>) {
+    // SAFETY: the pidfd is open; a null siginfo and zero flags are valid; an error
+    // (the child already exited) needs no handling.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+}
+
+/// How a waiter child ended.
+pub(crate) enum ChildExit {
+    /// It returned from its work with this code.
+    Code(i32),
+    /// It was killed by a signal.
+    Killed,
+}
+
+/// `waitid(P_PIDFD, WEXITED | __WALL)`: reaps the child behind `pidfd`, blocking.
+pub(crate) fn reap(pidfd: BorrowedFd<'_>) -> Result<ChildExit, Errno> {
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: `info` is writable; the pidfd is open; the call only reaps that child.
+    retry(|| unsafe {
+        libc::waitid(
+            P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            info.as_mut_ptr(),
+            libc::WEXITED | WALL,
+        )
+    })?;
+    // SAFETY: waitid succeeded, so it filled si_code and si_status.
+    let info = unsafe { info.assume_init() };
+    // SAFETY: for a reaped child the status field is the valid union member.
+    let status = unsafe { info.si_status() };
+    Ok(if info.si_code == libc::CLD_EXITED {
+        ChildExit::Code(status)
+    } else {
+        ChildExit::Killed
+    })
+}
+
+/// `pidfd_open(2)`.
+fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: the descriptor is fresh and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The blocking lock call a waiter child makes on the shared descriptor table.
+#[derive(Clone, Copy)]
+pub(crate) enum KernelCall {
+    /// `flock(fd, op)`.
+    Flock { op: libc::c_int },
+    /// `fcntl(fd, cmd, &fl)`.
+    Fcntl { cmd: libc::c_int, fl: libc::flock },
+}
+
+/// What a waiter child reads: the call, and where it reports the result.
+#[repr(C)]
+pub(crate) struct WaiterJob {
+    fd: RawFd,
+    call: KernelCall,
+    parent: libc::pid_t,
+    /// 0 when the call returned success; written by the child before it exits.
+    result: std::sync::atomic::AtomicI64,
+}
+
+impl WaiterJob {
+    pub(crate) fn new(fd: RawFd, call: KernelCall) -> Self {
+        WaiterJob {
+            fd,
+            call,
+            parent: getpid(),
+            result: std::sync::atomic::AtomicI64::new(1),
+        }
+    }
+
+    /// True when the child's call returned success (even if it was then killed
+    /// before it could exit).
+    pub(crate) fn succeeded(&self) -> bool {
+        self.result.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+}
+
+/// A system call with three arguments that does not touch `errno`: the waiter child
+/// shares the parent's memory and thread-local storage, so it must not write `errno`.
+#[cfg(target_arch = "x86_64")]
+fn raw_syscall3(nr: libc::c_long, a: usize, b: usize, c: usize) -> isize {
+    let ret: isize;
+    // SAFETY: the `syscall` instruction with the x86_64 Linux convention; rcx and r11
+    // are clobbered by the instruction, memory may be written by the kernel.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a,
+            in("rsi") b,
+            in("rdx") c,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret
+}
+
+/// A system call with three arguments that does not touch `errno` (see x86_64).
+#[cfg(target_arch = "aarch64")]
+fn raw_syscall3(nr: libc::c_long, a: usize, b: usize, c: usize) -> isize {
+    let ret: isize;
+    // SAFETY: `svc 0` with the aarch64 Linux convention (number in x8, result in x0).
+    unsafe {
+        std::arch::asm!(
+            "svc 0",
+            in("x8") nr,
+            inlateout("x0") a as isize => ret,
+            in("x1") b,
+            in("x2") c,
+            options(nostack)
+        );
+    }
+    ret
+}
+
+/// The body of a waiter child created with `CLONE_VM | CLONE_FILES`: it runs on its
+/// own small stack, in the parent's memory, with every signal blocked, and makes only
+/// raw system calls. It dies with the thread that created it (`PR_SET_PDEATHSIG`).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+extern "C" fn waiter_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the WaiterJob the parent keeps alive until it has reaped us.
+    let job = unsafe { &*(arg as *const WaiterJob) };
+    raw_syscall3(
+        libc::SYS_prctl,
+        libc::PR_SET_PDEATHSIG as usize,
+        libc::SIGKILL as usize,
+        0,
+    );
+    if raw_syscall3(libc::SYS_getppid, 0, 0, 0) != job.parent as isize {
+        return libc::ESRCH;
+    }
+    let r = match job.call {
+        KernelCall::Flock { op } => raw_syscall3(libc::SYS_flock, job.fd as usize, op as usize, 0),
+        KernelCall::Fcntl { cmd, ref fl } => raw_syscall3(
+            libc::SYS_fcntl,
+            job.fd as usize,
+            cmd as usize,
+            fl as *const libc::flock as usize,
+        ),
+    };
+    job.result
+        .store(r as i64, std::sync::atomic::Ordering::SeqCst);
+    if r < 0 { (-r) as libc::c_int } else { 0 }
+}
+
+/// Stack size of a waiter child: it makes four system calls and nothing else.
+const WAITER_STACK: usize = 16 * 1024;
+
+/// A live waiter child: its pidfd, and the memory it runs on.
+pub(crate) struct Waiter {
+    pub(crate) pidfd: OwnedFd,
+    _stack: Vec<u128>,
+}
+
+/// Blocks every signal in the calling thread, returning the previous mask.
+fn block_all_signals() -> libc::sigset_t {
+    let mut all = MaybeUninit::<libc::sigset_t>::uninit();
+    let mut old = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigfillset initialises `all`; pthread_sigmask reads it and fills `old`.
+    unsafe {
+        libc::sigfillset(all.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr());
+        old.assume_init()
+    }
+}
+
+/// Restores a mask returned by [`block_all_signals`].
+fn restore_signals(old: &libc::sigset_t) {
+    // SAFETY: `old` is a mask previously filled by pthread_sigmask.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+}
+
+/// Starts a waiter child that shares this process's memory and descriptor table
+/// (`clone(CLONE_VM | CLONE_FILES | CLONE_PIDFD)`, no exit signal) and makes `job`'s
+/// blocking call. Because the descriptor table is shared, a lock the child obtains
+/// belongs to the parent (OFD and flock locks to the open file description, POSIX
+/// locks to the table). Returns `EINVAL`/`ENOSYS`/`EPERM` where such a child is not
+/// allowed (old kernels, seccomp, valgrind): the caller then uses [`spawn_forked_waiter`].
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn spawn_shared_waiter(job: &WaiterJob) -> Result<Waiter, Errno> {
+    let mut stack = vec![0u128; WAITER_STACK / 16];
+    // SAFETY: one past the end of the allocation, 16-byte aligned: the stack grows down.
+    let top = unsafe { stack.as_mut_ptr().add(stack.len()) } as *mut libc::c_void;
+    let mut pidfd: libc::c_int = -1;
+    let old = block_all_signals();
+    // SAFETY: `waiter_main` only makes raw system calls on `job`, which outlives the
+    // child (the caller reaps it before dropping the job and the stack); CLONE_PIDFD
+    // writes the pidfd to `pidfd`; no exit signal is requested, so the host's SIGCHLD
+    // handling never sees this child.
+    let pid = unsafe {
+        libc::clone(
+            waiter_main,
+            top,
+            libc::CLONE_VM | libc::CLONE_FILES | CLONE_PIDFD,
+            job as *const WaiterJob as *mut libc::c_void,
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    let err = errno();
+    restore_signals(&old);
+    if pid < 0 {
+        return Err(err);
+    }
+    let pidfd = if pidfd >= 0 {
+        // SAFETY: the kernel gave us this fresh pidfd.
+        unsafe { OwnedFd::from_raw_fd(pidfd) }
+    } else {
+        pidfd_open(pid)?
+    };
+    Ok(Waiter {
+        pidfd,
+        _stack: stack,
+    })
+}
+
+/// Without inline system calls for this architecture, only the forked waiter exists.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub(crate) fn spawn_shared_waiter(_job: &WaiterJob) -> Result<Waiter, Errno> {
+    Err(libc::ENOSYS)
+}
+
+/// Starts a waiter child as a copy of this process (`clone` without `CLONE_VM`, no
+/// exit signal). It shares the open file descriptions, so flock and OFD locks it
+/// obtains belong to the parent too; POSIX locks would be its own, so callers use this
+/// only for flock and OFD.
+pub(crate) fn spawn_forked_waiter(job: &WaiterJob) -> Result<Waiter, Errno> {
+    let mut pidfd: libc::c_int = -1;
+    let old = block_all_signals();
+    // SAFETY: a fork-like clone: the child runs on a copy of this stack and makes only
+    // async-signal-safe calls (the lock call, then _exit); `pidfd` receives the pidfd.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            CLONE_PIDFD as libc::c_ulong,
+            0usize,
+            &mut pidfd as *mut libc::c_int,
+            0usize,
+            0usize,
+        )
+    };
+    if pid == 0 {
+        let r = match job.call {
+            KernelCall::Flock { op } => {
+                // SAFETY: flock on the inherited descriptor.
+                unsafe { libc::flock(job.fd, op) }
+            }
+            KernelCall::Fcntl { cmd, mut fl } => {
+                // SAFETY: fcntl with a struct flock on our own stack copy.
+                unsafe { libc::fcntl(job.fd, cmd, &mut fl as *mut libc::flock) }
+            }
+        };
+        let code = if r == 0 { 0 } else { errno() };
+        // SAFETY: leaving the child without running any of the parent's cleanup.
+        unsafe { libc::_exit(code) };
+    }
+    let err = errno();
+    restore_signals(&old);
+    if pid < 0 {
+        return Err(err);
+    }
+    let pidfd = if pidfd >= 0 {
+        // SAFETY: the kernel gave us this fresh pidfd.
+        unsafe { OwnedFd::from_raw_fd(pidfd) }
+    } else {
+        pidfd_open(pid as libc::pid_t)?
+    };
+    Ok(Waiter {
+        pidfd,
+        _stack: Vec::new(),
+    })
+}
+
+/// Reads a small text file whole (for /proc); `None` when it cannot be read.
+pub(crate) fn read_small(path: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+/// Registers `prepare`, `parent` and `child` fork handlers (`pthread_atfork(3)`).
+pub(crate) fn at_fork(
+    prepare: unsafe extern "C" fn(),
+    parent: unsafe extern "C" fn(),
+    child: unsafe extern "C" fn(),
+) {
+    // SAFETY: the handlers are plain functions that live for the whole program.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}

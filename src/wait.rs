@@ -1,0 +1,282 @@
+//! Timed and cancellable waits.
+//!
+//! No kernel lock call takes a timeout, and a library may not take a signal from its
+//! host to interrupt one. So a blocking lock call is made by a *waiter child*: a
+//! process created with `clone(CLONE_VM | CLONE_FILES | CLONE_PIDFD)` and no exit
+//! signal, which shares this process's memory and descriptor table, blocks in the
+//! kernel (`flock(LOCK_EX)`, `F_OFD_SETLKW`, `F_SETLKW`) and exits when it gets the
+//! lock. Because the descriptor table is shared, the lock it obtains belongs to the
+//! handle (flock and OFD locks to the open file description, POSIX locks to the
+//! process). The waiting thread sleeps in `ppoll` on the child's pidfd and the handle's
+//! cancel eventfd, with the exact remaining time; at the deadline or on cancel it kills
+//! the child with `pidfd_send_signal(SIGKILL)`, which aborts the kernel wait. The host
+//! sees no signal, no SIGCHLD and no thread.
+//!
+//! Where such a child is refused (seccomp filters, valgrind), flock and OFD waits use
+//! a fork-like child instead (it shares the open file descriptions), and POSIX waits
+//! fall back to retrying with a bounded backoff (1 ms doubling to 25 ms), still
+//! cancellable and still ending on time.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::sys::{self, ChildExit, Errno, KernelCall, WaiterJob};
+use crate::{Error, Result};
+
+/// When a lock call gives up.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline {
+    at: Option<Instant>,
+    try_only: bool,
+}
+
+impl Deadline {
+    /// `None`: never; `Some(ZERO)`: try once; otherwise now + timeout.
+    pub(crate) fn after(timeout: Option<Duration>) -> Self {
+        match timeout {
+            None => Deadline {
+                at: None,
+                try_only: false,
+            },
+            Some(d) if d.is_zero() => Deadline {
+                at: None,
+                try_only: true,
+            },
+            Some(d) => Deadline {
+                at: Instant::now().checked_add(d),
+                try_only: false,
+            },
+        }
+    }
+
+    /// True when the call must not wait at all.
+    pub(crate) fn is_try(&self) -> bool {
+        self.try_only
+    }
+
+    /// Time left: `None` forever, `Some(ZERO)` when expired.
+    pub(crate) fn remaining(&self) -> Option<Duration> {
+        if self.try_only {
+            return Some(Duration::ZERO);
+        }
+        self.at
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// True once the deadline has passed.
+    pub(crate) fn expired(&self) -> bool {
+        self.remaining() == Some(Duration::ZERO)
+    }
+}
+
+const BUSY: u32 = 1;
+const LOCKING: u32 = 2;
+const CANCELLED: u32 = 4;
+
+/// The per-handle state that makes one lock or unlock run at a time and lets
+/// `cancel` reach the lock call in progress.
+///
+/// `bits` is the only shared state: BUSY while a lock or unlock runs, LOCKING while
+/// that call is a lock, CANCELLED once `cancel` hit it. A call clears all three when it
+/// returns, so a cancel that lands between calls finds nothing to cancel and is never
+/// remembered (no stale cancel), while a cancel that lands at any moment of a lock call
+/// — before it starts to sleep or during the sleep — is seen by it (no lost cancel):
+/// the call checks CANCELLED after it has armed the eventfd and before each sleep.
+#[derive(Default)]
+pub(crate) struct CallState {
+    bits: AtomicU32,
+    wake: OnceLock<OwnedFd>,
+}
+
+/// Marks a call in progress; clears the state when dropped.
+pub(crate) struct CallGuard<'a>(&'a CallState);
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        self.0.bits.store(0, Ordering::SeqCst);
+    }
+}
+
+impl CallState {
+    /// Starts a lock (`locking`) or unlock call; `EBUSY` when one is in progress.
+    pub(crate) fn begin(&self, locking: bool) -> Result<CallGuard<'_>> {
+        let bits = if locking { BUSY | LOCKING } else { BUSY };
+        self.bits
+            .compare_exchange(0, bits, Ordering::SeqCst, Ordering::SeqCst)
+            .map_err(|_| {
+                Error::new(
+                    libc::EBUSY,
+                    "another lock or unlock call is in progress on this handle",
+                )
+            })?;
+        Ok(CallGuard(self))
+    }
+
+    /// Cancels the lock call in progress; returns false when there is none.
+    pub(crate) fn cancel(&self) -> bool {
+        let mut cur = self.bits.load(Ordering::SeqCst);
+        loop {
+            if cur & LOCKING == 0 {
+                return false;
+            }
+            if cur & CANCELLED != 0 {
+                return true;
+            }
+            match self.bits.compare_exchange(
+                cur,
+                cur | CANCELLED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        if let Some(fd) = self.wake.get() {
+            sys::eventfd_signal(fd.as_fd());
+        }
+        true
+    }
+
+    /// True once the call in progress was cancelled.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.bits.load(Ordering::SeqCst) & CANCELLED != 0
+    }
+
+    /// The eventfd that `cancel` signals, created on first use.
+    fn wake_fd(&self) -> Result<BorrowedFd<'_>> {
+        if let Some(fd) = self.wake.get() {
+            return Ok(fd.as_fd());
+        }
+        let fd = sys::eventfd().map_err(|e| Error::sys(e, "eventfd", "for cancellation"))?;
+        Ok(self.wake.get_or_init(|| fd).as_fd())
+    }
+}
+
+/// How a kernel wait ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The lock call returned success.
+    Granted,
+    /// The lock call failed with this errno (EDEADLK from POSIX, ENOLCK, ...).
+    Failed(Errno),
+    /// The deadline passed; the call was aborted (it may have succeeded just before).
+    TimedOut,
+    /// `cancel` was called; the call was aborted (it may have succeeded just before).
+    Cancelled,
+}
+
+/// Which kind of waiter child this process can create.
+static MECHANISM: AtomicU8 = AtomicU8::new(0);
+const UNKNOWN: u8 = 0;
+const SHARED: u8 = 1;
+const FORKED: u8 = 2;
+
+/// Waits in the kernel for `call` on `fd`, until it is granted, the deadline passes
+/// or `state` is cancelled. `owner_is_process` is true for POSIX locks, which only a
+/// child sharing the descriptor table can take for us. Returns `None` when no waiter
+/// child can be created here for that kind of lock (the caller then retries with
+/// backoff, see [`sleep`]).
+pub(crate) fn in_kernel(
+    fd: BorrowedFd<'_>,
+    call: KernelCall,
+    owner_is_process: bool,
+    deadline: &Deadline,
+    state: &CallState,
+) -> Result<Option<Outcome>> {
+    let wake = state.wake_fd()?;
+    let job = WaiterJob::new(fd.as_raw_fd(), call);
+    let waiter = match spawn(&job, owner_is_process) {
+        Ok(Some(w)) => w,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(Error::sys(e, "clone", "(waiter child)")),
+    };
+    let pidfd = waiter.pidfd.as_fd();
+    let fds = [pidfd.as_raw_fd(), wake.as_raw_fd()];
+    let stop = |outcome: Outcome| -> Result<Option<Outcome>> {
+        sys::pidfd_kill(pidfd);
+        sys::reap(pidfd).map_err(|e| Error::sys(e, "waitid", "(waiter child)"))?;
+        Ok(Some(if job.succeeded() {
+            Outcome::Granted
+        } else {
+            outcome
+        }))
+    };
+    loop {
+        if state.cancelled() {
+            return stop(Outcome::Cancelled);
+        }
+        let remaining = deadline.remaining();
+        if remaining == Some(Duration::ZERO) {
+            return stop(Outcome::TimedOut);
+        }
+        let ready = match sys::poll_readable(&fds, remaining) {
+            Ok(r) => r,
+            Err(e) => {
+                stop(Outcome::Cancelled)?;
+                return Err(Error::sys(e, "ppoll", "(waiting for the lock)"));
+            }
+        };
+        if ready[0] {
+            let exit = sys::reap(pidfd).map_err(|e| Error::sys(e, "waitid", "(waiter child)"))?;
+            return Ok(Some(match exit {
+                ChildExit::Code(0) => Outcome::Granted,
+                ChildExit::Code(e) => Outcome::Failed(e),
+                // Killed by someone else: whether the call completed is unknown; the
+                // caller's final non-blocking attempt settles it.
+                ChildExit::Killed => Outcome::TimedOut,
+            }));
+        }
+        if ready[1] {
+            sys::eventfd_drain(wake);
+        }
+    }
+}
+
+fn spawn(
+    job: &WaiterJob,
+    owner_is_process: bool,
+) -> std::result::Result<Option<sys::Waiter>, Errno> {
+    if MECHANISM.load(Ordering::Relaxed) != FORKED {
+        match sys::spawn_shared_waiter(job) {
+            Ok(w) => {
+                MECHANISM.store(SHARED, Ordering::Relaxed);
+                return Ok(Some(w));
+            }
+            Err(libc::EINVAL | libc::ENOSYS | libc::EPERM) => {
+                MECHANISM.store(FORKED, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if owner_is_process {
+        return Ok(None);
+    }
+    sys::spawn_forked_waiter(job).map(Some)
+}
+
+/// Sleeps up to `d` or until `state` is cancelled (for the backoff fallback).
+pub(crate) fn sleep(state: &CallState, d: Duration) -> Result<()> {
+    let wake = state.wake_fd()?;
+    if state.cancelled() {
+        return Ok(());
+    }
+    let ready = sys::poll_readable(&[wake.as_raw_fd()], Some(d))
+        .map_err(|e| Error::sys(e, "ppoll", "(backoff)"))?;
+    if ready[0] {
+        sys::eventfd_drain(wake);
+    }
+    Ok(())
+}
+
+/// The mechanism in use, for diagnostics and benchmarks: "shared waiter child",
+/// "forked waiter child", or "not yet chosen".
+pub fn mechanism() -> &'static str {
+    match MECHANISM.load(Ordering::Relaxed) {
+        UNKNOWN => "not yet chosen",
+        SHARED => "shared waiter child (clone CLONE_VM|CLONE_FILES)",
+        _ => "forked waiter child",
+    }
+}

@@ -1,0 +1,188 @@
+//! Shared test helpers: a peer process (this test binary re-run in "peer" mode) that
+//! takes locks on command, so that cross-process behaviour is tested with real
+//! processes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use unilock::{Backend, Lock, Mode, Options, flags};
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("unilock-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        let p = self.0.join(name);
+        if !p.exists() {
+            std::fs::write(&p, b"").unwrap();
+        }
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn opts(backend: Backend) -> Options {
+    Options::new().backend(backend).flags(flags::CREATE)
+}
+
+pub fn backend_named(name: &str) -> Backend {
+    match name {
+        "flock" => Backend::Flock,
+        "ofd" => Backend::Ofd,
+        "posix" => Backend::Posix,
+        other => panic!("unknown backend {other}"),
+    }
+}
+
+pub fn mode_named(name: &str) -> Mode {
+    if name == "sh" {
+        Mode::Shared
+    } else {
+        Mode::Exclusive
+    }
+}
+
+/// A peer process speaking a line protocol on stdin/stdout.
+pub struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// The environment variable that turns a test binary into a peer.
+pub const PEER_ENV: &str = "UNILOCK_TEST_PEER";
+
+impl Peer {
+    /// Starts this test binary as a peer: it runs only the test named `peer_main`.
+    pub fn spawn() -> Peer {
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Command::new(exe)
+            .args(["--exact", "peer_main", "--nocapture", "--test-threads=1"])
+            .env(PEER_ENV, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut p = Peer {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(p.reply(), "ready");
+        p
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn reply(&mut self) -> String {
+        loop {
+            let mut line = String::new();
+            assert!(self.stdout.read_line(&mut line).unwrap() > 0, "peer exited");
+            // The harness may print "test peer_main ... " before the first reply.
+            if let Some(at) = line.find("@@ ") {
+                return line[at + 3..].trim_end().to_string();
+            }
+        }
+    }
+
+    /// Sends a command and returns the reply: "ok", "err ERRNO", or a value.
+    pub fn cmd(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        self.reply()
+    }
+
+    /// Sends a command without waiting for the reply.
+    pub fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Reads the reply of a command sent with [`Peer::send`].
+    pub fn recv(&mut self) -> String {
+        self.reply()
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The peer's command loop: `open NAME PATH BACKEND`, `lock NAME MODE START LEN MS`,
+/// `unlock NAME START LEN`, `close NAME`, `exit`. Replies go to stdout after "@@ ".
+pub fn peer_loop() {
+    let mut handles = std::collections::HashMap::new();
+    println!("@@ ready");
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let line = line.unwrap();
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let reply = match w.as_slice() {
+            ["open", name, path, backend] => {
+                match Lock::open(Path::new(path), &opts(backend_named(backend))) {
+                    Ok(l) => {
+                        handles.insert(name.to_string(), l);
+                        "ok".to_string()
+                    }
+                    Err(e) => format!("err {}", e.errno()),
+                }
+            }
+            ["lock", name, mode, start, len, ms] => {
+                let ms: i64 = ms.parse().unwrap();
+                let timeout = (ms >= 0).then(|| Duration::from_millis(ms as u64));
+                match handles[*name].lock(
+                    mode_named(mode),
+                    start.parse().unwrap(),
+                    len.parse().unwrap(),
+                    timeout,
+                ) {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => format!("err {}", e.errno()),
+                }
+            }
+            ["unlock", name, start, len] => {
+                match handles[*name].unlock(start.parse().unwrap(), len.parse().unwrap()) {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => format!("err {}", e.errno()),
+                }
+            }
+            ["close", name] => {
+                handles.remove(*name);
+                "ok".to_string()
+            }
+            ["exit"] => std::process::exit(0),
+            _ => format!("bad command {line}"),
+        };
+        println!("@@ {reply}");
+    }
+    std::process::exit(0);
+}
