@@ -136,22 +136,19 @@ pub(crate) fn fcntl_lock(
 
 /// `gettid(2)`: the calling thread's id.
 pub(crate) fn gettid() -> i32 {
-    // SAFETY: gettid has no arguments and cannot fail.
-    unsafe { libc::gettid() }
+    rustix::thread::gettid().as_raw_nonzero().get()
 }
 
 /// `getpid(2)`.
 pub(crate) fn getpid() -> i32 {
-    // SAFETY: getpid has no arguments and cannot fail.
-    unsafe { libc::getpid() }
+    rustix::process::getpid().as_raw_nonzero().get()
 }
 
 /// `eventfd(2)`: non-blocking, close-on-exec, counter 0.
 pub(crate) fn eventfd() -> Result<OwnedFd, Errno> {
-    // SAFETY: eventfd takes integers and returns a new descriptor or -1.
-    let fd = retry(|| unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-    // SAFETY: the descriptor is fresh and owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    use rustix::event::EventfdFlags;
+    rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map_err(|e| e.raw_os_error())
 }
 
 /// Adds one to an eventfd counter, waking whoever polls it.
