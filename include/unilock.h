@@ -3,12 +3,35 @@
 #ifndef UNILOCK_H
 #define UNILOCK_H
 
-
-
 #include <stddef.h>
 #include <stdint.h>
 
-/* Version of this header; compare with unilock_version() at run time. */
+/*
+ * unilock: advisory file locking for Linux, one API over flock(2), OFD and POSIX locks.
+ *
+ * Conventions
+ * - Every function that can fail returns int: 0 (or a documented non-negative value) on
+ *   success, a negative errno on failure. unilock_strerror(rc) names it;
+ *   unilock_last_error() gives this thread's detail (the call, the path, the reason).
+ *   No call aborts or unwinds into the caller: an internal panic is -ENOTRECOVERABLE.
+ * - NULL where a pointer is required gives -EINVAL; a closed or foreign handle -EBADF.
+ * - Ranges are (start, len) in bytes; len 0 means to the end of the file and beyond;
+ *   (0, 0) is the whole file. Offsets at or above 2^62 are reserved: -EINVAL.
+ * - Every call is thread-safe. One handle runs one lock or unlock at a time (-EBUSY);
+ *   unilock_cancel, unilock_query, unilock_list and unilock_fd may run at any time.
+ * - Each handle is its own lock owner in every backend: two handles on one file
+ *   conflict even in one thread, and closing one never releases another's locks.
+ *   A wait that only this process could end (this thread holds the conflicting lock
+ *   through another handle, or a cycle of this process's waiting threads) returns
+ *   -EDEADLK. A handle's locks are attributed to the thread that took them.
+ * - Waits sleep in the kernel (no polling, no signals in the host): see unilock_lock.
+ * - unilock_mode and unilock_backend are uint32_t with #define constants rather than C
+ *   enums, so that any value passed is defined behaviour and unknown ones get -EINVAL.
+ * - fork: FLOCK and OFD locks are shared with a forked child (closing the handle in
+ *   either process keeps the other's lock; an unlock releases it for both); POSIX
+ *   locks are not inherited and a POSIX handle used in a child returns -ENOLCK.
+ *   Descriptors are close-on-exec unless UNILOCK_INHERIT.
+ */
 
 /**
  * `unilock_options.flags`: create the file if missing (mode `.mode`, 0600 when 0).
