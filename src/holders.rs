@@ -76,14 +76,32 @@ fn parse(line: &str, key: InodeKey) -> Option<ProcLock> {
     })
 }
 
+/// How many times /proc/locks is read, at most, for a consistent view.
+const PROC_LOCKS_READS: usize = 8;
+
 /// Every lock granted on `key`, as `/proc/locks` shows it.
+///
+/// The kernel produces /proc/locks a page per `read()`, and lines are skipped or
+/// repeated when the lock list changes between two pages. So the file is read until
+/// two consecutive reads are identical (at most a few times; under constant churn on
+/// the system the last read is used).
 pub(crate) fn proc_locks(key: InodeKey) -> Result<Vec<ProcLock>> {
-    let text = std::fs::read_to_string("/proc/locks").map_err(|e| {
-        Error::new(
-            e.raw_os_error().unwrap_or(libc::EIO),
-            format!("cannot read /proc/locks ({e}): the holders of a lock cannot be listed"),
-        )
-    })?;
+    let read = || {
+        std::fs::read_to_string("/proc/locks").map_err(|e| {
+            Error::new(
+                e.raw_os_error().unwrap_or(libc::EIO),
+                format!("cannot read /proc/locks ({e}): the holders of a lock cannot be listed"),
+            )
+        })
+    };
+    let mut text = read()?;
+    for _ in 1..PROC_LOCKS_READS {
+        let again = read()?;
+        if again == text {
+            break;
+        }
+        text = again;
+    }
     Ok(text.lines().filter_map(|l| parse(l, key)).collect())
 }
 

@@ -92,6 +92,8 @@ pub(crate) struct Inode {
     pub holdings: Vec<Holding>,
     /// Descriptors whose close is deferred while POSIX locks are held here.
     pub deferred: Vec<OwnedFd>,
+    /// Threads waiting on `cond` (so that a release without waiters skips the wake).
+    pub waiters: usize,
     pub cond: Arc<Condvar>,
 }
 
@@ -138,7 +140,12 @@ unsafe extern "C" fn before_fork() {
     FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
 }
 
-unsafe extern "C" fn after_fork() {
+unsafe extern "C" fn after_fork_in_parent() {
+    FORK_GUARD.with(|g| g.borrow_mut().take());
+}
+
+unsafe extern "C" fn after_fork_in_child() {
+    crate::sys::forget_ids();
     FORK_GUARD.with(|g| g.borrow_mut().take());
 }
 
@@ -146,7 +153,7 @@ unsafe extern "C" fn after_fork() {
 /// never inherits it half-updated or locked by a thread it does not have.
 pub(crate) fn install_fork_handlers() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| crate::sys::at_fork(before_fork, after_fork, after_fork));
+    ONCE.call_once(|| crate::sys::at_fork(before_fork, after_fork_in_parent, after_fork_in_child));
 }
 
 impl Table {
@@ -282,7 +289,9 @@ impl Table {
             if !posix {
                 inode.deferred.clear();
             }
-            inode.cond.notify_all();
+            if inode.waiters > 0 {
+                inode.cond.notify_all();
+            }
         }
     }
 

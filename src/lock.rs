@@ -362,7 +362,9 @@ impl Lock {
                     return Err(self.deadlock(c, me));
                 }
                 self.check_wait(&deadline)?;
-                let cond = table.inode(self.key).cond.clone();
+                let inode = table.inode(self.key);
+                inode.waiters += 1;
+                let cond = inode.cond.clone();
                 table.start_waiting(me, record);
                 table = match deadline.remaining() {
                     None => cond.wait(table).unwrap_or_else(|p| p.into_inner()),
@@ -372,10 +374,11 @@ impl Lock {
                             .0
                     }
                 };
+                table.inode(self.key).waiters -= 1;
                 table.done_waiting(me);
                 continue;
             }
-            let held_before = self.held_mode(&table);
+            let held_before = self.held_flock_mode(&table);
             match backend::apply(fd, self.backend, range, Some(mode)) {
                 Ok(()) => {
                     self.record(&mut table, range, mode, me);
@@ -418,6 +421,7 @@ impl Lock {
                     self.restore_flock(&mut table, held_before)?;
                     return Err(self.kernel_error(e));
                 }
+                Some(Outcome::Unknown) => continue,
                 Some(Outcome::TimedOut) => libc::ETIMEDOUT,
                 Some(Outcome::Cancelled) => libc::ECANCELED,
                 None => {
@@ -518,11 +522,14 @@ impl Lock {
         Error::sys(e, call, &self.name)
     }
 
-    /// The strongest mode this handle holds anywhere.
-    fn held_mode(&self, table: &Table) -> Option<Mode> {
+    /// The mode a flock handle holds (the only backend whose conversions need it).
+    fn held_flock_mode(&self, table: &Table) -> Option<Mode> {
+        if self.backend != Backend::Flock {
+            return None;
+        }
         table
             .holding(self.key, self.id)
-            .and_then(|h| h.ranges.iter().map(|(_, m)| m).max())
+            .and_then(|h| h.ranges.strongest_in(ByteRange::WHOLE))
     }
 
     /// After a failed flock upgrade (the kernel dropped the shared lock), takes the
@@ -699,7 +706,7 @@ impl Lock {
         }
         // Wake a thread waiting for another handle of this process.
         let table = inode_table::table();
-        if let Some(inode) = table.get(self.key) {
+        if let Some(inode) = table.get(self.key).filter(|i| i.waiters > 0) {
             inode.cond.notify_all();
         }
         true
@@ -746,7 +753,6 @@ impl Lock {
         if keep_open {
             inode.deferred.push(fd);
         } else {
-            inode.deferred.clear();
             drop(fd);
         }
         table.settle(self.key);

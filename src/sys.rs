@@ -12,9 +12,7 @@ pub(crate) type Errno = i32;
 
 /// `clone(2)` flag: put a pidfd for the child in `parent_tid` (Linux 5.2).
 const CLONE_PIDFD: libc::c_int = 0x1000;
-/// `waitid(2)` id type for a pidfd (Linux 5.4).
-const P_PIDFD: libc::idtype_t = 3;
-/// `waitid(2)` option: wait for children whatever their exit signal.
+/// `waitpid(2)` option: wait for children whatever their exit signal.
 const WALL: libc::c_int = 0x4000_0000;
 
 fn errno() -> Errno {
@@ -134,14 +132,39 @@ pub(crate) fn fcntl_lock(
     Ok(())
 }
 
-/// `gettid(2)`: the calling thread's id.
+thread_local! {
+    static TID: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+static PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// `gettid(2)`: the calling thread's id, cached per thread.
 pub(crate) fn gettid() -> i32 {
-    rustix::thread::gettid().as_raw_nonzero().get()
+    TID.with(|t| match t.get() {
+        0 => {
+            let tid = rustix::thread::gettid().as_raw_nonzero().get();
+            t.set(tid);
+            tid
+        }
+        tid => tid,
+    })
 }
 
-/// `getpid(2)`.
+/// `getpid(2)`, cached.
 pub(crate) fn getpid() -> i32 {
-    rustix::process::getpid().as_raw_nonzero().get()
+    match PID.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => {
+            let pid = rustix::process::getpid().as_raw_nonzero().get();
+            PID.store(pid, std::sync::atomic::Ordering::Relaxed);
+            pid
+        }
+        pid => pid,
+    }
+}
+
+/// Forgets the cached ids: called in a child right after `fork()`.
+pub(crate) fn forget_ids() {
+    TID.with(|t| t.set(0));
+    PID.store(0, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// `eventfd(2)`: non-blocking, close-on-exec, counter 0.
@@ -200,19 +223,20 @@ pub(crate) fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> Result<
     Ok([ready(&pfd[0]), ready(&pfd[1])])
 }
 
-/// `pidfd_send_signal(2)` with SIGKILL.
-pub(crate) fn pidfd_kill(pidfd: BorrowedFd<'_>) {
-    // SAFETY: the pidfd is open; a null siginfo and zero flags are valid; an error
-    // (the child already exited) needs no handling.
-    unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
+/// Kills a waiter child with SIGKILL. Its pid cannot have been reused: the child is
+/// not reaped yet, so the pid still names it (`kill(2)` rather than
+/// `pidfd_send_signal(2)`, which some tools, valgrind among them, do not know).
+pub(crate) fn kill_child(pid: libc::pid_t) {
+    // SAFETY: kill takes integers; an error (the child already exited) needs no
+    // handling, the reap that follows collects it either way.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// Kills and reaps a waiter child that has no exit descriptor (so it never outlives
+/// the memory it uses).
+fn kill_and_reap(pid: libc::pid_t) {
+    kill_child(pid);
+    let _ = reap(pid);
 }
 
 /// How a waiter child ended.
@@ -223,24 +247,14 @@ pub(crate) enum ChildExit {
     Killed,
 }
 
-/// `waitid(P_PIDFD, WEXITED | __WALL)`: reaps the child behind `pidfd`, blocking.
-pub(crate) fn reap(pidfd: BorrowedFd<'_>) -> Result<ChildExit, Errno> {
-    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
-    // SAFETY: `info` is writable; the pidfd is open; the call only reaps that child.
-    retry(|| unsafe {
-        libc::waitid(
-            P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            info.as_mut_ptr(),
-            libc::WEXITED | WALL,
-        )
-    })?;
-    // SAFETY: waitid succeeded, so it filled si_code and si_status.
-    let info = unsafe { info.assume_init() };
-    // SAFETY: for a reaped child the status field is the valid union member.
-    let status = unsafe { info.si_status() };
-    Ok(if info.si_code == libc::CLD_EXITED {
-        ChildExit::Code(status)
+/// `waitpid(pid, __WALL)`: reaps a waiter child, blocking.
+pub(crate) fn reap(pid: libc::pid_t) -> Result<ChildExit, Errno> {
+    let mut status = 0;
+    // SAFETY: waits for our own child by pid into a local; __WALL because a waiter
+    // child may have no exit signal.
+    retry(|| unsafe { libc::waitpid(pid, &mut status, WALL) })?;
+    Ok(if libc::WIFEXITED(status) {
+        ChildExit::Code(libc::WEXITSTATUS(status))
     } else {
         ChildExit::Killed
     })
@@ -366,9 +380,12 @@ extern "C" fn waiter_main(arg: *mut libc::c_void) -> libc::c_int {
 /// Stack size of a waiter child: it makes four system calls and nothing else.
 const WAITER_STACK: usize = 16 * 1024;
 
-/// A live waiter child: its pidfd, and the memory it runs on.
+/// A live waiter child: its pid, a descriptor that becomes readable when it exits (a
+/// pidfd, or the read end of a pipe whose only writer is the child), and the memory
+/// it runs on.
 pub(crate) struct Waiter {
-    pub(crate) pidfd: OwnedFd,
+    pub(crate) pid: libc::pid_t,
+    pub(crate) exit_fd: OwnedFd,
     _stack: Vec<u128>,
 }
 
@@ -425,10 +442,11 @@ pub(crate) fn spawn_shared_waiter(job: &WaiterJob) -> Result<Waiter, Errno> {
         // SAFETY: the kernel gave us this fresh pidfd.
         unsafe { OwnedFd::from_raw_fd(pidfd) }
     } else {
-        pidfd_open(pid)?
+        pidfd_open(pid).inspect_err(|_| kill_and_reap(pid))?
     };
     Ok(Waiter {
-        pidfd,
+        pid,
+        exit_fd: pidfd,
         _stack: stack,
     })
 }
@@ -439,53 +457,49 @@ pub(crate) fn spawn_shared_waiter(_job: &WaiterJob) -> Result<Waiter, Errno> {
     Err(libc::ENOSYS)
 }
 
-/// Starts a waiter child as a copy of this process (`clone` without `CLONE_VM`, no
-/// exit signal). It shares the open file descriptions, so flock and OFD locks it
-/// obtains belong to the parent too; POSIX locks would be its own, so callers use this
-/// only for flock and OFD.
+/// Starts a waiter child with `fork(2)`: the fallback where a `CLONE_VM` child is
+/// refused. It shares the open file descriptions, so flock and OFD locks it obtains
+/// belong to the parent too; POSIX locks would be its own, so callers use this only
+/// for flock and OFD. Its exit is seen through a pipe (tools that refuse the clone
+/// often do not know pidfds either). Being an ordinary child, it sends SIGCHLD when it
+/// exits, and a host that reaps every child may collect it (the caller copes).
 pub(crate) fn spawn_forked_waiter(job: &WaiterJob) -> Result<Waiter, Errno> {
-    let mut pidfd: libc::c_int = -1;
+    let mut ends = [-1 as libc::c_int; 2];
+    // SAFETY: pipe2 fills two descriptors into a local array.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(errno());
+    }
+    // SAFETY: pipe2 succeeded: both descriptors are fresh and ours.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
     let old = block_all_signals();
-    // SAFETY: a fork-like clone: the child runs on a copy of this stack and makes only
-    // async-signal-safe calls (the lock call, then _exit); `pidfd` receives the pidfd.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            CLONE_PIDFD as libc::c_ulong,
-            0usize,
-            &mut pidfd as *mut libc::c_int,
-            0usize,
-            0usize,
-        )
-    };
+    // SAFETY: the child makes only async-signal-safe calls (the lock call, _exit).
+    let pid = unsafe { libc::fork() };
     if pid == 0 {
-        let r = match job.call {
-            KernelCall::Flock { op } => {
-                // SAFETY: flock on the inherited descriptor.
-                unsafe { libc::flock(job.fd, op) }
-            }
-            KernelCall::Fcntl { cmd, mut fl } => {
-                // SAFETY: fcntl with a struct flock on our own stack copy.
-                unsafe { libc::fcntl(job.fd, cmd, &mut fl as *mut libc::flock) }
-            }
-        };
-        let code = if r == 0 { 0 } else { errno() };
-        // SAFETY: leaving the child without running any of the parent's cleanup.
-        unsafe { libc::_exit(code) };
+        // The child ends by SIGKILL whatever the call's result: tools such as valgrind
+        // run the C library's cleanup (flushing the parent's copied stdio buffers) even
+        // on _exit. The parent learns the result by trying again without blocking.
+        // SAFETY: the lock call on the inherited descriptor, then a signal to itself.
+        unsafe {
+            match job.call {
+                KernelCall::Flock { op } => libc::flock(job.fd, op),
+                KernelCall::Fcntl { cmd, mut fl } => {
+                    libc::fcntl(job.fd, cmd, &mut fl as *mut libc::flock)
+                }
+            };
+            libc::kill(libc::getpid(), libc::SIGKILL);
+            libc::_exit(1);
+        }
     }
     let err = errno();
     restore_signals(&old);
+    drop(write_end);
     if pid < 0 {
         return Err(err);
     }
-    let pidfd = if pidfd >= 0 {
-        // SAFETY: the kernel gave us this fresh pidfd.
-        unsafe { OwnedFd::from_raw_fd(pidfd) }
-    } else {
-        pidfd_open(pid as libc::pid_t)?
-    };
     Ok(Waiter {
-        pidfd,
+        pid,
+        exit_fd: read_end,
         _stack: Vec::new(),
     })
 }

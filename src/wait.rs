@@ -9,11 +9,13 @@
 //! handle (flock and OFD locks to the open file description, POSIX locks to the
 //! process). The waiting thread sleeps in `ppoll` on the child's pidfd and the handle's
 //! cancel eventfd, with the exact remaining time; at the deadline or on cancel it kills
-//! the child with `pidfd_send_signal(SIGKILL)`, which aborts the kernel wait. The host
+//! the child with `kill(SIGKILL)` (safe: the pid stays the child's until it is reaped), which aborts the kernel wait. The host
 //! sees no signal, no SIGCHLD and no thread.
 //!
-//! Where such a child is refused (seccomp filters, valgrind), flock and OFD waits use
-//! a fork-like child instead (it shares the open file descriptions), and POSIX waits
+//! Where such a child is refused (seccomp filters; valgrind, detected by its preloaded
+//! library because it aborts on such a clone), flock and OFD waits use a child made by
+//! `fork()` instead (it shares the open file descriptions; its exit is seen through a
+//! pipe), and POSIX waits
 //! fall back to retrying with a bounded backoff (1 ms doubling to 25 ms), still
 //! cancellable and still ending on time.
 
@@ -166,6 +168,9 @@ pub(crate) enum Outcome {
     TimedOut,
     /// `cancel` was called; the call was aborted (it may have succeeded just before).
     Cancelled,
+    /// The child ended without saying (killed by someone else, or reaped by the host):
+    /// whether the call succeeded is unknown, and the caller tries again.
+    Unknown,
 }
 
 /// Which kind of waiter child this process can create.
@@ -193,11 +198,14 @@ pub(crate) fn in_kernel(
         Ok(None) => return Ok(None),
         Err(e) => return Err(Error::sys(e, "clone", "(waiter child)")),
     };
-    let pidfd = waiter.pidfd.as_fd();
-    let fds = [pidfd.as_raw_fd(), wake.as_raw_fd()];
+    let exit_fd = waiter.exit_fd.as_fd();
+    let fds = [exit_fd.as_raw_fd(), wake.as_raw_fd()];
     let stop = |outcome: Outcome| -> Result<Option<Outcome>> {
-        sys::pidfd_kill(pidfd);
-        sys::reap(pidfd).map_err(|e| Error::sys(e, "waitid", "(waiter child)"))?;
+        sys::kill_child(waiter.pid);
+        match sys::reap(waiter.pid) {
+            Ok(_) | Err(libc::ECHILD) => {}
+            Err(e) => return Err(Error::sys(e, "waitid", "(waiter child)")),
+        }
         Ok(Some(if job.succeeded() {
             Outcome::Granted
         } else {
@@ -220,13 +228,11 @@ pub(crate) fn in_kernel(
             }
         };
         if ready[0] {
-            let exit = sys::reap(pidfd).map_err(|e| Error::sys(e, "waitid", "(waiter child)"))?;
-            return Ok(Some(match exit {
-                ChildExit::Code(0) => Outcome::Granted,
-                ChildExit::Code(e) => Outcome::Failed(e),
-                // Killed by someone else: whether the call completed is unknown; the
-                // caller's final non-blocking attempt settles it.
-                ChildExit::Killed => Outcome::TimedOut,
+            return Ok(Some(match sys::reap(waiter.pid) {
+                Ok(ChildExit::Code(0)) => Outcome::Granted,
+                Ok(ChildExit::Code(e)) => Outcome::Failed(e),
+                Ok(ChildExit::Killed) | Err(libc::ECHILD) => Outcome::Unknown,
+                Err(e) => return Err(Error::sys(e, "waitid", "(waiter child)")),
             }));
         }
         if ready[1] {
@@ -235,10 +241,20 @@ pub(crate) fn in_kernel(
     }
 }
 
+/// True when the process runs under valgrind, which aborts the whole program (rather
+/// than failing the call) on a `CLONE_VM` child that is not a thread. Its preloaded
+/// core library is mapped into every process it runs.
+fn under_valgrind() -> bool {
+    std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| maps.contains("/vgpreload_core"))
+}
+
 fn spawn(
     job: &WaiterJob,
     owner_is_process: bool,
 ) -> std::result::Result<Option<sys::Waiter>, Errno> {
+    if MECHANISM.load(Ordering::Relaxed) == UNKNOWN && under_valgrind() {
+        MECHANISM.store(FORKED, Ordering::Relaxed);
+    }
     if MECHANISM.load(Ordering::Relaxed) != FORKED {
         match sys::spawn_shared_waiter(job) {
             Ok(w) => {

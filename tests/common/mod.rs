@@ -186,3 +186,34 @@ pub fn peer_loop() {
     }
     std::process::exit(0);
 }
+
+impl Peer {
+    /// Starts `exe` (a copy of a test binary that has the `peer_main` test) as a peer
+    /// running as `uid`:`gid` (root drops its supplementary groups on the way).
+    pub fn spawn_as(exe: &Path, uid: u32, gid: u32) -> Peer {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new(exe)
+            .args(["--exact", "peer_main", "--nocapture", "--test-threads=1"])
+            .env(PEER_ENV, "1")
+            .uid(uid)
+            .gid(gid)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut p = Peer {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(p.reply(), "ready");
+        p
+    }
+}
+
+/// The errno reply of a peer command, as [`Peer::cmd`] returns it.
+pub fn err(errno: i32) -> String {
+    format!("err {errno}")
+}

@@ -1,0 +1,119 @@
+# unilock: build, install and check the C system library (GNU make).
+#
+#   make                      cargo build --release, then target/unilock.pc
+#   make install              PREFIX, LIBDIR, INCLUDEDIR, BINDIR, MANDIR,
+#                             PKGCONFIGDIR and DESTDIR are honoured
+#   make check                fmt, clippy, cargo test, then the C checks
+#   make bench                cargo bench, then scripts/bench.sh
+#
+# Cargo decides what is stale: every target that needs the library goes through
+# `cargo build --release`, which is a no-op when nothing changed.
+
+PREFIX       ?= /usr/local
+EXEC_PREFIX  ?= $(PREFIX)
+LIBDIR       ?= $(EXEC_PREFIX)/lib
+INCLUDEDIR   ?= $(PREFIX)/include
+BINDIR       ?= $(EXEC_PREFIX)/bin
+DATAROOTDIR  ?= $(PREFIX)/share
+MANDIR       ?= $(DATAROOTDIR)/man
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DESTDIR      ?=
+
+CARGO        ?= cargo
+CARGOFLAGS   ?=
+INSTALL      ?= install
+LN_S         ?= ln -sf
+# Run after installing into the live system (not with DESTDIR); LDCONFIG= skips it.
+LDCONFIG     ?= ldconfig
+
+VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+MAJOR        := $(word 1,$(subst ., ,$(VERSION)))
+
+TARGET_DIR   := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
+RELEASE_DIR  := $(TARGET_DIR)/release
+SO_FILE      := $(RELEASE_DIR)/libunilock.so
+A_FILE       := $(RELEASE_DIR)/libunilock.a
+BIN_FILE     := $(RELEASE_DIR)/unilock
+PC_FILE      := $(TARGET_DIR)/unilock.pc
+HEADER       := include/unilock.h
+
+SO_REAL      := libunilock.so.$(VERSION)
+SO_NAME      := libunilock.so.$(MAJOR)
+
+# The .pc file says ${prefix}/... when a directory lies under PREFIX.
+pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
+
+.PHONY: all build install install-strip uninstall check bench clean FORCE
+
+all: build $(PC_FILE)
+
+build:
+	$(CARGO) build --release $(CARGOFLAGS)
+
+# Regenerated on every run (the prefix may differ between `make` and
+# `make install PREFIX=...`), but rewritten only when its text changes.
+$(PC_FILE): unilock.pc.in Cargo.toml FORCE
+	@mkdir -p $(TARGET_DIR)
+	@sed -e 's|@PREFIX@|$(PREFIX)|g' \
+	     -e 's|@LIBDIR@|$(call pc_dir,$(LIBDIR))|g' \
+	     -e 's|@INCLUDEDIR@|$(call pc_dir,$(INCLUDEDIR))|g' \
+	     -e 's|@VERSION@|$(VERSION)|g' \
+	     unilock.pc.in > $@.tmp
+	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv -f $@.tmp $@; echo "generated $@"; fi
+
+FORCE:
+
+install: all
+	$(INSTALL) -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	$(INSTALL) -m 0755 $(INSTALL_STRIP) $(SO_FILE) $(DESTDIR)$(LIBDIR)/$(SO_REAL)
+	$(LN_S) $(SO_REAL) $(DESTDIR)$(LIBDIR)/$(SO_NAME)
+	$(LN_S) $(SO_NAME) $(DESTDIR)$(LIBDIR)/libunilock.so
+	$(INSTALL) -m 0644 $(A_FILE) $(DESTDIR)$(LIBDIR)/libunilock.a
+	$(INSTALL) -m 0644 $(HEADER) $(DESTDIR)$(INCLUDEDIR)/unilock.h
+	$(INSTALL) -m 0644 $(PC_FILE) $(DESTDIR)$(PKGCONFIGDIR)/unilock.pc
+	@if [ -f $(BIN_FILE) ]; then \
+	    echo "$(INSTALL) -m 0755 $(INSTALL_STRIP) $(BIN_FILE) $(DESTDIR)$(BINDIR)/unilock"; \
+	    $(INSTALL) -d $(DESTDIR)$(BINDIR) && \
+	    $(INSTALL) -m 0755 $(INSTALL_STRIP) $(BIN_FILE) $(DESTDIR)$(BINDIR)/unilock; \
+	fi
+	@for page in man/*.[1-9]; do \
+	    [ -f "$$page" ] || continue; \
+	    section=$${page##*.}; \
+	    echo "$(INSTALL) -m 0644 $$page $(DESTDIR)$(MANDIR)/man$$section/"; \
+	    $(INSTALL) -d $(DESTDIR)$(MANDIR)/man$$section && \
+	    $(INSTALL) -m 0644 "$$page" $(DESTDIR)$(MANDIR)/man$$section/ || exit 1; \
+	done
+	@if [ -z "$(DESTDIR)" ] && [ -n "$(LDCONFIG)" ] && [ "$$(id -u)" = 0 ] && command -v $(LDCONFIG) >/dev/null; then \
+	    echo "$(LDCONFIG) $(LIBDIR)"; $(LDCONFIG) $(LIBDIR) || true; \
+	fi
+
+# GNU's install-strip: strips the shared library and the command (never the .a).
+install-strip:
+	$(MAKE) INSTALL_STRIP=-s install
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libunilock.so $(DESTDIR)$(LIBDIR)/$(SO_NAME) \
+	      $(DESTDIR)$(LIBDIR)/$(SO_REAL) $(DESTDIR)$(LIBDIR)/libunilock.a \
+	      $(DESTDIR)$(INCLUDEDIR)/unilock.h $(DESTDIR)$(PKGCONFIGDIR)/unilock.pc \
+	      $(DESTDIR)$(BINDIR)/unilock
+	@for page in man/*.[1-9]; do \
+	    [ -f "$$page" ] || continue; \
+	    section=$${page##*.}; \
+	    echo "rm -f $(DESTDIR)$(MANDIR)/man$$section/$${page##*/}"; \
+	    rm -f $(DESTDIR)$(MANDIR)/man$$section/$${page##*/}; \
+	done
+
+# One release build; clippy checks, and `cargo test --release` reuses the
+# release artifacts. scripts/check-c.sh installs into a temporary DESTDIR.
+check: all
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets $(CARGOFLAGS) -- -D warnings
+	$(CARGO) test --release $(CARGOFLAGS)
+	MAKE="$(MAKE)" CARGO="$(CARGO)" scripts/check-c.sh
+
+bench: build
+	@if [ -d benches ]; then echo "$(CARGO) bench $(CARGOFLAGS)"; $(CARGO) bench $(CARGOFLAGS); fi
+	@if [ -f scripts/bench.sh ]; then echo "scripts/bench.sh"; bash scripts/bench.sh; fi
+
+clean:
+	$(CARGO) clean

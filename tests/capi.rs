@@ -1,0 +1,439 @@
+//! The C boundary, called as C would call it: NULL and foreign pointers, the
+//! size-prefixed options struct, unsupported combinations, error strings, the version,
+//! and a full open/lock/query/list/unlock/close cycle.
+
+mod common;
+
+use std::ffi::{CStr, CString, c_char};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::ptr::{null, null_mut};
+
+use ::unilock::capi::*;
+use common::TempDir;
+
+fn text(p: *const c_char) -> String {
+    assert!(!p.is_null(), "a C string entry point returned NULL");
+    // SAFETY: the library returns NUL-terminated strings that live at least until the
+    // thread's next failing call; this copies it at once.
+    unsafe { CStr::from_ptr(p) }.to_str().unwrap().to_string()
+}
+
+fn last_error() -> String {
+    text(unilock_last_error())
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn options(backends: u32, flags: u32) -> unilock_options {
+    let mut o = unilock_options::default();
+    unilock_options_init(&mut o);
+    o.backends = backends;
+    o.flags = flags;
+    o
+}
+
+/// Opens `path`; returns the rc and the handle (NULL on failure).
+fn open(path: &Path, o: *const unilock_options) -> (i32, *mut unilock) {
+    let mut l: *mut unilock = null_mut();
+    let rc = unilock_open(cpath(path).as_ptr(), o, &mut l);
+    (rc, l)
+}
+
+fn blank_holder() -> unilock_holder {
+    unilock_holder {
+        backend: 0,
+        mode: 0,
+        start: 0,
+        len: 0,
+        pid: 0,
+        is_self: 0,
+        command: [0; 16],
+    }
+}
+
+/// Memory that is not a handle: zeroed, larger than one, aligned like one.
+fn foreign() -> Box<[u64; 512]> {
+    Box::new([0u64; 512])
+}
+
+/// Expects `call` to fail with `-EINVAL` and to leave a message of its own (the last
+/// error is first set to another failure's, which does not mention NULL).
+fn expect_null_einval(what: &str, call: impl FnOnce() -> i32) {
+    let mut mem = foreign();
+    assert_eq!(unilock_cancel(mem.as_mut_ptr().cast()), -libc::EBADF);
+    assert!(!last_error().contains("NULL"), "{}", last_error());
+    assert_eq!(call(), -libc::EINVAL, "{what}");
+    let msg = last_error();
+    assert!(msg.contains("NULL"), "{what}: last error {msg:?}");
+}
+
+#[test]
+fn null_arguments_give_einval_and_a_message() {
+    let dir = TempDir::new("capi-null");
+    let path = cpath(&dir.file("f"));
+    let mut l: *mut unilock = null_mut();
+    let mut count = 0usize;
+    expect_null_einval("open(NULL path)", || unilock_open(null(), null(), &mut l));
+    assert!(l.is_null(), "a failed open wrote a handle");
+    expect_null_einval("open(NULL out)", || {
+        unilock_open(path.as_ptr(), null(), null_mut())
+    });
+    expect_null_einval("open_fd(NULL out)", || {
+        unilock_open_fd(0, null(), null_mut())
+    });
+    expect_null_einval("lock(NULL)", || {
+        unilock_lock(null_mut(), UNILOCK_EXCLUSIVE, 0, 0, 0)
+    });
+    expect_null_einval("unlock(NULL)", || unilock_unlock(null_mut(), 0, 0));
+    expect_null_einval("query(NULL)", || {
+        unilock_query(null_mut(), UNILOCK_EXCLUSIVE, 0, 0, null_mut())
+    });
+    expect_null_einval("list(NULL)", || {
+        unilock_list(null_mut(), null_mut(), 0, &mut count)
+    });
+    expect_null_einval("cancel(NULL)", || unilock_cancel(null_mut()));
+    expect_null_einval("touch(NULL)", || unilock_touch(null_mut()));
+    expect_null_einval("fd(NULL)", || unilock_fd(null()));
+
+    // A live handle with NULL out-parameters of list.
+    let o = options(UNILOCK_BACKEND_OFD, UNILOCK_CREATE);
+    let (rc, h) = open(&dir.file("g"), &o);
+    assert_eq!(rc, 0);
+    expect_null_einval("list(NULL count)", || {
+        unilock_list(h, null_mut(), 0, null_mut())
+    });
+    expect_null_einval("list(NULL buf, cap 4)", || {
+        unilock_list(h, null_mut(), 4, &mut count)
+    });
+    assert_eq!(unilock_close(h), 0);
+}
+
+#[test]
+fn close_of_null_is_a_no_op() {
+    assert_eq!(unilock_close(null_mut()), 0);
+    unilock_options_init(null_mut());
+}
+
+#[test]
+fn a_foreign_pointer_gives_ebadf() {
+    let mut mem = foreign();
+    let l = mem.as_mut_ptr().cast::<unilock>();
+    let mut count = 0usize;
+    let mut who = blank_holder();
+    for (what, rc) in [
+        ("lock", unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0)),
+        ("unlock", unilock_unlock(l, 0, 0)),
+        ("query", unilock_query(l, UNILOCK_EXCLUSIVE, 0, 0, &mut who)),
+        ("list", unilock_list(l, null_mut(), 0, &mut count)),
+        ("cancel", unilock_cancel(l)),
+        ("touch", unilock_touch(l)),
+        ("fd", unilock_fd(l)),
+        ("close", unilock_close(l)),
+    ] {
+        assert_eq!(rc, -libc::EBADF, "{what} on a foreign pointer");
+        assert!(!last_error().is_empty(), "{what}");
+    }
+    assert!(
+        mem.iter().all(|&w| w == 0),
+        "a call wrote into foreign memory"
+    );
+}
+
+#[test]
+fn options_size_is_checked_like_copy_struct_from_user() {
+    let dir = TempDir::new("capi-size");
+    let path = dir.file("f");
+    for size in [0u32, 4, std::mem::size_of::<unilock_options>() as u32 - 1] {
+        let mut o = options(0, 0);
+        o.size = size;
+        let (rc, l) = open(&path, &o);
+        assert_eq!(rc, -libc::EINVAL, "size {size}");
+        assert!(l.is_null());
+        assert!(!last_error().is_empty());
+    }
+
+    // A caller built against a larger, later struct: the tail it sets to zero is fine.
+    #[repr(C, align(8))]
+    struct Later([u8; 64]);
+    let later = |tail_byte: Option<usize>| {
+        let mut buf = Later([0; 64]);
+        buf.0[..4].copy_from_slice(&64u32.to_ne_bytes());
+        buf.0[4..8].copy_from_slice(&UNILOCK_BACKEND_OFD.to_ne_bytes());
+        if let Some(at) = tail_byte {
+            buf.0[at] = 1;
+        }
+        open(&path, (&buf as *const Later).cast())
+    };
+    let (rc, l) = later(None);
+    assert_eq!(rc, 0, "{}", last_error());
+    // The fields this version knows were read: it is an OFD handle, so a range works.
+    assert_eq!(unilock_lock(l, UNILOCK_EXCLUSIVE, 5, 5, 0), 0);
+    assert_eq!(unilock_close(l), 0);
+    for at in [std::mem::size_of::<unilock_options>(), 40, 63] {
+        let (rc, l) = later(Some(at));
+        assert_eq!(rc, -libc::E2BIG, "non-zero byte {at} of the tail");
+        assert!(l.is_null());
+        assert!(!last_error().is_empty());
+    }
+}
+
+#[test]
+fn unknown_bits_and_incompatible_backends_give_einval() {
+    let dir = TempDir::new("capi-bits");
+    let path = dir.file("f");
+    for (what, backends, flags) in [
+        ("backend bit 16", 16, 0),
+        ("backend bit 31", 1 << 31, 0),
+        ("flag bit 32", 0, 32),
+        ("flag bit 31", 0, 1 << 31),
+        ("OFD|POSIX", UNILOCK_BACKEND_OFD | UNILOCK_BACKEND_POSIX, 0),
+    ] {
+        let o = options(backends, flags);
+        let (rc, l) = open(&path, &o);
+        assert_eq!(rc, -libc::EINVAL, "{what}");
+        assert!(l.is_null());
+        assert!(!last_error().is_empty(), "{what}");
+    }
+}
+
+#[test]
+fn unsupported_backends_and_flags_give_eopnotsupp_with_a_message() {
+    let dir = TempDir::new("capi-unsupported");
+    for (what, backends, flags) in [
+        ("DOTLOCK", UNILOCK_BACKEND_DOTLOCK, UNILOCK_CREATE),
+        (
+            "FLOCK|OFD",
+            UNILOCK_BACKEND_FLOCK | UNILOCK_BACKEND_OFD,
+            UNILOCK_CREATE,
+        ),
+        ("UNLINK", 0, UNILOCK_CREATE | UNILOCK_UNLINK),
+        ("FAIR", 0, UNILOCK_CREATE | UNILOCK_FAIR),
+    ] {
+        let path = dir.0.join(what.replace('|', "-"));
+        let o = options(backends, flags);
+        let (rc, l) = open(&path, &o);
+        assert_eq!(rc, -libc::EOPNOTSUPP, "{what}");
+        assert!(l.is_null());
+        let msg = last_error();
+        assert!(msg.contains("support"), "{what}: last error {msg:?}");
+        assert!(!path.exists(), "{what}: a refused open created the file");
+    }
+}
+
+#[test]
+fn bad_mode_gives_einval() {
+    let dir = TempDir::new("capi-mode");
+    let o = options(UNILOCK_BACKEND_OFD, UNILOCK_CREATE);
+    let (rc, l) = open(&dir.file("f"), &o);
+    assert_eq!(rc, 0);
+    let (rc, other) = open(&dir.file("f"), &o);
+    assert_eq!(rc, 0);
+    for bad in [0, 3, u32::MAX] {
+        assert_eq!(
+            unilock_lock(l, bad, 0, 0, 0),
+            -libc::EINVAL,
+            "lock mode {bad}"
+        );
+        assert!(!last_error().is_empty());
+        assert_eq!(
+            unilock_query(l, bad, 0, 0, null_mut()),
+            -libc::EINVAL,
+            "query mode {bad}"
+        );
+    }
+    // Nothing was taken by the refused calls.
+    assert_eq!(unilock_lock(other, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
+    assert_eq!(unilock_close(other), 0);
+    assert_eq!(unilock_close(l), 0);
+}
+
+#[test]
+fn strerror_names_every_documented_code_with_a_static_string() {
+    let documented = [
+        libc::EAGAIN,
+        libc::ETIMEDOUT,
+        libc::ECANCELED,
+        libc::EDEADLK,
+        libc::EINVAL,
+        libc::E2BIG,
+        libc::EOPNOTSUPP,
+        libc::EBUSY,
+        libc::ENOLCK,
+        libc::EBADF,
+        libc::ENOTRECOVERABLE,
+        libc::EACCES,
+        libc::ENOENT,
+        libc::EROFS,
+        libc::ELOOP,
+    ];
+    let unknown = text(unilock_strerror(-9999));
+    assert_eq!(unknown, "unknown error");
+    assert_eq!(text(unilock_strerror(i32::MIN)), "unknown error");
+    let mut seen = std::collections::HashMap::new();
+    for e in documented {
+        let p = unilock_strerror(-e);
+        let s = text(p);
+        assert!(!s.is_empty(), "errno {e}");
+        assert_ne!(s, "unknown error", "errno {e}");
+        if let Some(other) = seen.insert(s.clone(), e) {
+            panic!("errno {e} and {other} share the text {s:?}");
+        }
+        // Static: the same pointer every time, unchanged by other calls.
+        let _ = unilock_strerror(-9999);
+        let _ = unilock_strerror(-libc::EINVAL);
+        assert_eq!(unilock_strerror(-e), p, "errno {e}");
+        assert_eq!(text(p), s, "errno {e}");
+    }
+}
+
+#[test]
+fn last_error_names_the_missing_path() {
+    let dir = TempDir::new("capi-enoent");
+    let path = dir.0.join("no-such-file");
+    let o = options(UNILOCK_BACKEND_OFD, 0);
+    let (rc, l) = open(&path, &o);
+    assert_eq!(rc, -libc::ENOENT);
+    assert!(l.is_null());
+    let msg = last_error();
+    assert!(
+        msg.contains(path.to_str().unwrap()),
+        "last error {msg:?} does not name {}",
+        path.display()
+    );
+    // The message lives until the next failure, not the next call.
+    let (rc, l) = open(&dir.file("exists"), &o);
+    assert_eq!(rc, 0);
+    assert_eq!(last_error(), msg);
+    assert_eq!(unilock_close(l), 0);
+}
+
+#[test]
+fn version_string_matches_the_version_macros() {
+    let expected =
+        format!("{UNILOCK_VERSION_MAJOR}.{UNILOCK_VERSION_MINOR}.{UNILOCK_VERSION_PATCH}");
+    assert_eq!(text(unilock_version()), expected);
+    assert_eq!(expected, env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn full_cycle_through_the_c_functions() {
+    let dir = TempDir::new("capi-cycle");
+    let path = dir.0.join("f");
+    let o = options(UNILOCK_BACKEND_OFD, UNILOCK_CREATE);
+    let (rc, a) = open(&path, &o);
+    assert_eq!(rc, 0, "{}", last_error());
+    assert!(!a.is_null());
+    let (rc, b) = open(&path, &o);
+    assert_eq!(rc, 0);
+    let me = std::process::id() as i32;
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+
+    assert_eq!(unilock_lock(a, UNILOCK_EXCLUSIVE, 10, 20, 0), 0);
+    assert_eq!(unilock_lock(b, UNILOCK_SHARED, 15, 1, 0), -libc::EAGAIN);
+    // Query, without and with a holder to fill.
+    assert_eq!(
+        unilock_query(b, UNILOCK_SHARED, 0, 0, null_mut()),
+        1,
+        "{}",
+        last_error()
+    );
+    let mut who = blank_holder();
+    assert_eq!(unilock_query(b, UNILOCK_EXCLUSIVE, 12, 1, &mut who), 1);
+    assert_eq!(who.backend, UNILOCK_BACKEND_OFD);
+    assert_eq!(who.mode, UNILOCK_EXCLUSIVE);
+    assert_eq!((who.start, who.len), (10, 20));
+    assert_eq!(who.pid, me);
+    assert_eq!(who.is_self, 1);
+    assert_eq!(text(who.command.as_ptr()), comm.trim_end());
+    assert_eq!(unilock_query(b, UNILOCK_EXCLUSIVE, 0, 10, null_mut()), 0);
+    assert_eq!(unilock_query(b, UNILOCK_EXCLUSIVE, 30, 0, null_mut()), 0);
+    assert_eq!(unilock_query(a, UNILOCK_EXCLUSIVE, 10, 20, null_mut()), 0);
+
+    // List: the count alone, then into a buffer.
+    let mut count = usize::MAX;
+    assert_eq!(unilock_list(a, null_mut(), 0, &mut count), 0);
+    assert_eq!(count, 1);
+    let mut buf = [blank_holder(); 4];
+    count = 0;
+    assert_eq!(unilock_list(b, buf.as_mut_ptr(), buf.len(), &mut count), 0);
+    assert_eq!(count, 1);
+    let h = &buf[0];
+    assert_eq!(
+        (h.backend, h.mode, h.start, h.len, h.pid, h.is_self),
+        (UNILOCK_BACKEND_OFD, UNILOCK_EXCLUSIVE, 10, 20, me, 1)
+    );
+    assert_eq!(buf[1].mode, 0, "list wrote past the count");
+
+    // A second lock: count grows past a one-entry buffer, and says so.
+    assert_eq!(unilock_lock(b, UNILOCK_SHARED, 40, 0, 0), 0);
+    let mut one = [blank_holder(); 1];
+    assert_eq!(unilock_list(a, one.as_mut_ptr(), 1, &mut count), 0);
+    assert_eq!(count, 2);
+
+    assert_eq!(unilock_unlock(a, 0, 0), 0);
+    assert_eq!(unilock_query(b, UNILOCK_EXCLUSIVE, 0, 40, &mut who), 0);
+    assert_eq!(unilock_unlock(b, 40, 0), 0);
+    assert_eq!(unilock_list(a, null_mut(), 0, &mut count), 0);
+    assert_eq!(count, 0);
+    assert_eq!(unilock_lock(b, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
+    assert_eq!(unilock_close(b), 0);
+    assert_eq!(
+        unilock_lock(a, UNILOCK_EXCLUSIVE, 0, 0, 0),
+        0,
+        "close released b"
+    );
+    assert_eq!(unilock_close(a), 0);
+}
+
+#[test]
+fn fd_cancel_and_touch_on_an_idle_handle() {
+    let dir = TempDir::new("capi-fd");
+    let path = dir.file("f");
+    for backend in [
+        UNILOCK_BACKEND_DEFAULT,
+        UNILOCK_BACKEND_OFD,
+        UNILOCK_BACKEND_POSIX,
+    ] {
+        let o = options(backend, 0);
+        let (rc, l) = open(&path, &o);
+        assert_eq!(rc, 0, "{}", last_error());
+        let fd = unilock_fd(l);
+        assert!(fd > 2, "backend {backend}: fd {fd}");
+        // SAFETY: fstat and fcntl(F_GETFD) on a descriptor the handle owns.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+        assert_eq!(st.st_ino, std::fs::metadata(&path).unwrap().ino());
+        assert_ne!(unsafe { libc::fcntl(fd, libc::F_GETFD) }, -1);
+        assert_eq!(unilock_cancel(l), 0, "backend {backend}: nothing to cancel");
+        assert_eq!(unilock_touch(l), 0);
+        // A cancel while idle is not remembered: the next try succeeds.
+        assert_eq!(unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
+        assert_eq!(unilock_close(l), 0);
+    }
+}
+
+#[test]
+fn open_fd_duplicates_the_callers_descriptor() {
+    let dir = TempDir::new("capi-openfd");
+    let path = dir.file("f");
+    let mut l: *mut unilock = null_mut();
+    assert_eq!(unilock_open_fd(-1, null(), &mut l), -libc::EBADF);
+    assert!(l.is_null());
+    let file = std::fs::File::open(&path).unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&file);
+    assert_eq!(unilock_open_fd(raw, null(), &mut l), 0, "{}", last_error());
+    assert_ne!(unilock_fd(l), raw);
+    drop(file);
+    // The handle keeps its own descriptor: it still locks the file.
+    assert_eq!(unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
+    let o = options(0, 0);
+    let (rc, other) = open(&path, &o);
+    assert_eq!(rc, 0);
+    assert_eq!(unilock_lock(other, UNILOCK_SHARED, 0, 0, 0), -libc::EAGAIN);
+    assert_eq!(unilock_close(other), 0);
+    assert_eq!(unilock_close(l), 0);
+}
