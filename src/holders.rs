@@ -77,14 +77,15 @@ fn parse(line: &str, key: InodeKey) -> Option<ProcLock> {
 }
 
 /// How many times /proc/locks is read, at most, for a consistent view.
-const PROC_LOCKS_READS: usize = 8;
+const PROC_LOCKS_READS: usize = 32;
 
 /// Every lock granted on `key`, as `/proc/locks` shows it.
 ///
 /// The kernel produces /proc/locks a page per `read()`, and lines are skipped or
 /// repeated when the lock list changes between two pages. So the file is read until
-/// two consecutive reads are identical (at most a few times; under constant churn on
-/// the system the last read is used).
+/// two consecutive reads are identical (at most a few dozen times; under constant
+/// churn on the system the last read is used). Two identical exclusive locks cannot
+/// both exist on one inode, so a repeated exclusive line is dropped in any case.
 pub(crate) fn proc_locks(key: InodeKey) -> Result<Vec<ProcLock>> {
     let read = || {
         std::fs::read_to_string("/proc/locks").map_err(|e| {
@@ -102,7 +103,19 @@ pub(crate) fn proc_locks(key: InodeKey) -> Result<Vec<ProcLock>> {
         }
         text = again;
     }
-    Ok(text.lines().filter_map(|l| parse(l, key)).collect())
+    Ok(parse_all(&text, key))
+}
+
+/// The locks on `key` in a /proc/locks text, without repeated exclusive lines.
+fn parse_all(text: &str, key: InodeKey) -> Vec<ProcLock> {
+    let mut locks: Vec<ProcLock> = Vec::new();
+    for lock in text.lines().filter_map(|l| parse(l, key)) {
+        if lock.mode == Mode::Exclusive && locks.contains(&lock) {
+            continue;
+        }
+        locks.push(lock);
+    }
+    locks
 }
 
 /// The locks on `key` that `pid` has through one of its descriptors (fdinfo `lock:`
@@ -260,5 +273,19 @@ mod tests {
         assert!(parse("3: -> FLOCK  ADVISORY  WRITE 78 fd:01:1234 0 EOF", key).is_none());
         assert!(parse("4: POSIX  ADVISORY  WRITE 79 fd:01:999 0 EOF", key).is_none());
         assert!(parse("5: LEASE  ACTIVE    READ 80 fd:01:1234 0 EOF", key).is_none());
+    }
+
+    #[test]
+    fn a_repeated_exclusive_line_is_dropped_but_shared_ones_are_kept() {
+        let key = InodeKey {
+            dev: libc::makedev(0xfd, 1),
+            ino: 7,
+        };
+        let text = "1: OFDLCK ADVISORY  WRITE -1 fd:01:7 0 9\n\
+                    2: OFDLCK ADVISORY  WRITE -1 fd:01:7 0 9\n\
+                    3: FLOCK  ADVISORY  READ  5 fd:01:7 0 EOF\n\
+                    4: FLOCK  ADVISORY  READ  5 fd:01:7 0 EOF\n";
+        let locks = parse_all(text, key);
+        assert_eq!(locks.len(), 3, "{locks:?}");
     }
 }
