@@ -8,6 +8,7 @@
 //! process this user may inspect.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use crate::inode_table::InodeKey;
@@ -88,7 +89,7 @@ const PROC_LOCKS_READS: usize = 32;
 /// both exist on one inode, so a repeated exclusive line is dropped in any case.
 pub(crate) fn proc_locks(key: InodeKey) -> Result<Vec<ProcLock>> {
     let read = || {
-        std::fs::read_to_string("/proc/locks").map_err(|e| {
+        read_whole("/proc/locks").map_err(|e| {
             Error::new(
                 e.raw_os_error().unwrap_or(libc::EIO),
                 format!("cannot read /proc/locks ({e}): the holders of a lock cannot be listed"),
@@ -104,6 +105,25 @@ pub(crate) fn proc_locks(key: InodeKey) -> Result<Vec<ProcLock>> {
         text = again;
     }
     Ok(parse_all(&text, key))
+}
+
+/// Reads a /proc file with large `read()` calls: the kernel renders as much as fits
+/// per call, so a file under a page comes in one consistent pass (a small first read,
+/// as `read_to_string` makes, would split it).
+fn read_whole(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The locks on `key` in a /proc/locks text, without repeated exclusive lines.
@@ -239,6 +259,56 @@ fn scan_all(key: InodeKey) -> HashMap<i32, Vec<ProcLock>> {
         }
     }
     out
+}
+
+/// True when another process has the open file description behind `fd` with a lock
+/// on `key` (a child that inherited it by `fork()`): a descriptor of that process
+/// whose fdinfo shows a lock on the inode and which `kcmp(KCMP_FILE)` finds to be the
+/// same description. Processes sharing this process's descriptor table (its waiter
+/// children) are skipped. Where `kcmp` is refused, a lock line is taken as sharing.
+pub(crate) fn description_shared_elsewhere(fd: BorrowedFd<'_>, key: InodeKey) -> bool {
+    use crate::sys::{KCMP_FILE, KCMP_FILES, getpid, kcmp_same};
+    let me = getpid();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == me || kcmp_same(me, pid, KCMP_FILES, 0, 0).unwrap_or(false) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+            continue;
+        };
+        for info in fds.flatten() {
+            let Some(their_fd) = info
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(info.path()) else {
+                continue;
+            };
+            let locked_here = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("lock:"))
+                .any(|l| parse(l.trim_start(), key).is_some());
+            if locked_here
+                && kcmp_same(me, pid, KCMP_FILE, fd.as_raw_fd(), their_fd).unwrap_or(true)
+            {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// The command name of `pid` (`/proc/PID/comm`), "" when unknown.

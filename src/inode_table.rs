@@ -146,7 +146,12 @@ unsafe extern "C" fn after_fork_in_parent() {
 
 unsafe extern "C" fn after_fork_in_child() {
     crate::sys::forget_ids();
-    FORK_GUARD.with(|g| g.borrow_mut().take());
+    FORK_GUARD.with(|g| {
+        if let Some(table) = g.borrow_mut().as_mut() {
+            table.forget_what_fork_does_not_inherit();
+        }
+        g.borrow_mut().take()
+    });
 }
 
 /// Installs fork handlers once: the table is locked across `fork()` so that a child
@@ -157,6 +162,22 @@ pub(crate) fn install_fork_handlers() {
 }
 
 impl Table {
+    /// In a child right after `fork()`: POSIX locks are not inherited, so the parent's
+    /// POSIX holdings and reservations are forgotten (and the descriptors kept open
+    /// for them closed), and no thread of the child is waiting. flock and OFD
+    /// holdings stay: the child shares those locks.
+    fn forget_what_fork_does_not_inherit(&mut self) {
+        self.waits.clear();
+        for inode in self.inodes.values_mut() {
+            inode.holdings.retain(|h| h.backend != Backend::Posix);
+            for h in &mut inode.holdings {
+                h.pending = None;
+            }
+            inode.deferred.clear();
+            inode.waiters = 0;
+        }
+    }
+
     /// The entry for `key`, created empty when missing.
     pub(crate) fn inode(&mut self, key: InodeKey) -> &mut Inode {
         self.inodes.entry(key).or_default()

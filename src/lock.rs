@@ -718,10 +718,10 @@ impl Lock {
     }
 
     /// Closes the handle, releasing what it holds, with two exceptions that follow
-    /// the kernel: flock and OFD locks whose open file description was shared with a
-    /// child by `fork()` after they were taken stay with the child (closing merely drops
-    /// this process's reference), and a POSIX handle in a forked child has nothing to
-    /// release. While this process holds POSIX locks on the file through other handles,
+    /// the kernel: flock and OFD locks whose open file description a child still has,
+    /// through a `fork()` after they were taken, stay with the child (closing merely
+    /// drops this process's reference; the child is found through /proc and `kcmp(2)`),
+    /// and a POSIX handle in a forked child has nothing to release. While this process holds POSIX locks on the file through other handles,
     /// the descriptor's close is deferred, since closing it would drop them.
     pub fn close(mut self) -> Result<()> {
         self.close_inner()
@@ -731,10 +731,19 @@ impl Lock {
         let Some(fd) = self.fd.take() else {
             return Ok(());
         };
+        // A flock or OFD lock taken before a fork may be shared with a child through the
+        // open file description: then it stays with the child. Only when a fork happened
+        // since the lock was taken is /proc searched for such a process (outside the
+        // table's lock: it reads other processes' descriptor lists).
+        let forked_since = inode_table::table()
+            .holding(self.key, self.id)
+            .is_some_and(|h| h.fork_gen != fork_generation());
+        let shared_by_fork = forked_since
+            && self.backend != Backend::Posix
+            && holders::description_shared_elsewhere(fd.as_fd(), self.key);
         let mut table = inode_table::table();
         let mut result = Ok(());
-        if let Some(h) = table.holding(self.key, self.id) {
-            let shared_by_fork = h.fork_gen != fork_generation();
+        if table.holding(self.key, self.id).is_some() {
             let release = match self.backend {
                 Backend::Posix => sys::getpid() == self.opener,
                 _ => !shared_by_fork,

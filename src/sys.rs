@@ -504,6 +504,25 @@ pub(crate) fn spawn_forked_waiter(job: &WaiterJob) -> Result<Waiter, Errno> {
     })
 }
 
+/// `kcmp(2)` type: the same open file description.
+pub(crate) const KCMP_FILE: libc::c_int = 0;
+/// `kcmp(2)` type: the same descriptor table.
+pub(crate) const KCMP_FILES: libc::c_int = 2;
+
+/// `kcmp(2)`: true when `pid1`'s resource `idx1` and `pid2`'s `idx2` of `kind` are the
+/// same kernel object.
+pub(crate) fn kcmp_same(
+    pid1: libc::pid_t,
+    pid2: libc::pid_t,
+    kind: libc::c_int,
+    idx1: RawFd,
+    idx2: RawFd,
+) -> Result<bool, Errno> {
+    // SAFETY: kcmp takes integers only.
+    let rc = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) };
+    if rc < 0 { Err(errno()) } else { Ok(rc == 0) }
+}
+
 /// Reads a small text file whole (for /proc); `None` when it cannot be read.
 pub(crate) fn read_small(path: &std::path::Path) -> Option<String> {
     std::fs::read_to_string(path).ok()

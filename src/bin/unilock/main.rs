@@ -1,0 +1,431 @@
+//! `unilock`: a drop-in for util-linux flock(1) that also says who holds a lock.
+//!
+//! It is a client of the Rust API ([`unilock::Lock`]), never of the backends: it opens
+//! a handle, takes or releases the lock, and runs the command with the lock's
+//! descriptor inherited (unless `-o`), exactly as flock(1) does, then exits with the
+//! command's status. The lock is never released explicitly: it ends, as flock(1)'s
+//! does, when the last descriptor of its open file description is closed — this
+//! process's at exit, and those the command and its children inherited.
+//!
+//! Modules: `args` (the command line, getopt-compatible), `report` (holder sentences,
+//! the `--list` table, JSON, the help), `sys` (fork, exec, wait: the only `unsafe`).
+
+mod args;
+mod report;
+mod sys;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use args::{Invocation, Operation, Parsed, Report, Target};
+use unilock::{Error, Holder, Lock, Mode, Options, flags};
+
+/// sysexits.h, as flock(1) uses them.
+const EX_USAGE: i32 = 64;
+const EX_DATAERR: i32 = 65;
+const EX_NOINPUT: i32 = 66;
+const EX_UNAVAILABLE: i32 = 69;
+const EX_OSERR: i32 = 71;
+const EX_CANTCREAT: i32 = 73;
+
+/// How long a `--verbose` wait sleeps before it looks at the holder again.
+const VERBOSE_RECHECK: Duration = Duration::from_secs(1);
+
+fn main() {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let name = argv
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "unilock".to_string());
+    let code = match args::parse(argv.get(1..).unwrap_or_default()) {
+        Ok(Parsed::Help) => {
+            print_out(&report::usage(&name));
+            0
+        }
+        Ok(Parsed::Version) => {
+            print_out(&format!(
+                "{name} from unilock {}\n",
+                env!("CARGO_PKG_VERSION")
+            ));
+            0
+        }
+        Ok(Parsed::Run(invocation)) => Cli {
+            name,
+            inv: *invocation,
+        }
+        .run(),
+        Err(usage) => {
+            if let Some(message) = usage.message {
+                let prefix = match argv.first() {
+                    Some(full) if usage.from_getopt => full.to_string_lossy().into_owned(),
+                    _ => name.clone(),
+                };
+                warn(&prefix, &message);
+            }
+            if usage.try_help {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "Try '{name} --help' for more information."
+                );
+            }
+            EX_USAGE
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Writes to stdout, ignoring a closed pipe (flock's output is best effort too).
+fn print_out(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// "NAME: message" on stderr; a failing stderr is ignored (never a panic).
+fn warn(name: &str, message: &str) {
+    let _ = writeln!(std::io::stderr(), "{name}: {message}");
+}
+
+struct Cli {
+    /// The name it was invoked by: every message starts with it.
+    name: String,
+    inv: Invocation,
+}
+
+/// An early end: the exit code, the message already printed.
+struct Exit(i32);
+
+impl Cli {
+    fn warn(&self, message: &str) {
+        warn(&self.name, message);
+    }
+
+    fn fail(&self, code: i32, message: &str) -> Exit {
+        self.warn(message);
+        Exit(code)
+    }
+
+    fn run(&self) -> i32 {
+        let result = match &self.inv.target {
+            Target::File { path, command } => self.lock_file(path, command),
+            Target::Descriptor(fd) => self.lock_descriptor(*fd),
+            Target::Report { path, kind } => self.report(path, *kind),
+        };
+        result.unwrap_or_else(|Exit(code)| code)
+    }
+
+    fn options(&self, extra_flags: u32) -> Options {
+        let inv = &self.inv;
+        let mut flags = extra_flags;
+        for (on, bit) in [
+            (inv.follow, flags::FOLLOW),
+            (inv.fair, flags::FAIR),
+            (inv.unlink, flags::UNLINK),
+        ] {
+            if on {
+                flags |= bit;
+            }
+        }
+        Options {
+            backends: inv.backends,
+            flags,
+            create_mode: inv.create_mode.unwrap_or(0),
+            stale_after_s: inv.stale_after_s.unwrap_or(0),
+        }
+    }
+
+    /// flock's `open_file` codes: 71 for a lack of memory or descriptors, 73 for a
+    /// read-only or full file system, 66 otherwise; 69 for what this version of the
+    /// library does not support.
+    fn open_failed(&self, path: &str, e: &Error) -> Exit {
+        let errno = e.errno();
+        let code = match errno {
+            libc::EOPNOTSUPP => return self.fail(EX_UNAVAILABLE, &unsupported(e)),
+            libc::ENOMEM | libc::EMFILE | libc::ENFILE => EX_OSERR,
+            libc::EROFS | libc::ENOSPC => EX_CANTCREAT,
+            _ => EX_NOINPUT,
+        };
+        let reason = match errno {
+            libc::ELOOP if !self.inv.follow => {
+                "it is a symbolic link (--follow locks its target)".to_string()
+            }
+            // A FIFO, socket or device: the library's sentence names the file type.
+            libc::EINVAL => return self.fail(code, e.detail()),
+            _ => sys::strerror(errno),
+        };
+        self.fail(code, &format!("cannot open lock file {path}: {reason}"))
+    }
+
+    /// flock's codes for a failed lock call (`subject` is the file or the descriptor
+    /// number): 71 for ENOLCK and ENOMEM, 65 otherwise.
+    fn lock_failed(&self, subject: &str, e: &Error, read_only_code: i32) -> Exit {
+        match e.errno() {
+            libc::EOPNOTSUPP => self.fail(EX_UNAVAILABLE, &unsupported(e)),
+            // A byte range into the offsets the library reserves.
+            libc::EINVAL => self.fail(EX_USAGE, e.detail()),
+            // An exclusive fcntl lock through a read-only descriptor.
+            libc::EACCES => self.fail(read_only_code, e.detail()),
+            errno @ (libc::ENOLCK | libc::ENOMEM) => {
+                self.fail(EX_OSERR, &format!("{subject}: {}", sys::strerror(errno)))
+            }
+            errno => self.fail(EX_DATAERR, &format!("{subject}: {}", sys::strerror(errno))),
+        }
+    }
+
+    /// The lock is held by someone else (no wait, or the wait timed out): flock's
+    /// conflict exit, and with `--verbose` its message and who holds the lock.
+    fn conflict(&self, lock: &Lock, mode: Mode, timed_out: bool) -> Exit {
+        if self.inv.verbose {
+            self.warn(if timed_out {
+                "timeout while waiting to get lock"
+            } else {
+                "failed to get lock"
+            });
+            self.say_holder(lock, mode, "");
+        }
+        Exit(self.inv.conflict_exit_code)
+    }
+
+    fn holder_now(&self, lock: &Lock, mode: Mode) -> Result<Option<Holder>, Error> {
+        let (start, len) = self.inv.range;
+        lock.query(mode, start, len)
+    }
+
+    /// Prints who holds the lock now (`--verbose`); returns it.
+    fn say_holder(&self, lock: &Lock, mode: Mode, prefix: &str) -> Option<Holder> {
+        match self.holder_now(lock, mode) {
+            Ok(Some(h)) => {
+                self.warn(&format!("{prefix}{}", report::holder_sentence(&h)));
+                Some(h)
+            }
+            Ok(None) => {
+                self.warn(&format!("{prefix}its holder has just released it"));
+                None
+            }
+            Err(e) => {
+                self.warn(&format!("{prefix}who holds it cannot be known: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Takes the lock as the options say. `--verbose` waits in slices, saying who
+    /// holds the lock when the wait starts and whenever the holder changes.
+    fn acquire(&self, lock: &Lock, mode: Mode) -> Result<(), Error> {
+        let (start, len) = self.inv.range;
+        let timeout = self.inv.timeout;
+        if !self.inv.verbose {
+            return lock.lock(mode, start, len, timeout);
+        }
+        let began = Instant::now();
+        match lock.lock(mode, start, len, Some(Duration::ZERO)) {
+            Err(e) if e.is_would_block() && timeout != Some(Duration::ZERO) => {}
+            other => return other,
+        }
+        let deadline = timeout.and_then(|t| began.checked_add(t));
+        let same = |a: &Option<Holder>, b: &Option<Holder>| match (a, b) {
+            (Some(a), Some(b)) => {
+                (a.pid, a.mode, a.backend, a.start, a.len)
+                    == (b.pid, b.mode, b.backend, b.start, b.len)
+            }
+            _ => false,
+        };
+        let mut holder = self.say_holder(lock, mode, "waiting for the lock: ");
+        loop {
+            let slice = match deadline {
+                None => VERBOSE_RECHECK,
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::new(libc::ETIMEDOUT, "timed out"));
+                    }
+                    left.min(VERBOSE_RECHECK)
+                }
+            };
+            match lock.lock(mode, start, len, Some(slice)) {
+                Err(e) if e.is_timeout() => {
+                    if deadline.is_some_and(|at| Instant::now() >= at) {
+                        return Err(e);
+                    }
+                    let now = self.holder_now(lock, mode).ok().flatten();
+                    if now.is_some() && !same(&now, &holder) {
+                        holder = self.say_holder(lock, mode, "still waiting: ");
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `FILE COMMAND...` and `FILE -c COMMAND`.
+    fn lock_file(&self, path: &OsString, command: &[OsString]) -> Result<i32, Exit> {
+        let shown = path.to_string_lossy();
+        // The descriptor goes to the command unless -o: with flags::INHERIT it is
+        // opened without close-on-exec, as flock(1)'s.
+        let inherit = if self.inv.close { 0 } else { flags::INHERIT };
+        let lock = Lock::open(path, &self.options(flags::CREATE | inherit))
+            .map_err(|e| self.open_failed(&shown, &e))?;
+        self.operate(&lock, &shown, EX_NOINPUT)?;
+        // Held until every copy of the descriptor is closed (see the module comment).
+        std::mem::forget(lock);
+        self.execute(command)
+    }
+
+    /// `FD`: the lock is the open file description's, so it outlives this process
+    /// (flock(1) on a descriptor); `-u FD` releases it.
+    fn lock_descriptor(&self, fd: i32) -> Result<i32, Exit> {
+        let subject = fd.to_string();
+        let lock = sys::inherited_fd(fd)
+            .map_err(|errno| Error::new(errno, format!("descriptor {fd}")))
+            .and_then(|borrowed| Lock::from_fd(borrowed, &self.options(0)));
+        let lock = lock.map_err(|e| match e.errno() {
+            libc::EOPNOTSUPP => self.fail(EX_UNAVAILABLE, &unsupported(&e)),
+            libc::EINVAL => self.fail(EX_DATAERR, e.detail()),
+            errno @ (libc::ENOMEM | libc::EMFILE | libc::ENFILE) => {
+                self.fail(EX_OSERR, &format!("{subject}: {}", sys::strerror(errno)))
+            }
+            errno => self.fail(EX_DATAERR, &format!("{subject}: {}", sys::strerror(errno))),
+        })?;
+        self.operate(&lock, &subject, EX_DATAERR)?;
+        std::mem::forget(lock);
+        Ok(0)
+    }
+
+    /// Takes or releases the lock; `--verbose` says how long it took (on stdout, as
+    /// flock's "getting lock took" line).
+    fn operate(&self, lock: &Lock, subject: &str, read_only_code: i32) -> Result<(), Exit> {
+        let began = Instant::now();
+        let result = match self.inv.operation {
+            Operation::Lock(mode) => self.acquire(lock, mode).map_err(|e| {
+                if e.is_would_block() || e.is_timeout() {
+                    self.conflict(lock, mode, e.is_timeout())
+                } else {
+                    self.lock_failed(subject, &e, read_only_code)
+                }
+            }),
+            Operation::Unlock => {
+                let (start, len) = self.inv.range;
+                lock.unlock(start, len)
+                    .map_err(|e| self.lock_failed(subject, &e, read_only_code))
+            }
+        };
+        result?;
+        if self.inv.verbose {
+            let took = began.elapsed();
+            print_out(&format!(
+                "{}: getting lock took {}.{:06} seconds\n",
+                self.name,
+                took.as_secs(),
+                took.subsec_micros()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs the command as flock(1) does: SIGCHLD reset to its default, then fork and
+    /// execvp in the child (or execvp alone with `-F`); the status is the command's,
+    /// 128+N when signal N killed it.
+    fn execute(&self, command: &[OsString]) -> Result<i32, Exit> {
+        let argv = sys::Argv::new(command)
+            .ok_or_else(|| self.fail(EX_USAGE, "an argument contains a NUL byte"))?;
+        sys::default_action(libc::SIGCHLD);
+        if self.inv.verbose {
+            print_out(&format!("{}: executing {}\n", self.name, argv.program()));
+        }
+        if self.inv.no_fork {
+            self.exec(&argv);
+        }
+        match sys::fork() {
+            Err(e) => Err(self.fail(EX_OSERR, &format!("fork failed: {}", sys::strerror(e)))),
+            Ok(sys::Forked::Child) => self.exec(&argv),
+            Ok(sys::Forked::Parent(pid)) => Ok(match sys::wait(pid) {
+                Ok(sys::Status::Exited(code)) => code,
+                Ok(sys::Status::Killed(signal)) => 128 + signal,
+                Ok(sys::Status::Other) => EX_OSERR,
+                Err(e) => {
+                    self.warn(&format!("waitpid failed: {}", sys::strerror(e)));
+                    1
+                }
+            }),
+        }
+    }
+
+    /// Replaces this process with the command; on failure, flock's message and code.
+    fn exec(&self, argv: &sys::Argv) -> ! {
+        sys::default_action(libc::SIGPIPE);
+        let e = argv.exec();
+        self.warn(&format!(
+            "failed to execute {}: {}",
+            argv.program(),
+            sys::strerror(e)
+        ));
+        sys::exit_now(if e == libc::ENOMEM {
+            EX_OSERR
+        } else {
+            EX_UNAVAILABLE
+        })
+    }
+
+    /// `--test FILE` and `--list FILE`: nothing is created and nothing is locked.
+    fn report(&self, path: &OsString, kind: Report) -> Result<i32, Exit> {
+        let shown = path.to_string_lossy();
+        let lock = Lock::open(path, &self.options(0)).map_err(|e| self.open_failed(&shown, &e))?;
+        match kind {
+            Report::Test => {
+                let Operation::Lock(mode) = self.inv.operation else {
+                    unreachable!("the parser refuses --test with --unlock")
+                };
+                let holder = self
+                    .holder_now(&lock, mode)
+                    .map_err(|e| self.fail(EX_OSERR, &format!("cannot test {shown}: {e}")))?;
+                match holder {
+                    None => {
+                        if self.inv.json {
+                            print_out("null\n");
+                        } else if self.inv.verbose {
+                            self.warn(&format!("{shown}: the {} lock is free", mode.name()));
+                        }
+                        Ok(0)
+                    }
+                    Some(h) => {
+                        if self.inv.json {
+                            print_out(&format!("{}\n", report::json_holder(&h, &shown)));
+                        } else {
+                            print_out(&report::table(std::slice::from_ref(&h), &shown));
+                        }
+                        Ok(self.inv.conflict_exit_code)
+                    }
+                }
+            }
+            Report::List => {
+                let holders = lock
+                    .list()
+                    .map_err(|e| self.fail(EX_OSERR, &format!("cannot list {shown}: {e}")))?;
+                print_out(&if self.inv.json {
+                    report::json_list(&holders, &shown)
+                } else {
+                    report::table(&holders, &shown)
+                });
+                Ok(0)
+            }
+        }
+    }
+}
+
+/// The library's "not supported yet", said with the option that asked for it.
+fn unsupported(e: &Error) -> String {
+    let detail = e.detail();
+    let option = if detail.contains("UNLINK") {
+        "--unlink"
+    } else if detail.contains("FAIR") {
+        "--fair"
+    } else if detail.contains("DOTLOCK") {
+        "--backend dotlock"
+    } else {
+        "--backend"
+    };
+    format!("{option}: not supported by this version of the library: {detail}")
+}
