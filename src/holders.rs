@@ -82,48 +82,68 @@ const PROC_LOCKS_READS: usize = 32;
 
 /// Every lock granted on `key`, as `/proc/locks` shows it.
 ///
-/// The kernel produces /proc/locks a page per `read()`, and lines are skipped or
-/// repeated when the lock list changes between two pages. So the file is read until
-/// two consecutive reads are identical (at most a few dozen times; under constant
-/// churn on the system the last read is used). Two identical exclusive locks cannot
-/// both exist on one inode, so a repeated exclusive line is dropped in any case.
+/// The kernel produces /proc/locks a page per `read()` and resumes each read by line
+/// number, so lines are skipped or repeated when locks come and go between two reads.
+/// A file under a page comes whole in one read ([`read_whole`]); a longer one is read
+/// until two consecutive reads agree on the lines about `key` (at most a few dozen
+/// times; under constant churn the last read is used).
 pub(crate) fn proc_locks(key: InodeKey) -> Result<Vec<ProcLock>> {
     let read = || {
-        read_whole("/proc/locks").map_err(|e| {
-            Error::new(
-                e.raw_os_error().unwrap_or(libc::EIO),
-                format!("cannot read /proc/locks ({e}): the holders of a lock cannot be listed"),
-            )
-        })
+        read_whole("/proc/locks")
+            .map(|(text, whole)| (parse_all(&text, key), whole))
+            .map_err(|e| {
+                Error::new(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                    format!(
+                        "cannot read /proc/locks ({e}): the holders of a lock cannot be listed"
+                    ),
+                )
+            })
     };
-    let mut text = read()?;
-    for _ in 1..PROC_LOCKS_READS {
-        let again = read()?;
-        if again == text {
-            break;
-        }
-        text = again;
+    let (mut locks, whole) = read()?;
+    if whole {
+        return Ok(locks);
     }
-    Ok(parse_all(&text, key))
+    for _ in 1..PROC_LOCKS_READS {
+        let (again, whole) = read()?;
+        if whole || again == locks {
+            return Ok(again);
+        }
+        locks = again;
+    }
+    Ok(locks)
 }
 
-/// Reads a /proc file with large `read()` calls: the kernel renders as much as fits
-/// per call, so a file under a page comes in one consistent pass (a small first read,
-/// as `read_to_string` makes, would split it).
-fn read_whole(path: &str) -> std::io::Result<String> {
+/// Room the kernel needs for one more /proc/locks line: a read that leaves more than
+/// this free in a page ended because the listing ended.
+const LONGEST_LINE: usize = 512;
+
+/// Reads a /proc file with large `read()` calls: the kernel renders up to a page per
+/// call. Returns the text and whether it came in one pass: a first read that ends well
+/// short of a page is the whole file (reading on could only return lines again, if
+/// locks were added meanwhile).
+fn read_whole(path: &str) -> std::io::Result<(String, bool)> {
     use std::io::Read;
+    let page = 4096;
     let mut file = std::fs::File::open(path)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut reads = 0;
     loop {
         match file.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                reads += 1;
+                out.extend_from_slice(&buf[..n]);
+                if n + LONGEST_LINE < page {
+                    break;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    Ok((String::from_utf8_lossy(&out).into_owned(), reads <= 1))
 }
 
 /// The locks on `key` in a /proc/locks text, without repeated exclusive lines.

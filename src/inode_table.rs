@@ -19,6 +19,7 @@
 //! global mutex, on which threads wait for in-process holders.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
@@ -97,6 +98,15 @@ pub(crate) struct Inode {
     pub cond: Arc<Condvar>,
 }
 
+impl Inode {
+    /// True when any handle holds or reserves a POSIX lock here.
+    fn has_posix_locks(&self) -> bool {
+        self.holdings
+            .iter()
+            .any(|h| h.backend == Backend::Posix && (!h.ranges.is_empty() || h.pending.is_some()))
+    }
+}
+
 /// A thread waiting for a lock: what it asked for.
 #[derive(Clone, Copy)]
 pub(crate) struct WaitRecord {
@@ -107,12 +117,43 @@ pub(crate) struct WaitRecord {
     pub mode: Mode,
 }
 
+/// A fast hasher for the table's small integer keys (inode keys and thread ids, which
+/// no one can choose to collide): a multiply-rotate mix, as in rustc's FxHash.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        self.write_u64(n as u32 as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
+
 /// The table: see the module docs for the key and the lock.
 #[derive(Default)]
 pub(crate) struct Table {
-    inodes: HashMap<InodeKey, Inode>,
+    inodes: FastMap<InodeKey, Inode>,
     /// thread id -> what it waits for
-    waits: HashMap<i32, WaitRecord>,
+    waits: FastMap<i32, WaitRecord>,
 }
 
 static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
@@ -299,15 +340,12 @@ impl Table {
             .find(|h| h.handle == handle)
     }
 
-    /// Removes empty holdings on `key`, closes the deferred descriptors once no POSIX
-    /// lock is held there, and wakes the threads waiting there.
+    /// Closes the deferred descriptors of `key` once no POSIX lock is held there, and
+    /// wakes the threads waiting there. (A handle's holding stays, empty, until it is
+    /// closed, so that locking again allocates nothing.)
     pub(crate) fn settle(&mut self, key: InodeKey) {
-        let posix = self.has_posix_locks(key);
         if let Some(inode) = self.inodes.get_mut(&key) {
-            inode
-                .holdings
-                .retain(|h| !h.ranges.is_empty() || h.pending.is_some());
-            if !posix {
+            if !inode.deferred.is_empty() && !inode.has_posix_locks() {
                 inode.deferred.clear();
             }
             if inode.waiters > 0 {
@@ -318,11 +356,20 @@ impl Table {
 
     /// True when any handle holds or reserves a POSIX lock on `key`.
     pub(crate) fn has_posix_locks(&self, key: InodeKey) -> bool {
-        self.inodes.get(&key).is_some_and(|i| {
-            i.holdings.iter().any(|h| {
-                h.backend == Backend::Posix && (!h.ranges.is_empty() || h.pending.is_some())
-            })
-        })
+        self.inodes.get(&key).is_some_and(Inode::has_posix_locks)
+    }
+
+    /// The holding of `handle` on `key`, if the handle has ever locked there.
+    pub(crate) fn existing_holding_mut(
+        &mut self,
+        key: InodeKey,
+        handle: HandleId,
+    ) -> Option<&mut Holding> {
+        self.inodes
+            .get_mut(&key)?
+            .holdings
+            .iter_mut()
+            .find(|h| h.handle == handle)
     }
 
     /// The strongest mode other handles of the process hold or reserve in POSIX-family

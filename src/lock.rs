@@ -527,9 +527,11 @@ impl Lock {
         if self.backend != Backend::Flock {
             return None;
         }
+        // A flock holding is one whole-file segment at most.
         table
             .holding(self.key, self.id)
-            .and_then(|h| h.ranges.strongest_in(ByteRange::WHOLE))
+            .and_then(|h| h.ranges.iter().next())
+            .map(|(_, m)| m)
     }
 
     /// After a failed flock upgrade (the kernel dropped the shared lock), takes the
@@ -564,7 +566,10 @@ impl Lock {
     }
 
     fn record(&self, table: &mut Table, range: ByteRange, mode: Mode, me: i32) {
-        let h = table.holding_mut(self.key, self.id, self.backend);
+        let h = match table.existing_holding_mut(self.key, self.id) {
+            Some(h) => h,
+            None => table.holding_mut(self.key, self.id, self.backend),
+        };
         h.ranges.set(range, mode);
         h.thread = me;
         h.fork_gen = fork_generation();
@@ -596,11 +601,8 @@ impl Lock {
         } else {
             backend::apply(fd, self.backend, range, None).map_err(|e| self.kernel_error(e))?;
         }
-        if table.holding(self.key, self.id).is_some() {
-            table
-                .holding_mut(self.key, self.id, self.backend)
-                .ranges
-                .clear(range);
+        if let Some(h) = table.existing_holding_mut(self.key, self.id) {
+            h.ranges.clear(range);
         }
         Ok(())
     }
@@ -737,13 +739,16 @@ impl Lock {
         // table's lock: it reads other processes' descriptor lists).
         let forked_since = inode_table::table()
             .holding(self.key, self.id)
-            .is_some_and(|h| h.fork_gen != fork_generation());
+            .is_some_and(|h| !h.ranges.is_empty() && h.fork_gen != fork_generation());
         let shared_by_fork = forked_since
             && self.backend != Backend::Posix
             && holders::description_shared_elsewhere(fd.as_fd(), self.key);
         let mut table = inode_table::table();
         let mut result = Ok(());
-        if table.holding(self.key, self.id).is_some() {
+        if table
+            .holding(self.key, self.id)
+            .is_some_and(|h| !h.ranges.is_empty())
+        {
             let release = match self.backend {
                 Backend::Posix => sys::getpid() == self.opener,
                 _ => !shared_by_fork,
@@ -751,11 +756,11 @@ impl Lock {
             if release {
                 result = self.release(fd.as_fd(), &mut table, ByteRange::WHOLE);
             }
-            table
-                .inode(self.key)
-                .holdings
-                .retain(|h| h.handle != self.id);
         }
+        table
+            .inode(self.key)
+            .holdings
+            .retain(|h| h.handle != self.id);
         let keep_open = table.has_posix_locks(self.key);
         let inode = table.inode(self.key);
         inode.open_handles = inode.open_handles.saturating_sub(1);

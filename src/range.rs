@@ -65,11 +65,16 @@ impl ByteRange {
 }
 
 /// The ranges one owner holds, each with its mode: disjoint, and adjacent ranges of
-/// the same mode merged. Keyed by start; lookups cost O(log n).
+/// the same mode merged. The common case, one segment (a whole-file lock, one
+/// record), is kept inline; more are kept in a map keyed by start (O(log n) lookups).
+/// Invariant: `one` is used exactly when there is one segment, `many` when there are
+/// two or more.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RangeMap {
-    /// start -> (end, mode)
-    segments: BTreeMap<u64, (u64, Mode)>,
+    /// The only segment: (start, end, mode).
+    one: Option<(u64, u64, Mode)>,
+    /// start -> (end, mode), when there are two or more segments.
+    many: BTreeMap<u64, (u64, Mode)>,
 }
 
 impl RangeMap {
@@ -80,26 +85,33 @@ impl RangeMap {
 
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.segments.is_empty()
+        self.one.is_none() && self.many.is_empty()
     }
 
     /// Number of disjoint segments.
     pub fn len(&self) -> usize {
-        self.segments.len()
+        usize::from(self.one.is_some()) + self.many.len()
     }
 
     /// Segments overlapping `r`, whole (not clipped), in order.
     pub fn touching(&self, r: ByteRange) -> impl Iterator<Item = (ByteRange, Mode)> + '_ {
+        let single = self
+            .one
+            .map(|(s, e, m)| (ByteRange { start: s, end: e }, m));
         let first = self
-            .segments
+            .many
             .range(..=r.start)
             .next_back()
             .filter(|(_, (end, _))| *end > r.start)
             .map(|(s, _)| *s)
             .unwrap_or(r.start);
-        self.segments
-            .range(first..r.end)
-            .map(|(&s, &(e, m))| (ByteRange { start: s, end: e }, m))
+        let tree = self
+            .many
+            .range(first..r.end.max(first))
+            .map(|(&s, &(e, m))| (ByteRange { start: s, end: e }, m));
+        single
+            .into_iter()
+            .chain(tree)
             .filter(move |(seg, _)| seg.overlaps(&r))
     }
 
@@ -118,51 +130,103 @@ impl RangeMap {
 
     /// All segments in order.
     pub fn iter(&self) -> impl Iterator<Item = (ByteRange, Mode)> + '_ {
-        self.segments
-            .iter()
-            .map(|(&s, &(e, m))| (ByteRange { start: s, end: e }, m))
+        let single = self
+            .one
+            .map(|(s, e, m)| (ByteRange { start: s, end: e }, m));
+        single.into_iter().chain(
+            self.many
+                .iter()
+                .map(|(&s, &(e, m))| (ByteRange { start: s, end: e }, m)),
+        )
     }
 
     /// Sets every byte of `r` to `mode` (replacing whatever was held there).
     pub fn set(&mut self, r: ByteRange, mode: Mode) {
-        self.clear(r);
+        if self.many.is_empty() {
+            match self.one {
+                None => {
+                    self.one = Some((r.start, r.end, mode));
+                    return;
+                }
+                // Covered, or merged with a touching segment of the same mode.
+                Some((s, e, m))
+                    if (r.start <= s && r.end >= e)
+                        || (m == mode && s <= r.end && r.start <= e) =>
+                {
+                    self.one = Some((s.min(r.start), e.max(r.end), mode));
+                    return;
+                }
+                Some((s, e, m)) => {
+                    self.one = None;
+                    self.many.insert(s, (e, m));
+                }
+            }
+        }
+        self.clear_tree(r);
         let mut start = r.start;
         let mut end = r.end;
-        if let Some((&s, &(e, m))) = self.segments.range(..start).next_back() {
+        if let Some((&s, &(e, m))) = self.many.range(..start).next_back() {
             if e == start && m == mode {
-                self.segments.remove(&s);
+                self.many.remove(&s);
                 start = s;
             }
         }
-        if let Some(&(e, m)) = self.segments.get(&end) {
+        if let Some(&(e, m)) = self.many.get(&end) {
             if m == mode {
-                self.segments.remove(&end);
+                self.many.remove(&end);
                 end = e;
             }
         }
-        self.segments.insert(start, (end, mode));
+        self.many.insert(start, (end, mode));
+        self.normalize();
     }
 
     /// Releases every byte of `r`.
     pub fn clear(&mut self, r: ByteRange) {
-        if let Some((&s, &(e, m))) = self.segments.range(..r.start).next_back() {
+        if let Some((s, e, m)) = self.one {
+            if r.end <= s || e <= r.start {
+                return;
+            }
+            self.one = None;
+            let left = (s < r.start).then_some((s, r.start));
+            let right = (e > r.end).then_some((r.end, e));
+            match (left, right) {
+                (Some((ls, le)), Some((rs, re))) => {
+                    self.many.insert(ls, (le, m));
+                    self.many.insert(rs, (re, m));
+                }
+                (Some((a, b)), None) | (None, Some((a, b))) => self.one = Some((a, b, m)),
+                (None, None) => {}
+            }
+            return;
+        }
+        self.clear_tree(r);
+        self.normalize();
+    }
+
+    fn clear_tree(&mut self, r: ByteRange) {
+        if let Some((&s, &(e, m))) = self.many.range(..r.start).next_back() {
             if e > r.start {
-                self.segments.insert(s, (r.start, m));
+                self.many.insert(s, (r.start, m));
                 if e > r.end {
-                    self.segments.insert(r.end, (e, m));
+                    self.many.insert(r.end, (e, m));
                     return;
                 }
             }
         }
-        let inside: Vec<u64> = self
-            .segments
-            .range(r.start..r.end)
-            .map(|(s, _)| *s)
-            .collect();
-        for s in inside {
-            let (e, m) = self.segments.remove(&s).expect("key was just listed");
+        while let Some((&s, &(e, m))) = self.many.range(r.start..r.end).next() {
+            self.many.remove(&s);
             if e > r.end {
-                self.segments.insert(r.end, (e, m));
+                self.many.insert(r.end, (e, m));
+            }
+        }
+    }
+
+    /// Moves a lone segment of the tree inline.
+    fn normalize(&mut self) {
+        if self.many.len() == 1 {
+            if let Some((s, (e, m))) = self.many.pop_first() {
+                self.one = Some((s, e, m));
             }
         }
     }

@@ -259,7 +259,7 @@ fn parse_timeout(value: &OsStr) -> Result<(Option<Duration>, bool), UsageError> 
     let s = text(value);
     let invalid = || UsageError::plain(format!("invalid timeout value: '{s}'"));
     let secs: f64 = s.parse().map_err(|_| invalid())?;
-    if !secs.is_finite() || secs < 0.0 || s.eq_ignore_ascii_case("nan") {
+    if !secs.is_finite() || secs < 0.0 {
         return Err(invalid());
     }
     // Microseconds, truncated, as flock's struct timeval.

@@ -1,0 +1,870 @@
+//! The `unilock` command against util-linux flock(1): the same scenarios run through
+//! both binaries must give the same exit codes, the same locking behaviour and, where
+//! flock has one, the same message with the program name replaced. Then what flock
+//! lacks: --test, --list, --verbose naming the holder, --range.
+//!
+//! Holders run with `-F` (no fork: the tool execs `sh`, which execs `sleep`), so one
+//! process holds the lock and killing it releases the lock.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const UNILOCK: &str = env!("CARGO_BIN_EXE_unilock");
+const FLOCK: &str = "/usr/bin/flock";
+
+/// The tools to compare: unilock, and flock(1) where it is installed.
+fn tools() -> Vec<&'static str> {
+    if Path::new(FLOCK).exists() {
+        vec![FLOCK, UNILOCK]
+    } else {
+        eprintln!("{FLOCK} is missing: comparing nothing, testing unilock alone");
+        vec![UNILOCK]
+    }
+}
+
+fn short(tool: &str) -> &'static str {
+    if tool == UNILOCK { "unilock" } else { "flock" }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("unilock-cli-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// A file in the directory, created empty.
+    fn file(&self, name: &str) -> String {
+        let p = self.0.join(name);
+        std::fs::write(&p, b"").unwrap();
+        p.to_str().unwrap().to_string()
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+fn run(tool: &str, args: &[&str]) -> Outcome {
+    let began = Instant::now();
+    let out = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+    let elapsed = began.elapsed();
+    use std::os::unix::process::ExitStatusExt;
+    Outcome {
+        code: out
+            .status
+            .code()
+            .unwrap_or_else(|| 128 + out.status.signal().unwrap()),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed,
+    }
+}
+
+/// Exit code of `sh -c script` (for scripts that run the tools themselves).
+fn sh(script: &str) -> Outcome {
+    run("/bin/sh", &["-c", script])
+}
+
+/// A process that holds a lock taken by `tool` with `options`, until dropped.
+struct Holder {
+    child: Child,
+}
+
+impl Holder {
+    fn start(tool: &str, options: &[&str], file: &str) -> Holder {
+        Self::start_for(tool, options, file, "10")
+    }
+
+    /// Holds for `secs` (a sleep(1) argument), then exits and so releases.
+    fn start_for(tool: &str, options: &[&str], file: &str, secs: &str) -> Holder {
+        let script = format!("echo ready; exec sleep {secs}");
+        let mut child = Command::new(tool)
+            .arg("-F")
+            .args(options)
+            .args([file, "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "{tool} {options:?} did not take the lock"
+        );
+        Holder { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every (holder tool, contender tool) pair: each tool against itself and the other.
+fn pairs() -> Vec<(&'static str, &'static str)> {
+    let t = tools();
+    t.iter()
+        .flat_map(|&a| t.iter().map(move |&b| (a, b)))
+        .collect()
+}
+
+#[test]
+fn an_exclusive_lock_excludes_in_both_directions_between_flock_and_unilock() {
+    let dir = TempDir::new("conflict");
+    let file = dir.file("f");
+    for (holder_tool, tool) in pairs() {
+        let holder = Holder::start(holder_tool, &[], &file);
+        for options in [
+            &["-n"][..],
+            &["--nb"],
+            &["-w", "0"],
+            &["-x", "-n"],
+            &["-s", "-n"],
+        ] {
+            let mut args = options.to_vec();
+            args.extend([file.as_str(), "true"]);
+            let out = run(tool, &args);
+            assert_eq!(
+                out.code,
+                1,
+                "{} {args:?} while {} holds it: {}",
+                short(tool),
+                short(holder_tool),
+                out.stderr
+            );
+            assert_eq!(
+                out.stderr,
+                "",
+                "{} is quiet on conflict without --verbose",
+                short(tool)
+            );
+        }
+        drop(holder);
+        assert_eq!(
+            run(tool, &["-n", &file, "true"]).code,
+            0,
+            "{} after release",
+            short(tool)
+        );
+    }
+}
+
+#[test]
+fn shared_locks_coexist_and_exclude_exclusive_ones() {
+    let dir = TempDir::new("shared");
+    let file = dir.file("f");
+    for (holder_tool, tool) in pairs() {
+        let holder = Holder::start(holder_tool, &["-s"], &file);
+        let who = format!("{} against a shared {}", short(tool), short(holder_tool));
+        assert_eq!(run(tool, &["-s", "-n", &file, "true"]).code, 0, "{who}");
+        assert_eq!(
+            run(tool, &["--shared", "--nonblock", &file, "true"]).code,
+            0,
+            "{who}"
+        );
+        assert_eq!(run(tool, &["-x", "-n", &file, "true"]).code, 1, "{who}");
+        assert_eq!(run(tool, &["-e", "-n", &file, "true"]).code, 1, "{who}");
+        drop(holder);
+        let holder = Holder::start(holder_tool, &["-x"], &file);
+        assert_eq!(run(tool, &["-s", "-n", &file, "true"]).code, 1, "{who}");
+        drop(holder);
+    }
+}
+
+#[test]
+fn a_timed_wait_gives_up_with_exit_1_after_the_timeout() {
+    let dir = TempDir::new("timeout");
+    let file = dir.file("f");
+    for (holder_tool, tool) in pairs() {
+        let _holder = Holder::start(holder_tool, &[], &file);
+        let out = run(tool, &["-w", "0.2", &file, "true"]);
+        assert_eq!(out.code, 1, "{}: {}", short(tool), out.stderr);
+        assert!(
+            out.elapsed >= Duration::from_millis(200) && out.elapsed < Duration::from_millis(1500),
+            "{} -w 0.2 took {:?}",
+            short(tool),
+            out.elapsed
+        );
+    }
+}
+
+#[test]
+fn a_wait_ends_when_the_holder_releases() {
+    let dir = TempDir::new("handoff");
+    let file = dir.file("f");
+    for (holder_tool, tool) in pairs() {
+        let _holder = Holder::start_for(holder_tool, &[], &file, "0.2");
+        let out = run(tool, &["-w", "5", &file, "sh", "-c", "echo got it"]);
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (0, "got it\n"),
+            "{}",
+            short(tool)
+        );
+        assert!(
+            out.elapsed < Duration::from_secs(3),
+            "{}: {:?}",
+            short(tool),
+            out.elapsed
+        );
+    }
+}
+
+#[test]
+fn conflict_exit_code_replaces_1_for_conflicts_and_timeouts() {
+    let dir = TempDir::new("econflict");
+    let file = dir.file("f");
+    for (holder_tool, tool) in pairs() {
+        let _holder = Holder::start(holder_tool, &[], &file);
+        assert_eq!(
+            run(tool, &["-E", "42", "-n", &file, "true"]).code,
+            42,
+            "{}",
+            short(tool)
+        );
+        assert_eq!(
+            run(tool, &["-E42", "-w", "0.1", &file, "true"]).code,
+            42,
+            "{}",
+            short(tool)
+        );
+        assert_eq!(
+            run(tool, &["--conflict-exit-code=0", "-n", &file, "false"]).code,
+            0,
+            "{}",
+            short(tool)
+        );
+    }
+}
+
+#[test]
+fn the_command_inherits_the_lock_descriptor_unless_close() {
+    let dir = TempDir::new("close");
+    let file = dir.file("f");
+    let list_fds = "ls -l /proc/$$/fd";
+    for tool in tools() {
+        let inherited = run(tool, &[&file, "sh", "-c", list_fds]);
+        assert!(
+            inherited.stdout.contains(&file),
+            "{}: {}",
+            short(tool),
+            inherited.stdout
+        );
+        let closed = run(tool, &["-o", &file, "sh", "-c", list_fds]);
+        assert_eq!(closed.code, 0);
+        assert!(
+            !closed.stdout.contains(&file),
+            "{} -o: {}",
+            short(tool),
+            closed.stdout
+        );
+
+        // A background grandchild keeps an inherited lock after the tool exits...
+        let out = run(tool, &[&file, "sh", "-c", "sleep 0.4 >/dev/null 2>&1 &"]);
+        assert_eq!(out.code, 0);
+        assert_eq!(
+            run(FLOCK_OR_SELF(), &["-n", &file, "true"]).code,
+            1,
+            "{}",
+            short(tool)
+        );
+        // ...but not with -o: the lock ended with the tool.
+        let out = run(
+            tool,
+            &["-o", &file, "sh", "-c", "sleep 0.4 >/dev/null 2>&1 &"],
+        );
+        assert_eq!(out.code, 0);
+        assert_eq!(
+            run(FLOCK_OR_SELF(), &["-n", &file, "true"]).code,
+            0,
+            "{} -o",
+            short(tool)
+        );
+        std::thread::sleep(Duration::from_millis(450));
+    }
+}
+
+/// flock(1) when installed (the independent judge), else unilock.
+#[allow(non_snake_case)]
+fn FLOCK_OR_SELF() -> &'static str {
+    tools()[0]
+}
+
+#[test]
+fn the_descriptor_form_locks_the_shells_descriptor_until_unlock() {
+    let dir = TempDir::new("fd");
+    let file = dir.file("f");
+    let judge = FLOCK_OR_SELF();
+    for tool in tools() {
+        // Locked through fd 9: the lock outlives the tool (it is the open file
+        // description's), excludes others, and -u on the descriptor releases it.
+        let script = format!(
+            "exec 9>'{file}'
+             {tool} -n 9 || exit 3
+             {judge} -n '{file}' true && exit 4
+             {tool} -n 9 || exit 5      # relocking one's own description succeeds
+             {tool} -u 9 || exit 6
+             {judge} -n '{file}' true || exit 7
+             {tool} -s 9 || exit 8
+             {judge} -s -n '{file}' true || exit 9
+             {judge} -x -n '{file}' true && exit 10
+             exit 0"
+        );
+        let out = sh(&script);
+        assert_eq!(out.code, 0, "{}: {}", short(tool), out.stderr);
+        // A held lock on the descriptor: conflict exit.
+        let _holder = Holder::start(judge, &[], &file);
+        let out = sh(&format!("exec 9<'{file}'; {tool} -n 9"));
+        assert_eq!(out.code, 1, "{}: {}", short(tool), out.stderr);
+    }
+}
+
+#[test]
+fn unlock_of_a_file_runs_the_command() {
+    let dir = TempDir::new("unlock");
+    let file = dir.file("f");
+    for tool in tools() {
+        let out = run(tool, &["-u", &file, "sh", "-c", "exit 5"]);
+        assert_eq!(out.code, 5, "{}", short(tool));
+    }
+}
+
+#[test]
+fn directories_can_be_locked_and_exclude_each_other() {
+    let dir = TempDir::new("dir");
+    let locked = dir.path("d");
+    std::fs::create_dir(&locked).unwrap();
+    for (holder_tool, tool) in pairs() {
+        assert_eq!(
+            run(tool, &["-n", &locked, "true"]).code,
+            0,
+            "{}",
+            short(tool)
+        );
+        let _holder = Holder::start(holder_tool, &[], &locked);
+        assert_eq!(
+            run(tool, &["-n", &locked, "true"]).code,
+            1,
+            "{}",
+            short(tool)
+        );
+    }
+}
+
+#[test]
+fn read_only_files_can_be_locked_both_ways() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("ro");
+    let file = dir.file("ro");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444)).unwrap();
+    for (holder_tool, tool) in pairs() {
+        for mode in ["-s", "-x"] {
+            assert_eq!(
+                run(tool, &[mode, "-n", &file, "true"]).code,
+                0,
+                "{} {mode}",
+                short(tool)
+            );
+        }
+        let _holder = Holder::start(holder_tool, &[], &file);
+        assert_eq!(
+            run(tool, &["-s", "-n", &file, "true"]).code,
+            1,
+            "{}",
+            short(tool)
+        );
+    }
+}
+
+#[test]
+fn missing_files_are_created() {
+    let dir = TempDir::new("create");
+    for tool in tools() {
+        let file = dir.path(short(tool));
+        assert_eq!(run(tool, &[&file, "true"]).code, 0);
+        assert!(Path::new(&file).exists(), "{} creates {file}", short(tool));
+    }
+    // unilock: 0600 unless --mode says otherwise (flock(1): 0666 minus the umask).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path("unilock")), 0o600);
+    let wide = dir.path("wide");
+    assert_eq!(run(UNILOCK, &["--mode", "0640", &wide, "true"]).code, 0);
+    assert_eq!(mode(&wide) & 0o640, mode(&wide));
+    assert_ne!(mode(&wide) & 0o040, 0, "--mode 0640 under the usual umask");
+}
+
+#[test]
+fn the_commands_status_and_death_by_signal_are_passed_on() {
+    let dir = TempDir::new("status");
+    let file = dir.file("f");
+    for tool in tools() {
+        assert_eq!(
+            run(tool, &[&file, "sh", "-c", "exit 7"]).code,
+            7,
+            "{}",
+            short(tool)
+        );
+        assert_eq!(
+            run(tool, &[&file, "-c", "exit 9"]).code,
+            9,
+            "{}",
+            short(tool)
+        );
+        assert_eq!(
+            run(tool, &[&file, "--command", "exit 3"]).code,
+            3,
+            "{}",
+            short(tool)
+        );
+        assert_eq!(
+            run(tool, &[&file, "sh", "-c", "kill -9 $$"]).code,
+            137,
+            "{}",
+            short(tool)
+        );
+        assert_eq!(
+            run(tool, &[&file, "sh", "-c", "kill -TERM $$"]).code,
+            143,
+            "{}",
+            short(tool)
+        );
+        // Everything after the file is the command's, options included.
+        let out = run(tool, &[&file, "echo", "-n", "-x", "--", "-s"]);
+        assert_eq!(out.stdout, "-x -- -s", "{}", short(tool));
+    }
+}
+
+#[test]
+fn no_fork_execs_the_command_in_the_tools_own_process() {
+    let dir = TempDir::new("nofork");
+    let file = dir.file("f");
+    for tool in tools() {
+        let child = Command::new(tool)
+            .args(["-F", &file, "sh", "-c", "echo $$; ls -l /proc/$$/fd"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.lines().next(),
+            Some(pid.to_string().as_str()),
+            "{}",
+            short(tool)
+        );
+        assert!(
+            text.contains(&file),
+            "{} -F keeps the descriptor: {text}",
+            short(tool)
+        );
+    }
+}
+
+#[test]
+fn failures_use_flocks_exit_codes_and_messages_with_the_name_replaced() {
+    let dir = TempDir::new("usage");
+    let file = dir.file("f");
+    let missing = dir.path("no/such/dir/f");
+    let cases: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["-n"],
+        vec!["-k", &file, "true"],
+        vec!["--bogus", &file, "true"],
+        vec!["--c", &file, "true"],
+        vec!["--shared=yes", &file, "true"],
+        vec!["-w"],
+        vec!["--timeout"],
+        vec!["-w", "abc", &file, "true"],
+        vec!["-E", "300", &file, "true"],
+        vec!["-E", "x", &file, "true"],
+        vec!["-c", "true", &file],
+        vec![&file, "-c"],
+        vec![&file, "-c", "a", "b"],
+        vec!["-F", "-o", &file, "true"],
+        vec!["not-a-number"],
+        vec![&missing, "true"],
+        vec!["--", "-1"],
+        vec!["1000"],
+        vec![&file, "no-such-command-here"],
+    ];
+    for args in cases {
+        let mut seen = Vec::new();
+        for tool in tools() {
+            let out = run(tool, &args);
+            // getopt's messages start with argv[0] as given, the others with its
+            // basename.
+            let text = out
+                .stderr
+                .replace(&format!("{tool}:"), "ARGV0:")
+                .replace(&format!("{}:", short(tool)), "NAME:")
+                .replace(&format!("'{} --help'", short(tool)), "'NAME --help'");
+            seen.push((out.code, text));
+        }
+        if let [flock, unilock] = &seen[..] {
+            assert_eq!(flock, unilock, "flock vs unilock for {args:?}");
+        }
+        let code = seen.last().unwrap().0;
+        assert!([64, 65, 66, 69].contains(&code), "{args:?} exit {code}");
+    }
+}
+
+#[test]
+fn verbose_messages_match_flocks_and_add_the_holder() {
+    let dir = TempDir::new("verbose");
+    let file = dir.file("f");
+    for tool in tools() {
+        let out = run(tool, &["--verbose", &file, "true"]);
+        let first = out.stdout.lines().next().unwrap_or("").to_string();
+        let prefix = format!("{}: getting lock took 0.", short(tool));
+        assert!(
+            first.starts_with(&prefix),
+            "{}: {}",
+            short(tool),
+            out.stdout
+        );
+        assert!(
+            out.stdout
+                .ends_with(&format!("{}: executing true\n", short(tool)))
+        );
+    }
+    for holder_tool in tools() {
+        let holder = Holder::start(holder_tool, &[], &file);
+        let pid = holder.pid().to_string();
+        for tool in tools() {
+            let out = run(tool, &["--verbose", "-n", &file, "true"]);
+            assert_eq!(out.code, 1);
+            let mut lines = out.stderr.lines();
+            assert_eq!(
+                lines.next(),
+                Some(format!("{}: failed to get lock", short(tool)).as_str())
+            );
+            let out = run(tool, &["--verbose", "-w", "0.1", &file, "true"]);
+            assert_eq!(out.code, 1);
+            assert!(
+                out.stderr.contains(&format!(
+                    "{}: timeout while waiting to get lock",
+                    short(tool)
+                )),
+                "{}",
+                out.stderr
+            );
+        }
+        // unilock names the holder: while waiting, and when it gives up.
+        let held =
+            format!("unilock: pid {pid} (sleep) holds an exclusive FLOCK lock on the whole file");
+        let out = run(UNILOCK, &["--verbose", "-n", &file, "true"]);
+        assert!(out.stderr.contains(&held), "{}", out.stderr);
+        let waiting = format!("waiting for the lock: pid {pid} (sleep)");
+        let out = run(UNILOCK, &["--verbose", "-w", "0.1", &file, "true"]);
+        assert!(out.stderr.contains(&waiting), "{}", out.stderr);
+        assert!(out.stderr.ends_with(&format!("{held}\n")), "{}", out.stderr);
+    }
+    // When the holder goes away, the wait ends and says how long it took.
+    let _holder = Holder::start_for(tools()[0], &["-s"], &file, "0.2");
+    let out = run(UNILOCK, &["--verbose", &file, "true"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("waiting for the lock: pid "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("holds a shared FLOCK lock"),
+        "{}",
+        out.stderr
+    );
+    let took: f64 = out.stdout.lines().next().unwrap()["unilock: getting lock took ".len()..]
+        .trim_end_matches(" seconds")
+        .parse()
+        .unwrap();
+    assert!(took > 0.05 && took < 3.0, "{}", out.stdout);
+}
+
+#[test]
+fn test_says_whether_the_lock_is_free_and_who_holds_it() {
+    let dir = TempDir::new("test");
+    let file = dir.file("f");
+    let out = run(UNILOCK, &["--test", &file]);
+    assert_eq!((out.code, out.stdout.as_str()), (0, ""));
+    assert_eq!(run(UNILOCK, &["--test", "--json", &file]).stdout, "null\n");
+    for holder_tool in tools() {
+        let holder = Holder::start(holder_tool, &["-s"], &file);
+        let pid = holder.pid().to_string();
+        assert_eq!(
+            run(UNILOCK, &["-s", "--test", &file]).code,
+            0,
+            "shared is free"
+        );
+        let out = run(UNILOCK, &["--test", &file]);
+        assert_eq!(out.code, 1);
+        let row = out
+            .stdout
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>();
+        assert_eq!(
+            row,
+            ["sleep", &pid, "FLOCK", "shared", "0", "EOF", &file],
+            "{}",
+            out.stdout
+        );
+        assert_eq!(run(UNILOCK, &["-E", "3", "--test", &file]).code, 3);
+        let out = run(UNILOCK, &["--test", "--json", &file]);
+        assert_eq!(
+            out.stdout,
+            format!(
+                "{{\"command\":\"sleep\",\"pid\":{pid},\"backend\":\"FLOCK\",\"mode\":\"shared\",\
+                 \"start\":0,\"len\":0,\"end\":null,\"path\":\"{file}\"}}\n"
+            )
+        );
+        // An OFD test does not see a flock lock: the families do not conflict.
+        assert_eq!(run(UNILOCK, &["--fcntl", "--test", &file]).code, 0);
+    }
+    // Nothing is created by --test.
+    let missing = dir.path("missing");
+    assert_eq!(run(UNILOCK, &["--test", &missing]).code, 66);
+    assert!(!Path::new(&missing).exists());
+}
+
+#[test]
+fn list_shows_every_lock_as_a_table_or_json() {
+    let dir = TempDir::new("list");
+    let file = dir.file("f");
+    let out = run(UNILOCK, &["--list", &file]);
+    assert_eq!(out.code, 0);
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        ["COMMAND PID TYPE MODE START END PATH"]
+    );
+    assert_eq!(run(UNILOCK, &["--list", "--json", &file]).stdout, "[]\n");
+    let a = Holder::start(tools()[0], &["-s"], &file);
+    let b = Holder::start(UNILOCK, &["-s"], &file);
+    let c = Holder::start(UNILOCK, &["--range", "100:50"], &file);
+    let out = run(UNILOCK, &["--list", &file]);
+    assert_eq!(out.code, 0);
+    let rows: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{}", out.stdout);
+    for (holder, kind, mode, start, end) in [
+        (&a, "FLOCK", "shared", "0", "EOF"),
+        (&b, "FLOCK", "shared", "0", "EOF"),
+        (&c, "OFD", "exclusive", "100", "149"),
+    ] {
+        let pid = holder.pid().to_string();
+        let row = ["sleep", pid.as_str(), kind, mode, start, end, file.as_str()];
+        assert!(
+            rows.iter().any(|r| r[..] == row[..]),
+            "{row:?} in\n{}",
+            out.stdout
+        );
+    }
+    let json = run(UNILOCK, &["--list", "--json", &file]).stdout;
+    assert!(json.starts_with("[\n") && json.ends_with("\n]\n"), "{json}");
+    assert_eq!(json.matches("\"command\":\"sleep\"").count(), 3, "{json}");
+    let ofd = format!(
+        "{{\"command\":\"sleep\",\"pid\":{},\"backend\":\"OFD\",\"mode\":\"exclusive\",\"start\":100,\
+         \"len\":50,\"end\":149,\"path\":\"{file}\"}}",
+        c.pid()
+    );
+    assert!(json.contains(&ofd), "{json}");
+}
+
+#[test]
+fn ranges_exclude_only_overlapping_bytes() {
+    let dir = TempDir::new("range");
+    let file = dir.file("f");
+    let _peer = Holder::start(UNILOCK, &["--range", "0:10"], &file);
+    assert_eq!(
+        run(UNILOCK, &["-n", "--range", "10:10", &file, "true"]).code,
+        0
+    );
+    assert_eq!(
+        run(UNILOCK, &["-n", "--start", "20", &file, "true"]).code,
+        0
+    );
+    assert_eq!(
+        run(UNILOCK, &["-n", "--range", "5:10", &file, "true"]).code,
+        1
+    );
+    assert_eq!(run(UNILOCK, &["-n", "--range", "0", &file, "true"]).code, 1);
+    assert_eq!(
+        run(UNILOCK, &["-n", "-s", "--range", "9:1", &file, "true"]).code,
+        1
+    );
+    // POSIX and OFD locks conflict; flock locks are another family.
+    assert_eq!(
+        run(
+            UNILOCK,
+            &["-n", "-b", "posix", "--range", "3:1", &file, "true"]
+        )
+        .code,
+        1
+    );
+    assert_eq!(run(UNILOCK, &["-n", &file, "true"]).code, 0);
+    for tool in tools() {
+        assert_eq!(run(tool, &["-n", &file, "true"]).code, 0, "{}", short(tool));
+    }
+    let out = run(
+        UNILOCK,
+        &["--verbose", "-n", "--range", "5:1", &file, "true"],
+    );
+    assert!(
+        out.stderr
+            .contains("holds an exclusive OFD lock on bytes 0-9"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn unilock_usage_errors_exit_64() {
+    let dir = TempDir::new("usage64");
+    let file = dir.file("f");
+    for args in [
+        &["-b", "nfs", &file, "true"][..],
+        &["-b", "ofd,posix", &file, "true"],
+        &["-b", "flock", "--range", "0:1", &file, "true"],
+        &["--range", "x", &file, "true"],
+        &["--mode", "999", &file, "true"],
+        &["--stale", "5", &file, "true"],
+        &["--json", &file, "true"],
+        &["--test"],
+        &["--list", &file, "ls"],
+        &["-u", "--test", &file],
+        &["-w", "-1", &file, "true"],
+        &["-b", "posix", "9"],
+    ] {
+        let out = run(UNILOCK, args);
+        assert_eq!(out.code, 64, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.starts_with("unilock: "),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn unsupported_features_are_reported_as_such() {
+    let dir = TempDir::new("unsupported");
+    let file = dir.file("f");
+    for (args, option) in [
+        (&["-b", "dotlock"][..], "--backend dotlock"),
+        (&["-b", "flock,dotlock"], "--backend"),
+        (&["--fair"], "--fair"),
+        (&["--unlink"], "--unlink"),
+    ] {
+        let mut all = args.to_vec();
+        all.extend([file.as_str(), "true"]);
+        let out = run(UNILOCK, &all);
+        assert_eq!(out.code, 69, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.starts_with(&format!("unilock: {option}")),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("not supported"), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn safety_differences_from_flock_are_explained() {
+    let dir = TempDir::new("safety");
+    let file = dir.file("f");
+    let link = dir.path("link");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let out = run(UNILOCK, &["-n", &link, "true"]);
+    assert_eq!(out.code, 66);
+    assert!(out.stderr.contains("--follow"), "{}", out.stderr);
+    assert_eq!(run(UNILOCK, &["--follow", "-n", &link, "true"]).code, 0);
+    let fifo = dir.path("fifo");
+    assert!(sh(&format!("mkfifo '{fifo}'")).code == 0);
+    let out = run(UNILOCK, &["-n", &fifo, "true"]);
+    assert_eq!(out.code, 66);
+    assert!(out.stderr.contains("FIFO"), "{}", out.stderr);
+}
+
+#[test]
+fn help_and_version() {
+    let out = run(UNILOCK, &["-h"]);
+    assert_eq!(out.code, 0);
+    for option in [
+        "--shared",
+        "--exclusive",
+        "--unlock",
+        "--nonblock",
+        "--timeout",
+        "--conflict-exit-code",
+        "--close",
+        "--command",
+        "--no-fork",
+        "--verbose",
+        "--backend",
+        "--fcntl",
+        "--range",
+        "--fair",
+        "--unlink",
+        "--stale",
+        "--mode",
+        "--follow",
+        "--test",
+        "--list",
+        "--json",
+        "--help",
+        "--version",
+    ] {
+        assert!(out.stdout.contains(option), "-h lacks {option}");
+    }
+    let out = run(UNILOCK, &["--version"]);
+    assert_eq!(
+        (out.code, out.stdout),
+        (
+            0,
+            format!("unilock from unilock {}\n", env!("CARGO_PKG_VERSION"))
+        )
+    );
+}
