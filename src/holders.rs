@@ -158,22 +158,47 @@ fn parse_all(text: &str, key: InodeKey) -> Vec<ProcLock> {
     locks
 }
 
-/// The locks on `key` that `pid` has through one of its descriptors (fdinfo `lock:`
-/// lines), or `None` when its fdinfo cannot be read.
-fn locks_of_process(pid: i32, key: InodeKey) -> Option<Vec<ProcLock>> {
+/// The pids of the processes in /proc.
+fn processes() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+}
+
+/// The descriptors of `pid` whose fdinfo shows locks on `key`, with those locks, or
+/// `None` when its fdinfo cannot be read.
+fn fd_locks(pid: i32, key: InodeKey) -> Option<Vec<(i32, Vec<ProcLock>)>> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?;
     let mut out = Vec::new();
     for entry in dir.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
         let Ok(text) = std::fs::read_to_string(entry.path()) else {
             continue;
         };
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("lock:") {
-                out.extend(parse(rest.trim_start(), key));
-            }
+        let locks: Vec<ProcLock> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("lock:"))
+            .filter_map(|l| parse(l.trim_start(), key))
+            .collect();
+        if !locks.is_empty() {
+            out.push((fd, locks));
         }
     }
     Some(out)
+}
+
+/// The locks on `key` that `pid` has through one of its descriptors, or `None` when
+/// its fdinfo cannot be read.
+fn locks_of_process(pid: i32, key: InodeKey) -> Option<Vec<ProcLock>> {
+    fd_locks(pid, key).map(|fds| fds.into_iter().flat_map(|(_, locks)| locks).collect())
 }
 
 fn same_lock(a: &ProcLock, b: &ProcLock) -> bool {
@@ -260,25 +285,10 @@ fn alive(pid: i32) -> bool {
 }
 
 fn scan_all(key: InodeKey) -> HashMap<i32, Vec<ProcLock>> {
-    let mut out = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if let Some(locks) = locks_of_process(pid, key) {
-            if !locks.is_empty() {
-                out.insert(pid, locks);
-            }
-        }
-    }
-    out
+    processes()
+        .filter_map(|pid| Some((pid, locks_of_process(pid, key)?)))
+        .filter(|(_, locks)| !locks.is_empty())
+        .collect()
 }
 
 /// True when another process has the open file description behind `fd` with a lock
@@ -289,46 +299,16 @@ fn scan_all(key: InodeKey) -> HashMap<i32, Vec<ProcLock>> {
 pub(crate) fn description_shared_elsewhere(fd: BorrowedFd<'_>, key: InodeKey) -> bool {
     use crate::sys::{KCMP_FILE, KCMP_FILES, getpid, kcmp_same};
     let me = getpid();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == me || kcmp_same(me, pid, KCMP_FILES, 0, 0).unwrap_or(false) {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-            continue;
-        };
-        for info in fds.flatten() {
-            let Some(their_fd) = info
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(text) = std::fs::read_to_string(info.path()) else {
-                continue;
-            };
-            let locked_here = text
-                .lines()
-                .filter_map(|l| l.strip_prefix("lock:"))
-                .any(|l| parse(l.trim_start(), key).is_some());
-            if locked_here
-                && kcmp_same(me, pid, KCMP_FILE, fd.as_raw_fd(), their_fd).unwrap_or(true)
-            {
-                return true;
-            }
-        }
-    }
-    false
+    processes()
+        .filter(|&pid| pid != me && !kcmp_same(me, pid, KCMP_FILES, 0, 0).unwrap_or(false))
+        .any(|pid| {
+            fd_locks(pid, key)
+                .into_iter()
+                .flatten()
+                .any(|(their_fd, _)| {
+                    kcmp_same(me, pid, KCMP_FILE, fd.as_raw_fd(), their_fd).unwrap_or(true)
+                })
+        })
 }
 
 /// The command name of `pid` (`/proc/PID/comm`), "" when unknown.

@@ -72,8 +72,12 @@ pub const PEER_ENV: &str = "UNILOCK_TEST_PEER";
 impl Peer {
     /// Starts this test binary as a peer: it runs only the test named `peer_main`.
     pub fn spawn() -> Peer {
-        let exe = std::env::current_exe().unwrap();
-        let mut child = Command::new(exe)
+        Self::start(Command::new(std::env::current_exe().unwrap()))
+    }
+
+    /// Runs `command` (a test binary that has the `peer_main` test) as a peer.
+    fn start(mut command: Command) -> Peer {
+        let mut child = command
             .args(["--exact", "peer_main", "--nocapture", "--test-threads=1"])
             .env(PEER_ENV, "1")
             .stdin(Stdio::piped())
@@ -192,24 +196,9 @@ impl Peer {
     /// running as `uid`:`gid` (root drops its supplementary groups on the way).
     pub fn spawn_as(exe: &Path, uid: u32, gid: u32) -> Peer {
         use std::os::unix::process::CommandExt;
-        let mut child = Command::new(exe)
-            .args(["--exact", "peer_main", "--nocapture", "--test-threads=1"])
-            .env(PEER_ENV, "1")
-            .uid(uid)
-            .gid(gid)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut p = Peer {
-            child,
-            stdin,
-            stdout,
-        };
-        assert_eq!(p.reply(), "ready");
-        p
+        let mut command = Command::new(exe);
+        command.uid(uid).gid(gid);
+        Self::start(command)
     }
 }
 
