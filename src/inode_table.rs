@@ -359,6 +359,17 @@ impl Table {
         self.inodes.get(&key).is_some_and(Inode::has_posix_locks)
     }
 
+    /// True when a handle other than `me` holds or reserves a POSIX lock on `key`.
+    pub(crate) fn others_hold_posix(&self, key: InodeKey, me: HandleId) -> bool {
+        self.inodes.get(&key).is_some_and(|i| {
+            i.holdings.iter().any(|h| {
+                h.handle != me
+                    && h.backend == Backend::Posix
+                    && (!h.ranges.is_empty() || h.pending.is_some())
+            })
+        })
+    }
+
     /// The holding of `handle` on `key`, if the handle has ever locked there.
     pub(crate) fn existing_holding_mut(
         &mut self,

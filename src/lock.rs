@@ -594,6 +594,19 @@ impl Lock {
             let Some(h) = table.holding(self.key, self.id) else {
                 return Ok(());
             };
+            if !table.others_hold_posix(self.key, self.id) {
+                // The common case: the process's kernel lock is this handle's alone.
+                for (piece, _) in h.ranges.overlapping(range) {
+                    backend::apply(fd, self.backend, piece, None)
+                        .map_err(|e| self.kernel_error(e))?;
+                }
+                table
+                    .existing_holding_mut(self.key, self.id)
+                    .expect("held")
+                    .ranges
+                    .clear(range);
+                return Ok(());
+            }
             let others = table.others_strongest(self.key, self.id, range);
             for (piece, mode) in backend::posix::release_ops(&h.ranges, range, &others) {
                 backend::apply(fd, self.backend, piece, mode).map_err(|e| self.kernel_error(e))?;
