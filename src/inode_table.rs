@@ -28,6 +28,9 @@ use crate::Backend;
 use crate::Mode;
 use crate::range::{ByteRange, RangeMap};
 
+/// Identifies a thread of this process ([`crate::sys::thread_id`]).
+pub(crate) type ThreadId = u64;
+
 /// Identifies a handle in the table (never reused).
 pub(crate) type HandleId = u64;
 
@@ -66,7 +69,7 @@ pub(crate) struct Holding {
     pub handle: HandleId,
     pub backend: Backend,
     /// The thread that last took a lock with this handle: its locks are attributed to it.
-    pub thread: i32,
+    pub thread: ThreadId,
     /// [`fork_generation`] when the lock was last taken: if it changed, a child may
     /// share the open file description and its lock.
     pub fork_gen: u64,
@@ -79,7 +82,7 @@ pub(crate) struct Holding {
 /// A lock held (or reserved) by another handle of this process that conflicts.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Conflict {
-    pub thread: i32,
+    pub thread: ThreadId,
     pub backend: Backend,
     pub range: ByteRange,
     pub mode: Mode,
@@ -153,7 +156,7 @@ type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
 pub(crate) struct Table {
     inodes: FastMap<InodeKey, Inode>,
     /// thread id -> what it waits for
-    waits: FastMap<i32, WaitRecord>,
+    waits: FastMap<ThreadId, WaitRecord>,
 }
 
 static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
@@ -278,8 +281,12 @@ impl Table {
     /// True when a wait of thread `me` on locks held by `holders` (threads) could never
     /// end: one of them is `me`, or one of them waits, directly or through others, for
     /// a lock `me` holds.
-    pub(crate) fn would_deadlock(&self, me: i32, holders: impl IntoIterator<Item = i32>) -> bool {
-        let mut stack: Vec<i32> = holders.into_iter().collect();
+    pub(crate) fn would_deadlock(
+        &self,
+        me: ThreadId,
+        holders: impl IntoIterator<Item = ThreadId>,
+    ) -> bool {
+        let mut stack: Vec<ThreadId> = holders.into_iter().collect();
         let mut seen = HashSet::new();
         while let Some(t) = stack.pop() {
             if t == me {
@@ -297,12 +304,12 @@ impl Table {
     }
 
     /// Records that thread `me` waits for `record` (until [`Table::done_waiting`]).
-    pub(crate) fn start_waiting(&mut self, me: i32, record: WaitRecord) {
+    pub(crate) fn start_waiting(&mut self, me: ThreadId, record: WaitRecord) {
         self.waits.insert(me, record);
     }
 
     /// Removes thread `me`'s wait record.
-    pub(crate) fn done_waiting(&mut self, me: i32) {
+    pub(crate) fn done_waiting(&mut self, me: ThreadId) {
         self.waits.remove(&me);
     }
 

@@ -340,7 +340,7 @@ impl Lock {
         let _call = self.call.begin(true)?;
         self.check_owner()?;
         let deadline = Deadline::after(timeout);
-        let me = sys::gettid();
+        let me = sys::thread_id();
         let family = Family::from(self.backend);
         let record = WaitRecord {
             key: self.key,
@@ -483,29 +483,30 @@ impl Lock {
     }
 
     fn held_here(&self, c: &Conflict) -> Error {
+        let by = if c.thread == sys::thread_id() {
+            "this thread"
+        } else {
+            "another thread"
+        };
         Error::new(
             libc::EAGAIN,
             format!(
                 "{}: the lock is held by another handle of this process ({} {} lock on bytes \
-                 {}..{}, taken by thread {})",
+                 {}..{}, taken by {by})",
                 self.name,
                 c.backend.name(),
                 c.mode.name(),
                 c.range.start,
                 c.range.end,
-                c.thread
             ),
         )
     }
 
-    fn deadlock(&self, c: &Conflict, me: i32) -> Error {
+    fn deadlock(&self, c: &Conflict, me: inode_table::ThreadId) -> Error {
         let who = if c.thread == me {
-            "this thread holds it through another handle".to_string()
+            "this thread holds it through another handle"
         } else {
-            format!(
-                "thread {} holds it and waits, directly or not, for this thread",
-                c.thread
-            )
+            "another thread holds it and waits, directly or not, for this thread"
         };
         Error::new(
             libc::EDEADLK,
@@ -565,7 +566,7 @@ impl Lock {
         ))
     }
 
-    fn record(&self, table: &mut Table, range: ByteRange, mode: Mode, me: i32) {
+    fn record(&self, table: &mut Table, range: ByteRange, mode: Mode, me: inode_table::ThreadId) {
         let h = match table.existing_holding_mut(self.key, self.id) {
             Some(h) => h,
             None => table.holding_mut(self.key, self.id, self.backend),

@@ -132,21 +132,13 @@ pub(crate) fn fcntl_lock(
     Ok(())
 }
 
-thread_local! {
-    static TID: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
-}
 static PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// `gettid(2)`: the calling thread's id, cached per thread.
-pub(crate) fn gettid() -> i32 {
-    TID.with(|t| match t.get() {
-        0 => {
-            let tid = rustix::thread::gettid().as_raw_nonzero().get();
-            t.set(tid);
-            tid
-        }
-        tid => tid,
-    })
+/// The calling thread's identity within the process (`pthread_self(3)`: no system
+/// call, no thread-local lookup), unique among its live threads.
+pub(crate) fn thread_id() -> u64 {
+    // SAFETY: pthread_self has no preconditions and cannot fail.
+    unsafe { libc::pthread_self() as u64 }
 }
 
 /// `getpid(2)`, cached.
@@ -161,9 +153,8 @@ pub(crate) fn getpid() -> i32 {
     }
 }
 
-/// Forgets the cached ids: called in a child right after `fork()`.
+/// Forgets the cached pid: called in a child right after `fork()`.
 pub(crate) fn forget_ids() {
-    TID.with(|t| t.set(0));
     PID.store(0, std::sync::atomic::Ordering::Relaxed);
 }
 
