@@ -43,7 +43,7 @@ SO_NAME      := libunilock.so.$(MAJOR)
 # The .pc file says ${prefix}/... when a directory lies under PREFIX.
 pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
 
-.PHONY: all build install install-strip uninstall check bench clean FORCE
+.PHONY: all build install install-strip uninstall check check-python check-go bench bench-bindings clean FORCE
 
 all: build $(PC_FILE)
 
@@ -110,6 +110,19 @@ check: all
 	$(CARGO) clippy --release --all-targets $(CARGOFLAGS) -- -D warnings
 	$(CARGO) test --release $(CARGOFLAGS)
 	MAKE="$(MAKE)" CARGO="$(CARGO)" scripts/check-c.sh
+	bindings/python/run-tests.sh
+	bindings/go/run-tests.sh
+
+# The bindings' tests alone (after a build).
+check-python: build
+	bindings/python/run-tests.sh
+
+check-go: build
+	bindings/go/run-tests.sh
+
+# The bindings against what their users use today (gofrs/flock's syscalls, filelock).
+bench-bindings: build
+	bash bindings/bench.sh
 
 # Runs the benchmarks once and writes BENCHMARKS.md (scripts/bench.sh).
 bench: build

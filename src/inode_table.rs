@@ -79,6 +79,20 @@ pub(crate) struct Holding {
     pub pending: Option<(ByteRange, Mode)>,
 }
 
+impl Holding {
+    /// An empty holding of `handle`.
+    pub(crate) fn new(handle: HandleId, backend: Backend) -> Self {
+        Holding {
+            handle,
+            backend,
+            thread: 0,
+            fork_gen: 0,
+            ranges: RangeMap::new(),
+            pending: None,
+        }
+    }
+}
+
 /// A lock held (or reserved) by another handle of this process that conflicts.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Conflict {
@@ -102,6 +116,55 @@ pub(crate) struct Inode {
 }
 
 impl Inode {
+    /// Locks of handles other than `me` (held or pending) that conflict with `mode` on
+    /// `range` in `family`.
+    pub(crate) fn conflicts(
+        &self,
+        me: HandleId,
+        family: Family,
+        range: ByteRange,
+        mode: Mode,
+    ) -> Vec<Conflict> {
+        let mut out = Vec::new();
+        for h in self.holdings.iter().filter(|h| h.handle != me) {
+            if Family::from(h.backend) != family {
+                continue;
+            }
+            let pending = h
+                .pending
+                .iter()
+                .filter(|(r, _)| r.overlaps(&range))
+                .copied();
+            for (r, m) in h.ranges.touching(range).chain(pending) {
+                if m == Mode::Exclusive || mode == Mode::Exclusive {
+                    out.push(Conflict {
+                        thread: h.thread,
+                        backend: h.backend,
+                        range: r,
+                        mode: m,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The holding of `handle`, if it has ever locked here.
+    pub(crate) fn holding_mut(&mut self, handle: HandleId) -> Option<&mut Holding> {
+        self.holdings.iter_mut().find(|h| h.handle == handle)
+    }
+
+    /// Closes the deferred descriptors once no POSIX lock is held here, and wakes the
+    /// threads waiting here.
+    pub(crate) fn settle(&mut self) {
+        if !self.deferred.is_empty() && !self.has_posix_locks() {
+            self.deferred.clear();
+        }
+        if self.waiters > 0 {
+            self.cond.notify_all();
+        }
+    }
+
     /// True when any handle holds or reserves a POSIX lock here.
     fn has_posix_locks(&self) -> bool {
         self.holdings
@@ -251,31 +314,10 @@ impl Table {
         range: ByteRange,
         mode: Mode,
     ) -> Vec<Conflict> {
-        let Some(inode) = self.inodes.get(&key) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for h in inode.holdings.iter().filter(|h| h.handle != me) {
-            if Family::from(h.backend) != family {
-                continue;
-            }
-            let pending = h
-                .pending
-                .iter()
-                .filter(|(r, _)| r.overlaps(&range))
-                .copied();
-            for (r, m) in h.ranges.touching(range).chain(pending) {
-                if m == Mode::Exclusive || mode == Mode::Exclusive {
-                    out.push(Conflict {
-                        thread: h.thread,
-                        backend: h.backend,
-                        range: r,
-                        mode: m,
-                    });
-                }
-            }
-        }
-        out
+        self.inodes
+            .get(&key)
+            .map(|i| i.conflicts(me, family, range, mode))
+            .unwrap_or_default()
     }
 
     /// True when a wait of thread `me` on locks held by `holders` (threads) could never
@@ -324,14 +366,7 @@ impl Table {
         let pos = match inode.holdings.iter().position(|h| h.handle == handle) {
             Some(p) => p,
             None => {
-                inode.holdings.push(Holding {
-                    handle,
-                    backend,
-                    thread: 0,
-                    fork_gen: 0,
-                    ranges: RangeMap::new(),
-                    pending: None,
-                });
+                inode.holdings.push(Holding::new(handle, backend));
                 inode.holdings.len() - 1
             }
         };
@@ -352,12 +387,7 @@ impl Table {
     /// closed, so that locking again allocates nothing.)
     pub(crate) fn settle(&mut self, key: InodeKey) {
         if let Some(inode) = self.inodes.get_mut(&key) {
-            if !inode.deferred.is_empty() && !inode.has_posix_locks() {
-                inode.deferred.clear();
-            }
-            if inode.waiters > 0 {
-                inode.cond.notify_all();
-            }
+            inode.settle();
         }
     }
 
@@ -375,19 +405,6 @@ impl Table {
                     && (!h.ranges.is_empty() || h.pending.is_some())
             })
         })
-    }
-
-    /// The holding of `handle` on `key`, if the handle has ever locked there.
-    pub(crate) fn existing_holding_mut(
-        &mut self,
-        key: InodeKey,
-        handle: HandleId,
-    ) -> Option<&mut Holding> {
-        self.inodes
-            .get_mut(&key)?
-            .holdings
-            .iter_mut()
-            .find(|h| h.handle == handle)
     }
 
     /// The strongest mode other handles of the process hold or reserve in POSIX-family

@@ -14,7 +14,8 @@ use std::time::Duration;
 use crate::backend;
 use crate::holders::{self, ProcLock, Resolver};
 use crate::inode_table::{
-    self, Conflict, Family, HandleId, InodeKey, Table, WaitRecord, fork_generation,
+    self, Conflict, Family, HandleId, Holding, Inode, InodeKey, Table, ThreadId, WaitRecord,
+    fork_generation,
 };
 use crate::range::ByteRange;
 use crate::sys;
@@ -353,7 +354,8 @@ impl Lock {
         let mut backoff = BACKOFF_FIRST;
         let mut table = inode_table::table();
         loop {
-            let conflicts = table.conflicts(self.key, self.id, family, range, mode);
+            let inode = table.inode(self.key);
+            let conflicts = inode.conflicts(self.id, family, range, mode);
             if let Some(c) = conflicts.first() {
                 if deadline.is_try() {
                     return Err(self.held_here(c));
@@ -378,10 +380,14 @@ impl Lock {
                 table.done_waiting(me);
                 continue;
             }
-            let held_before = self.held_flock_mode(&table);
+            // A flock holding is one whole-file segment at most.
+            let held_before = match inode.holding_mut(self.id) {
+                Some(h) if self.backend == Backend::Flock => h.ranges.iter().next().map(|(_, m)| m),
+                _ => None,
+            };
             match backend::apply(fd, self.backend, range, Some(mode)) {
                 Ok(()) => {
-                    self.record(&mut table, range, mode, me);
+                    self.record(inode, range, mode, me);
                     return Ok(());
                 }
                 Err(e) if e == libc::EAGAIN || e == libc::EACCES => {}
@@ -414,7 +420,7 @@ impl Lock {
             }
             let failure = match outcome? {
                 Some(Outcome::Granted) => {
-                    self.record(&mut table, range, mode, me);
+                    self.record(table.inode(self.key), range, mode, me);
                     return Ok(());
                 }
                 Some(Outcome::Failed(e)) => {
@@ -438,7 +444,7 @@ impl Lock {
             // non-blocking attempt settles it: a grant that won the race is kept.
             match backend::apply(fd, self.backend, range, Some(mode)) {
                 Ok(()) => {
-                    self.record(&mut table, range, mode, me);
+                    self.record(table.inode(self.key), range, mode, me);
                     return Ok(());
                 }
                 Err(e) if e == libc::EAGAIN || e == libc::EACCES => {
@@ -502,7 +508,7 @@ impl Lock {
         )
     }
 
-    fn deadlock(&self, c: &Conflict, me: inode_table::ThreadId) -> Error {
+    fn deadlock(&self, c: &Conflict, me: ThreadId) -> Error {
         let who = if c.thread == me {
             "this thread holds it through another handle"
         } else {
@@ -521,18 +527,6 @@ impl Lock {
             _ => "fcntl(F_SETLK)",
         };
         Error::sys(e, call, &self.name)
-    }
-
-    /// The mode a flock handle holds (the only backend whose conversions need it).
-    fn held_flock_mode(&self, table: &Table) -> Option<Mode> {
-        if self.backend != Backend::Flock {
-            return None;
-        }
-        // A flock holding is one whole-file segment at most.
-        table
-            .holding(self.key, self.id)
-            .and_then(|h| h.ranges.iter().next())
-            .map(|(_, m)| m)
     }
 
     /// After a failed flock upgrade (the kernel dropped the shared lock), takes the
@@ -566,10 +560,13 @@ impl Lock {
         ))
     }
 
-    fn record(&self, table: &mut Table, range: ByteRange, mode: Mode, me: inode_table::ThreadId) {
-        let h = match table.existing_holding_mut(self.key, self.id) {
+    fn record(&self, inode: &mut Inode, range: ByteRange, mode: Mode, me: ThreadId) {
+        let h = match inode.holding_mut(self.id) {
             Some(h) => h,
-            None => table.holding_mut(self.key, self.id, self.backend),
+            None => {
+                inode.holdings.push(Holding::new(self.id, self.backend));
+                inode.holdings.last_mut().expect("just pushed")
+            }
         };
         h.ranges.set(range, mode);
         h.thread = me;
@@ -585,9 +582,7 @@ impl Lock {
         let _call = self.call.begin(false)?;
         self.check_owner()?;
         let mut table = inode_table::table();
-        let result = self.release(self.borrowed(), &mut table, range);
-        table.settle(self.key);
-        result
+        self.release(self.borrowed(), &mut table, range)
     }
 
     fn release(&self, fd: BorrowedFd<'_>, table: &mut Table, range: ByteRange) -> Result<()> {
@@ -601,23 +596,21 @@ impl Lock {
                     backend::apply(fd, self.backend, piece, None)
                         .map_err(|e| self.kernel_error(e))?;
                 }
-                table
-                    .existing_holding_mut(self.key, self.id)
-                    .expect("held")
-                    .ranges
-                    .clear(range);
-                return Ok(());
-            }
-            let others = table.others_strongest(self.key, self.id, range);
-            for (piece, mode) in backend::posix::release_ops(&h.ranges, range, &others) {
-                backend::apply(fd, self.backend, piece, mode).map_err(|e| self.kernel_error(e))?;
+            } else {
+                let others = table.others_strongest(self.key, self.id, range);
+                for (piece, mode) in backend::posix::release_ops(&h.ranges, range, &others) {
+                    backend::apply(fd, self.backend, piece, mode)
+                        .map_err(|e| self.kernel_error(e))?;
+                }
             }
         } else {
             backend::apply(fd, self.backend, range, None).map_err(|e| self.kernel_error(e))?;
         }
-        if let Some(h) = table.existing_holding_mut(self.key, self.id) {
+        let inode = table.inode(self.key);
+        if let Some(h) = inode.holding_mut(self.id) {
             h.ranges.clear(range);
         }
+        inode.settle();
         Ok(())
     }
 

@@ -134,11 +134,24 @@ pub(crate) fn fcntl_lock(
 
 static PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// The calling thread's identity within the process (`pthread_self(3)`: no system
-/// call, no thread-local lookup), unique among its live threads.
+thread_local! {
+    static THREAD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+static NEXT_THREAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The calling thread's identity within the process: a number given to each thread on
+/// its first call and never reused (thread ids and `pthread_self` values are reused
+/// once a thread exits, and a lock left by an exited thread must not be mistaken for
+/// one held by the new thread).
 pub(crate) fn thread_id() -> u64 {
-    // SAFETY: pthread_self has no preconditions and cannot fail.
-    unsafe { libc::pthread_self() as u64 }
+    THREAD.with(|t| match t.get() {
+        0 => {
+            let id = NEXT_THREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            t.set(id);
+            id
+        }
+        id => id,
+    })
 }
 
 /// `getpid(2)`, cached.

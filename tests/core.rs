@@ -597,3 +597,30 @@ fn whole_file_lock_stops_below_the_reserved_offsets() {
     let mine = list.iter().find(|h| h.start == 0).unwrap();
     assert_eq!(mine.len, 0, "whole-file lock shows as len 0: {list:?}");
 }
+
+/// A lock taken by a thread that has exited is not mistaken for one held by a new
+/// thread (thread ids and pthread_self values are reused): the new thread waits.
+#[test]
+fn a_lock_left_by_an_exited_thread_is_not_the_new_threads_own() {
+    let dir = TempDir::new("exitedthread");
+    for b in ALL {
+        let path = dir.file(&format!("x-{}", name(b)));
+        let holder = Arc::new(Lock::open(&path, &opts(b)).unwrap());
+        let h = holder.clone();
+        thread::spawn(move || h.lock(Mode::Exclusive, 0, 0, TRY).unwrap())
+            .join()
+            .unwrap();
+        for _ in 0..20 {
+            let p = path.clone();
+            let e = thread::spawn(move || {
+                let other = Lock::open(&p, &opts(b)).unwrap();
+                other
+                    .lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(1)))
+                    .unwrap_err()
+            })
+            .join()
+            .unwrap();
+            assert_eq!(e.errno(), libc::ETIMEDOUT, "{b:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,3 @@
+module github.com/unilock/unilock/bindings/go
+
+go 1.19

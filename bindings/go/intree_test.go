@@ -1,0 +1,6 @@
+//go:build unilock_intree
+
+package unilock_test
+
+// builtInTree: the test binary links the library in this source tree.
+const builtInTree = true

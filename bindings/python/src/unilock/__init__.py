@@ -1,0 +1,31 @@
+"""unilock: advisory file locking for Linux over libunilock (flock, OFD, POSIX locks).
+
+- :class:`Lock`: the full C API — backends, shared and exclusive modes, byte ranges,
+  timeouts that sleep in the kernel, cancellation, and who holds a lock.
+- :class:`FileLock`, :class:`SoftFileLock`, :class:`Timeout`: a drop-in for the
+  ``filelock`` package (3.16): change ``import filelock`` to ``import unilock as
+  filelock``. FileLock uses flock(2), so it excludes filelock.FileLock on the same file.
+
+The library is found through ``$UNILOCK_LIBRARY``, ``ctypes.util.find_library`` and the
+SONAME ``libunilock.so.0``, on first use.
+"""
+
+from ._filelock import AcquireReturnProxy, BaseFileLock, FileLock, SoftFileLock, Timeout, UnixFileLock
+from ._lib import LibraryNotFoundError, version
+from ._lock import Holder, Lock
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AcquireReturnProxy",
+    "BaseFileLock",
+    "FileLock",
+    "Holder",
+    "LibraryNotFoundError",
+    "Lock",
+    "SoftFileLock",
+    "Timeout",
+    "UnixFileLock",
+    "__version__",
+    "version",
+]

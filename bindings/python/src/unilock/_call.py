@@ -1,0 +1,107 @@
+"""Calling unilock_lock so that the wait can be interrupted and cancelled.
+
+A ctypes call releases the GIL, but a KeyboardInterrupt cannot reach a thread that is
+inside a foreign call: Python runs signal handlers in the main thread, between
+bytecodes. So in the main thread a lock call that has to wait runs in a helper thread,
+and the main thread sleeps on a lock that a signal interrupts (``lock.acquire()`` is
+interruptible on POSIX). When the sleep raises (KeyboardInterrupt, or whatever a
+signal handler raises), the main thread cancels the call with ``unilock_cancel``,
+repeating while it returns 0 and the call has not returned (a cancel is never
+remembered, so one that lands before the helper enters the call would be lost), then
+undoes a grant that won the race, then re-raises. Other threads cannot be interrupted
+by signals and call the library directly.
+"""
+
+from __future__ import annotations
+
+import _thread
+import errno
+import threading
+import time
+
+from . import _lib
+
+#: The main thread's first wait, in ms: Ctrl-C is handled after it at the latest.
+PROBE_MS = 2
+
+
+class Result:
+    """What one unilock_lock call returned: ``rc`` and, on failure, this thread's detail."""
+
+    __slots__ = ("rc", "detail")
+
+    def __init__(self, rc: int, detail: str = "") -> None:
+        self.rc = rc
+        self.detail = detail
+
+
+def _direct(handle: int, mode: int, start: int, length: int, timeout_ms: int) -> Result:
+    L = _lib.lib()
+    rc = L.unilock_lock(handle, mode, start, length, timeout_ms)
+    if rc < 0:
+        return Result(rc, L.unilock_last_error().decode(errors="replace"))
+    return Result(rc)
+
+
+def lock(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo) -> Result:
+    """``unilock_lock`` on ``handle``; ``undo(handle)`` releases a grant that arrived
+    after an interrupt (it is called before the exception propagates)."""
+    if timeout_ms == 0 or threading.current_thread() is not threading.main_thread():
+        return _direct(handle, mode, start, length, timeout_ms)
+    # Main thread. A first, short wait here: the uncontended case needs no helper
+    # thread, and a wait that only this thread could end gets EDEADLK (the library
+    # attributes locks to threads; the helper thread holds nothing).
+    began = time.monotonic()
+    probe = timeout_ms if 0 < timeout_ms <= PROBE_MS else PROBE_MS
+    first = _direct(handle, mode, start, length, probe)
+    if first.rc != -errno.ETIMEDOUT or probe == timeout_ms:
+        return first
+    remaining = -1
+    if timeout_ms > 0:
+        remaining = timeout_ms - int((time.monotonic() - began) * 1000)
+        if remaining <= 0:
+            return first
+    result = _in_helper(handle, mode, start, length, remaining, undo)
+    if result.rc == 0:
+        # Taken by the helper thread: take it again (a no-op conversion) so that the
+        # library attributes it to this thread, as if this thread had waited.
+        _direct(handle, mode, start, length, 0)
+    return result
+
+
+def _in_helper(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo) -> Result:
+    box: list[Result] = []
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def run() -> None:
+        try:
+            box.append(_direct(handle, mode, start, length, timeout_ms))
+        except BaseException:  # noqa: BLE001 - reported as a failure below
+            box.append(Result(-errno.ENOTRECOVERABLE, "the waiting thread failed"))
+        finally:
+            done.release()
+
+    _thread.start_new_thread(run, ())
+    try:
+        done.acquire()
+    except BaseException:
+        # The interrupt may also arrive just after the acquire succeeded: ``box`` (filled
+        # once the call has returned), not ``done``, says whether the call is over.
+        _cancel_until_returned(handle, done, box)
+        if box[0].rc == 0:
+            undo(handle)
+        raise
+    return box[0]
+
+
+def _cancel_until_returned(handle: int, done, box: list) -> None:
+    """Cancels the helper's call until it has returned. Further interrupts during this
+    are swallowed: the first one is being raised already."""
+    L = _lib.lib()
+    while not box:
+        try:
+            L.unilock_cancel(handle)
+            done.acquire(timeout=0.001)
+        except BaseException:  # noqa: BLE001,S112 - a second Ctrl-C must not leak the lock
+            continue

@@ -1,0 +1,167 @@
+"""Loading libunilock with ctypes, and the C declarations.
+
+The loader tries, in order: the file named by ``$UNILOCK_LIBRARY``,
+``ctypes.util.find_library("unilock")``, then the SONAME ``libunilock.so.0``; when all
+fail, the error names every attempt and why it failed.
+
+ctypes releases the GIL around every foreign call (``ctypes.CDLL``), so a thread
+waiting in ``unilock_lock`` lets the others run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import threading
+
+#: The major version this binding speaks (``UNILOCK_VERSION_MAJOR``).
+ABI_MAJOR = 0
+SONAME = "libunilock.so.%d" % ABI_MAJOR
+
+BACKEND_DEFAULT = 0
+BACKEND_FLOCK = 1
+BACKEND_OFD = 2
+BACKEND_POSIX = 4
+BACKEND_DOTLOCK = 8
+
+SHARED = 1
+EXCLUSIVE = 2
+
+CREATE = 1
+FOLLOW = 2
+INHERIT = 4
+UNLINK = 8
+FAIR = 16
+
+
+class Options(ctypes.Structure):
+    """``unilock_options``: read by its ``size``, so it may grow."""
+
+    _fields_ = [
+        ("size", ctypes.c_uint32),
+        ("backends", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("mode", ctypes.c_uint32),
+        ("stale_after_s", ctypes.c_uint32),
+    ]
+
+
+class CHolder(ctypes.Structure):
+    """``unilock_holder``."""
+
+    _fields_ = [
+        ("backend", ctypes.c_uint32),
+        ("mode", ctypes.c_uint32),
+        ("start", ctypes.c_uint64),
+        ("len", ctypes.c_uint64),
+        ("pid", ctypes.c_int32),
+        ("self", ctypes.c_int32),
+        ("command", ctypes.c_char * 16),
+    ]
+
+
+_handle_p = ctypes.c_void_p
+
+# name: (restype, argtypes)
+_SIGNATURES = {
+    "unilock_strerror": (ctypes.c_char_p, [ctypes.c_int]),
+    "unilock_last_error": (ctypes.c_char_p, []),
+    "unilock_options_init": (None, [ctypes.POINTER(Options)]),
+    "unilock_open": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(Options), ctypes.POINTER(_handle_p)]),
+    "unilock_open_fd": (ctypes.c_int, [ctypes.c_int, ctypes.POINTER(Options), ctypes.POINTER(_handle_p)]),
+    "unilock_close": (ctypes.c_int, [_handle_p]),
+    "unilock_lock": (ctypes.c_int, [_handle_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int64]),
+    "unilock_unlock": (ctypes.c_int, [_handle_p, ctypes.c_uint64, ctypes.c_uint64]),
+    "unilock_query": (
+        ctypes.c_int,
+        [_handle_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(CHolder)],
+    ),
+    "unilock_list": (
+        ctypes.c_int,
+        [_handle_p, ctypes.POINTER(CHolder), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
+    ),
+    "unilock_cancel": (ctypes.c_int, [_handle_p]),
+    "unilock_touch": (ctypes.c_int, [_handle_p]),
+    "unilock_fd": (ctypes.c_int, [_handle_p]),
+    "unilock_version": (ctypes.c_char_p, []),
+}
+
+
+class LibraryNotFoundError(ImportError):
+    """libunilock could not be loaded; the message says every place tried and why."""
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+
+
+def _candidates(reasons: list[str]):
+    env = os.environ.get("UNILOCK_LIBRARY")
+    if env:
+        yield "$UNILOCK_LIBRARY", env
+    else:
+        reasons.append("$UNILOCK_LIBRARY is not set")
+    found = ctypes.util.find_library("unilock")
+    if found:
+        yield 'ctypes.util.find_library("unilock")', found
+    else:
+        reasons.append('ctypes.util.find_library("unilock") found nothing')
+    yield "the SONAME", SONAME
+
+
+def _open_library() -> ctypes.CDLL:
+    reasons: list[str] = []
+    for how, name in _candidates(reasons):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError as e:
+            reasons.append(f"{how} {name!r}: {e}")
+            continue
+        try:
+            _declare(lib)
+        except AttributeError as e:
+            reasons.append(f"{how} {name!r} is not libunilock: {e}")
+            continue
+        version = lib.unilock_version().decode()
+        major = int(version.split(".", 1)[0])
+        if major != ABI_MAJOR:
+            reasons.append(f"{how} {name!r} is libunilock {version}, this binding needs major version {ABI_MAJOR}")
+            continue
+        return lib
+    raise LibraryNotFoundError(
+        "cannot load libunilock: "
+        + "; ".join(reasons)
+        + ". Install it (make install) or set UNILOCK_LIBRARY to the path of libunilock.so"
+    )
+
+
+_lib: ctypes.CDLL | None = None
+_load_lock = threading.Lock()
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded library (loaded on first use)."""
+    global _lib
+    if _lib is None:
+        with _load_lock:
+            if _lib is None:
+                _lib = _open_library()
+    return _lib
+
+
+def last_error() -> str:
+    """This thread's detail of its last failed call."""
+    return lib().unilock_last_error().decode(errors="replace")
+
+
+def strerror(rc: int) -> str:
+    return lib().unilock_strerror(rc).decode(errors="replace")
+
+
+def version() -> str:
+    """The running library's version, "MAJOR.MINOR.PATCH"."""
+    return lib().unilock_version().decode()

@@ -1,0 +1,181 @@
+"""unilock's FileLock beyond filelock: cross-process and cross-library exclusion,
+hand-off without polling, cancellation, interrupts."""
+
+import errno
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import filelock
+import pytest
+
+import unilock
+
+
+@pytest.mark.parametrize(
+    ("holder_kind", "waiter"),
+    [
+        ("unilock-filelock", filelock.FileLock),
+        ("filelock", unilock.FileLock),
+        ("unilock-filelock", unilock.FileLock),
+        ("unilock-lock", filelock.FileLock),
+    ],
+)
+def test_exclusion_across_processes_and_libraries(peer, lock_path, holder_kind, waiter):
+    p = peer(holder_kind, lock_path)
+    mod = filelock if waiter is filelock.FileLock else unilock
+    with pytest.raises(mod.Timeout):
+        waiter(lock_path, timeout=0.2).acquire()
+    p.release()
+    with waiter(lock_path, timeout=0):
+        pass
+
+
+def test_unilock_and_filelock_exclude_each_other_in_one_process(lock_path):
+    with unilock.FileLock(lock_path):
+        with pytest.raises(filelock.Timeout):
+            filelock.FileLock(lock_path, timeout=0.05).acquire()
+    with filelock.FileLock(lock_path):
+        with pytest.raises(unilock.Timeout):
+            unilock.FileLock(lock_path, timeout=0.05).acquire()
+
+
+def test_flock_command_excludes(lock_path):
+    flock = shutil.which("flock")
+    if flock is None:
+        pytest.skip("no flock(1)")
+    proc = subprocess.Popen([flock, lock_path, "-c", "echo locked; read x"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "locked\n"
+        with pytest.raises(unilock.Timeout):
+            unilock.FileLock(lock_path, timeout=0.1).acquire()
+    finally:
+        proc.stdin.close()
+        proc.wait(5)
+    with unilock.FileLock(lock_path, timeout=0):
+        assert subprocess.run([flock, "-n", lock_path, "true"]).returncode == 1
+
+
+def test_hand_off_is_prompt_without_polling(peer, lock_path):
+    p = peer("unilock-filelock", lock_path)
+    lock = unilock.FileLock(lock_path, timeout=10)
+    got = []
+
+    def wait():
+        with lock:
+            got.append(time.monotonic())
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.2)
+    released = time.monotonic()
+    p.proc.stdin.close()
+    t.join(5)
+    # filelock would take up to its 50 ms poll interval.
+    assert got and got[0] - released < 0.2
+
+
+def _count(path, counter, rounds):
+    import unilock as ul
+
+    lock = ul.FileLock(path)
+    for _ in range(rounds):
+        with lock:
+            with open(counter) as f:
+                n = int(f.read() or 0)
+            with open(counter, "w") as f:
+                f.write(str(n + 1))
+
+
+def test_mutual_exclusion_with_multiprocessing(tmp_path):
+    path = str(tmp_path / "m.lock")
+    counter = str(tmp_path / "counter")
+    open(counter, "w").close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_count, args=(path, counter, 100)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    with open(counter) as f:
+        assert int(f.read()) == 400
+
+
+def test_cancel_from_another_thread(peer, lock_path):
+    peer("filelock", lock_path)
+    lock = unilock.FileLock(lock_path)
+    assert lock.cancel() is False
+
+    def cancel_soon():
+        deadline = time.monotonic() + 5
+        while not lock.cancel() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    t = threading.Thread(target=cancel_soon)
+    t.start()
+    with pytest.raises(InterruptedError) as e:
+        lock.acquire()
+    t.join()
+    assert e.value.errno == errno.ECANCELED
+    assert lock.lock_counter == 0 and not lock.is_locked
+
+
+def test_keyboard_interrupt_during_acquire_leaves_no_lock(peer, lock_path):
+    p = peer("filelock", lock_path)
+    lock = unilock.FileLock(lock_path)
+    main = threading.main_thread().ident
+    timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire()
+    timer.join()
+    assert not lock.is_locked and lock.lock_counter == 0
+    p.release()
+    # Nothing of ours is left on the file: filelock takes it at once.
+    with filelock.FileLock(lock_path, timeout=0):
+        pass
+    assert not [h for h in unilock.Lock(lock_path).holders() if h.this_process]
+
+
+def test_same_thread_two_instances_time_out_at_once(lock_path):
+    with unilock.FileLock(lock_path):
+        began = time.monotonic()
+        with pytest.raises(unilock.Timeout) as e:
+            unilock.FileLock(lock_path, timeout=5).acquire()
+        assert time.monotonic() - began < 1
+        assert e.value.__cause__.errno == errno.EDEADLK
+        # Waiting forever would never end: an error instead of a hang.
+        with pytest.raises(OSError) as e:
+            unilock.FileLock(lock_path).acquire()
+        assert e.value.errno == errno.EDEADLK
+
+
+def test_a_read_only_lock_file_and_a_directory_can_be_locked(tmp_path):
+    path = tmp_path / "ro.lock"
+    path.write_text("")
+    path.chmod(0o444)
+    lock = unilock.FileLock(str(path), mode=0o444)
+    with lock:
+        assert lock.is_locked
+    with unilock.FileLock(str(tmp_path), mode=os.stat(tmp_path).st_mode & 0o7777):
+        pass
+
+
+def test_soft_file_lock_needs_dotlock(lock_path):
+    lock = unilock.SoftFileLock(lock_path)
+    try:
+        lock.acquire(timeout=0)
+    except OSError as e:
+        if e.errno != errno.EOPNOTSUPP:
+            raise
+        assert "DOTLOCK" in str(e)
+        assert lock.lock_counter == 0 and not lock.is_locked
+    else:  # a library with DOTLOCK: the lock file exists while held
+        assert os.path.exists(lock_path)
+        lock.release()
+        assert not os.path.exists(lock_path)

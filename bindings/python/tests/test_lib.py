@@ -1,0 +1,67 @@
+import ctypes
+import errno
+import re
+from pathlib import Path
+
+import pytest
+
+import unilock
+from unilock import _lib
+
+HEADER = Path(__file__).resolve().parents[3] / "include" / "unilock.h"
+
+
+def test_version_is_the_major_this_binding_speaks():
+    assert unilock.version().split(".")[0] == str(_lib.ABI_MAJOR)
+
+
+@pytest.mark.skipif(not HEADER.exists(), reason="not in the source tree")
+def test_every_header_function_is_declared_with_argtypes_and_restype():
+    names = set(re.findall(r"^[a-z].*?\b(unilock_\w+)\(", HEADER.read_text(), re.M))
+    assert names == set(_lib._SIGNATURES)
+    lib = _lib.lib()
+    for name, (restype, argtypes) in _lib._SIGNATURES.items():
+        fn = getattr(lib, name)
+        assert fn.restype is restype
+        assert fn.argtypes == argtypes
+
+
+@pytest.mark.skipif(not HEADER.exists(), reason="not in the source tree")
+def test_struct_layouts_match_the_header():
+    # unilock_options: five uint32_t; unilock_holder: 2*4 + 2*8 + 2*4 + 16.
+    assert ctypes.sizeof(_lib.Options) == 20
+    assert ctypes.sizeof(_lib.CHolder) == 48
+    text = HEADER.read_text()
+    for name in ("CREATE", "FOLLOW", "INHERIT", "UNLINK", "FAIR", "SHARED", "EXCLUSIVE"):
+        assert re.search(rf"#define UNILOCK_{name} (\d+)", text).group(1) == str(getattr(_lib, name))
+    for name in ("FLOCK", "OFD", "POSIX", "DOTLOCK"):
+        value = re.search(rf"#define UNILOCK_BACKEND_{name} (\d+)", text).group(1)
+        assert value == str(getattr(_lib, "BACKEND_" + name))
+
+
+def test_loader_names_every_reason_when_all_fail(monkeypatch):
+    monkeypatch.setenv("UNILOCK_LIBRARY", "/nonexistent/libunilock.so")
+    monkeypatch.setattr(_lib.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(_lib, "SONAME", "libunilock-does-not-exist.so.0")
+    with pytest.raises(_lib.LibraryNotFoundError) as e:
+        _lib._open_library()
+    text = str(e.value)
+    assert "$UNILOCK_LIBRARY '/nonexistent/libunilock.so'" in text
+    assert 'find_library("unilock") found nothing' in text
+    assert "libunilock-does-not-exist.so.0" in text
+
+
+def test_loader_refuses_a_library_that_is_not_libunilock(monkeypatch):
+    monkeypatch.setenv("UNILOCK_LIBRARY", ctypes.util.find_library("c") or "libc.so.6")
+    monkeypatch.setattr(_lib.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(_lib, "SONAME", "libunilock-does-not-exist.so.0")
+    with pytest.raises(_lib.LibraryNotFoundError, match="is not libunilock"):
+        _lib._open_library()
+
+
+def test_strerror_and_errors_are_oserror_subclasses(lock_path):
+    assert _lib.strerror(-errno.EAGAIN)
+    with pytest.raises(FileNotFoundError) as e:
+        unilock.Lock(lock_path, create=False).open()
+    assert e.value.errno == errno.ENOENT
+    assert e.value.filename == lock_path
