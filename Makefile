@@ -47,8 +47,11 @@ pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
 
 all: build $(PC_FILE)
 
+# Cargo does not make the SONAME link; in-tree users (the Go binding's tests, the
+# examples run from the tree) load libunilock.so.MAJOR through it.
 build:
 	$(CARGO) build --release $(CARGOFLAGS)
+	@$(LN_S) libunilock.so $(RELEASE_DIR)/$(SO_NAME)
 
 # Regenerated on every run (the prefix may differ between `make` and
 # `make install PREFIX=...`), but rewritten only when its text changes.

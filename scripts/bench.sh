@@ -52,6 +52,13 @@ if [ ! -s "$work/core.md" ] || [ ! -s "$work/core.json" ]; then
     exit 1
 fi
 
+# The Go and Python bindings against gofrs/flock's syscalls and filelock.
+echo "bindings/bench.sh"
+if ! bash bindings/bench.sh > "$work/bindings.md" 2> "$work/bindings.log"; then
+    echo "bench.sh: bindings/bench.sh failed; see $work/bindings.log" >&2
+    exit 1
+fi
+
 # The command against util-linux flock(1), whole processes (scripts/bench-cli.sh).
 echo "scripts/bench-cli.sh"
 if ! bash scripts/bench-cli.sh > "$work/cli.md" 2> "$work/cli.log"; then
@@ -114,6 +121,16 @@ tmpfs=$(df -T "${TMPDIR:-/tmp}" 2>/dev/null | awk 'NR == 2 { print $2 }')
     echo "\`scripts/bench-cli.sh\` in the same run."
     echo
     cat "$work/cli.md"
+    echo
+    echo "## The bindings"
+    echo
+    echo "Go: the \`TryLock\`/\`Unlock\` pair through the binding (cgo included) against"
+    echo "raw \`syscall.Flock\`, and the hand-off to \`Lock(ctx)\` with a deadline. Python:"
+    echo "\`unilock.FileLock\` against \`filelock.FileLock\` 3.16.1, uncontended and as a"
+    echo "hand-off with a timeout set (filelock polls every 50 ms). From"
+    echo "\`bindings/bench.sh\` in the same run."
+    echo
+    cat "$work/bindings.md"
     echo
     echo "## Machine-readable summary"
     echo

@@ -3,7 +3,8 @@
 #
 #   bindings/go/run-tests.sh [GO TEST ARGS...]
 #
-# Needs `cargo build --release` (target/release/libunilock.so) and Go >= 1.19
+# Needs `make` (target/release/libunilock.so and its SONAME link libunilock.so.0,
+# which the in-tree test binaries load through their rpath) and Go >= 1.19
 # (Debian: apt-get install golang-go) with a C compiler. Steps:
 #   1. gofmt and go vet;
 #   2. go test -race over every package, built against the tree (-tags unilock_intree:
@@ -18,8 +19,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-if [ ! -f "$root/target/release/libunilock.so" ]; then
-    echo "run-tests.sh: target/release/libunilock.so is missing: run 'cargo build --release' first" >&2
+if [ ! -e "$root/target/release/libunilock.so.0" ]; then
+    echo "run-tests.sh: target/release/libunilock.so.0 is missing: run 'make' first" >&2
     exit 2
 fi
 if ! command -v go >/dev/null; then
