@@ -109,7 +109,24 @@ pub mod flags {
     pub const FOLLOW: u32 = 2;
     /// Keep the descriptor across exec (close-on-exec by default).
     pub const INHERIT: u32 = 4;
-    /// Delete the lock file once no lock is held on it (not supported yet).
+    /// Delete the lock file once no lock is held on it, race-free (FLOCK, OFD and
+    /// POSIX; a DOTLOCK handle refuses it with `EOPNOTSUPP`, and
+    /// [`crate::Lock::from_fd`], which has no path, with `EINVAL`).
+    ///
+    /// After taking a lock while holding nothing (and after a FLOCK upgrade, which lets
+    /// go of the shared lock while it waits), [`crate::Lock::lock`] checks that the
+    /// locked file is still the one at the path (`stat`, following a last symbolic link
+    /// only with [`FOLLOW`]) and not deleted (`st_nlink > 0`); if not, it releases it,
+    /// opens the path again (creating the file under [`CREATE`]) and starts again, so
+    /// the handle's descriptor may change. When the handle releases its *last* lock on
+    /// the file (unlock, or close), it deletes the file first, if it can hold the whole
+    /// file exclusively without waiting (it does, or a non-blocking conversion to an
+    /// exclusive whole-file lock succeeds) and the last component of the path is still
+    /// that file; otherwise another holder (shared, or on another byte range, in this
+    /// process or another) exists and the file is left to it. The file is deleted
+    /// before the lock is released, and only by the process that took the lock. So two
+    /// processes never both believe they hold the lock, provided everyone who deletes
+    /// the file does it this way.
     pub const UNLINK: u32 = 8;
     /// FIFO hand-off among fair waiters (not supported yet).
     pub const FAIR: u32 = 16;

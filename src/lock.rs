@@ -9,6 +9,8 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use crate::backend;
@@ -32,17 +34,47 @@ use crate::{Backend, Error, Holder, Mode, Options, Result, flags};
 ///
 /// Dropping the handle closes it: see [`Lock::close`].
 pub struct Lock {
-    fd: Option<OwnedFd>,
+    /// The descriptor and the inode it names. Only an UNLINK handle changes them (in
+    /// [`Lock::lock`], when the file it opened was deleted or replaced): lock calls
+    /// read them under the read lock, the change takes the write lock. Lock order:
+    /// this lock before the table's.
+    file: RwLock<OpenFile>,
     backend: Backend,
-    key: InodeKey,
     id: HandleId,
     /// The path or descriptor, for messages.
     name: String,
     /// The process that opened the handle (POSIX locks are not inherited by children).
     opener: i32,
+    /// [`flags::UNLINK`]: how to check and reopen the path.
+    unlink: Option<Reopen>,
+    /// The process that last took a lock through the handle: only it deletes an
+    /// UNLINK file.
+    locker: AtomicI32,
+    call: CallState,
+}
+
+/// The file a handle has open.
+struct OpenFile {
+    fd: Option<OwnedFd>,
+    key: InodeKey,
     /// False when the file could only be opened read-only.
     writable: bool,
-    call: CallState,
+}
+
+impl OpenFile {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd
+            .as_ref()
+            .expect("the descriptor lives until close")
+            .as_fd()
+    }
+}
+
+/// What an UNLINK handle needs to check that its file is still the one at the path,
+/// and to open the path again.
+struct Reopen {
+    path: CString,
+    options: Options,
 }
 
 /// Backoff bounds of the fallback used where no waiter child can take a POSIX lock.
@@ -71,12 +103,6 @@ fn resolve_backend(options: &Options) -> Result<Backend> {
         return Err(Error::new(
             libc::EINVAL,
             "the OFD and POSIX backends cannot be combined: choose one fcntl mechanism",
-        ));
-    }
-    if options.flags & flags::UNLINK != 0 {
-        return Err(Error::new(
-            libc::EOPNOTSUPP,
-            "UNILOCK_UNLINK is not supported yet",
         ));
     }
     if options.flags & flags::FAIR != 0 {
@@ -131,6 +157,85 @@ fn key_of(st: &libc::stat) -> InodeKey {
     }
 }
 
+/// Opens the path as [`Lock::open`] describes: the descriptor, whether it is writable,
+/// and its inode.
+fn open_path(
+    cpath: &CString,
+    name: &str,
+    backend: Backend,
+    options: &Options,
+) -> Result<(OwnedFd, bool, InodeKey)> {
+    let follow = options.flags & flags::FOLLOW != 0;
+    match sys::stat(cpath, follow) {
+        Ok(st) => check_file_type(&st, name)?,
+        Err(libc::ENOENT) => {}
+        Err(e) => return Err(Error::sys(e, "stat", name)),
+    }
+    let mut base = libc::O_NOCTTY | libc::O_NONBLOCK;
+    if !follow {
+        base |= libc::O_NOFOLLOW;
+    }
+    if options.flags & flags::INHERIT == 0 {
+        base |= libc::O_CLOEXEC;
+    }
+    let accesses: &[libc::c_int] = if backend == Backend::Flock {
+        &[libc::O_RDONLY]
+    } else {
+        &[libc::O_RDWR, libc::O_RDONLY]
+    };
+    let create_mode = if options.create_mode == 0 {
+        0o600
+    } else {
+        options.create_mode
+    };
+    let mut last = libc::ENOENT;
+    let mut opened = None;
+    for (i, &access) in accesses.iter().enumerate() {
+        let more = i + 1 < accesses.len();
+        match sys::open(cpath, base | access, 0) {
+            Ok(fd) => {
+                opened = Some((fd, access == libc::O_RDWR));
+                break;
+            }
+            Err(libc::ENOENT) if options.flags & flags::CREATE != 0 => {
+                match sys::open(cpath, base | access | libc::O_CREAT, create_mode) {
+                    Ok(fd) => {
+                        opened = Some((fd, access == libc::O_RDWR));
+                        break;
+                    }
+                    Err(e) if more && matches!(e, libc::EACCES | libc::EROFS | libc::EPERM) => {
+                        last = e
+                    }
+                    Err(e) => return Err(Error::sys(e, "create", name)),
+                }
+            }
+            Err(e)
+                if more
+                    && matches!(
+                        e,
+                        libc::EACCES | libc::EROFS | libc::EISDIR | libc::ETXTBSY | libc::EPERM
+                    ) =>
+            {
+                last = e
+            }
+            Err(libc::ELOOP) if !follow => {
+                return Err(Error::new(
+                    libc::ELOOP,
+                    format!("{name} is a symbolic link; pass UNILOCK_FOLLOW to lock its target"),
+                ));
+            }
+            Err(e) => return Err(Error::sys(e, "open", name)),
+        }
+    }
+    let Some((fd, writable)) = opened else {
+        return Err(Error::sys(last, "open", name));
+    };
+    let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", name))?;
+    check_file_type(&st, name)?;
+    sys::clear_nonblock(fd.as_fd()).map_err(|e| Error::sys(e, "fcntl(F_SETFL)", name))?;
+    Ok((fd, writable, key_of(&st)))
+}
+
 impl Lock {
     /// Opens `path` for locking (no lock is taken yet).
     ///
@@ -142,83 +247,23 @@ impl Lock {
     /// close-on-exec unless [`flags::INHERIT`]; a symbolic link as the last component is
     /// refused (`ELOOP`) unless [`flags::FOLLOW`]; FIFOs, sockets and devices are refused
     /// with `EINVAL` without being opened. The file is never written or truncated.
+    ///
+    /// With [`flags::UNLINK`] the handle keeps the path: a lock call that finds the
+    /// file deleted or replaced opens the path again, and the release of the handle's
+    /// last lock deletes the file when it can hold it whole and exclusively (see
+    /// [`flags::UNLINK`]).
     pub fn open(path: impl AsRef<Path>, options: &Options) -> Result<Lock> {
         let backend = resolve_backend(options)?;
         let path = path.as_ref();
         let name = path.display().to_string();
         let cpath = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| Error::new(libc::EINVAL, "the path contains a NUL byte"))?;
-        let follow = options.flags & flags::FOLLOW != 0;
-        match sys::stat(&cpath, follow) {
-            Ok(st) => check_file_type(&st, &name)?,
-            Err(libc::ENOENT) => {}
-            Err(e) => return Err(Error::sys(e, "stat", &name)),
-        }
-        let mut base = libc::O_NOCTTY | libc::O_NONBLOCK;
-        if !follow {
-            base |= libc::O_NOFOLLOW;
-        }
-        if options.flags & flags::INHERIT == 0 {
-            base |= libc::O_CLOEXEC;
-        }
-        let accesses: &[libc::c_int] = if backend == Backend::Flock {
-            &[libc::O_RDONLY]
-        } else {
-            &[libc::O_RDWR, libc::O_RDONLY]
-        };
-        let create_mode = if options.create_mode == 0 {
-            0o600
-        } else {
-            options.create_mode
-        };
-        let mut last = libc::ENOENT;
-        let mut opened = None;
-        for (i, &access) in accesses.iter().enumerate() {
-            let more = i + 1 < accesses.len();
-            match sys::open(&cpath, base | access, 0) {
-                Ok(fd) => {
-                    opened = Some((fd, access == libc::O_RDWR));
-                    break;
-                }
-                Err(libc::ENOENT) if options.flags & flags::CREATE != 0 => {
-                    match sys::open(&cpath, base | access | libc::O_CREAT, create_mode) {
-                        Ok(fd) => {
-                            opened = Some((fd, access == libc::O_RDWR));
-                            break;
-                        }
-                        Err(e) if more && matches!(e, libc::EACCES | libc::EROFS | libc::EPERM) => {
-                            last = e
-                        }
-                        Err(e) => return Err(Error::sys(e, "create", &name)),
-                    }
-                }
-                Err(e)
-                    if more
-                        && matches!(
-                            e,
-                            libc::EACCES | libc::EROFS | libc::EISDIR | libc::ETXTBSY | libc::EPERM
-                        ) =>
-                {
-                    last = e
-                }
-                Err(libc::ELOOP) if !follow => {
-                    return Err(Error::new(
-                        libc::ELOOP,
-                        format!(
-                            "{name} is a symbolic link; pass UNILOCK_FOLLOW to lock its target"
-                        ),
-                    ));
-                }
-                Err(e) => return Err(Error::sys(e, "open", &name)),
-            }
-        }
-        let Some((fd, writable)) = opened else {
-            return Err(Error::sys(last, "open", &name));
-        };
-        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", &name))?;
-        check_file_type(&st, &name)?;
-        sys::clear_nonblock(fd.as_fd()).map_err(|e| Error::sys(e, "fcntl(F_SETFL)", &name))?;
-        Ok(Self::register(fd, backend, key_of(&st), name, writable))
+        let (fd, writable, key) = open_path(&cpath, &name, backend, options)?;
+        let unlink = (options.flags & flags::UNLINK != 0).then(|| Reopen {
+            path: cpath,
+            options: options.clone(),
+        });
+        Ok(Self::register(fd, backend, key, name, writable, unlink))
     }
 
     /// Makes a handle on an open descriptor, which is duplicated (the caller keeps
@@ -227,6 +272,13 @@ impl Lock {
     pub fn from_fd(fd: BorrowedFd<'_>, options: &Options) -> Result<Lock> {
         let backend = resolve_backend(options)?;
         let name = format!("descriptor {}", fd.as_raw_fd());
+        if options.flags & flags::UNLINK != 0 {
+            return Err(Error::new(
+                libc::EINVAL,
+                "UNILOCK_UNLINK needs a path: a handle made from a descriptor cannot check \
+                 or delete the file at its path",
+            ));
+        }
         let st = sys::fstat(fd).map_err(|e| Error::sys(e, "fstat", &name))?;
         check_file_type(&st, &name)?;
         let status = sys::status_flags(fd).map_err(|e| Error::sys(e, "fcntl(F_GETFL)", &name))?;
@@ -239,7 +291,14 @@ impl Lock {
         let writable = status & libc::O_ACCMODE != libc::O_RDONLY;
         let dup = sys::dup(fd, options.flags & flags::INHERIT == 0)
             .map_err(|e| Error::sys(e, "dup", &name))?;
-        Ok(Self::register(dup, backend, key_of(&st), name, writable))
+        Ok(Self::register(
+            dup,
+            backend,
+            key_of(&st),
+            name,
+            writable,
+            None,
+        ))
     }
 
     fn register(
@@ -248,33 +307,37 @@ impl Lock {
         key: InodeKey,
         name: String,
         writable: bool,
+        unlink: Option<Reopen>,
     ) -> Lock {
         inode_table::install_fork_handlers();
         inode_table::table().inode(key).open_handles += 1;
         Lock {
-            fd: Some(fd),
+            file: RwLock::new(OpenFile {
+                fd: Some(fd),
+                key,
+                writable,
+            }),
             backend,
-            key,
             id: inode_table::next_handle_id(),
             name,
             opener: sys::getpid(),
-            writable,
+            unlink,
+            locker: AtomicI32::new(0),
             call: CallState::default(),
         }
     }
 
-    fn borrowed(&self) -> BorrowedFd<'_> {
-        self.fd
-            .as_ref()
-            .expect("the descriptor lives until close")
-            .as_fd()
+    fn file(&self) -> RwLockReadGuard<'_, OpenFile> {
+        self.file.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The descriptor the handle locks through (for `fstat`, `poll`, passing to a
     /// child). Closing it, or any other descriptor of the file, drops the process's
     /// POSIX locks on the file: that is the kernel's rule, and why OFD is preferred.
+    /// An [`flags::UNLINK`] handle gets a new descriptor when a lock call finds that
+    /// its file was deleted or replaced: ask again after locking.
     pub fn fd(&self) -> RawFd {
-        self.borrowed().as_raw_fd()
+        self.file().fd().as_raw_fd()
     }
 
     /// The kernel mechanism of this handle.
@@ -320,6 +383,12 @@ impl Lock {
     /// taken back without waiting, and if another process got an exclusive lock in
     /// between, the call fails with `ENOLCK` and the handle holds nothing.
     ///
+    /// [`flags::UNLINK`]: a handle that holds nothing (or upgrades a FLOCK lock) checks,
+    /// before it waits and once it has the lock, that its file is still the one at the
+    /// path and not deleted; if not, it releases it, opens the path again (creating the
+    /// file under [`flags::CREATE`]) and locks that file, within the same timeout. The
+    /// handle's descriptor ([`Lock::fd`]) is then a new one.
+    ///
     /// Errors: `EAGAIN` (held, not waiting), `ETIMEDOUT`, `ECANCELED` ([`Lock::cancel`]),
     /// `EDEADLK` (only this process could end the wait; POSIX also from the kernel),
     /// `EBUSY` (another lock or unlock on this handle is in progress), `EOPNOTSUPP`
@@ -327,7 +396,53 @@ impl Lock {
     /// or above 2^62), `EACCES` (an exclusive fcntl lock on a file opened read-only).
     pub fn lock(&self, mode: Mode, start: u64, len: u64, timeout: Option<Duration>) -> Result<()> {
         let range = self.range(start, len)?;
-        if mode == Mode::Exclusive && !self.writable && self.backend != Backend::Flock {
+        self.check_writable(&self.file(), mode)?;
+        let _call = self.call.begin(true)?;
+        self.check_owner()?;
+        let deadline = Deadline::after(timeout);
+        loop {
+            let file = self.file();
+            self.check_writable(&file, mode)?;
+            // UNLINK: a handle that held nothing may have opened a file that was deleted
+            // or replaced since. One that holds an OFD or POSIX lock keeps its file,
+            // which no UNLINK handle deletes while another holds a lock on it; a flock
+            // upgrade releases the shared lock while it waits, so it checks again.
+            let fresh = self.unlink.is_some()
+                && (self.backend == Backend::Flock
+                    || inode_table::table()
+                        .holding(file.key, self.id)
+                        .is_none_or(|h| h.ranges.is_empty()));
+            if fresh && self.is_stale(&file)? {
+                // Not worth waiting for: start on the file now at the path at once
+                // (a flock handle lets go of what it held on the old file).
+                self.release_range(&file, &mut inode_table::table(), ByteRange::WHOLE)?;
+                drop(file);
+                self.reopen()?;
+                continue;
+            }
+            self.lock_on(&file, range, mode, &deadline)?;
+            self.locker.store(sys::getpid(), Ordering::Relaxed);
+            if !fresh {
+                return Ok(());
+            }
+            let stale = self.is_stale(&file);
+            if matches!(stale, Ok(false)) {
+                return Ok(());
+            }
+            // Start again on the file now at the path: release, reopen, lock.
+            let released = {
+                let mut table = inode_table::table();
+                self.release_range(&file, &mut table, ByteRange::WHOLE)
+            };
+            drop(file);
+            stale?;
+            released?;
+            self.reopen()?;
+        }
+    }
+
+    fn check_writable(&self, file: &OpenFile, mode: Mode) -> Result<()> {
+        if mode == Mode::Exclusive && !file.writable && self.backend != Backend::Flock {
             return Err(Error::new(
                 libc::EACCES,
                 format!(
@@ -338,23 +453,80 @@ impl Lock {
                 ),
             ));
         }
-        let _call = self.call.begin(true)?;
-        self.check_owner()?;
-        let deadline = Deadline::after(timeout);
+        Ok(())
+    }
+
+    /// UNLINK: true when the locked file is no longer the one at the path (deleted,
+    /// or replaced by another file).
+    fn is_stale(&self, file: &OpenFile) -> Result<bool> {
+        let Some(u) = &self.unlink else {
+            return Ok(false);
+        };
+        let st = sys::fstat(file.fd()).map_err(|e| Error::sys(e, "fstat", &self.name))?;
+        if st.st_nlink == 0 {
+            return Ok(true);
+        }
+        let follow = u.options.flags & flags::FOLLOW != 0;
+        match sys::stat(&u.path, follow) {
+            Ok(at_path) => Ok(key_of(&at_path) != file.key),
+            Err(libc::ENOENT) => Ok(true),
+            Err(e) => Err(Error::sys(e, "stat", &self.name)),
+        }
+    }
+
+    /// UNLINK: replaces the handle's file (which it holds no lock on) by the one now at
+    /// the path, created if missing under [`flags::CREATE`]. The old descriptor's close
+    /// is deferred while this process holds POSIX locks on the old file.
+    fn reopen(&self) -> Result<()> {
+        let u = self.unlink.as_ref().expect("only UNLINK handles reopen");
+        let (fd, writable, key) = open_path(&u.path, &self.name, self.backend, &u.options)?;
+        let mut file = self.file.write().unwrap_or_else(|p| p.into_inner());
+        let mut table = inode_table::table();
+        let old_key = file.key;
+        let old_fd = file.fd.replace(fd);
+        file.key = key;
+        file.writable = writable;
+        table
+            .inode(old_key)
+            .holdings
+            .retain(|h| h.handle != self.id);
+        let keep_open = table.has_posix_locks(old_key);
+        let old = table.inode(old_key);
+        old.open_handles = old.open_handles.saturating_sub(1);
+        if let Some(old_fd) = old_fd {
+            if keep_open {
+                old.deferred.push(old_fd);
+            }
+        }
+        table.settle(old_key);
+        table.forget_if_unused(old_key);
+        table.inode(key).open_handles += 1;
+        Ok(())
+    }
+
+    /// Takes `mode` on `range` of `file`: the lock call without the UNLINK checks.
+    fn lock_on(
+        &self,
+        file: &OpenFile,
+        range: ByteRange,
+        mode: Mode,
+        deadline: &Deadline,
+    ) -> Result<()> {
+        let key = file.key;
         let me = sys::thread_id();
         let family = Family::from(self.backend);
         let record = WaitRecord {
-            key: self.key,
+            key,
             handle: self.id,
             family,
             range,
             mode,
         };
-        let fd = self.borrowed();
+        let fd = file.fd();
         let mut backoff = BACKOFF_FIRST;
         let mut table = inode_table::table();
         loop {
-            let inode = table.inode(self.key);
+            let inode = table.inode(key);
             let conflicts = inode.conflicts(self.id, family, range, mode);
             if let Some(c) = conflicts.first() {
                 if deadline.is_try() {
@@ -363,8 +535,8 @@ impl Lock {
                 if table.would_deadlock(me, conflicts.iter().map(|c| c.thread)) {
                     return Err(self.deadlock(c, me));
                 }
-                self.check_wait(&deadline)?;
-                let inode = table.inode(self.key);
+                self.check_wait(deadline)?;
+                let inode = table.inode(key);
                 inode.waiters += 1;
                 let cond = inode.cond.clone();
                 table.start_waiting(me, record);
@@ -376,7 +548,7 @@ impl Lock {
                             .0
                     }
                 };
-                table.inode(self.key).waiters -= 1;
+                table.inode(key).waiters -= 1;
                 table.done_waiting(me);
                 continue;
             }
@@ -392,39 +564,39 @@ impl Lock {
                 }
                 Err(e) if e == libc::EAGAIN || e == libc::EACCES => {}
                 Err(e) => {
-                    self.restore_flock(&mut table, held_before)?;
+                    self.restore_flock(file, &mut table, held_before)?;
                     return Err(self.kernel_error(e));
                 }
             }
-            self.restore_flock(&mut table, held_before)?;
+            self.restore_flock(file, &mut table, held_before)?;
             if deadline.is_try() {
                 return Err(Error::new(
                     libc::EAGAIN,
                     format!("{}: the lock is held by another process", self.name),
                 ));
             }
-            self.check_wait(&deadline)?;
+            self.check_wait(deadline)?;
             let posix = self.backend == Backend::Posix;
             if posix {
-                table.holding_mut(self.key, self.id, self.backend).pending = Some((range, mode));
+                table.holding_mut(key, self.id, self.backend).pending = Some((range, mode));
             }
             table.start_waiting(me, record);
             drop(table);
             let call = backend::lock_call(self.backend, range, mode, true);
-            let outcome = wait::in_kernel(fd, call, posix, &deadline, &self.call);
+            let outcome = wait::in_kernel(fd, call, posix, deadline, &self.call);
             table = inode_table::table();
             table.done_waiting(me);
             if posix {
-                table.holding_mut(self.key, self.id, self.backend).pending = None;
-                table.settle(self.key);
+                table.holding_mut(key, self.id, self.backend).pending = None;
+                table.settle(key);
             }
             let failure = match outcome? {
                 Some(Outcome::Granted) => {
-                    self.record(table.inode(self.key), range, mode, me);
+                    self.record(table.inode(key), range, mode, me);
                     return Ok(());
                 }
                 Some(Outcome::Failed(e)) => {
-                    self.restore_flock(&mut table, held_before)?;
+                    self.restore_flock(file, &mut table, held_before)?;
                     return Err(self.kernel_error(e));
                 }
                 Some(Outcome::Unknown) => continue,
@@ -444,11 +616,11 @@ impl Lock {
             // non-blocking attempt settles it: a grant that won the race is kept.
             match backend::apply(fd, self.backend, range, Some(mode)) {
                 Ok(()) => {
-                    self.record(table.inode(self.key), range, mode, me);
+                    self.record(table.inode(key), range, mode, me);
                     return Ok(());
                 }
                 Err(e) if e == libc::EAGAIN || e == libc::EACCES => {
-                    self.restore_flock(&mut table, held_before)?;
+                    self.restore_flock(file, &mut table, held_before)?;
                     return Err(if failure == libc::ETIMEDOUT {
                         self.timed_out()
                     } else {
@@ -456,7 +628,7 @@ impl Lock {
                     });
                 }
                 Err(e) => {
-                    self.restore_flock(&mut table, held_before)?;
+                    self.restore_flock(file, &mut table, held_before)?;
                     return Err(self.kernel_error(e));
                 }
             }
@@ -531,25 +703,34 @@ impl Lock {
 
     /// After a failed flock upgrade (the kernel dropped the shared lock), takes the
     /// shared lock back without waiting; if that fails, records that nothing is held.
-    fn restore_flock(&self, table: &mut Table, held_before: Option<Mode>) -> Result<()> {
+    fn restore_flock(
+        &self,
+        file: &OpenFile,
+        table: &mut Table,
+        held_before: Option<Mode>,
+    ) -> Result<()> {
         if self.backend != Backend::Flock || held_before != Some(Mode::Shared) {
             return Ok(());
         }
         if backend::apply(
-            self.borrowed(),
+            file.fd(),
             Backend::Flock,
             ByteRange::WHOLE,
             Some(Mode::Shared),
         )
         .is_ok()
         {
-            return Ok(());
+            // UNLINK: the file may have been deleted while the lock was let go.
+            if !matches!(self.is_stale(file), Ok(true)) {
+                return Ok(());
+            }
+            let _ = backend::apply(file.fd(), Backend::Flock, ByteRange::WHOLE, None);
         }
         table
-            .holding_mut(self.key, self.id, self.backend)
+            .holding_mut(file.key, self.id, self.backend)
             .ranges
             .clear(ByteRange::WHOLE);
-        table.settle(self.key);
+        table.settle(file.key);
         Err(Error::new(
             libc::ENOLCK,
             format!(
@@ -577,27 +758,107 @@ impl Lock {
     /// Releases `len` bytes from `start` (`(0, 0)`: everything this handle holds).
     /// Bytes the handle does not hold are ignored. For POSIX, bytes another handle of
     /// this process holds keep that handle's lock in the kernel.
+    ///
+    /// [`flags::UNLINK`]: when this releases the handle's last lock on the file, the
+    /// file is deleted first if the handle can hold the whole file exclusively without
+    /// waiting (it does, or a non-blocking conversion to an exclusive lock on the whole
+    /// file succeeds) and the path still names it; otherwise (another holder, of this
+    /// process or another) the file is left. Only the process that took the lock
+    /// deletes it.
     pub fn unlock(&self, start: u64, len: u64) -> Result<()> {
         let range = self.range(start, len)?;
         let _call = self.call.begin(false)?;
         self.check_owner()?;
+        let file = self.file();
         let mut table = inode_table::table();
-        self.release(self.borrowed(), &mut table, range)
+        self.release(&file, &mut table, range)
     }
 
-    fn release(&self, fd: BorrowedFd<'_>, table: &mut Table, range: ByteRange) -> Result<()> {
+    /// Releases `range`; under UNLINK, deletes the file first when this is the
+    /// handle's last lock on it and it can hold the whole file exclusively now.
+    fn release(&self, file: &OpenFile, table: &mut Table, range: ByteRange) -> Result<()> {
+        if self.unlink.is_some()
+            && sys::getpid() == self.locker.load(Ordering::Relaxed)
+            && table.holding(file.key, self.id).is_some_and(|h| {
+                !h.ranges.is_empty()
+                    && h.ranges
+                        .iter()
+                        .all(|(r, _)| range.start <= r.start && r.end <= range.end)
+            })
+            && self.hold_whole_exclusive(file, table)
+        {
+            self.unlink_if_ours(file);
+            return self.release_range(file, table, ByteRange::WHOLE);
+        }
+        self.release_range(file, table, range)
+    }
+
+    /// True when the handle holds the whole file exclusively: it did, or a
+    /// non-blocking conversion got it (no other handle of this process and no other
+    /// process holds any lock on the file).
+    fn hold_whole_exclusive(&self, file: &OpenFile, table: &mut Table) -> bool {
+        let held = table
+            .holding(file.key, self.id)
+            .map(|h| h.ranges.iter().collect::<Vec<_>>())
+            .unwrap_or_default();
+        if held == [(ByteRange::WHOLE, Mode::Exclusive)] {
+            return true;
+        }
+        let family = Family::from(self.backend);
+        if !table
+            .conflicts(file.key, self.id, family, ByteRange::WHOLE, Mode::Exclusive)
+            .is_empty()
+        {
+            return false;
+        }
+        // A failed flock conversion drops the shared lock: harmless, it is being
+        // released anyway.
+        if backend::apply(
+            file.fd(),
+            self.backend,
+            ByteRange::WHOLE,
+            Some(Mode::Exclusive),
+        )
+        .is_err()
+        {
+            return false;
+        }
+        table
+            .holding_mut(file.key, self.id, self.backend)
+            .ranges
+            .set(ByteRange::WHOLE, Mode::Exclusive);
+        true
+    }
+
+    /// Deletes the path if its last component is still the handle's file (never a
+    /// symbolic link to it). Called only while holding the whole file exclusively, so
+    /// no UNLINK handle can have replaced it in between. A file that cannot be deleted
+    /// (permissions) is left, as if another holder had it.
+    fn unlink_if_ours(&self, file: &OpenFile) {
+        let Some(u) = &self.unlink else {
+            return;
+        };
+        if sys::stat(&u.path, false).is_ok_and(|st| key_of(&st) == file.key) {
+            let _ = sys::unlink(&u.path);
+        }
+    }
+
+    /// Releases `range` in the kernel and the table.
+    fn release_range(&self, file: &OpenFile, table: &mut Table, range: ByteRange) -> Result<()> {
+        let key = file.key;
+        let fd = file.fd();
         if self.backend == Backend::Posix {
-            let Some(h) = table.holding(self.key, self.id) else {
+            let Some(h) = table.holding(key, self.id) else {
                 return Ok(());
             };
-            if !table.others_hold_posix(self.key, self.id) {
+            if !table.others_hold_posix(key, self.id) {
                 // The common case: the process's kernel lock is this handle's alone.
                 for (piece, _) in h.ranges.overlapping(range) {
                     backend::apply(fd, self.backend, piece, None)
                         .map_err(|e| self.kernel_error(e))?;
                 }
             } else {
-                let others = table.others_strongest(self.key, self.id, range);
+                let others = table.others_strongest(key, self.id, range);
                 for (piece, mode) in backend::posix::release_ops(&h.ranges, range, &others) {
                     backend::apply(fd, self.backend, piece, mode)
                         .map_err(|e| self.kernel_error(e))?;
@@ -606,7 +867,7 @@ impl Lock {
         } else {
             backend::apply(fd, self.backend, range, None).map_err(|e| self.kernel_error(e))?;
         }
-        let inode = table.inode(self.key);
+        let inode = table.inode(key);
         if let Some(h) = inode.holding_mut(self.id) {
             h.ranges.clear(range);
         }
@@ -621,16 +882,18 @@ impl Lock {
     /// fails where /proc cannot be read.
     pub fn query(&self, mode: Mode, start: u64, len: u64) -> Result<Option<Holder>> {
         let range = self.range(start, len)?;
+        let file = self.file();
+        let key = file.key;
         let family = Family::from(self.backend);
         let me = sys::getpid();
         let (here, own_flocks) = {
             let table = inode_table::table();
             let here = table
-                .conflicts(self.key, self.id, family, range, mode)
+                .conflicts(key, self.id, family, range, mode)
                 .first()
                 .copied();
             let own: Vec<Mode> = table
-                .get(self.key)
+                .get(key)
                 .map(|i| {
                     i.holdings
                         .iter()
@@ -652,9 +915,9 @@ impl Lock {
                 command: holders::command(me),
             }));
         }
-        let mut resolver = Resolver::new(self.key);
+        let mut resolver = Resolver::new(key);
         if self.backend == Backend::Flock {
-            let mut locks: Vec<ProcLock> = holders::proc_locks(self.key)?
+            let mut locks: Vec<ProcLock> = holders::proc_locks(key)?
                 .into_iter()
                 .filter(|l| l.backend == Backend::Flock)
                 .collect();
@@ -678,7 +941,7 @@ impl Lock {
                 .find(|l| mode == Mode::Exclusive || l.mode == Mode::Exclusive);
             return Ok(hit.map(|l| resolver.holder(l)));
         }
-        let found = backend::conflicting(self.borrowed(), self.backend, range, mode)
+        let found = backend::conflicting(file.fd(), self.backend, range, mode)
             .map_err(|e| Error::sys(e, "fcntl(F_GETLK)", &self.name))?;
         Ok(found.map(|(range, mode, pid)| {
             let backend = if pid == -1 {
@@ -700,8 +963,9 @@ impl Lock {
     /// Every lock on the file, from any process and any mechanism, as /proc/locks
     /// shows it (POSIX locks of this process appear once, as the kernel holds them).
     pub fn list(&self) -> Result<Vec<Holder>> {
-        let locks = holders::proc_locks(self.key)?;
-        let mut resolver = Resolver::new(self.key);
+        let key = self.file().key;
+        let locks = holders::proc_locks(key)?;
+        let mut resolver = Resolver::new(key);
         Ok(locks.iter().map(|l| resolver.holder(l)).collect())
     }
 
@@ -713,9 +977,10 @@ impl Lock {
         if !self.call.cancel() {
             return false;
         }
+        let key = self.file().key;
         // Wake a thread waiting for another handle of this process.
         let table = inode_table::table();
-        if let Some(inode) = table.get(self.key).filter(|i| i.waiters > 0) {
+        if let Some(inode) = table.get(key).filter(|i| i.waiters > 0) {
             inode.cond.notify_all();
         }
         true
@@ -730,30 +995,45 @@ impl Lock {
     /// the kernel: flock and OFD locks whose open file description a child still has,
     /// through a `fork()` after they were taken, stay with the child (closing merely
     /// drops this process's reference; the child is found through /proc and `kcmp(2)`),
-    /// and a POSIX handle in a forked child has nothing to release. While this process holds POSIX locks on the file through other handles,
-    /// the descriptor's close is deferred, since closing it would drop them.
+    /// and a POSIX handle in a forked child has nothing to release. While this process
+    /// holds POSIX locks on the file through other handles, the descriptor's close is
+    /// deferred, since closing it would drop them.
+    ///
+    /// [`flags::UNLINK`]: closing a handle that holds a lock releases it as
+    /// [`Lock::unlock`] of everything does: the file is deleted first when the handle
+    /// can hold it whole and exclusively without waiting. A lock that stays with a
+    /// forked child is not released, and the file not deleted; nor does a process
+    /// delete it that did not take the lock.
     pub fn close(mut self) -> Result<()> {
         self.close_inner()
     }
 
     fn close_inner(&mut self) -> Result<()> {
-        let Some(fd) = self.fd.take() else {
+        let file = self.file.get_mut().unwrap_or_else(|p| p.into_inner());
+        let key = file.key;
+        let Some(fd) = file.fd.take() else {
             return Ok(());
+        };
+        // The descriptor, back in place for the release (taken out again below).
+        let file = OpenFile {
+            fd: Some(fd),
+            key,
+            writable: file.writable,
         };
         // A flock or OFD lock taken before a fork may be shared with a child through the
         // open file description: then it stays with the child. Only when a fork happened
         // since the lock was taken is /proc searched for such a process (outside the
         // table's lock: it reads other processes' descriptor lists).
         let forked_since = inode_table::table()
-            .holding(self.key, self.id)
+            .holding(key, self.id)
             .is_some_and(|h| !h.ranges.is_empty() && h.fork_gen != fork_generation());
         let shared_by_fork = forked_since
             && self.backend != Backend::Posix
-            && holders::description_shared_elsewhere(fd.as_fd(), self.key);
+            && holders::description_shared_elsewhere(file.fd(), key);
         let mut table = inode_table::table();
         let mut result = Ok(());
         if table
-            .holding(self.key, self.id)
+            .holding(key, self.id)
             .is_some_and(|h| !h.ranges.is_empty())
         {
             let release = match self.backend {
@@ -761,23 +1041,21 @@ impl Lock {
                 _ => !shared_by_fork,
             };
             if release {
-                result = self.release(fd.as_fd(), &mut table, ByteRange::WHOLE);
+                result = self.release(&file, &mut table, ByteRange::WHOLE);
             }
         }
-        table
-            .inode(self.key)
-            .holdings
-            .retain(|h| h.handle != self.id);
-        let keep_open = table.has_posix_locks(self.key);
-        let inode = table.inode(self.key);
+        table.inode(key).holdings.retain(|h| h.handle != self.id);
+        let fd = file.fd.expect("put back above");
+        let keep_open = table.has_posix_locks(key);
+        let inode = table.inode(key);
         inode.open_handles = inode.open_handles.saturating_sub(1);
         if keep_open {
             inode.deferred.push(fd);
         } else {
             drop(fd);
         }
-        table.settle(self.key);
-        table.forget_if_unused(self.key);
+        table.settle(key);
+        table.forget_if_unused(key);
         result
     }
 }
@@ -793,7 +1071,7 @@ impl std::fmt::Debug for Lock {
         f.debug_struct("Lock")
             .field("name", &self.name)
             .field("backend", &self.backend)
-            .field("fd", &self.fd.as_ref().map(|f| f.as_raw_fd()))
+            .field("fd", &self.file().fd.as_ref().map(|f| f.as_raw_fd()))
             .finish()
     }
 }

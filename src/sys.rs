@@ -56,6 +56,13 @@ pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> Resul
     Ok(unsafe { OwnedFd::from_raw_fd(high) })
 }
 
+/// `unlink(2)`.
+pub(crate) fn unlink(path: &CStr) -> Result<(), Errno> {
+    // SAFETY: `path` is a valid NUL-terminated string; unlink does not keep the pointer.
+    retry(|| unsafe { libc::unlink(path.as_ptr()) })?;
+    Ok(())
+}
+
 /// `stat(2)` or `lstat(2)` of a path.
 pub(crate) fn stat(path: &CStr, follow: bool) -> Result<libc::stat, Errno> {
     let mut st = MaybeUninit::<libc::stat>::uninit();

@@ -796,7 +796,6 @@ fn unsupported_features_are_reported_as_such() {
         (&["-b", "dotlock"][..], "--backend dotlock"),
         (&["-b", "flock,dotlock"], "--backend"),
         (&["--fair"], "--fair"),
-        (&["--unlink"], "--unlink"),
     ] {
         let mut all = args.to_vec();
         all.extend([file.as_str(), "true"]);
@@ -808,6 +807,24 @@ fn unsupported_features_are_reported_as_such() {
             out.stderr
         );
         assert!(out.stderr.contains("not supported"), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn unlink_deletes_the_lock_file_after_the_command() {
+    let dir = TempDir::new("cli-unlink");
+    for backend in ["flock", "ofd", "posix"] {
+        let file = dir.path(&format!("f-{backend}"));
+        let check = format!("test -e '{file}'");
+        let out = run(
+            UNILOCK,
+            &["--unlink", "-b", backend, &file, "sh", "-c", &check],
+        );
+        assert_eq!(out.code, 0, "{backend}: {}", out.stderr);
+        assert!(
+            !Path::new(&file).exists(),
+            "{backend}: the lock file was left"
+        );
     }
 }
 

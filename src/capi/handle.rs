@@ -42,7 +42,18 @@ pub const UNILOCK_CREATE: u32 = 1;
 pub const UNILOCK_FOLLOW: u32 = 2;
 /// Keep the descriptor across exec (close-on-exec by default).
 pub const UNILOCK_INHERIT: u32 = 4;
-/// Delete the lock file once no lock is held on it; not supported in this version.
+/// Delete the lock file once no lock is held on it, race-free (FLOCK, OFD, POSIX;
+/// DOTLOCK: `-EOPNOTSUPP`; `unilock_open_fd`, which has no path: `-EINVAL`).
+/// `unilock_lock` on a handle that holds nothing checks, before waiting and once it
+/// has the lock, that the file is still the one at the path (not deleted or replaced);
+/// if not, it opens the path again (creating it under `UNILOCK_CREATE`) and locks that
+/// file, so `unilock_fd` may then return a new descriptor. Releasing the handle's last
+/// lock on the file (`unilock_unlock` or `unilock_close`) deletes the file first when
+/// the handle can hold the whole file exclusively without waiting (it does, or a
+/// non-blocking conversion succeeds) and the path still names it; otherwise another
+/// holder exists (shared, or another byte range) and the file is left. Only the
+/// process that took the lock deletes the file. Two processes never both believe they
+/// hold the lock.
 pub const UNILOCK_UNLINK: u32 = 8;
 /// FIFO hand-off among fair waiters; not supported in this version.
 pub const UNILOCK_FAIR: u32 = 16;
@@ -209,8 +220,8 @@ pub extern "C" fn unilock_options_init(o: *mut unilock_options) {
 /// device gives `-EINVAL` without being opened. FLOCK handles use a read-only
 /// descriptor; OFD and POSIX handles a read-write one where permitted, else read-only
 /// (then only shared locks). The file is never written or truncated.
-/// Not yet supported (`-EOPNOTSUPP`): DOTLOCK, several backends, `UNILOCK_UNLINK`,
-/// `UNILOCK_FAIR`. OFD together with POSIX: `-EINVAL`.
+/// Not yet supported (`-EOPNOTSUPP`): DOTLOCK, several backends, `UNILOCK_FAIR`.
+/// OFD together with POSIX: `-EINVAL`.
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_open(
     path: *const c_char,
@@ -237,7 +248,7 @@ pub extern "C" fn unilock_open(
 /// Makes a handle on the open descriptor `fd`, which is duplicated (the caller keeps
 /// and closes `fd`). The duplicate shares the open file description, so FLOCK and OFD
 /// locks taken through the handle belong to that description, as with flock(1) on a
-/// descriptor.
+/// descriptor. `UNILOCK_UNLINK` needs a path: `-EINVAL`.
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_open_fd(
     fd: c_int,
@@ -267,7 +278,8 @@ pub extern "C" fn unilock_open_fd(
 
 /// Closes the handle and frees it. It releases what the handle holds, except FLOCK and
 /// OFD locks whose open file description a child shares since a `fork()` after they
-/// were taken (they stay with the child). NULL is a no-op returning 0. Must not race
+/// were taken (they stay with the child). With `UNILOCK_UNLINK` the release may delete
+/// the file first (see there). NULL is a no-op returning 0. Must not race
 /// with other calls on the same handle. Returns the error of the release, if any (the
 /// handle is freed all the same).
 #[unsafe(no_mangle)]

@@ -269,6 +269,13 @@ impl Cli {
         let lock = Lock::open(path, &self.options(flags::CREATE | inherit))
             .map_err(|e| self.open_failed(&shown, &e))?;
         self.operate(&lock, &shown, EX_NOINPUT)?;
+        if self.inv.unlink {
+            // Closed after the command: the file is deleted while still held, unless
+            // a process the command left behind shares the lock (then it stays).
+            let status = self.execute(command);
+            drop(lock);
+            return status;
+        }
         // Held until every copy of the descriptor is closed (see the module comment).
         std::mem::forget(lock);
         self.execute(command)
