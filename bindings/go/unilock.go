@@ -176,7 +176,8 @@ const (
 	Follow Flags = C.UNILOCK_FOLLOW
 	// Inherit keeps the descriptor across exec (close-on-exec by default).
 	Inherit Flags = C.UNILOCK_INHERIT
-	// Unlink deletes the lock file once no lock is held (not in this version).
+	// Unlink deletes the lock file once no lock is held on it, race-free (FLOCK, OFD,
+	// POSIX; see UNILOCK_UNLINK in unilock.h).
 	Unlink Flags = C.UNILOCK_UNLINK
 	// Fair hands the lock to the longest waiter (not in this version).
 	Fair Flags = C.UNILOCK_FAIR
