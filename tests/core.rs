@@ -9,19 +9,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Peer, TempDir, opts};
+use common::{ALL, Peer, TRY, TempDir, name, opts};
 use unilock::{Backend, Lock, Mode};
-
-const ALL: [Backend; 3] = [Backend::Flock, Backend::Ofd, Backend::Posix];
-const TRY: Option<Duration> = Some(Duration::ZERO);
-
-fn name(b: Backend) -> &'static str {
-    match b {
-        Backend::Flock => "flock",
-        Backend::Ofd => "ofd",
-        _ => "posix",
-    }
-}
 
 #[test]
 fn peer_main() {

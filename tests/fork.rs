@@ -15,10 +15,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{Peer, TempDir, err, opts};
+use common::{Peer, TRY, TempDir, err, name, opts};
 use unilock::{Backend, Lock, Mode};
 
-const TRY: Option<Duration> = Some(Duration::ZERO);
 /// How long the parent waits for a child before failing the test.
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -37,14 +36,6 @@ fn peer_main() {
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn name(b: Backend) -> &'static str {
-    match b {
-        Backend::Flock => "flock",
-        Backend::Ofd => "ofd",
-        _ => "posix",
-    }
 }
 
 /// A pipe: (read end, write end), close-on-exec.

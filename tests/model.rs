@@ -12,16 +12,13 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 
-use common::{TempDir, opts};
+use common::{TRY, TempDir, opts};
 use unilock::range::{ByteRange, RangeMap};
 use unilock::{Backend, Lock, Mode};
-
-const TRY: Option<Duration> = Some(Duration::ZERO);
 
 /// Ranges start in bytes [0, SPAN); lengths stay inside it, or are 0 (to the end).
 const SPAN: u64 = 64;

@@ -12,19 +12,8 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
-use common::{Peer, TempDir, err, opts};
+use common::{ALL, Peer, TRY, TempDir, err, name, opts};
 use unilock::{Backend, Lock, Mode, Options, flags};
-
-const ALL: [Backend; 3] = [Backend::Flock, Backend::Ofd, Backend::Posix];
-const TRY: Option<Duration> = Some(Duration::ZERO);
-
-fn name(b: Backend) -> &'static str {
-    match b {
-        Backend::Flock => "flock",
-        Backend::Ofd => "ofd",
-        _ => "posix",
-    }
-}
 
 #[test]
 fn peer_main() {

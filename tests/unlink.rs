@@ -11,21 +11,11 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Peer, TempDir, opts};
+use common::{ALL, Peer, TRY, TempDir, name, opts};
 use unilock::{Backend, Lock, Mode, Options, flags};
 
-const ALL: [Backend; 3] = [Backend::Flock, Backend::Ofd, Backend::Posix];
-const TRY: Option<Duration> = Some(Duration::ZERO);
 /// Turns the test binary into a looping worker: "BACKEND PATH COUNTER ROUNDS".
 const LOOP_ENV: &str = "UNILOCK_TEST_UNLINK_LOOP";
-
-fn name(b: Backend) -> &'static str {
-    match b {
-        Backend::Flock => "flock",
-        Backend::Ofd => "ofd",
-        _ => "posix",
-    }
-}
 
 fn unlink_opts(b: Backend) -> Options {
     opts(b).flags(flags::UNLINK)

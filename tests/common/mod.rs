@@ -38,6 +38,20 @@ impl Drop for TempDir {
     }
 }
 
+/// The three kernel backends.
+pub const ALL: [Backend; 3] = [Backend::Flock, Backend::Ofd, Backend::Posix];
+/// A timeout that tries once.
+pub const TRY: Option<Duration> = Some(Duration::ZERO);
+
+/// The peer protocol's name of a backend (the inverse of [`backend_named`]).
+pub fn name(b: Backend) -> &'static str {
+    match b {
+        Backend::Flock => "flock",
+        Backend::Ofd => "ofd",
+        _ => "posix",
+    }
+}
+
 pub fn opts(backend: Backend) -> Options {
     Options::new().backend(backend).flags(flags::CREATE)
 }
