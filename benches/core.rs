@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use ::unilock::capi::{
     UNILOCK_BACKEND_FLOCK, UNILOCK_BACKEND_OFD, UNILOCK_BACKEND_POSIX, UNILOCK_CREATE,
-    UNILOCK_EXCLUSIVE, unilock_close, unilock_last_error, unilock_lock, unilock_open,
-    unilock_options, unilock_options_init, unilock_strerror, unilock_unlock,
+    UNILOCK_EXCLUSIVE, UNILOCK_UNLINK, unilock_close, unilock_last_error, unilock_lock,
+    unilock_open, unilock_options, unilock_options_init, unilock_strerror, unilock_unlock,
 };
 
 // ---------------------------------------------------------------------------------
@@ -311,10 +311,14 @@ impl Handle {
     }
 
     fn open_c(path: &CStr, backend: Backend) -> Handle {
+        Self::open_with(path, backend, UNILOCK_CREATE)
+    }
+
+    fn open_with(path: &CStr, backend: Backend, flags: u32) -> Handle {
         let mut o = unilock_options::default();
         unilock_options_init(&mut o);
         o.backends = backend.capi();
-        o.flags = UNILOCK_CREATE;
+        o.flags = flags;
         let mut out = std::ptr::null_mut();
         check(unilock_open(path.as_ptr(), &o, &mut out), "unilock_open");
         Handle(out)
@@ -648,10 +652,46 @@ fn bench_pairs(cfg: &Config, dir: &Path, report: &mut Report) {
     }
     report.md("\n");
     bench_kernel_whole(cfg, dir, report);
+    bench_unlink(cfg, dir, report);
 }
 
 /// The kernel's own cost of the library's whole-file range: unilock locks bytes
 /// [0, 2^62) (offsets above are reserved, SPEC section 2), a raw caller `len = 0`.
+/// What UNILOCK_UNLINK adds to a lock+unlock pair: each unlock deletes the file and
+/// the next lock creates it again (open, fstat and stat checks, lstat and unlink).
+fn bench_unlink(cfg: &Config, dir: &Path, report: &mut Report) {
+    report.md("### The cost of UNILOCK_UNLINK\n\n\
+         The same exclusive whole-file pair on a handle opened with `UNILOCK_UNLINK`, \
+         against a plain handle, same method: every unlock deletes the lock file and the \
+         next lock creates it again and checks it is the file at the path.\n\n\
+         | backend | plain pair ns | UNLINK pair ns | added ns | ratio |\n\
+         |---|---:|---:|---:|---:|\n");
+    for backend in BACKENDS {
+        eprintln!("unlink pair: {}", backend.name());
+        let plain = Handle::open(
+            &dir.join(format!("unlink-plain-{}", backend.name())),
+            backend,
+        );
+        let path = c_path(&dir.join(format!("unlink-{}", backend.name())));
+        let unlinking = Handle::open_with(&path, backend, UNILOCK_CREATE | UNILOCK_UNLINK);
+        let mut plain_pair = || plain.lock(0, 0, 0) == 0 && plain.unlock(0, 0) == 0;
+        let mut unlink_pair = || unlinking.lock(0, 0, 0) == 0 && unlinking.unlock(0, 0) == 0;
+        let (plain_ns, unlink_ns, ratio) = compare(cfg, &mut plain_pair, &mut unlink_pair);
+        let key = format!("unlink.{}", backend.name().to_lowercase());
+        report.num(format!("{key}.plain_ns"), plain_ns);
+        report.num(format!("{key}.unlink_ns"), unlink_ns);
+        report.md(&format!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2}x |\n",
+            backend.name(),
+            plain_ns,
+            unlink_ns,
+            unlink_ns - plain_ns,
+            ratio
+        ));
+    }
+    report.md("\n");
+}
+
 fn bench_kernel_whole(cfg: &Config, dir: &Path, report: &mut Report) {
     report.md(
         "### The kernel's cost of the library's whole-file range\n\n\
