@@ -154,6 +154,18 @@ impl Inode {
         self.holdings.iter_mut().find(|h| h.handle == handle)
     }
 
+    /// The holding of `handle`, created empty when missing.
+    pub(crate) fn holding_or_new(&mut self, handle: HandleId, backend: Backend) -> &mut Holding {
+        let pos = match self.holdings.iter().position(|h| h.handle == handle) {
+            Some(p) => p,
+            None => {
+                self.holdings.push(Holding::new(handle, backend));
+                self.holdings.len() - 1
+            }
+        };
+        &mut self.holdings[pos]
+    }
+
     /// Closes the deferred descriptors once no POSIX lock is held here, and wakes the
     /// threads waiting here.
     pub(crate) fn settle(&mut self) {
@@ -362,15 +374,7 @@ impl Table {
         handle: HandleId,
         backend: Backend,
     ) -> &mut Holding {
-        let inode = self.inode(key);
-        let pos = match inode.holdings.iter().position(|h| h.handle == handle) {
-            Some(p) => p,
-            None => {
-                inode.holdings.push(Holding::new(handle, backend));
-                inode.holdings.len() - 1
-            }
-        };
-        &mut inode.holdings[pos]
+        self.inode(key).holding_or_new(handle, backend)
     }
 
     /// The holding of `handle` on `key`, if it holds or reserves anything.

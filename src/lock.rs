@@ -16,8 +16,7 @@ use std::time::Duration;
 use crate::backend;
 use crate::holders::{self, ProcLock, Resolver};
 use crate::inode_table::{
-    self, Conflict, Family, HandleId, Holding, Inode, InodeKey, Table, ThreadId, WaitRecord,
-    fork_generation,
+    self, Conflict, Family, HandleId, Inode, InodeKey, Table, ThreadId, WaitRecord, fork_generation,
 };
 use crate::range::ByteRange;
 use crate::sys;
@@ -396,7 +395,6 @@ impl Lock {
     /// or above 2^62), `EACCES` (an exclusive fcntl lock on a file opened read-only).
     pub fn lock(&self, mode: Mode, start: u64, len: u64, timeout: Option<Duration>) -> Result<()> {
         let range = self.range(start, len)?;
-        self.check_writable(&self.file(), mode)?;
         let _call = self.call.begin(true)?;
         self.check_owner()?;
         let deadline = Deadline::after(timeout);
@@ -421,6 +419,9 @@ impl Lock {
                 continue;
             }
             self.lock_on(&file, range, mode, &deadline)?;
+            if self.unlink.is_none() {
+                return Ok(());
+            }
             self.locker.store(sys::getpid(), Ordering::Relaxed);
             if !fresh {
                 return Ok(());
@@ -742,13 +743,7 @@ impl Lock {
     }
 
     fn record(&self, inode: &mut Inode, range: ByteRange, mode: Mode, me: ThreadId) {
-        let h = match inode.holding_mut(self.id) {
-            Some(h) => h,
-            None => {
-                inode.holdings.push(Holding::new(self.id, self.backend));
-                inode.holdings.last_mut().expect("just pushed")
-            }
-        };
+        let h = inode.holding_or_new(self.id, self.backend);
         h.ranges.set(range, mode);
         h.thread = me;
         h.fork_gen = fork_generation();
