@@ -14,6 +14,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use crate::backend;
+use crate::fair;
 use crate::holders::{self, ProcLock, Resolver};
 use crate::inode_table::{
     self, Conflict, Family, HandleId, Inode, InodeKey, Table, ThreadId, WaitRecord, fork_generation,
@@ -49,6 +50,8 @@ pub struct Lock {
     /// The process that last took a lock through the handle: only it deletes an
     /// UNLINK file.
     locker: AtomicI32,
+    /// [`flags::FAIR`]: the handle's place in the file's queue.
+    fair: Option<fair::Queue>,
     call: CallState,
 }
 
@@ -102,12 +105,6 @@ fn resolve_backend(options: &Options) -> Result<Backend> {
         return Err(Error::new(
             libc::EINVAL,
             "the OFD and POSIX backends cannot be combined: choose one fcntl mechanism",
-        ));
-    }
-    if options.flags & flags::FAIR != 0 {
-        return Err(Error::new(
-            libc::EOPNOTSUPP,
-            "UNILOCK_FAIR is not supported yet",
         ));
     }
     match options.backends {
@@ -262,7 +259,10 @@ impl Lock {
             path: cpath,
             options: options.clone(),
         });
-        Ok(Self::register(fd, backend, key, name, writable, unlink))
+        let fair = options.flags & flags::FAIR != 0;
+        Ok(Self::register(
+            fd, backend, key, name, writable, unlink, fair,
+        ))
     }
 
     /// Makes a handle on an open descriptor, which is duplicated (the caller keeps
@@ -297,6 +297,7 @@ impl Lock {
             name,
             writable,
             None,
+            options.flags & flags::FAIR != 0,
         ))
     }
 
@@ -307,6 +308,7 @@ impl Lock {
         name: String,
         writable: bool,
         unlink: Option<Reopen>,
+        fair: bool,
     ) -> Lock {
         inode_table::install_fork_handlers();
         inode_table::table().inode(key).open_handles += 1;
@@ -322,6 +324,7 @@ impl Lock {
             opener: sys::getpid(),
             unlink,
             locker: AtomicI32::new(0),
+            fair: fair.then(fair::Queue::new),
             call: CallState::default(),
         }
     }
@@ -393,6 +396,7 @@ impl Lock {
     /// `EBUSY` (another lock or unlock on this handle is in progress), `EOPNOTSUPP`
     /// (a byte range on a flock handle), `EINVAL` (a range into the reserved offsets at
     /// or above 2^62), `EACCES` (an exclusive fcntl lock on a file opened read-only).
+    /// [`flags::FAIR`]: the call queues behind earlier fair callers (see there).
     pub fn lock(&self, mode: Mode, start: u64, len: u64, timeout: Option<Duration>) -> Result<()> {
         let range = self.range(start, len)?;
         let _call = self.call.begin(true)?;
@@ -418,7 +422,7 @@ impl Lock {
                 self.reopen()?;
                 continue;
             }
-            self.lock_on(&file, range, mode, &deadline)?;
+            self.lock_queued(&file, range, mode, &deadline)?;
             if self.unlink.is_none() {
                 return Ok(());
             }
@@ -503,6 +507,31 @@ impl Lock {
         table.forget_if_unused(old_key);
         table.inode(key).open_handles += 1;
         Ok(())
+    }
+
+    /// [`flags::FAIR`]: takes the lock through the file's queue ([`crate::fair`]);
+    /// otherwise [`Lock::lock_on`].
+    fn lock_queued(
+        &self,
+        file: &OpenFile,
+        range: ByteRange,
+        mode: Mode,
+        deadline: &Deadline,
+    ) -> Result<()> {
+        let Some(queue) = &self.fair else {
+            return self.lock_on(file, range, mode, deadline);
+        };
+        let entry = fair::Entry {
+            fd: file.fd(),
+            key: file.key,
+            handle: self.id,
+            family: Family::from(self.backend),
+            mode,
+            name: &self.name,
+        };
+        queue.lock(&entry, deadline, &self.call, |d| {
+            self.lock_on(file, range, mode, d)
+        })
     }
 
     /// Takes `mode` on `range` of `file`: the lock call without the UNLINK checks.
@@ -770,7 +799,8 @@ impl Lock {
     }
 
     /// Releases `range`; under UNLINK, deletes the file first when this is the
-    /// handle's last lock on it and it can hold the whole file exclusively now.
+    /// handle's last lock on it and it can hold the whole file exclusively now (and no
+    /// fair waiter is in line for it: they would lose their places).
     fn release(&self, file: &OpenFile, table: &mut Table, range: ByteRange) -> Result<()> {
         if self.unlink.is_some()
             && sys::getpid() == self.locker.load(Ordering::Relaxed)
@@ -780,6 +810,7 @@ impl Lock {
                         .iter()
                         .all(|(r, _)| range.start <= r.start && r.end <= range.end)
             })
+            && !fair::anyone_in_line(file.fd())
             && self.hold_whole_exclusive(file, table)
         {
             self.unlink_if_ours(file);
@@ -1040,6 +1071,9 @@ impl Lock {
             }
         }
         table.inode(key).holdings.retain(|h| h.handle != self.id);
+        if let Some(queue) = &mut self.fair {
+            queue.close(&mut table);
+        }
         let fd = file.fd.expect("put back above");
         let keep_open = table.has_posix_locks(key);
         let inode = table.inode(key);

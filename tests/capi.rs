@@ -210,7 +210,6 @@ fn unsupported_backends_and_flags_give_eopnotsupp_with_a_message() {
             UNILOCK_BACKEND_FLOCK | UNILOCK_BACKEND_OFD,
             UNILOCK_CREATE,
         ),
-        ("FAIR", 0, UNILOCK_CREATE | UNILOCK_FAIR),
     ] {
         let path = dir.0.join(what.replace('|', "-"));
         let o = options(backends, flags);

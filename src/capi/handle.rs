@@ -55,7 +55,20 @@ pub const UNILOCK_INHERIT: u32 = 4;
 /// process that took the lock deletes the file. Two processes never both believe they
 /// hold the lock.
 pub const UNILOCK_UNLINK: u32 = 8;
-/// FIFO hand-off among fair waiters; not supported in this version.
+/// First come, first served among the handles that use this flag on one file (FLOCK,
+/// OFD, POSIX): a released lock goes to the longest waiter, the releaser never takes it
+/// back ahead of a waiter, no waiter sees more than N-1 grants go past it, and shared
+/// waiters queued together are granted together. The queue lives in kernel locks at
+/// the file's reserved offsets (2^62 and above), taken through a private read-write
+/// open file description (opened through `/proc/self/fd`): no sidecar file, and a
+/// participant that dies at any moment leaves it working. Timeouts and `unilock_cancel`
+/// work while queued. Handles without the flag conflict as usual but do not queue.
+/// Fairness is per file, not per range: a fair call may wait behind an earlier fair
+/// waiter for another range (FLOCK handles have their own queue). A handle that holds a
+/// lock on the file, or whose thread holds one through another handle, converts or
+/// extends it without queueing. The first fair `unilock_lock` opens the file
+/// read-write and fails with that open's error where it cannot (a file the process may
+/// only read, a directory, a read-only file system, no /proc).
 pub const UNILOCK_FAIR: u32 = 16;
 
 /// How to open a handle. Set `size` to `sizeof(unilock_options)` (or call
@@ -220,7 +233,7 @@ pub extern "C" fn unilock_options_init(o: *mut unilock_options) {
 /// device gives `-EINVAL` without being opened. FLOCK handles use a read-only
 /// descriptor; OFD and POSIX handles a read-write one where permitted, else read-only
 /// (then only shared locks). The file is never written or truncated.
-/// Not yet supported (`-EOPNOTSUPP`): DOTLOCK, several backends, `UNILOCK_FAIR`.
+/// Not yet supported (`-EOPNOTSUPP`): DOTLOCK, several backends.
 /// OFD together with POSIX: `-EINVAL`.
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_open(
@@ -318,7 +331,9 @@ pub extern "C" fn unilock_close(l: *mut unilock) -> c_int {
 /// handle), `-EOPNOTSUPP` (a byte range on a FLOCK handle), `-EINVAL` (bad mode, a
 /// range reaching the reserved offsets at or above 2^62), `-EACCES` (an exclusive
 /// OFD/POSIX lock on a file only readable), `-ENOLCK` (a POSIX handle in a forked
-/// child).
+/// child). With `UNILOCK_FAIR`: `-EAGAIN` also when a try finds earlier fair waiters in
+/// line, and the error of opening the file read-write for the queue (`-EACCES`,
+/// `-EISDIR`, `-EROFS`, `-ENOENT` without /proc).
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_lock(
     l: *mut unilock,
