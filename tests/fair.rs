@@ -939,39 +939,35 @@ fn unlink_leaves_the_file_to_fair_waiters_in_line() {
     }
 }
 
-/// A fair handle made from a descriptor queues like one made from a path, and two made
-/// from one descriptor (one open file description) keep separate places in line.
+/// A fair handle made from a descriptor (its queue description is opened through
+/// that descriptor) queues like one made from a path.
 #[test]
-fn fair_handles_from_one_descriptor_keep_separate_places() {
+fn a_fair_handle_from_a_descriptor_keeps_its_place() {
+    use std::os::fd::AsFd;
     let dir = TempDir::new("fair-fd");
     let b = Backend::Ofd;
     let path = dir.file("f");
     let look = observer(&path);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
+    let file = std::fs::File::open(&path).unwrap();
     let mut holder = fair_peer(&path, b);
-    assert_eq!(holder.cmd("lock f sh 0 0 0"), "ok");
+    assert_eq!(holder.cmd("lock f ex 0 0 0"), "ok");
+    // A read-only descriptor: shared locks only, but the queue opens the file
+    // read-write for itself.
+    let mine = Arc::new(Lock::from_fd(file.as_fd(), &fair(b)).unwrap());
     let (tx, rx) = mpsc::channel();
-    let mut handles = Vec::new();
-    for (i, tag) in ["first", "second"].iter().enumerate() {
-        use std::os::fd::AsFd;
-        let l = Arc::new(Lock::from_fd(file.as_fd(), &fair(b)).unwrap());
-        let (l2, tx) = (l.clone(), tx.clone());
-        thread::spawn(move || {
-            l2.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(10)))
-                .unwrap();
-            tx.send(*tag).unwrap();
-        });
-        wait_in_line(&look, b, i + 1);
-        handles.push(l);
-    }
+    let m = mine.clone();
+    thread::spawn(move || {
+        m.lock(Mode::Shared, 0, 0, Some(Duration::from_secs(10)))
+            .unwrap();
+        tx.send(()).unwrap();
+    });
+    wait_in_line(&look, b, 1);
+    let mut behind = fair_peer(&path, b);
+    behind.send("lock f ex 0 0 -1");
+    wait_in_line(&look, b, 2);
     assert_eq!(holder.cmd("unlock f 0 0"), "ok");
-    assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("first"));
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(()));
     assert_eq!(in_line(&look, b), 1);
-    handles[0].unlock(0, 0).unwrap();
-    assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("second"));
-    handles[1].unlock(0, 0).unwrap();
+    mine.unlock(0, 0).unwrap();
+    assert_eq!(behind.recv(), "ok");
 }
