@@ -23,10 +23,11 @@
 //! names this host (or no host) and another boot, or a pid that no process has, or a
 //! pid now used by a process that started at another time. A record from another host
 //! proves nothing about its owner. A lock file is also stale when its modification
-//! time is `stale_after_s` seconds old (a holder refreshes it with `touch`); a lock
-//! file without a pid this host can check (another host's, or one written without a
-//! pid, as lockfile-progs does by default) and `stale_after_s` 0 is stale after 5
-//! minutes, liblockfile's rule, so that unilock and liblockfile agree on such files.
+//! time is `stale_after_s` seconds old (a holder refreshes it with `touch`). With
+//! `stale_after_s` 0 only a dead owner makes a lock file stale, so a lock file whose
+//! owner cannot be checked (another host's, or one written without a pid, as
+//! lockfile-progs and procmail's lockfile do by default) is never broken: liblockfile
+//! breaks such files after 5 minutes, and a user who wants the same passes 300.
 //!
 //! # Breaking a stale lock, and releasing: one protocol
 //!
@@ -76,9 +77,6 @@ use crate::sys;
 use crate::wait::{CallState, Deadline};
 use crate::{Backend, Error, Holder, Mode, Options, Result};
 
-/// Age after which a lock file whose owner cannot be checked is stale when no
-/// `stale_after_s` was given (liblockfile's rule).
-const PIDLESS_STALE: Duration = Duration::from_secs(300);
 const NFS_SUPER_MAGIC: i64 = 0x6969;
 const BACKOFF_FIRST: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
@@ -444,15 +442,18 @@ impl DotLock {
 
     /// The link protocol, with waits: see the module documentation.
     fn acquire(&self, call: &CallState, deadline: &Deadline) -> Result<()> {
-        let mut temp = self.temp_file()?;
         let mut watch: Option<OwnedFd> = None;
         // On NFS, or with no inotify watch left, the waits back off instead.
         let mut can_watch = self.local;
         let mut backoff = BACKOFF_FIRST;
         loop {
+            // A fresh temporary file for each attempt, removed right after it: a
+            // waiter killed while it waits leaves nothing behind.
+            let mut temp = self.temp_file()?;
             if self.link(&mut temp)? {
                 return Ok(());
             }
+            drop(temp);
             let (owner, recheck) = match self.inspect()? {
                 Found::Absent => continue,
                 Found::Stale(fd) => {
@@ -622,11 +623,7 @@ impl DotLock {
         if let Some(why) = dead {
             return Ok(why);
         }
-        let limit = match (self.stale_after, alive_pid) {
-            (Some(s), _) => Some(s),
-            (None, None) => Some(PIDLESS_STALE),
-            (None, Some(_)) => None,
-        };
+        let limit = self.stale_after;
         let age = age_of(st);
         if let Some(limit) = limit {
             if age >= limit {

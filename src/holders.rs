@@ -61,6 +61,9 @@ fn parse(line: &str, key: InodeKey) -> Option<ProcLock> {
         return None;
     }
     let start: u64 = f.next()?.parse().ok()?;
+    if start >= RESERVED {
+        return None; // the library's own (the fair queue), not a user's lock
+    }
     let end = match f.next()? {
         "EOF" => RESERVED,
         e => e.parse::<u64>().ok()?.saturating_add(1).min(RESERVED),

@@ -260,14 +260,17 @@ unsafe extern "C" fn before_fork() {
     FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
     let guard = table();
     FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
+    crate::fair::before_fork();
 }
 
 unsafe extern "C" fn after_fork_in_parent() {
+    crate::fair::after_fork_in_parent();
     FORK_GUARD.with(|g| g.borrow_mut().take());
 }
 
 unsafe extern "C" fn after_fork_in_child() {
     crate::sys::forget_ids();
+    crate::fair::after_fork_in_child();
     FORK_GUARD.with(|g| {
         if let Some(table) = g.borrow_mut().as_mut() {
             table.forget_what_fork_does_not_inherit();
@@ -276,8 +279,9 @@ unsafe extern "C" fn after_fork_in_child() {
     });
 }
 
-/// Installs fork handlers once: the table is locked across `fork()` so that a child
-/// never inherits it half-updated or locked by a thread it does not have.
+/// Installs fork handlers once: the table (and then the registry of fair queue
+/// descriptions, [`crate::fair`]) is locked across `fork()` so that a child never
+/// inherits it half-updated or locked by a thread it does not have.
 pub(crate) fn install_fork_handlers() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| crate::sys::at_fork(before_fork, after_fork_in_parent, after_fork_in_child));

@@ -13,6 +13,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use crate::backend;
+use crate::fair;
 use crate::holders::{self, ProcLock, Resolver};
 use crate::inode_table::{
     self, Conflict, Family, HandleId, Inode, InodeKey, Table, ThreadId, WaitRecord, fork_generation,
@@ -48,6 +49,8 @@ pub(crate) struct KernelLock {
     /// The process that last took a lock through the handle: only it deletes an
     /// UNLINK file.
     locker: AtomicI32,
+    /// [`flags::FAIR`]: the handle's place in the file's queue.
+    fair: Option<fair::Queue>,
 }
 
 /// The file a handle has open.
@@ -200,7 +203,10 @@ impl KernelLock {
             path: cpath,
             options: options.clone(),
         });
-        Ok(Self::register(fd, backend, key, name, writable, unlink))
+        let fair = options.flags & flags::FAIR != 0;
+        Ok(Self::register(
+            fd, backend, key, name, writable, unlink, fair,
+        ))
     }
 
     /// Makes a handle on an open descriptor, which is duplicated (the caller keeps
@@ -238,6 +244,7 @@ impl KernelLock {
             name,
             writable,
             None,
+            options.flags & flags::FAIR != 0,
         ))
     }
 
@@ -248,6 +255,7 @@ impl KernelLock {
         name: String,
         writable: bool,
         unlink: Option<Reopen>,
+        fair: bool,
     ) -> KernelLock {
         inode_table::install_fork_handlers();
         inode_table::table().inode(key).open_handles += 1;
@@ -263,6 +271,7 @@ impl KernelLock {
             opener: sys::getpid(),
             unlink,
             locker: AtomicI32::new(0),
+            fair: fair.then(fair::Queue::new),
         }
     }
 
@@ -329,7 +338,7 @@ impl KernelLock {
                 self.reopen()?;
                 continue;
             }
-            self.lock_on(call, &file, range, mode, deadline)?;
+            self.lock_queued(call, &file, range, mode, deadline)?;
             if self.unlink.is_none() {
                 return Ok(());
             }
@@ -414,6 +423,32 @@ impl KernelLock {
         table.forget_if_unused(old_key);
         table.inode(key).open_handles += 1;
         Ok(())
+    }
+
+    /// [`flags::FAIR`]: takes the lock through the file's queue ([`crate::fair`]);
+    /// otherwise [`KernelLock::lock_on`].
+    fn lock_queued(
+        &self,
+        call: &CallState,
+        file: &OpenFile,
+        range: ByteRange,
+        mode: Mode,
+        deadline: &Deadline,
+    ) -> Result<()> {
+        let Some(queue) = &self.fair else {
+            return self.lock_on(call, file, range, mode, deadline);
+        };
+        let entry = fair::Entry {
+            fd: file.fd(),
+            key: file.key,
+            handle: self.id,
+            family: Family::from(self.backend),
+            mode,
+            name: &self.name,
+        };
+        queue.lock(&entry, deadline, call, |d| {
+            self.lock_on(call, file, range, mode, d)
+        })
     }
 
     /// Takes `mode` on `range` of `file`: the lock call without the UNLINK checks.
@@ -671,7 +706,8 @@ impl KernelLock {
     }
 
     /// Releases `range`; under UNLINK, deletes the file first when this is the
-    /// handle's last lock on it and it can hold the whole file exclusively now.
+    /// handle's last lock on it and it can hold the whole file exclusively now (and no
+    /// fair waiter is in line for it: they would lose their places).
     fn release(&self, file: &OpenFile, table: &mut Table, range: ByteRange) -> Result<()> {
         if self.unlink.is_some()
             && sys::getpid() == self.locker.load(Ordering::Relaxed)
@@ -681,6 +717,7 @@ impl KernelLock {
                         .iter()
                         .all(|(r, _)| range.start <= r.start && r.end <= range.end)
             })
+            && !fair::anyone_in_line(file.fd())
             && self.hold_whole_exclusive(file, table)
         {
             self.unlink_if_ours(file);
@@ -910,6 +947,9 @@ impl KernelLock {
             }
         }
         table.inode(key).holdings.retain(|h| h.handle != self.id);
+        if let Some(queue) = &mut self.fair {
+            queue.close(&mut table);
+        }
         let fd = file.fd.expect("put back above");
         let keep_open = table.has_posix_locks(key);
         let inode = table.inode(key);

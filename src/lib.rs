@@ -39,6 +39,7 @@ mod backend;
 pub mod capi;
 mod dotlock;
 mod error;
+mod fair;
 mod holders;
 mod inode_table;
 mod kernel_lock;
@@ -134,7 +135,31 @@ pub mod flags {
     /// processes never both believe they hold the lock, provided everyone who deletes
     /// the file does it this way.
     pub const UNLINK: u32 = 8;
-    /// FIFO hand-off among fair waiters (not supported yet).
+    /// First come, first served among the handles that use this flag on one file
+    /// (FLOCK, OFD and POSIX): a released lock goes to the longest waiter, the releaser
+    /// never takes it back ahead of a waiter, no waiter sees more than N-1 grants go
+    /// past it (N handles), and shared waiters queued together are granted together.
+    ///
+    /// The queue is kept in kernel locks at the file's reserved offsets (2^62 and
+    /// above), taken through a private read-write open file description of the file
+    /// (opened through `/proc/self/fd`): there is no sidecar file, and a participant
+    /// that dies at any moment leaves the queue working. Timeouts and
+    /// [`crate::Lock::cancel`] work while queued and take the waiter out of the line.
+    /// Handles without the flag still conflict as usual but do not queue: they may take
+    /// a free lock ahead of fair waiters.
+    ///
+    /// Fairness is per file, not per range: one queue orders all fair calls on a file
+    /// (one queue for FLOCK handles, one for OFD and POSIX handles), so a fair call may
+    /// wait behind an earlier fair waiter for another range. A handle that already holds
+    /// a lock on the file, or whose thread holds one through another handle, converts
+    /// or extends it without queueing. The first fair lock call opens the file
+    /// read-write: it fails (with that `open`'s error) on a file the process may only
+    /// read, on a directory, on a read-only file system, or without /proc. With
+    /// [`UNLINK`], a release leaves the file in place while fair waiters are in line for
+    /// it. A fair call
+    /// costs a few more system calls than an unfair one, and a hand-off always goes to
+    /// another process, where without the flag the releaser often takes the lock back
+    /// at once: under contention, fewer grants per second.
     pub const FAIR: u32 = 16;
     /// Every flag this version knows.
     pub const ALL: u32 = CREATE | FOLLOW | INHERIT | UNLINK | FAIR;
@@ -149,9 +174,10 @@ pub struct Options {
     pub flags: u32,
     /// Permission bits for a created file; 0 means 0600 (the umask applies).
     pub create_mode: u32,
-    /// DOTLOCK: a lock file not refreshed for this many seconds is stale (0: only a
-    /// dead owner makes it stale, and, for a lock file whose owner cannot be checked —
-    /// another host's, or one without a pid — an age of 5 minutes, liblockfile's rule).
+    /// DOTLOCK: a lock file not refreshed for this many seconds is stale. 0: only a
+    /// dead owner makes it stale, so a lock file whose owner cannot be checked
+    /// (another host's, or one without a pid) is never broken; 300 matches
+    /// liblockfile's rule for such files.
     pub stale_after_s: u32,
 }
 

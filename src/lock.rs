@@ -69,17 +69,18 @@ fn backend_bits(options: &Options) -> Result<u32> {
             "the OFD and POSIX backends cannot be combined: choose one fcntl mechanism",
         ));
     }
-    if options.flags & flags::FAIR != 0 {
-        return Err(Error::new(
-            libc::EOPNOTSUPP,
-            "UNILOCK_FAIR is not supported yet",
-        ));
-    }
     let bits = if options.backends == 0 {
         Backend::Flock as u32
     } else {
         options.backends
     };
+    if options.flags & flags::FAIR != 0 && bits & Backend::Dotlock as u32 != 0 {
+        return Err(Error::new(
+            libc::EOPNOTSUPP,
+            "UNILOCK_FAIR needs the FLOCK, OFD or POSIX backend without DOTLOCK: a lock \
+             file has no queue",
+        ));
+    }
     if options.flags & flags::UNLINK != 0 {
         if bits & Backend::Dotlock as u32 != 0 {
             return Err(Error::new(
@@ -144,7 +145,11 @@ impl Lock {
     /// Makes a handle on an open descriptor, which is duplicated (the caller keeps
     /// `fd`). The duplicate shares the open file description: flock and OFD locks taken
     /// through the handle are the description's, as with flock(1) on a descriptor.
-    /// DOTLOCK and [`flags::UNLINK`] need a path: `EINVAL`.
+    /// The kernel therefore sees one owner in all handles made from descriptors of one
+    /// open file description: the library keeps them apart while they lock without
+    /// waiting, but two of them waiting at once for FLOCK or OFD locks held elsewhere
+    /// may both be granted. Make one handle per open file description (or open the
+    /// path). DOTLOCK and [`flags::UNLINK`] need a path: `EINVAL`.
     pub fn from_fd(fd: BorrowedFd<'_>, options: &Options) -> Result<Lock> {
         let bits = backend_bits(options)?;
         if bits & Backend::Dotlock as u32 != 0 {
@@ -256,7 +261,8 @@ impl Lock {
     /// `EBUSY` (another lock or unlock on this handle is in progress), `EOPNOTSUPP`
     /// (a byte range on a FLOCK or DOTLOCK handle, a shared DOTLOCK lock), `EINVAL` (a
     /// range into the reserved offsets at or above 2^62), `EACCES` (an exclusive fcntl
-    /// lock on a file opened read-only).
+    /// lock on a file opened read-only). [`flags::FAIR`]: the call queues behind earlier
+    /// fair callers (see there).
     pub fn lock(&self, mode: Mode, start: u64, len: u64, timeout: Option<Duration>) -> Result<()> {
         let range = self.range(start, len)?;
         if mode == Mode::Shared && self.dot.is_some() {

@@ -296,6 +296,10 @@ pub(crate) enum KernelCall {
 pub(crate) struct WaiterJob {
     fd: RawFd,
     call: KernelCall,
+    /// A non-blocking call the child makes on another descriptor as soon as `call`
+    /// succeeded (the fair queue lets the next in line move up without waiting for
+    /// this process to wake).
+    after_grant: Option<(RawFd, KernelCall)>,
     parent: libc::pid_t,
     /// 0 when the call returned success; written by the child before it exits.
     result: std::sync::atomic::AtomicI64,
@@ -306,9 +310,16 @@ impl WaiterJob {
         WaiterJob {
             fd,
             call,
+            after_grant: None,
             parent: getpid(),
             result: std::sync::atomic::AtomicI64::new(1),
         }
+    }
+
+    /// Makes `call` on `fd` once the job's call succeeded.
+    pub(crate) fn after_grant(mut self, fd: RawFd, call: KernelCall) -> Self {
+        self.after_grant = Some((fd, call));
+        self
     }
 
     /// True when the child's call returned success (even if it was then killed
@@ -374,21 +385,27 @@ extern "C" fn waiter_main(arg: *mut libc::c_void) -> libc::c_int {
     if raw_syscall3(libc::SYS_getppid, 0, 0, 0) != job.parent as isize {
         return libc::ESRCH;
     }
-    let r = match job.call {
-        KernelCall::Flock { op } => raw_syscall3(libc::SYS_flock, job.fd as usize, op as usize, 0),
-        KernelCall::Fcntl { cmd, ref fl } => raw_syscall3(
+    let raw_call = |fd: RawFd, call: &KernelCall| match call {
+        KernelCall::Flock { op } => raw_syscall3(libc::SYS_flock, fd as usize, *op as usize, 0),
+        KernelCall::Fcntl { cmd, fl } => raw_syscall3(
             libc::SYS_fcntl,
-            job.fd as usize,
-            cmd as usize,
+            fd as usize,
+            *cmd as usize,
             fl as *const libc::flock as usize,
         ),
     };
+    let r = raw_call(job.fd, &job.call);
+    if r == 0 {
+        if let Some((fd, call)) = &job.after_grant {
+            raw_call(*fd, call);
+        }
+    }
     job.result
         .store(r as i64, std::sync::atomic::Ordering::SeqCst);
     if r < 0 { (-r) as libc::c_int } else { 0 }
 }
 
-/// Stack size of a waiter child: it makes four system calls and nothing else.
+/// Stack size of a waiter child: it makes five system calls and nothing else.
 const WAITER_STACK: usize = 16 * 1024;
 
 /// A live waiter child: its pid, a descriptor that becomes readable when it exits (a
@@ -468,6 +485,25 @@ pub(crate) fn spawn_shared_waiter(_job: &WaiterJob) -> Result<Waiter, Errno> {
     Err(libc::ENOSYS)
 }
 
+thread_local! {
+    /// True in the thread that forks a waiter child, during the fork: fork handlers see
+    /// it in the child, which must keep the descriptors it waits on.
+    static FORKING_WAITER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True, in a fork handler, when the `fork()` is the one that makes a waiter child.
+pub(crate) fn forking_waiter() -> bool {
+    FORKING_WAITER.with(|f| f.get())
+}
+
+/// Closes a descriptor in a child right after `fork()`, ignoring errors: one the parent
+/// owns for itself, which no value in the child will use or close again.
+pub(crate) fn close_inherited(fd: RawFd) {
+    // SAFETY: `fd` is the child's copy of a descriptor its owner in the parent keeps;
+    // the child's copies of that owner never close or use it (they check the pid).
+    unsafe { libc::close(fd) };
+}
+
 /// Starts a waiter child with `fork(2)`: the fallback where a `CLONE_VM` child is
 /// refused. It shares the open file descriptions, so flock and OFD locks it obtains
 /// belong to the parent too; POSIX locks would be its own, so callers use this only
@@ -484,6 +520,7 @@ pub(crate) fn spawn_forked_waiter(job: &WaiterJob) -> Result<Waiter, Errno> {
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
     let old = block_all_signals();
+    FORKING_WAITER.with(|f| f.set(true));
     // SAFETY: the child makes only async-signal-safe calls (the lock call, _exit).
     let pid = unsafe { libc::fork() };
     if pid == 0 {
@@ -492,17 +529,23 @@ pub(crate) fn spawn_forked_waiter(job: &WaiterJob) -> Result<Waiter, Errno> {
         // on _exit. The parent learns the result by trying again without blocking.
         // SAFETY: the lock call on the inherited descriptor, then a signal to itself.
         unsafe {
-            match job.call {
-                KernelCall::Flock { op } => libc::flock(job.fd, op),
+            let call = |fd: RawFd, call: KernelCall| match call {
+                KernelCall::Flock { op } => libc::flock(fd, op),
                 KernelCall::Fcntl { cmd, mut fl } => {
-                    libc::fcntl(job.fd, cmd, &mut fl as *mut libc::flock)
+                    libc::fcntl(fd, cmd, &mut fl as *mut libc::flock)
                 }
             };
+            if call(job.fd, job.call) == 0 {
+                if let Some((fd, then)) = job.after_grant {
+                    call(fd, then);
+                }
+            }
             libc::kill(libc::getpid(), libc::SIGKILL);
             libc::_exit(1);
         }
     }
     let err = errno();
+    FORKING_WAITER.with(|f| f.set(false));
     restore_signals(&old);
     drop(write_end);
     if pid < 0 {

@@ -19,9 +19,9 @@
 //! fall back to retrying with a bounded backoff (1 ms doubling to 25 ms), still
 //! cancellable and still ending on time.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::OnceLock;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::sys::{self, ChildExit, Errno, KernelCall, WaiterJob};
@@ -86,10 +86,15 @@ const CANCELLED: u32 = 4;
 /// remembered (no stale cancel), while a cancel that lands at any moment of a lock call
 /// — before it starts to sleep or during the sleep — is seen by it (no lost cancel):
 /// the call checks CANCELLED after it has armed the eventfd and before each sleep.
+///
+/// `after_grant` is set by the fair queue ([`crate::fair`]) around the call's wait for
+/// the lock itself: the waiter child makes that call as soon as it gets the lock. It is
+/// only touched by the lock call in progress, under its mutex.
 #[derive(Default)]
 pub(crate) struct CallState {
     bits: AtomicU32,
     wake: OnceLock<OwnedFd>,
+    after_grant: Mutex<Option<(RawFd, KernelCall)>>,
 }
 
 /// Marks a call in progress; clears the state when dropped.
@@ -147,6 +152,17 @@ impl CallState {
         self.bits.load(Ordering::SeqCst) & CANCELLED != 0
     }
 
+    /// Makes every waiter child of the lock call in progress make `call` on `fd` as soon
+    /// as it gets the lock, until [`CallState::clear_after_grant`].
+    pub(crate) fn set_after_grant(&self, fd: RawFd, call: KernelCall) {
+        *self.after_grant.lock().unwrap_or_else(|p| p.into_inner()) = Some((fd, call));
+    }
+
+    /// Undoes [`CallState::set_after_grant`].
+    pub(crate) fn clear_after_grant(&self) {
+        *self.after_grant.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// The eventfd that `cancel` signals, created on first use.
     pub(crate) fn wake_fd(&self) -> Result<BorrowedFd<'_>> {
         if let Some(fd) = self.wake.get() {
@@ -192,7 +208,10 @@ pub(crate) fn in_kernel(
     state: &CallState,
 ) -> Result<Option<Outcome>> {
     let wake = state.wake_fd()?;
-    let job = WaiterJob::new(fd.as_raw_fd(), call);
+    let mut job = WaiterJob::new(fd.as_raw_fd(), call);
+    if let Some((then_fd, then)) = *state.after_grant.lock().unwrap_or_else(|p| p.into_inner()) {
+        job = job.after_grant(then_fd, then);
+    }
     let waiter = match spawn(&job, owner_is_process) {
         Ok(Some(w)) => w,
         Ok(None) => return Ok(None),

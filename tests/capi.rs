@@ -204,7 +204,11 @@ fn unknown_bits_and_incompatible_backends_give_einval() {
 fn unsupported_backends_and_flags_give_eopnotsupp_with_a_message() {
     let dir = TempDir::new("capi-unsupported");
     for (what, backends, flags) in [
-        ("FAIR", 0, UNILOCK_CREATE | UNILOCK_FAIR),
+        (
+            "DOTLOCK|FAIR",
+            UNILOCK_BACKEND_DOTLOCK,
+            UNILOCK_CREATE | UNILOCK_FAIR,
+        ),
         (
             "DOTLOCK|UNLINK",
             UNILOCK_BACKEND_DOTLOCK,

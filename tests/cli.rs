@@ -792,10 +792,21 @@ fn unilock_usage_errors_exit_64() {
 fn unsupported_features_are_reported_as_such() {
     let dir = TempDir::new("unsupported");
     let file = dir.file("f");
-    let out = run(UNILOCK, &["--fair", file.as_str(), "true"]);
-    assert_eq!(out.code, 69, "{}", out.stderr);
-    assert!(out.stderr.starts_with("unilock: --fair"), "{}", out.stderr);
-    assert!(out.stderr.contains("not supported"), "{}", out.stderr);
+    for (args, option) in [
+        (&["--fair", "-b", "dotlock"][..], "--fair"),
+        (&["--unlink", "-b", "flock,ofd"], "--unlink"),
+    ] {
+        let mut all = args.to_vec();
+        all.extend([file.as_str(), "true"]);
+        let out = run(UNILOCK, &all);
+        assert_eq!(out.code, 69, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .starts_with(&format!("unilock: {option}: not supported")),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
 }
 
 #[test]
@@ -819,6 +830,76 @@ fn dotlock_makes_the_lock_file_for_the_command_and_a_held_one_fails_n() {
     let out = run(UNILOCK, &["-b", "dotlock,ofd", &mbox, "sh", "-c", &check]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(!Path::new(&format!("{mbox}.lock")).exists());
+}
+
+/// Places in line in the fair queue of FLOCK handles (at offset 2^62 + 2^60 + 1 and
+/// above, src/fair.rs), seen from a descriptor of this process with `F_OFD_GETLK`.
+fn flock_queue_length(file: &str) -> usize {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    let (first, end): (u64, u64) = ((1 << 62) + (1 << 60) + 1, (1 << 62) + (2 << 60));
+    let mut from = first;
+    let mut count = 0;
+    while from < end {
+        // SAFETY: struct flock is plain data; all-zero bytes are valid.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as i16;
+        fl.l_whence = libc::SEEK_SET as i16;
+        fl.l_start = from as i64;
+        fl.l_len = (end - from) as i64;
+        // SAFETY: F_OFD_GETLK on an open descriptor with a valid struct flock.
+        assert_eq!(
+            unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) },
+            0
+        );
+        if fl.l_type == libc::F_UNLCK as i16 {
+            break;
+        }
+        count += 1;
+        from = fl.l_start as u64 + fl.l_len as u64;
+    }
+    count
+}
+
+/// `--fair` waiters run their commands in the order they came, behind a holder that
+/// does not use the flag (flock(1) where installed: the default backend excludes it).
+#[test]
+fn fair_waiters_run_in_the_order_they_came() {
+    let dir = TempDir::new("cli-fair");
+    let file = dir.file("f");
+    let log = dir.path("log");
+    let holder = Holder::start(tools()[0], &[], &file);
+    let mut waiters = Vec::new();
+    for (i, name) in ["first", "second", "third"].iter().enumerate() {
+        let script = format!("echo {name} >> '{log}'");
+        let child = Command::new(UNILOCK)
+            .args(["--fair", "-w", "10", &file, "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        waiters.push(child);
+        let start = Instant::now();
+        while flock_queue_length(&file) != i + 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{name} is not in line"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    drop(holder);
+    for mut w in waiters {
+        assert!(w.wait().unwrap().success());
+    }
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "first\nsecond\nthird\n"
+    );
+    assert_eq!(flock_queue_length(&file), 0);
 }
 
 #[test]

@@ -330,13 +330,16 @@ fn staleness_follows_the_record() {
             assert!(l.query(Mode::Exclusive, 0, 0).unwrap().is_some());
         }
     }
-    // By age: a file without a checkable owner after liblockfile's 5 minutes; any file
-    // after stale_after_s; a live owner's file never with stale_after_s 0.
+    // By age: never with stale_after_s 0, even without a checkable owner; any file
+    // after stale_after_s (300 is liblockfile's rule for files without a pid).
     std::fs::write(&path, "").unwrap();
-    age(&path, 301);
-    assert_eq!(l.query(Mode::Exclusive, 0, 0).unwrap(), None);
-    l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
-    l.unlock(0, 0).unwrap();
+    age(&path, 3600);
+    assert!(l.query(Mode::Exclusive, 0, 0).unwrap().is_some());
+    assert_eq!(errno(l.lock(Mode::Exclusive, 0, 0, TRY)), libc::EAGAIN);
+    let liblockfile_rule = Lock::open(&path, &stale_opts(300)).unwrap();
+    assert_eq!(liblockfile_rule.query(Mode::Exclusive, 0, 0).unwrap(), None);
+    liblockfile_rule.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    liblockfile_rule.unlock(0, 0).unwrap();
     std::fs::write(&path, format!("{live}\n")).unwrap();
     age(&path, 3600);
     assert_eq!(errno(l.lock(Mode::Exclusive, 0, 0, TRY)), libc::EAGAIN);

@@ -179,7 +179,8 @@ const (
 	// Unlink deletes the lock file once no lock is held on it, race-free (FLOCK, OFD,
 	// POSIX; see UNILOCK_UNLINK in unilock.h).
 	Unlink Flags = C.UNILOCK_UNLINK
-	// Fair hands the lock to the longest waiter (not in this version).
+	// Fair hands the lock to the longest waiter among Fair handles on the file
+	// (UNILOCK_FAIR: first come, first served; the releaser never barges).
 	Fair Flags = C.UNILOCK_FAIR
 )
 

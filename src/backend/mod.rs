@@ -48,6 +48,12 @@ impl KernelCall {
 
 /// A `struct flock` for `range` (clamped below the reserved offsets) and `mode`.
 pub(crate) fn record(range: ByteRange, mode: Option<Mode>) -> libc::flock {
+    raw_record(range.start, range.end.min(RESERVED) - range.start, mode)
+}
+
+/// A `struct flock` for `len` bytes from `start`, taken as they are: the library's own
+/// locks at the reserved offsets ([`crate::fair`]) use it.
+pub(crate) fn raw_record(start: u64, len: u64, mode: Option<Mode>) -> libc::flock {
     // SAFETY: struct flock is plain data for which all-zero bytes are valid.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = match mode {
@@ -56,8 +62,8 @@ pub(crate) fn record(range: ByteRange, mode: Option<Mode>) -> libc::flock {
         Some(Mode::Exclusive) => libc::F_WRLCK,
     } as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = range.start as libc::off_t;
-    fl.l_len = (range.end.min(RESERVED) - range.start) as libc::off_t;
+    fl.l_start = start as libc::off_t;
+    fl.l_len = len as libc::off_t;
     fl
 }
 

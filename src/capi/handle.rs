@@ -32,9 +32,9 @@ pub const UNILOCK_BACKEND_POSIX: unilock_backend = 4;
 /// with other backends the lock file is the path plus `.lock` (the mailbox
 /// convention). A lock file is stale, and broken by the next taker, when its owner is
 /// provably dead on this host (no such process, another process under that pid,
-/// another boot), when it was not refreshed (`unilock_touch`) for `stale_after_s`
-/// seconds, or, for a lock file whose owner cannot be checked (another host's, or one
-/// without a pid) when `stale_after_s` is 0, after 5 minutes (liblockfile's rule).
+/// another boot), or when it was not refreshed (`unilock_touch`) for `stale_after_s`
+/// seconds (0: never by age; a lock file whose owner cannot be checked, another host's
+/// or one without a pid, is then never broken; 300 matches liblockfile's rule).
 /// Breaking is race-free among unilock processes: a live lock file is never removed.
 /// Waits are woken by inotify, and by the owner's exit; on NFS they back off (5 ms
 /// doubling to 500 ms).
@@ -67,7 +67,20 @@ pub const UNILOCK_INHERIT: u32 = 4;
 /// process that took the lock deletes the file. Two processes never both believe they
 /// hold the lock.
 pub const UNILOCK_UNLINK: u32 = 8;
-/// FIFO hand-off among fair waiters; not supported in this version (`-EOPNOTSUPP`).
+/// First come, first served among the handles that use this flag on one file (FLOCK,
+/// OFD, POSIX; with DOTLOCK, alone or in a set, `-EOPNOTSUPP`): a released lock goes to the longest waiter, the releaser never takes it
+/// back ahead of a waiter, no waiter sees more than N-1 grants go past it, and shared
+/// waiters queued together are granted together. The queue lives in kernel locks at
+/// the file's reserved offsets (2^62 and above), taken through a private read-write
+/// open file description (opened through `/proc/self/fd`): no sidecar file, and a
+/// participant that dies at any moment leaves it working. Timeouts and `unilock_cancel`
+/// work while queued. Handles without the flag conflict as usual but do not queue.
+/// Fairness is per file, not per range: a fair call may wait behind an earlier fair
+/// waiter for another range (FLOCK handles have their own queue). A handle that holds a
+/// lock on the file, or whose thread holds one through another handle, converts or
+/// extends it without queueing. The first fair `unilock_lock` opens the file
+/// read-write and fails with that open's error where it cannot (a file the process may
+/// only read, a directory, a read-only file system, no /proc).
 pub const UNILOCK_FAIR: u32 = 16;
 
 /// How to open a handle. Set `size` to `sizeof(unilock_options)` (or call
@@ -86,7 +99,7 @@ pub struct unilock_options {
     /// Permission bits of a created file; 0 means 0600 (the umask applies).
     pub mode: u32,
     /// DOTLOCK: a lock file not refreshed this many seconds is stale; 0 = only a
-    /// dead owner makes it stale (and, for an owner that cannot be checked, 5 minutes).
+    /// dead owner makes it stale.
     pub stale_after_s: u32,
 }
 
@@ -238,8 +251,8 @@ pub extern "C" fn unilock_options_init(o: *mut unilock_options) {
 /// POSIX, and released in reverse (OFD together with POSIX: `-EINVAL`). A DOTLOCK-only
 /// handle creates nothing: `path` is the lock file, made while the lock is held (its
 /// directory must exist). In a set, `UNILOCK_CREATE` applies to `path`, never to
-/// `path.lock`. `UNILOCK_UNLINK` with DOTLOCK or with a set: `-EOPNOTSUPP`.
-/// Not supported in this version (`-EOPNOTSUPP`): `UNILOCK_FAIR`.
+/// `path.lock`. `UNILOCK_UNLINK` with DOTLOCK or with a set, and `UNILOCK_FAIR` with
+/// DOTLOCK: `-EOPNOTSUPP`.
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_open(
     path: *const c_char,
@@ -266,7 +279,10 @@ pub extern "C" fn unilock_open(
 /// Makes a handle on the open descriptor `fd`, which is duplicated (the caller keeps
 /// and closes `fd`). The duplicate shares the open file description, so FLOCK and OFD
 /// locks taken through the handle belong to that description, as with flock(1) on a
-/// descriptor. `UNILOCK_UNLINK` needs a path: `-EINVAL`.
+/// descriptor: handles made from descriptors of one open file description are one
+/// owner to the kernel (two of them waiting at once for FLOCK or OFD locks held
+/// elsewhere may both be granted), so make one handle per description. DOTLOCK and
+/// `UNILOCK_UNLINK` need a path: `-EINVAL`.
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_open_fd(
     fd: c_int,
@@ -341,7 +357,9 @@ pub extern "C" fn unilock_close(l: *mut unilock) -> c_int {
 /// handle), `-EOPNOTSUPP` (a byte range on a FLOCK handle), `-EINVAL` (bad mode, a
 /// range reaching the reserved offsets at or above 2^62), `-EACCES` (an exclusive
 /// OFD/POSIX lock on a file only readable), `-ENOLCK` (a POSIX handle in a forked
-/// child).
+/// child). With `UNILOCK_FAIR`: `-EAGAIN` also when a try finds earlier fair waiters in
+/// line, and the error of opening the file read-write for the queue (`-EACCES`,
+/// `-EISDIR`, `-EROFS`, `-ENOENT` without /proc).
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_lock(
     l: *mut unilock,

@@ -156,7 +156,8 @@ impl Drop for Peer {
 }
 
 /// The peer's command loop: `open NAME PATH BACKEND`, `open_unlink NAME PATH BACKEND`
-/// (with UNLINK), `open_bits NAME PATH BACKEND_BITS` (a set), `lock NAME MODE START LEN MS`,
+/// (with UNLINK), `open_fair NAME PATH BACKEND` (with FAIR), `open_bits NAME PATH
+/// BACKEND_BITS` (a set), `lock NAME MODE START LEN MS`,
 /// `unlock NAME START LEN`, `close NAME`, `exit`. Replies go to stdout after "@@ ".
 pub fn peer_loop() {
     let mut handles = std::collections::HashMap::new();
@@ -168,6 +169,16 @@ pub fn peer_loop() {
         let reply = match w.as_slice() {
             ["open", name, path, backend] => {
                 match Lock::open(Path::new(path), &opts(backend_named(backend))) {
+                    Ok(l) => {
+                        handles.insert(name.to_string(), l);
+                        "ok".to_string()
+                    }
+                    Err(e) => format!("err {}", e.errno()),
+                }
+            }
+            ["open_fair", name, path, backend] => {
+                let o = opts(backend_named(backend)).flags(flags::FAIR);
+                match Lock::open(Path::new(path), &o) {
                     Ok(l) => {
                         handles.insert(name.to_string(), l);
                         "ok".to_string()

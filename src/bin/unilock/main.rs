@@ -160,10 +160,15 @@ impl Cli {
     }
 
     /// flock's codes for a failed lock call (`subject` is the file or the descriptor
-    /// number): 71 for ENOLCK and ENOMEM, 65 otherwise.
+    /// number): 71 for ENOLCK and ENOMEM, 65 otherwise; 66 when `--fair` cannot open
+    /// the file read-write for its queue.
     fn lock_failed(&self, subject: &str, e: &Error, read_only_code: i32) -> Exit {
         match e.errno() {
             libc::EOPNOTSUPP => self.fail(EX_UNAVAILABLE, &unsupported(e)),
+            // The fair queue could not open the file read-write.
+            _ if e.detail().contains("UNILOCK_FAIR") => {
+                self.fail(EX_NOINPUT, &format!("--fair: {}", e.detail()))
+            }
             // A byte range into the offsets the library reserves.
             libc::EINVAL => self.fail(EX_USAGE, e.detail()),
             // An exclusive fcntl lock through a read-only descriptor.
@@ -213,7 +218,8 @@ impl Cli {
     }
 
     /// Takes the lock as the options say. `--verbose` waits in slices, saying who
-    /// holds the lock when the wait starts and whenever the holder changes.
+    /// holds the lock when the wait starts and whenever the holder changes (with
+    /// `--fair`, only when it starts: the wait keeps its place in line).
     fn acquire(&self, lock: &Lock, mode: Mode) -> Result<(), Error> {
         let (start, len) = self.inv.range;
         let timeout = self.inv.timeout;
@@ -234,6 +240,16 @@ impl Cli {
             _ => false,
         };
         let mut holder = self.say_holder(lock, mode, "waiting for the lock: ");
+        if self.inv.fair {
+            // A fair wait cut into slices would go to the back of the line each time.
+            let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+            return lock.lock(
+                mode,
+                start,
+                len,
+                left.map(|l| l.max(Duration::from_nanos(1))),
+            );
+        }
         loop {
             let slice = match deadline {
                 None => VERBOSE_RECHECK,
@@ -427,14 +443,14 @@ impl Cli {
 /// The library's "not supported yet", said with the option that asked for it.
 fn unsupported(e: &Error) -> String {
     let detail = e.detail();
-    let option = if detail.contains("UNLINK") {
-        "--unlink"
-    } else if detail.contains("FAIR") {
+    let option = if detail.contains("UNILOCK_FAIR") {
         "--fair"
+    } else if detail.contains("UNLINK") {
+        "--unlink"
     } else if detail.contains("DOTLOCK") {
         "--backend dotlock"
     } else {
         "--backend"
     };
-    format!("{option}: not supported by this version of the library: {detail}")
+    format!("{option}: not supported with these options: {detail}")
 }
