@@ -165,17 +165,3 @@ def test_a_read_only_lock_file_and_a_directory_can_be_locked(tmp_path):
     with unilock.FileLock(str(tmp_path), mode=os.stat(tmp_path).st_mode & 0o7777):
         pass
 
-
-def test_soft_file_lock_needs_dotlock(lock_path):
-    lock = unilock.SoftFileLock(lock_path)
-    try:
-        lock.acquire(timeout=0)
-    except OSError as e:
-        if e.errno != errno.EOPNOTSUPP:
-            raise
-        assert "DOTLOCK" in str(e)
-        assert lock.lock_counter == 0 and not lock.is_locked
-    else:  # a library with DOTLOCK: the lock file exists while held
-        assert os.path.exists(lock_path)
-        lock.release()
-        assert not os.path.exists(lock_path)

@@ -78,7 +78,8 @@ class _Context:
         self.mode = mode
         self.blocking = blocking
         self.handle: Optional[_Handle] = None
-        #: The descriptor the lock is held through, None when not held (as filelock's).
+        #: The descriptor the lock is held through, None when not held (as filelock's)
+        #: and for SoftFileLock, which holds none.
         self.lock_file_fd: Optional[int] = None
         self.lock_counter = 0
 
@@ -232,7 +233,7 @@ class BaseFileLock(contextlib.ContextDecorator, metaclass=_FileLockMeta):
 
     @property
     def is_locked(self) -> bool:
-        return self._context.lock_file_fd is not None
+        return self._context.handle is not None
 
     @property
     def lock_counter(self) -> int:
@@ -341,10 +342,12 @@ class BaseFileLock(contextlib.ContextDecorator, metaclass=_FileLockMeta):
                 # filelock would time out, so does this, without sleeping first.
                 raise Timeout(context.lock_file) from error(result.rc, result.detail, context.lock_file)
             raise error(result.rc, result.detail, context.lock_file)
+        # A DOTLOCK handle has no descriptor (its lock file exists only while held).
         fd = L.unilock_fd(handle.ptr)
-        self._fix_mode(fd)
+        if fd >= 0:
+            self._fix_mode(fd)
         context.handle = handle
-        context.lock_file_fd = fd
+        context.lock_file_fd = fd if fd >= 0 else None
 
     def _forget(self, handle: _Handle) -> None:
         with self._waiting_mutex:
@@ -396,22 +399,18 @@ UnixFileLock = FileLock
 
 
 class SoftFileLock(BaseFileLock):
-    """A lock by the existence of ``lock_file`` (unilock's DOTLOCK backend), as
-    filelock.SoftFileLock. The DOTLOCK backend is not in this version of libunilock:
-    acquiring raises OSError(EOPNOTSUPP) until it is."""
+    """A lock by the existence of ``lock_file``, as filelock.SoftFileLock, on unilock's
+    DOTLOCK backend: the lock file is made (by ``link()``, with ``mode``) when the lock
+    is taken and removed when it is released; any file at that path, filelock's empty
+    one included, means the lock is held. The file holds the owner's pid, start time,
+    host and boot id, so a lock file left by a process that died on this host is
+    broken (filelock's SoftFileLock waits for it forever). A wait is woken when the
+    file is removed; no descriptor is held (``lock_file_fd`` stays None)."""
 
     _backend = _lib.BACKEND_DOTLOCK
 
-    def _open_error(self, rc: int, detail: str) -> OSError:
-        if -rc == errno.EOPNOTSUPP:
-            return OSError(
-                errno.EOPNOTSUPP,
-                "SoftFileLock needs libunilock's DOTLOCK backend (lock files by existence), "
-                f"which libunilock {_lib.version()} does not support yet; use FileLock "
-                f"(flock) meanwhile [{detail}]",
-                self.lock_file,
-            )
-        return super()._open_error(rc, detail)
-
-    def _fix_mode(self, fd: int) -> None:
-        pass
+    def _acquire(self, timeout: float) -> None:
+        # As filelock does: a directory can never be the lock file.
+        if os.path.isdir(self.lock_file):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", self.lock_file)
+        super()._acquire(timeout)
