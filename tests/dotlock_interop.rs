@@ -337,6 +337,26 @@ fn a_lock_file_without_a_pid_is_stale_only_by_age() {
     }
 }
 
+/// SPEC: `stale_after_s` 0 means "only a dead owner", so a lock file without a pid is
+/// never broken by age then, even past liblockfile's 5 minutes (procmail without `-l`
+/// and filelock never break one either).
+#[test]
+fn with_stale_after_0_a_lock_file_without_a_pid_is_never_broken() {
+    let dir = TempDir::new("dot-no-pid-0");
+    for how in ["lockfile-create", "lockfile", "empty"] {
+        let path = lock_path(&dir, how);
+        tool_lock(how, &path);
+        age(&path, 3600);
+        let l = Lock::open(&path, &dotlock(0)).unwrap();
+        assert_eq!(
+            errno_of(l.lock(Mode::Exclusive, 0, 0, TRY)),
+            libc::EAGAIN,
+            "{how}: an hour-old lock file without a pid was broken with stale_after_s 0"
+        );
+        assert!(path.exists(), "{how}");
+    }
+}
+
 struct Outcome {
     code: i32,
     stderr: String,
