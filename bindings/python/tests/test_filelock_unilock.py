@@ -4,6 +4,7 @@ hand-off without polling, cancellation, interrupts."""
 import errno
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -123,6 +124,31 @@ def test_cancel_from_another_thread(peer, lock_path):
     t.join()
     assert e.value.errno == errno.ECANCELED
     assert lock.lock_counter == 0 and not lock.is_locked
+
+
+@pytest.mark.parametrize(("cls", "holder_kind"), [(unilock.FileLock, "filelock"), (unilock.SoftFileLock, "filelock-softfilelock")])
+def test_a_cancel_that_lands_at_any_moment_of_a_wait_ends_it(peer, lock_path, cls, holder_kind):
+    # In the main thread an acquire is a short first wait, then a helper's wait: a
+    # cancel that lands in the first one, as it times out, must still end the acquire.
+    peer(holder_kind, lock_path)
+    lock = cls(lock_path)
+    rng = random.Random(7)
+    for _ in range(100):
+        delay = rng.uniform(0, 0.004)
+
+        def cancel_after(delay=delay):
+            time.sleep(delay)
+            while not lock.cancel():
+                time.sleep(0.0001)
+
+        t = threading.Thread(target=cancel_after)
+        t.start()
+        began = time.monotonic()
+        with pytest.raises(InterruptedError):
+            lock.acquire(timeout=2)
+        t.join()
+        assert time.monotonic() - began < 1, f"a cancel after {delay * 1000:.2f} ms was lost"
+        assert not lock.is_locked and lock.lock_counter == 0
 
 
 def test_keyboard_interrupt_during_acquire_leaves_no_lock(peer, lock_path):

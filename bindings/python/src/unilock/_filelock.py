@@ -287,11 +287,11 @@ class BaseFileLock(contextlib.ContextDecorator, metaclass=_FileLockMeta):
     def cancel(self) -> bool:
         """Cancels the acquire calls waiting on this instance now, from any thread: they
         raise InterruptedError (errno ECANCELED). Returns True when one was waiting."""
-        L = _lib.lib()
         cancelled = False
+        # Under the mutex: an acquire closes its handle only after leaving the set.
         with self._waiting_mutex:
             for handle in self._waiting:
-                cancelled |= L.unilock_cancel(handle.ptr) == 1
+                cancelled |= _call.cancel(handle.ptr)
         return cancelled
 
     # -- the mechanism ------------------------------------------------------------
