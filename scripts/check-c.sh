@@ -367,10 +367,12 @@ done
 
 # The dynamic examples above really ran against the installed library.
 if [ -n "$first_bin" ]; then
-    if LD_LIBRARY_PATH=$libdir ldd "$first_bin" 2>&1 | grep -q "$so_name => $libdir/$so_name "; then
+    # Read whole first: under pipefail, `ldd | grep -q` fails when grep's early exit
+    # kills ldd with SIGPIPE.
+    LD_LIBRARY_PATH=$libdir ldd "$first_bin" >"$work/ldd.txt" 2>&1
+    if grep -q "$so_name => $libdir/$so_name " "$work/ldd.txt"; then
         pass "examples load $so_name from the installed $prefix/lib"
     else
-        LD_LIBRARY_PATH=$libdir ldd "$first_bin" >"$work/ldd.txt" 2>&1
         fail "examples do not load $so_name from the installed $prefix/lib" "$work/ldd.txt"
     fi
 fi

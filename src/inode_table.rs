@@ -53,12 +53,15 @@ pub(crate) struct InodeKey {
 pub(crate) enum Family {
     Flock,
     Fcntl,
+    /// DOTLOCK lock files (their keys are lock file names, not inodes).
+    Dotlock,
 }
 
 impl From<Backend> for Family {
     fn from(b: Backend) -> Self {
         match b {
             Backend::Flock => Family::Flock,
+            Backend::Dotlock => Family::Dotlock,
             _ => Family::Fcntl,
         }
     }

@@ -13,7 +13,10 @@
 //! - files are created 0600, opened close-on-exec, without following a symbolic link,
 //!   never written or truncated; FIFOs and devices are refused without blocking;
 //! - [`Lock::query`] and [`Lock::list`] say who holds a lock, with pid and command,
-//!   for OFD and flock locks too.
+//!   for OFD and flock locks too;
+//! - lock files by existence (DOTLOCK) are made NFS-safe by link(), name their owner,
+//!   and are broken race-free once stale; a set of backends (a mailbox's
+//!   `DOTLOCK|OFD`) is taken in order and rolled back on failure.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -34,9 +37,11 @@
 
 mod backend;
 pub mod capi;
+mod dotlock;
 mod error;
 mod holders;
 mod inode_table;
+mod kernel_lock;
 mod lock;
 pub mod range;
 mod sys;
@@ -85,7 +90,8 @@ pub enum Backend {
     Ofd = 2,
     /// POSIX record locks: byte ranges; the library makes each handle an owner.
     Posix = 4,
-    /// Lock files by existence (not supported yet).
+    /// Lock files by existence (liblockfile, lockfile(1), mailbox `.lock` files):
+    /// exclusive, whole file; see [`Options::stale_after_s`] and [`Lock::touch`].
     Dotlock = 8,
 }
 
@@ -144,7 +150,8 @@ pub struct Options {
     /// Permission bits for a created file; 0 means 0600 (the umask applies).
     pub create_mode: u32,
     /// DOTLOCK: a lock file not refreshed for this many seconds is stale (0: only a
-    /// dead owner makes it stale).
+    /// dead owner makes it stale, and, for a lock file whose owner cannot be checked —
+    /// another host's, or one without a pid — an age of 5 minutes, liblockfile's rule).
     pub stale_after_s: u32,
 }
 

@@ -1,26 +1,21 @@
-//! [`Lock`]: one lock owner on one file, over one kernel mechanism.
+//! [`Lock`]: one lock owner on one file, over one backend or a set of them.
 //!
-//! A call travels: argument checks here → the process table ([`crate::inode_table`]:
-//! does another handle of this process conflict? would waiting deadlock?) → the kernel
-//! ([`crate::backend`]) with a non-blocking attempt → if the lock is held by another
-//! process, a wait in the kernel ([`crate::wait`]) → the table records the result.
+//! A handle is one [`KernelLock`] (FLOCK, OFD or POSIX), a [`DotLock`], or a set: a
+//! DOTLOCK lock file and/or a FLOCK lock and/or an OFD or POSIX lock, taken in that
+//! order and released in reverse. Every part shares the handle's [`CallState`], so
+//! one cancel reaches whichever part is waiting.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use crate::backend;
-use crate::holders::{self, ProcLock, Resolver};
-use crate::inode_table::{
-    self, Conflict, Family, HandleId, Inode, InodeKey, Table, ThreadId, WaitRecord, fork_generation,
-};
+use crate::dotlock::DotLock;
+use crate::kernel_lock::KernelLock;
 use crate::range::ByteRange;
-use crate::sys;
-use crate::wait::{self, CallState, Deadline, Outcome};
+use crate::wait::{CallState, Deadline};
 use crate::{Backend, Error, Holder, Mode, Options, Result, flags};
 
 /// An open lock handle: one owner of locks on one file.
@@ -33,54 +28,24 @@ use crate::{Backend, Error, Holder, Mode, Options, Result, flags};
 ///
 /// Dropping the handle closes it: see [`Lock::close`].
 pub struct Lock {
-    /// The descriptor and the inode it names. Only an UNLINK handle changes them (in
-    /// [`Lock::lock`], when the file it opened was deleted or replaced): lock calls
-    /// read them under the read lock, the change takes the write lock. Lock order:
-    /// this lock before the table's.
-    file: RwLock<OpenFile>,
-    backend: Backend,
-    id: HandleId,
-    /// The path or descriptor, for messages.
-    name: String,
-    /// The process that opened the handle (POSIX locks are not inherited by children).
-    opener: i32,
-    /// [`flags::UNLINK`]: how to check and reopen the path.
-    unlink: Option<Reopen>,
-    /// The process that last took a lock through the handle: only it deletes an
-    /// UNLINK file.
-    locker: AtomicI32,
+    /// The kernel locks in taking order: FLOCK, then OFD or POSIX.
+    kernel: Vec<KernelLock>,
+    /// The DOTLOCK lock file, taken before the kernel locks.
+    dot: Option<DotLock>,
+    /// [`Backend`] bits.
+    backends: u32,
+    /// A set: what the whole handle holds (`NONE`, or a mode), to restore on failure.
+    held: AtomicU8,
     call: CallState,
 }
 
-/// The file a handle has open.
-struct OpenFile {
-    fd: Option<OwnedFd>,
-    key: InodeKey,
-    /// False when the file could only be opened read-only.
-    writable: bool,
-}
+const NONE: u8 = 0;
 
-impl OpenFile {
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.fd
-            .as_ref()
-            .expect("the descriptor lives until close")
-            .as_fd()
-    }
-}
+/// The backends a set takes, in order.
+const ORDER: [Backend; 3] = [Backend::Flock, Backend::Ofd, Backend::Posix];
 
-/// What an UNLINK handle needs to check that its file is still the one at the path,
-/// and to open the path again.
-struct Reopen {
-    path: CString,
-    options: Options,
-}
-
-/// Backoff bounds of the fallback used where no waiter child can take a POSIX lock.
-const BACKOFF_FIRST: Duration = Duration::from_millis(1);
-const BACKOFF_MAX: Duration = Duration::from_millis(25);
-
-fn resolve_backend(options: &Options) -> Result<Backend> {
+/// Checks the option bits; returns the backend bits (0 means FLOCK).
+fn backend_bits(options: &Options) -> Result<u32> {
     let known = Backend::Flock as u32
         | Backend::Ofd as u32
         | Backend::Posix as u32
@@ -110,129 +75,27 @@ fn resolve_backend(options: &Options) -> Result<Backend> {
             "UNILOCK_FAIR is not supported yet",
         ));
     }
-    match options.backends {
-        0 => Ok(Backend::Flock),
-        b if b == Backend::Flock as u32 => Ok(Backend::Flock),
-        b if b == Backend::Ofd as u32 => Ok(Backend::Ofd),
-        b if b == Backend::Posix as u32 => Ok(Backend::Posix),
-        b if b == Backend::Dotlock as u32 => Err(Error::new(
-            libc::EOPNOTSUPP,
-            "the DOTLOCK backend is not supported yet",
-        )),
-        _ => Err(Error::new(
-            libc::EOPNOTSUPP,
-            "sets of several backends are not supported yet: choose one",
-        )),
-    }
-}
-
-/// Refuses what cannot be locked safely: FIFOs, sockets and devices (opening them may
-/// block or have effects), and a symbolic link unless following was asked for.
-fn check_file_type(st: &libc::stat, name: &str) -> Result<()> {
-    let kind = match st.st_mode & libc::S_IFMT {
-        libc::S_IFREG | libc::S_IFDIR => return Ok(()),
-        libc::S_IFLNK => {
+    let bits = if options.backends == 0 {
+        Backend::Flock as u32
+    } else {
+        options.backends
+    };
+    if options.flags & flags::UNLINK != 0 {
+        if bits & Backend::Dotlock as u32 != 0 {
             return Err(Error::new(
-                libc::ELOOP,
-                format!("{name} is a symbolic link; pass UNILOCK_FOLLOW to lock its target"),
+                libc::EOPNOTSUPP,
+                "UNILOCK_UNLINK does not apply to DOTLOCK, whose lock file exists only while \
+                 the lock is held",
             ));
         }
-        libc::S_IFIFO => "a FIFO",
-        libc::S_IFSOCK => "a socket",
-        libc::S_IFCHR => "a character device",
-        libc::S_IFBLK => "a block device",
-        _ => "not a regular file",
-    };
-    Err(Error::new(
-        libc::EINVAL,
-        format!("{name} is {kind}: only regular files and directories can be locked"),
-    ))
-}
-
-fn key_of(st: &libc::stat) -> InodeKey {
-    InodeKey {
-        dev: st.st_dev,
-        ino: st.st_ino,
-    }
-}
-
-/// Opens the path as [`Lock::open`] describes: the descriptor, whether it is writable,
-/// and its inode.
-fn open_path(
-    cpath: &CString,
-    name: &str,
-    backend: Backend,
-    options: &Options,
-) -> Result<(OwnedFd, bool, InodeKey)> {
-    let follow = options.flags & flags::FOLLOW != 0;
-    match sys::stat(cpath, follow) {
-        Ok(st) => check_file_type(&st, name)?,
-        Err(libc::ENOENT) => {}
-        Err(e) => return Err(Error::sys(e, "stat", name)),
-    }
-    let mut base = libc::O_NOCTTY | libc::O_NONBLOCK;
-    if !follow {
-        base |= libc::O_NOFOLLOW;
-    }
-    if options.flags & flags::INHERIT == 0 {
-        base |= libc::O_CLOEXEC;
-    }
-    let accesses: &[libc::c_int] = if backend == Backend::Flock {
-        &[libc::O_RDONLY]
-    } else {
-        &[libc::O_RDWR, libc::O_RDONLY]
-    };
-    let create_mode = if options.create_mode == 0 {
-        0o600
-    } else {
-        options.create_mode
-    };
-    let mut last = libc::ENOENT;
-    let mut opened = None;
-    for (i, &access) in accesses.iter().enumerate() {
-        let more = i + 1 < accesses.len();
-        match sys::open(cpath, base | access, 0) {
-            Ok(fd) => {
-                opened = Some((fd, access == libc::O_RDWR));
-                break;
-            }
-            Err(libc::ENOENT) if options.flags & flags::CREATE != 0 => {
-                match sys::open(cpath, base | access | libc::O_CREAT, create_mode) {
-                    Ok(fd) => {
-                        opened = Some((fd, access == libc::O_RDWR));
-                        break;
-                    }
-                    Err(e) if more && matches!(e, libc::EACCES | libc::EROFS | libc::EPERM) => {
-                        last = e
-                    }
-                    Err(e) => return Err(Error::sys(e, "create", name)),
-                }
-            }
-            Err(e)
-                if more
-                    && matches!(
-                        e,
-                        libc::EACCES | libc::EROFS | libc::EISDIR | libc::ETXTBSY | libc::EPERM
-                    ) =>
-            {
-                last = e
-            }
-            Err(libc::ELOOP) if !follow => {
-                return Err(Error::new(
-                    libc::ELOOP,
-                    format!("{name} is a symbolic link; pass UNILOCK_FOLLOW to lock its target"),
-                ));
-            }
-            Err(e) => return Err(Error::sys(e, "open", name)),
+        if bits.count_ones() > 1 {
+            return Err(Error::new(
+                libc::EOPNOTSUPP,
+                "UNILOCK_UNLINK needs a single backend (FLOCK, OFD or POSIX)",
+            ));
         }
     }
-    let Some((fd, writable)) = opened else {
-        return Err(Error::sys(last, "open", name));
-    };
-    let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", name))?;
-    check_file_type(&st, name)?;
-    sys::clear_nonblock(fd.as_fd()).map_err(|e| Error::sys(e, "fcntl(F_SETFL)", name))?;
-    Ok((fd, writable, key_of(&st)))
+    Ok(bits)
 }
 
 impl Lock {
@@ -251,124 +114,119 @@ impl Lock {
     /// file deleted or replaced opens the path again, and the release of the handle's
     /// last lock deletes the file when it can hold it whole and exclusively (see
     /// [`flags::UNLINK`]).
+    ///
+    /// DOTLOCK alone: `path` is the lock file, which exists only while the lock is
+    /// held; opening creates nothing (its directory must exist). In a set with other
+    /// backends the lock file is `path` plus `.lock` (the mailbox convention) and the
+    /// kernel locks are taken on `path` ([`flags::CREATE`] applies to `path` only).
     pub fn open(path: impl AsRef<Path>, options: &Options) -> Result<Lock> {
-        let backend = resolve_backend(options)?;
+        let bits = backend_bits(options)?;
         let path = path.as_ref();
         let name = path.display().to_string();
         let cpath = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| Error::new(libc::EINVAL, "the path contains a NUL byte"))?;
-        let (fd, writable, key) = open_path(&cpath, &name, backend, options)?;
-        let unlink = (options.flags & flags::UNLINK != 0).then(|| Reopen {
-            path: cpath,
-            options: options.clone(),
-        });
-        Ok(Self::register(fd, backend, key, name, writable, unlink))
+        let dot = if bits & Backend::Dotlock as u32 == 0 {
+            None
+        } else if bits == Backend::Dotlock as u32 {
+            Some(DotLock::open(path, options)?)
+        } else {
+            let mut lock_file = PathBuf::from(path.as_os_str());
+            lock_file.as_mut_os_string().push(".lock");
+            Some(DotLock::open(&lock_file, options)?)
+        };
+        let mut kernel = Vec::new();
+        for b in ORDER.into_iter().filter(|&b| bits & b as u32 != 0) {
+            kernel.push(KernelLock::open(cpath.clone(), name.clone(), b, options)?);
+        }
+        Ok(Lock::assemble(kernel, dot, bits))
     }
 
     /// Makes a handle on an open descriptor, which is duplicated (the caller keeps
     /// `fd`). The duplicate shares the open file description: flock and OFD locks taken
     /// through the handle are the description's, as with flock(1) on a descriptor.
+    /// DOTLOCK and [`flags::UNLINK`] need a path: `EINVAL`.
     pub fn from_fd(fd: BorrowedFd<'_>, options: &Options) -> Result<Lock> {
-        let backend = resolve_backend(options)?;
-        let name = format!("descriptor {}", fd.as_raw_fd());
-        if options.flags & flags::UNLINK != 0 {
+        let bits = backend_bits(options)?;
+        if bits & Backend::Dotlock as u32 != 0 {
             return Err(Error::new(
                 libc::EINVAL,
-                "UNILOCK_UNLINK needs a path: a handle made from a descriptor cannot check \
-                 or delete the file at its path",
+                "the DOTLOCK backend needs a path: its lock file is made next to the file",
             ));
         }
-        let st = sys::fstat(fd).map_err(|e| Error::sys(e, "fstat", &name))?;
-        check_file_type(&st, &name)?;
-        let status = sys::status_flags(fd).map_err(|e| Error::sys(e, "fcntl(F_GETFL)", &name))?;
-        if status & libc::O_PATH != 0 {
-            return Err(Error::new(
-                libc::EBADF,
-                format!("{name} is an O_PATH descriptor"),
-            ));
+        let mut kernel = Vec::new();
+        for b in ORDER.into_iter().filter(|&b| bits & b as u32 != 0) {
+            kernel.push(KernelLock::from_fd(fd, b, options)?);
         }
-        let writable = status & libc::O_ACCMODE != libc::O_RDONLY;
-        let dup = sys::dup(fd, options.flags & flags::INHERIT == 0)
-            .map_err(|e| Error::sys(e, "dup", &name))?;
-        Ok(Self::register(
-            dup,
-            backend,
-            key_of(&st),
-            name,
-            writable,
-            None,
-        ))
+        Ok(Lock::assemble(kernel, None, bits))
     }
 
-    fn register(
-        fd: OwnedFd,
-        backend: Backend,
-        key: InodeKey,
-        name: String,
-        writable: bool,
-        unlink: Option<Reopen>,
-    ) -> Lock {
-        inode_table::install_fork_handlers();
-        inode_table::table().inode(key).open_handles += 1;
+    fn assemble(kernel: Vec<KernelLock>, dot: Option<DotLock>, backends: u32) -> Lock {
         Lock {
-            file: RwLock::new(OpenFile {
-                fd: Some(fd),
-                key,
-                writable,
-            }),
-            backend,
-            id: inode_table::next_handle_id(),
-            name,
-            opener: sys::getpid(),
-            unlink,
-            locker: AtomicI32::new(0),
+            kernel,
+            dot,
+            backends,
+            held: AtomicU8::new(NONE),
             call: CallState::default(),
         }
     }
 
-    fn file(&self) -> RwLockReadGuard<'_, OpenFile> {
-        self.file.read().unwrap_or_else(|p| p.into_inner())
+    /// The one kernel lock of a handle that is nothing else.
+    fn single(&self) -> Option<&KernelLock> {
+        match (&self.dot, self.kernel.as_slice()) {
+            (None, [k]) => Some(k),
+            _ => None,
+        }
     }
 
     /// The descriptor the handle locks through (for `fstat`, `poll`, passing to a
-    /// child). Closing it, or any other descriptor of the file, drops the process's
-    /// POSIX locks on the file: that is the kernel's rule, and why OFD is preferred.
-    /// An [`flags::UNLINK`] handle gets a new descriptor when a lock call finds that
-    /// its file was deleted or replaced: ask again after locking.
-    pub fn fd(&self) -> RawFd {
-        self.file().fd().as_raw_fd()
+    /// child); in a set, the FLOCK one if any, else the OFD or POSIX one. Closing it, or
+    /// any other descriptor of the file, drops the process's POSIX locks on the file:
+    /// that is the kernel's rule, and why OFD is preferred. An [`flags::UNLINK`] handle
+    /// gets a new descriptor when a lock call finds that its file was deleted or
+    /// replaced: ask again after locking. A DOTLOCK-only handle has no descriptor:
+    /// `EOPNOTSUPP`.
+    pub fn fd(&self) -> Result<RawFd> {
+        match self.kernel.first() {
+            Some(k) => Ok(k.fd()),
+            None => Err(Error::new(
+                libc::EOPNOTSUPP,
+                "a DOTLOCK handle has no descriptor: its lock file exists only while held",
+            )),
+        }
     }
 
-    /// The kernel mechanism of this handle.
+    /// The mechanism of this handle; for a set, the first one it takes.
     pub fn backend(&self) -> Backend {
-        self.backend
+        if self.dot.is_some() {
+            Backend::Dotlock
+        } else {
+            self.kernel[0].backend()
+        }
+    }
+
+    /// The [`Backend`] bits of this handle.
+    pub fn backends(&self) -> u32 {
+        self.backends
     }
 
     fn range(&self, start: u64, len: u64) -> Result<ByteRange> {
         let range = ByteRange::from_api(start, len)?;
-        if self.backend == Backend::Flock && !range.is_whole() {
+        let whole_only = Backend::Flock as u32 | Backend::Dotlock as u32;
+        if self.backends & whole_only != 0 && !range.is_whole() {
+            let which = if self.backends & Backend::Dotlock as u32 != 0 {
+                "DOTLOCK"
+            } else {
+                "FLOCK"
+            };
             return Err(Error::new(
                 libc::EOPNOTSUPP,
-                "the FLOCK backend locks whole files only (start 0, length 0); byte ranges \
-                 need the OFD or POSIX backend",
-            ));
-        }
-        Ok(range)
-    }
-
-    /// POSIX locks belong to the process that took them: a forked child gets none.
-    fn check_owner(&self) -> Result<()> {
-        if self.backend == Backend::Posix && sys::getpid() != self.opener {
-            return Err(Error::new(
-                libc::ENOLCK,
                 format!(
-                    "{}: this POSIX handle was opened by process {}; POSIX locks are not \
-                     inherited across fork, open a new handle in this process",
-                    self.name, self.opener
+                    "the {which} backend locks whole files only (start 0, length 0); byte \
+                     ranges need the OFD or POSIX backend alone"
                 ),
             ));
         }
-        Ok(())
+        Ok(range)
     }
 
     /// Takes `mode` on `len` bytes from `start` (`len` 0: to the end; `(0, 0)`: the
@@ -388,371 +246,65 @@ impl Lock {
     /// file under [`flags::CREATE`]) and locks that file, within the same timeout. The
     /// handle's descriptor ([`Lock::fd`]) is then a new one.
     ///
+    /// A set takes its backends in order (DOTLOCK, FLOCK, then OFD or POSIX) within the
+    /// one timeout; when one fails (held, timed out, cancelled), those taken by this
+    /// call are released, or converted back, so that the handle holds what it held
+    /// before.
+    ///
     /// Errors: `EAGAIN` (held, not waiting), `ETIMEDOUT`, `ECANCELED` ([`Lock::cancel`]),
     /// `EDEADLK` (only this process could end the wait; POSIX also from the kernel),
     /// `EBUSY` (another lock or unlock on this handle is in progress), `EOPNOTSUPP`
-    /// (a byte range on a flock handle), `EINVAL` (a range into the reserved offsets at
-    /// or above 2^62), `EACCES` (an exclusive fcntl lock on a file opened read-only).
+    /// (a byte range on a FLOCK or DOTLOCK handle, a shared DOTLOCK lock), `EINVAL` (a
+    /// range into the reserved offsets at or above 2^62), `EACCES` (an exclusive fcntl
+    /// lock on a file opened read-only).
     pub fn lock(&self, mode: Mode, start: u64, len: u64, timeout: Option<Duration>) -> Result<()> {
         let range = self.range(start, len)?;
-        let _call = self.call.begin(true)?;
-        self.check_owner()?;
-        let deadline = Deadline::after(timeout);
-        loop {
-            let file = self.file();
-            self.check_writable(&file, mode)?;
-            // UNLINK: a handle that held nothing may have opened a file that was deleted
-            // or replaced since. One that holds an OFD or POSIX lock keeps its file,
-            // which no UNLINK handle deletes while another holds a lock on it; a flock
-            // upgrade releases the shared lock while it waits, so it checks again.
-            let fresh = self.unlink.is_some()
-                && (self.backend == Backend::Flock
-                    || inode_table::table()
-                        .holding(file.key, self.id)
-                        .is_none_or(|h| h.ranges.is_empty()));
-            if fresh && self.is_stale(&file)? {
-                // Not worth waiting for: start on the file now at the path at once
-                // (a flock handle lets go of what it held on the old file).
-                self.release_range(&file, &mut inode_table::table(), ByteRange::WHOLE)?;
-                drop(file);
-                self.reopen()?;
-                continue;
-            }
-            self.lock_on(&file, range, mode, &deadline)?;
-            if self.unlink.is_none() {
-                return Ok(());
-            }
-            self.locker.store(sys::getpid(), Ordering::Relaxed);
-            if !fresh {
-                return Ok(());
-            }
-            let stale = self.is_stale(&file);
-            if matches!(stale, Ok(false)) {
-                return Ok(());
-            }
-            // Start again on the file now at the path: release, reopen, lock.
-            let released = {
-                let mut table = inode_table::table();
-                self.release_range(&file, &mut table, ByteRange::WHOLE)
-            };
-            drop(file);
-            stale?;
-            released?;
-            self.reopen()?;
-        }
-    }
-
-    fn check_writable(&self, file: &OpenFile, mode: Mode) -> Result<()> {
-        if mode == Mode::Exclusive && !file.writable && self.backend != Backend::Flock {
+        if mode == Mode::Shared && self.dot.is_some() {
             return Err(Error::new(
-                libc::EACCES,
-                format!(
-                    "{}: the file could only be opened read-only, and an exclusive {} lock \
-                     needs write access",
-                    self.name,
-                    self.backend.name()
-                ),
+                libc::EOPNOTSUPP,
+                "a DOTLOCK lock is exclusive only: a lock file cannot be shared",
             ));
         }
+        let _call = self.call.begin(true)?;
+        let deadline = Deadline::after(timeout);
+        if let Some(k) = self.single() {
+            return k.lock(&self.call, mode, range, &deadline);
+        }
+        let before = self.held.load(Ordering::Relaxed);
+        if let Some(d) = &self.dot {
+            d.lock(&self.call, &deadline)?;
+        }
+        for (i, k) in self.kernel.iter().enumerate() {
+            if let Err(e) = k.lock(&self.call, mode, range, &deadline) {
+                self.restore(i, before);
+                return Err(e);
+            }
+        }
+        self.held.store(mode as u8, Ordering::Relaxed);
         Ok(())
     }
 
-    /// UNLINK: true when the locked file is no longer the one at the path (deleted,
-    /// or replaced by another file).
-    fn is_stale(&self, file: &OpenFile) -> Result<bool> {
-        let Some(u) = &self.unlink else {
-            return Ok(false);
-        };
-        let st = sys::fstat(file.fd()).map_err(|e| Error::sys(e, "fstat", &self.name))?;
-        if st.st_nlink == 0 {
-            return Ok(true);
-        }
-        let follow = u.options.flags & flags::FOLLOW != 0;
-        match sys::stat(&u.path, follow) {
-            Ok(at_path) => Ok(key_of(&at_path) != file.key),
-            Err(libc::ENOENT) => Ok(true),
-            Err(e) => Err(Error::sys(e, "stat", &self.name)),
-        }
-    }
-
-    /// UNLINK: replaces the handle's file (which it holds no lock on) by the one now at
-    /// the path, created if missing under [`flags::CREATE`]. The old descriptor's close
-    /// is deferred while this process holds POSIX locks on the old file.
-    fn reopen(&self) -> Result<()> {
-        let u = self.unlink.as_ref().expect("only UNLINK handles reopen");
-        let (fd, writable, key) = open_path(&u.path, &self.name, self.backend, &u.options)?;
-        let mut file = self.file.write().unwrap_or_else(|p| p.into_inner());
-        let mut table = inode_table::table();
-        let old_key = file.key;
-        let old_fd = file.fd.replace(fd);
-        file.key = key;
-        file.writable = writable;
-        table
-            .inode(old_key)
-            .holdings
-            .retain(|h| h.handle != self.id);
-        let keep_open = table.has_posix_locks(old_key);
-        let old = table.inode(old_key);
-        old.open_handles = old.open_handles.saturating_sub(1);
-        if let Some(old_fd) = old_fd {
-            if keep_open {
-                old.deferred.push(old_fd);
-            }
-        }
-        table.settle(old_key);
-        table.forget_if_unused(old_key);
-        table.inode(key).open_handles += 1;
-        Ok(())
-    }
-
-    /// Takes `mode` on `range` of `file`: the lock call without the UNLINK checks.
-    fn lock_on(
-        &self,
-        file: &OpenFile,
-        range: ByteRange,
-        mode: Mode,
-        deadline: &Deadline,
-    ) -> Result<()> {
-        let key = file.key;
-        let me = sys::thread_id();
-        let family = Family::from(self.backend);
-        let record = WaitRecord {
-            key,
-            handle: self.id,
-            family,
-            range,
-            mode,
-        };
-        let fd = file.fd();
-        let mut backoff = BACKOFF_FIRST;
-        let mut table = inode_table::table();
-        loop {
-            let inode = table.inode(key);
-            let conflicts = inode.conflicts(self.id, family, range, mode);
-            if let Some(c) = conflicts.first() {
-                if deadline.is_try() {
-                    return Err(self.held_here(c));
-                }
-                if table.would_deadlock(me, conflicts.iter().map(|c| c.thread)) {
-                    return Err(self.deadlock(c, me));
-                }
-                self.check_wait(deadline)?;
-                let inode = table.inode(key);
-                inode.waiters += 1;
-                let cond = inode.cond.clone();
-                table.start_waiting(me, record);
-                table = match deadline.remaining() {
-                    None => cond.wait(table).unwrap_or_else(|p| p.into_inner()),
-                    Some(d) => {
-                        cond.wait_timeout(table, d)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0
-                    }
-                };
-                table.inode(key).waiters -= 1;
-                table.done_waiting(me);
-                continue;
-            }
-            // A flock holding is one whole-file segment at most.
-            let held_before = match inode.holding_mut(self.id) {
-                Some(h) if self.backend == Backend::Flock => h.ranges.iter().next().map(|(_, m)| m),
-                _ => None,
+    /// After part `failed` of a set failed: puts the parts before it, and the lock
+    /// file, back to what the handle held `before` (nothing, or a mode).
+    fn restore(&self, failed: usize, before: u8) {
+        let now = Deadline::after(Some(Duration::ZERO));
+        for k in self.kernel[..failed].iter().rev() {
+            let _ = match Mode::from_raw(u32::from(before)) {
+                None => k.unlock(ByteRange::WHOLE),
+                Some(m) => k.lock(&self.call, m, ByteRange::WHOLE, &now),
             };
-            match backend::apply(fd, self.backend, range, Some(mode)) {
-                Ok(()) => {
-                    self.record(inode, range, mode, me);
-                    return Ok(());
-                }
-                Err(e) if e == libc::EAGAIN || e == libc::EACCES => {}
-                Err(e) => {
-                    self.restore_flock(file, &mut table, held_before)?;
-                    return Err(self.kernel_error(e));
-                }
-            }
-            self.restore_flock(file, &mut table, held_before)?;
-            if deadline.is_try() {
-                return Err(Error::new(
-                    libc::EAGAIN,
-                    format!("{}: the lock is held by another process", self.name),
-                ));
-            }
-            self.check_wait(deadline)?;
-            let posix = self.backend == Backend::Posix;
-            if posix {
-                table.holding_mut(key, self.id, self.backend).pending = Some((range, mode));
-            }
-            table.start_waiting(me, record);
-            drop(table);
-            let call = backend::lock_call(self.backend, range, mode, true);
-            let outcome = wait::in_kernel(fd, call, posix, deadline, &self.call);
-            table = inode_table::table();
-            table.done_waiting(me);
-            if posix {
-                table.holding_mut(key, self.id, self.backend).pending = None;
-                table.settle(key);
-            }
-            let failure = match outcome? {
-                Some(Outcome::Granted) => {
-                    self.record(table.inode(key), range, mode, me);
-                    return Ok(());
-                }
-                Some(Outcome::Failed(e)) => {
-                    self.restore_flock(file, &mut table, held_before)?;
-                    return Err(self.kernel_error(e));
-                }
-                Some(Outcome::Unknown) => continue,
-                Some(Outcome::TimedOut) => libc::ETIMEDOUT,
-                Some(Outcome::Cancelled) => libc::ECANCELED,
-                None => {
-                    // No waiter child can hold a POSIX lock here: retry with backoff.
-                    drop(table);
-                    let nap = deadline.remaining().map_or(backoff, |r| r.min(backoff));
-                    wait::sleep(&self.call, nap)?;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    table = inode_table::table();
-                    continue;
-                }
-            };
-            // The wait was aborted; the lock may have been granted just before. One
-            // non-blocking attempt settles it: a grant that won the race is kept.
-            match backend::apply(fd, self.backend, range, Some(mode)) {
-                Ok(()) => {
-                    self.record(table.inode(key), range, mode, me);
-                    return Ok(());
-                }
-                Err(e) if e == libc::EAGAIN || e == libc::EACCES => {
-                    self.restore_flock(file, &mut table, held_before)?;
-                    return Err(if failure == libc::ETIMEDOUT {
-                        self.timed_out()
-                    } else {
-                        self.cancelled()
-                    });
-                }
-                Err(e) => {
-                    self.restore_flock(file, &mut table, held_before)?;
-                    return Err(self.kernel_error(e));
-                }
+        }
+        if before == NONE {
+            if let Some(d) = &self.dot {
+                let _ = d.unlock();
             }
         }
-    }
-
-    /// Fails when the call was cancelled or its deadline passed.
-    fn check_wait(&self, deadline: &Deadline) -> Result<()> {
-        if self.call.cancelled() {
-            return Err(self.cancelled());
-        }
-        if deadline.expired() {
-            return Err(self.timed_out());
-        }
-        Ok(())
-    }
-
-    fn cancelled(&self) -> Error {
-        Error::new(
-            libc::ECANCELED,
-            format!("{}: the wait for the lock was cancelled", self.name),
-        )
-    }
-
-    fn timed_out(&self) -> Error {
-        Error::new(
-            libc::ETIMEDOUT,
-            format!("{}: timed out waiting for the lock", self.name),
-        )
-    }
-
-    fn held_here(&self, c: &Conflict) -> Error {
-        let by = if c.thread == sys::thread_id() {
-            "this thread"
-        } else {
-            "another thread"
-        };
-        Error::new(
-            libc::EAGAIN,
-            format!(
-                "{}: the lock is held by another handle of this process ({} {} lock on bytes \
-                 {}..{}, taken by {by})",
-                self.name,
-                c.backend.name(),
-                c.mode.name(),
-                c.range.start,
-                c.range.end,
-            ),
-        )
-    }
-
-    fn deadlock(&self, c: &Conflict, me: ThreadId) -> Error {
-        let who = if c.thread == me {
-            "this thread holds it through another handle"
-        } else {
-            "another thread holds it and waits, directly or not, for this thread"
-        };
-        Error::new(
-            libc::EDEADLK,
-            format!("{}: waiting would deadlock: {who}", self.name),
-        )
-    }
-
-    fn kernel_error(&self, e: i32) -> Error {
-        let call = match self.backend {
-            Backend::Flock => "flock",
-            Backend::Ofd => "fcntl(F_OFD_SETLK)",
-            _ => "fcntl(F_SETLK)",
-        };
-        Error::sys(e, call, &self.name)
-    }
-
-    /// After a failed flock upgrade (the kernel dropped the shared lock), takes the
-    /// shared lock back without waiting; if that fails, records that nothing is held.
-    fn restore_flock(
-        &self,
-        file: &OpenFile,
-        table: &mut Table,
-        held_before: Option<Mode>,
-    ) -> Result<()> {
-        if self.backend != Backend::Flock || held_before != Some(Mode::Shared) {
-            return Ok(());
-        }
-        if backend::apply(
-            file.fd(),
-            Backend::Flock,
-            ByteRange::WHOLE,
-            Some(Mode::Shared),
-        )
-        .is_ok()
-        {
-            // UNLINK: the file may have been deleted while the lock was let go.
-            if !matches!(self.is_stale(file), Ok(true)) {
-                return Ok(());
-            }
-            let _ = backend::apply(file.fd(), Backend::Flock, ByteRange::WHOLE, None);
-        }
-        table
-            .holding_mut(file.key, self.id, self.backend)
-            .ranges
-            .clear(ByteRange::WHOLE);
-        table.settle(file.key);
-        Err(Error::new(
-            libc::ENOLCK,
-            format!(
-                "{}: the upgrade failed and the shared lock, which flock releases before an \
-                 upgrade, was taken by another process meanwhile: this handle holds nothing",
-                self.name
-            ),
-        ))
-    }
-
-    fn record(&self, inode: &mut Inode, range: ByteRange, mode: Mode, me: ThreadId) {
-        let h = inode.holding_or_new(self.id, self.backend);
-        h.ranges.set(range, mode);
-        h.thread = me;
-        h.fork_gen = fork_generation();
-        h.pending = None;
     }
 
     /// Releases `len` bytes from `start` (`(0, 0)`: everything this handle holds).
     /// Bytes the handle does not hold are ignored. For POSIX, bytes another handle of
-    /// this process holds keep that handle's lock in the kernel.
+    /// this process holds keep that handle's lock in the kernel. A set releases its
+    /// backends in reverse order.
     ///
     /// [`flags::UNLINK`]: when this releases the handle's last lock on the file, the
     /// file is deleted first if the handle can hold the whole file exclusively without
@@ -760,208 +312,63 @@ impl Lock {
     /// file succeeds) and the path still names it; otherwise (another holder, of this
     /// process or another) the file is left. Only the process that took the lock
     /// deletes it.
+    ///
+    /// DOTLOCK: removes the lock file if it is still this handle's; `ENOLCK` when
+    /// another process removed it meanwhile, judging it stale (see
+    /// [`Options::stale_after_s`] and [`Lock::touch`]).
     pub fn unlock(&self, start: u64, len: u64) -> Result<()> {
         let range = self.range(start, len)?;
         let _call = self.call.begin(false)?;
-        self.check_owner()?;
-        let file = self.file();
-        let mut table = inode_table::table();
-        self.release(&file, &mut table, range)
-    }
-
-    /// Releases `range`; under UNLINK, deletes the file first when this is the
-    /// handle's last lock on it and it can hold the whole file exclusively now.
-    fn release(&self, file: &OpenFile, table: &mut Table, range: ByteRange) -> Result<()> {
-        if self.unlink.is_some()
-            && sys::getpid() == self.locker.load(Ordering::Relaxed)
-            && table.holding(file.key, self.id).is_some_and(|h| {
-                !h.ranges.is_empty()
-                    && h.ranges
-                        .iter()
-                        .all(|(r, _)| range.start <= r.start && r.end <= range.end)
-            })
-            && self.hold_whole_exclusive(file, table)
-        {
-            self.unlink_if_ours(file);
-            return self.release_range(file, table, ByteRange::WHOLE);
+        if let Some(k) = self.single() {
+            return k.unlock(range);
         }
-        self.release_range(file, table, range)
-    }
-
-    /// True when the handle holds the whole file exclusively: it did, or a
-    /// non-blocking conversion got it (no other handle of this process and no other
-    /// process holds any lock on the file).
-    fn hold_whole_exclusive(&self, file: &OpenFile, table: &mut Table) -> bool {
-        let held = table
-            .holding(file.key, self.id)
-            .map(|h| h.ranges.iter().collect::<Vec<_>>())
-            .unwrap_or_default();
-        if held == [(ByteRange::WHOLE, Mode::Exclusive)] {
-            return true;
+        let mut result = Ok(());
+        for k in self.kernel.iter().rev() {
+            let r = k.unlock(range);
+            result = result.and(r);
         }
-        let family = Family::from(self.backend);
-        if !table
-            .conflicts(file.key, self.id, family, ByteRange::WHOLE, Mode::Exclusive)
-            .is_empty()
-        {
-            return false;
+        if let Some(d) = &self.dot {
+            result = result.and(d.unlock());
         }
-        // A failed flock conversion drops the shared lock: harmless, it is being
-        // released anyway.
-        if backend::apply(
-            file.fd(),
-            self.backend,
-            ByteRange::WHOLE,
-            Some(Mode::Exclusive),
-        )
-        .is_err()
-        {
-            return false;
-        }
-        table
-            .holding_mut(file.key, self.id, self.backend)
-            .ranges
-            .set(ByteRange::WHOLE, Mode::Exclusive);
-        true
-    }
-
-    /// Deletes the path if its last component is still the handle's file (never a
-    /// symbolic link to it). Called only while holding the whole file exclusively, so
-    /// no UNLINK handle can have replaced it in between. A file that cannot be deleted
-    /// (permissions) is left, as if another holder had it.
-    fn unlink_if_ours(&self, file: &OpenFile) {
-        let Some(u) = &self.unlink else {
-            return;
-        };
-        if sys::stat(&u.path, false).is_ok_and(|st| key_of(&st) == file.key) {
-            let _ = sys::unlink(&u.path);
-        }
-    }
-
-    /// Releases `range` in the kernel and the table.
-    fn release_range(&self, file: &OpenFile, table: &mut Table, range: ByteRange) -> Result<()> {
-        let key = file.key;
-        let fd = file.fd();
-        if self.backend == Backend::Posix {
-            let Some(h) = table.holding(key, self.id) else {
-                return Ok(());
-            };
-            if !table.others_hold_posix(key, self.id) {
-                // The common case: the process's kernel lock is this handle's alone.
-                for (piece, _) in h.ranges.overlapping(range) {
-                    backend::apply(fd, self.backend, piece, None)
-                        .map_err(|e| self.kernel_error(e))?;
-                }
-            } else {
-                let others = table.others_strongest(key, self.id, range);
-                for (piece, mode) in backend::posix::release_ops(&h.ranges, range, &others) {
-                    backend::apply(fd, self.backend, piece, mode)
-                        .map_err(|e| self.kernel_error(e))?;
-                }
-            }
-        } else {
-            backend::apply(fd, self.backend, range, None).map_err(|e| self.kernel_error(e))?;
-        }
-        let inode = table.inode(key);
-        if let Some(h) = inode.holding_mut(self.id) {
-            h.ranges.clear(range);
-        }
-        inode.settle();
-        Ok(())
+        self.held.store(NONE, Ordering::Relaxed);
+        result
     }
 
     /// Tells whether `mode` on the range could be taken now, taking nothing: `None`
     /// when it could, else one conflicting lock with its holder (pid and command
     /// resolved from /proc for OFD and flock holders too; `is_self` for this process).
     /// flock has no query call: its holders come from /proc/locks, so a flock query
-    /// fails where /proc cannot be read.
+    /// fails where /proc cannot be read. A DOTLOCK lock file that is stale is reported
+    /// free (a lock call would break it). A set reports the first conflict in taking
+    /// order.
     pub fn query(&self, mode: Mode, start: u64, len: u64) -> Result<Option<Holder>> {
         let range = self.range(start, len)?;
-        let file = self.file();
-        let key = file.key;
-        let family = Family::from(self.backend);
-        let me = sys::getpid();
-        let (here, own_flocks) = {
-            let table = inode_table::table();
-            let here = table
-                .conflicts(key, self.id, family, range, mode)
-                .first()
-                .copied();
-            let own: Vec<Mode> = table
-                .get(key)
-                .map(|i| {
-                    i.holdings
-                        .iter()
-                        .filter(|h| h.backend == Backend::Flock)
-                        .filter_map(|h| h.ranges.iter().map(|(_, m)| m).max())
-                        .collect()
-                })
-                .unwrap_or_default();
-            (here, own)
-        };
-        if let Some(c) = here {
-            return Ok(Some(Holder {
-                backend: c.backend,
-                mode: c.mode,
-                start: c.range.start,
-                len: c.range.api_len(),
-                pid: me,
-                is_self: true,
-                command: holders::command(me),
-            }));
-        }
-        let mut resolver = Resolver::new(key);
-        if self.backend == Backend::Flock {
-            let mut locks: Vec<ProcLock> = holders::proc_locks(key)?
-                .into_iter()
-                .filter(|l| l.backend == Backend::Flock)
-                .collect();
-            // This process's own flock locks (this handle's and compatible ones of its
-            // other handles) are not conflicts: take one line out for each.
-            for m in own_flocks {
-                let pos = locks
-                    .iter()
-                    .position(|l| l.mode == m && l.pid == me)
-                    .or_else(|| {
-                        locks
-                            .iter()
-                            .position(|l| l.mode == m && resolver.pid_of(l) == me)
-                    });
-                if let Some(p) = pos {
-                    locks.remove(p);
-                }
+        if let Some(d) = &self.dot {
+            if let Some(h) = d.query()? {
+                return Ok(Some(h));
             }
-            let hit = locks
-                .iter()
-                .find(|l| mode == Mode::Exclusive || l.mode == Mode::Exclusive);
-            return Ok(hit.map(|l| resolver.holder(l)));
         }
-        let found = backend::conflicting(file.fd(), self.backend, range, mode)
-            .map_err(|e| Error::sys(e, "fcntl(F_GETLK)", &self.name))?;
-        Ok(found.map(|(range, mode, pid)| {
-            let backend = if pid == -1 {
-                Backend::Ofd
-            } else {
-                Backend::Posix
-            };
-            let lock = ProcLock {
-                backend,
-                mode,
-                range,
-                pid,
-            };
-            let pid = resolver.pid_of(&lock);
-            resolver.holder_with_pid(&lock, pid)
-        }))
+        for k in &self.kernel {
+            if let Some(h) = k.query(mode, range)? {
+                return Ok(Some(h));
+            }
+        }
+        Ok(None)
     }
 
     /// Every lock on the file, from any process and any mechanism, as /proc/locks
-    /// shows it (POSIX locks of this process appear once, as the kernel holds them).
+    /// shows it (POSIX locks of this process appear once, as the kernel holds them),
+    /// and the DOTLOCK lock file's owner first when the handle has DOTLOCK and the lock
+    /// file exists (stale or not).
     pub fn list(&self) -> Result<Vec<Holder>> {
-        let key = self.file().key;
-        let locks = holders::proc_locks(key)?;
-        let mut resolver = Resolver::new(key);
-        Ok(locks.iter().map(|l| resolver.holder(l)).collect())
+        let mut out = match &self.dot {
+            Some(d) => d.list()?,
+            None => Vec::new(),
+        };
+        if let Some(k) = self.kernel.first() {
+            out.extend(k.list()?);
+        }
+        Ok(out)
     }
 
     /// Cancels the lock call in progress on this handle, from any thread: it returns
@@ -972,18 +379,26 @@ impl Lock {
         if !self.call.cancel() {
             return false;
         }
-        let key = self.file().key;
         // Wake a thread waiting for another handle of this process.
-        let table = inode_table::table();
-        if let Some(inode) = table.get(key).filter(|i| i.waiters > 0) {
-            inode.cond.notify_all();
+        for k in &self.kernel {
+            k.wake_waiters();
+        }
+        if let Some(d) = &self.dot {
+            d.wake_waiters();
         }
         true
     }
 
-    /// Refreshes a DOTLOCK lock file; for the kernel backends there is nothing to do.
+    /// DOTLOCK: refreshes the lock file's modification time, so that processes using
+    /// [`Options::stale_after_s`] (or liblockfile, after 5 minutes, for lock files
+    /// whose owner it cannot check) do not judge it stale; call it at least three
+    /// times per `stale_after_s`. `ENOLCK` when the lock file was removed by another
+    /// process meanwhile. No lock held, or no DOTLOCK: nothing to do.
     pub fn touch(&self) -> Result<()> {
-        Ok(())
+        match &self.dot {
+            Some(d) => d.touch(),
+            None => Ok(()),
+        }
     }
 
     /// Closes the handle, releasing what it holds, with two exceptions that follow
@@ -998,59 +413,21 @@ impl Lock {
     /// [`Lock::unlock`] of everything does: the file is deleted first when the handle
     /// can hold it whole and exclusively without waiting. A lock that stays with a
     /// forked child is not released, and the file not deleted; nor does a process
-    /// delete it that did not take the lock.
+    /// delete it that did not take the lock. Likewise a DOTLOCK lock file is removed
+    /// only by the process that made it.
     pub fn close(mut self) -> Result<()> {
         self.close_inner()
     }
 
     fn close_inner(&mut self) -> Result<()> {
-        let file = self.file.get_mut().unwrap_or_else(|p| p.into_inner());
-        let key = file.key;
-        let Some(fd) = file.fd.take() else {
-            return Ok(());
-        };
-        // The descriptor, back in place for the release (taken out again below).
-        let file = OpenFile {
-            fd: Some(fd),
-            key,
-            writable: file.writable,
-        };
-        // A flock or OFD lock taken before a fork may be shared with a child through the
-        // open file description: then it stays with the child. Only when a fork happened
-        // since the lock was taken is /proc searched for such a process (outside the
-        // table's lock: it reads other processes' descriptor lists).
-        let forked_since = inode_table::table()
-            .holding(key, self.id)
-            .is_some_and(|h| !h.ranges.is_empty() && h.fork_gen != fork_generation());
-        let shared_by_fork = forked_since
-            && self.backend != Backend::Posix
-            && holders::description_shared_elsewhere(file.fd(), key);
-        let mut table = inode_table::table();
         let mut result = Ok(());
-        if table
-            .holding(key, self.id)
-            .is_some_and(|h| !h.ranges.is_empty())
-        {
-            let release = match self.backend {
-                Backend::Posix => sys::getpid() == self.opener,
-                _ => !shared_by_fork,
-            };
-            if release {
-                result = self.release(&file, &mut table, ByteRange::WHOLE);
-            }
+        for k in self.kernel.iter_mut().rev() {
+            let r = k.close_inner();
+            result = result.and(r);
         }
-        table.inode(key).holdings.retain(|h| h.handle != self.id);
-        let fd = file.fd.expect("put back above");
-        let keep_open = table.has_posix_locks(key);
-        let inode = table.inode(key);
-        inode.open_handles = inode.open_handles.saturating_sub(1);
-        if keep_open {
-            inode.deferred.push(fd);
-        } else {
-            drop(fd);
+        if let Some(d) = &mut self.dot {
+            result = result.and(d.close());
         }
-        table.settle(key);
-        table.forget_if_unused(key);
         result
     }
 }
@@ -1064,9 +441,8 @@ impl Drop for Lock {
 impl std::fmt::Debug for Lock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lock")
-            .field("name", &self.name)
-            .field("backend", &self.backend)
-            .field("fd", &self.file().fd.as_ref().map(|f| f.as_raw_fd()))
+            .field("backends", &self.backends)
+            .field("kernel", &self.kernel)
             .finish()
     }
 }

@@ -200,18 +200,18 @@ pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
     unsafe { libc::read(fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
 }
 
-/// `ppoll(2)` for readability of up to two descriptors; `None` waits forever.
-/// Returns which of them are readable; both false on timeout. EINTR counts as
-/// "nothing ready" so that the caller re-checks its deadline.
-pub(crate) fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> Result<[bool; 2], Errno> {
-    let mut pfd = [libc::pollfd {
-        fd: -1,
+/// `ppoll(2)` for readability of `N` descriptors (-1 entries are ignored); `None`
+/// waits forever. Returns which of them are readable; all false on timeout. EINTR
+/// counts as "nothing ready" so that the caller re-checks its deadline.
+pub(crate) fn poll_readable<const N: usize>(
+    fds: [RawFd; N],
+    timeout: Option<Duration>,
+) -> Result<[bool; N], Errno> {
+    let mut pfd = fds.map(|fd| libc::pollfd {
+        fd,
         events: libc::POLLIN,
         revents: 0,
-    }; 2];
-    for (slot, fd) in pfd.iter_mut().zip(fds) {
-        slot.fd = *fd;
-    }
+    });
     let ts = timeout.map(|d| libc::timespec {
         tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
@@ -219,19 +219,19 @@ pub(crate) fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> Result<
     let tsp = ts
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `pfd` holds two valid pollfd entries (fd -1 is ignored by the kernel),
+    // SAFETY: `pfd` holds N valid pollfd entries (fd -1 is ignored by the kernel),
     // `tsp` is null or points to a live timespec, and the sigmask is null.
-    let rc = unsafe { libc::ppoll(pfd.as_mut_ptr(), 2, tsp, std::ptr::null()) };
+    let rc = unsafe { libc::ppoll(pfd.as_mut_ptr(), N as libc::nfds_t, tsp, std::ptr::null()) };
     if rc < 0 {
         let e = errno();
         return if e == libc::EINTR {
-            Ok([false, false])
+            Ok([false; N])
         } else {
             Err(e)
         };
     }
     let ready = |p: &libc::pollfd| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
-    Ok([ready(&pfd[0]), ready(&pfd[1])])
+    Ok(pfd.each_ref().map(ready))
 }
 
 /// Kills a waiter child with SIGKILL. Its pid cannot have been reused: the child is
@@ -271,8 +271,8 @@ pub(crate) fn reap(pid: libc::pid_t) -> Result<ChildExit, Errno> {
     })
 }
 
-/// `pidfd_open(2)`.
-fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
+/// `pidfd_open(2)`: a descriptor that becomes readable when process `pid` exits.
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
@@ -547,4 +547,148 @@ pub(crate) fn at_fork(
 ) {
     // SAFETY: the handlers are plain functions that live for the whole program.
     unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}
+
+/// Turns a descriptor just returned by a system call (or -1) into an owned one.
+fn owned(fd: libc::c_int) -> Result<OwnedFd, Errno> {
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: the call returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `openat(2)` relative to the directory `dir`.
+pub(crate) fn openat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> Result<OwnedFd, Errno> {
+    // SAFETY: `name` is NUL-terminated; openat does not keep the pointer.
+    let fd = retry(|| unsafe {
+        libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint)
+    })?;
+    owned(fd)
+}
+
+/// `linkat(2)` of `from` to `to`, both in the directory `dir`, not following links.
+pub(crate) fn linkat(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> Result<(), Errno> {
+    // SAFETY: both names are NUL-terminated; linkat does not keep the pointers.
+    retry(|| unsafe {
+        libc::linkat(
+            dir.as_raw_fd(),
+            from.as_ptr(),
+            dir.as_raw_fd(),
+            to.as_ptr(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+/// `unlinkat(2)` of a file in the directory `dir`.
+pub(crate) fn unlinkat(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+    // SAFETY: `name` is NUL-terminated; unlinkat does not keep the pointer.
+    retry(|| unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })?;
+    Ok(())
+}
+
+/// `fstatat(2)` of a name in the directory `dir`, not following a symbolic link.
+pub(crate) fn statat(dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat, Errno> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `name` is NUL-terminated and `st` is writable memory of the right size.
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(errno());
+    }
+    // SAFETY: fstatat succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `futimens(2)` setting both times to now.
+pub(crate) fn touch_now(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: a null `times` means "now" for both; the descriptor is valid.
+    let rc = unsafe { libc::futimens(fd.as_raw_fd(), std::ptr::null()) };
+    if rc != 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
+/// `write(2)` of the whole buffer.
+pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for reads of its length.
+        let n = retry(|| unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })?;
+        if n == 0 {
+            return Err(libc::EIO);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// `read(2)` of up to `buf.len()` bytes; returns how many.
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = retry(|| unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })?;
+    Ok(n as usize)
+}
+
+/// `pread(2)` of up to `buf.len()` bytes from the start of the file.
+pub(crate) fn read_start(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n =
+        retry(|| unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) })?;
+    Ok(n as usize)
+}
+
+/// A non-blocking, close-on-exec inotify descriptor watching the directory `dir` for
+/// `mask` events.
+pub(crate) fn inotify_dir(dir: BorrowedFd<'_>, mask: u32) -> Result<OwnedFd, Errno> {
+    // SAFETY: inotify_init1 takes flags only.
+    let ino = owned(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) })?;
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .expect("no NUL in a number");
+    // SAFETY: `path` is NUL-terminated; the kernel copies it.
+    let rc = unsafe { libc::inotify_add_watch(ino.as_raw_fd(), path.as_ptr(), mask) };
+    if rc < 0 {
+        return Err(errno());
+    }
+    Ok(ino)
+}
+
+/// Reads and discards what is pending on a non-blocking descriptor.
+pub(crate) fn drain(fd: BorrowedFd<'_>) {
+    let mut buf = [0u8; 4096];
+    while matches!(read(fd, &mut buf), Ok(n) if n > 0) {}
+}
+
+/// `kill(pid, 0)`: false only when no process has that pid (ESRCH).
+pub(crate) fn process_exists(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 sends nothing; it only checks that the pid exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || errno() != libc::ESRCH
+}
+
+/// The filesystem type (`f_type` of `fstatfs(2)`).
+pub(crate) fn fs_type(fd: BorrowedFd<'_>) -> Result<i64, Errno> {
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is writable memory of the right size.
+    let rc = unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(errno());
+    }
+    // SAFETY: fstatfs succeeded, so it filled `st`.
+    let kind = unsafe { st.assume_init() }.f_type;
+    #[allow(clippy::unnecessary_cast)] // its type differs between architectures
+    Ok(kind as i64)
 }

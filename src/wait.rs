@@ -148,7 +148,7 @@ impl CallState {
     }
 
     /// The eventfd that `cancel` signals, created on first use.
-    fn wake_fd(&self) -> Result<BorrowedFd<'_>> {
+    pub(crate) fn wake_fd(&self) -> Result<BorrowedFd<'_>> {
         if let Some(fd) = self.wake.get() {
             return Ok(fd.as_fd());
         }
@@ -220,7 +220,7 @@ pub(crate) fn in_kernel(
         if remaining == Some(Duration::ZERO) {
             return stop(Outcome::TimedOut);
         }
-        let ready = match sys::poll_readable(&fds, remaining) {
+        let ready = match sys::poll_readable(fds, remaining) {
             Ok(r) => r,
             Err(e) => {
                 stop(Outcome::Cancelled)?;
@@ -279,7 +279,7 @@ pub(crate) fn sleep(state: &CallState, d: Duration) -> Result<()> {
     if state.cancelled() {
         return Ok(());
     }
-    let ready = sys::poll_readable(&[wake.as_raw_fd()], Some(d))
+    let ready = sys::poll_readable([wake.as_raw_fd()], Some(d))
         .map_err(|e| Error::sys(e, "ppoll", "(backoff)"))?;
     if ready[0] {
         sys::eventfd_drain(wake);

@@ -204,13 +204,17 @@ fn unknown_bits_and_incompatible_backends_give_einval() {
 fn unsupported_backends_and_flags_give_eopnotsupp_with_a_message() {
     let dir = TempDir::new("capi-unsupported");
     for (what, backends, flags) in [
-        ("DOTLOCK", UNILOCK_BACKEND_DOTLOCK, UNILOCK_CREATE),
-        (
-            "FLOCK|OFD",
-            UNILOCK_BACKEND_FLOCK | UNILOCK_BACKEND_OFD,
-            UNILOCK_CREATE,
-        ),
         ("FAIR", 0, UNILOCK_CREATE | UNILOCK_FAIR),
+        (
+            "DOTLOCK|UNLINK",
+            UNILOCK_BACKEND_DOTLOCK,
+            UNILOCK_CREATE | UNILOCK_UNLINK,
+        ),
+        (
+            "FLOCK|OFD|UNLINK",
+            UNILOCK_BACKEND_FLOCK | UNILOCK_BACKEND_OFD,
+            UNILOCK_CREATE | UNILOCK_UNLINK,
+        ),
     ] {
         let path = dir.0.join(what.replace('|', "-"));
         let o = options(backends, flags);

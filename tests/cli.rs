@@ -792,22 +792,33 @@ fn unilock_usage_errors_exit_64() {
 fn unsupported_features_are_reported_as_such() {
     let dir = TempDir::new("unsupported");
     let file = dir.file("f");
-    for (args, option) in [
-        (&["-b", "dotlock"][..], "--backend dotlock"),
-        (&["-b", "flock,dotlock"], "--backend"),
-        (&["--fair"], "--fair"),
-    ] {
-        let mut all = args.to_vec();
-        all.extend([file.as_str(), "true"]);
-        let out = run(UNILOCK, &all);
-        assert_eq!(out.code, 69, "{args:?}: {}", out.stderr);
-        assert!(
-            out.stderr.starts_with(&format!("unilock: {option}")),
-            "{args:?}: {}",
-            out.stderr
-        );
-        assert!(out.stderr.contains("not supported"), "{}", out.stderr);
-    }
+    let out = run(UNILOCK, &["--fair", file.as_str(), "true"]);
+    assert_eq!(out.code, 69, "{}", out.stderr);
+    assert!(out.stderr.starts_with("unilock: --fair"), "{}", out.stderr);
+    assert!(out.stderr.contains("not supported"), "{}", out.stderr);
+}
+
+#[test]
+fn dotlock_makes_the_lock_file_for_the_command_and_a_held_one_fails_n() {
+    let dir = TempDir::new("cli-dotlock");
+    let lock = dir.path("app.lock");
+    let check = format!("head -n1 '{lock}'");
+    let out = run(UNILOCK, &["-b", "dotlock", &lock, "sh", "-c", &check]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The lock file names the unilock process, the parent of the command.
+    assert!(out.stdout.trim().parse::<u32>().is_ok(), "{}", out.stdout);
+    assert!(!Path::new(&lock).exists(), "the lock file was left");
+    std::fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+    let out = run(UNILOCK, &["-b", "dotlock", "-n", &lock, "true"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let out = run(UNILOCK, &["-b", "dotlock", "-w", "0.1", &lock, "true"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    // A mailbox: the set makes mbox.lock beside it.
+    let mbox = dir.file("mbox");
+    let check = format!("test -e '{mbox}.lock'");
+    let out = run(UNILOCK, &["-b", "dotlock,ofd", &mbox, "sh", "-c", &check]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!Path::new(&format!("{mbox}.lock")).exists());
 }
 
 #[test]

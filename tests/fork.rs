@@ -356,7 +356,7 @@ fn raw_posix_try(lock: &Lock, start: i64, len: i64) -> bool {
     fl.l_start = start;
     fl.l_len = len;
     // SAFETY: fcntl on a descriptor the handle owns, with a valid struct flock.
-    unsafe { libc::fcntl(lock.fd(), libc::F_SETLK, &fl) == 0 }
+    unsafe { libc::fcntl(lock.fd().unwrap(), libc::F_SETLK, &fl) == 0 }
 }
 
 /// A forked child's own POSIX handle waiting for bytes the parent holds gets them when

@@ -213,20 +213,23 @@ fn descriptors_are_close_on_exec_unless_inherit() {
     let file = std::fs::File::open(&path).unwrap();
     for b in ALL {
         let plain = Lock::open(&path, &opts(b)).unwrap();
-        assert!(cloexec(plain.fd()), "{b:?}: open without INHERIT");
+        assert!(cloexec(plain.fd().unwrap()), "{b:?}: open without INHERIT");
         let kept = Lock::open(&path, &opts(b).flags(flags::INHERIT)).unwrap();
-        assert!(!cloexec(kept.fd()), "{b:?}: open with INHERIT");
+        assert!(!cloexec(kept.fd().unwrap()), "{b:?}: open with INHERIT");
         let dup = Lock::from_fd(file.as_fd(), &opts(b)).unwrap();
-        assert!(cloexec(dup.fd()), "{b:?}: from_fd without INHERIT");
+        assert!(cloexec(dup.fd().unwrap()), "{b:?}: from_fd without INHERIT");
         let dup_kept = Lock::from_fd(file.as_fd(), &opts(b).flags(flags::INHERIT)).unwrap();
-        assert!(!cloexec(dup_kept.fd()), "{b:?}: from_fd with INHERIT");
+        assert!(
+            !cloexec(dup_kept.fd().unwrap()),
+            "{b:?}: from_fd with INHERIT"
+        );
     }
     // And exec really keeps or drops it.
     let plain = Lock::open(&path, &opts(Backend::Flock)).unwrap();
     let kept = Lock::open(&path, &opts(Backend::Flock).flags(flags::INHERIT)).unwrap();
     let real = std::fs::canonicalize(&path).unwrap();
-    assert_eq!(seen_after_exec(kept.fd()), real.to_str().unwrap());
-    assert_ne!(seen_after_exec(plain.fd()), real.to_str().unwrap());
+    assert_eq!(seen_after_exec(kept.fd().unwrap()), real.to_str().unwrap());
+    assert_ne!(seen_after_exec(plain.fd().unwrap()), real.to_str().unwrap());
     drop(file);
 }
 

@@ -24,7 +24,7 @@ fn unlink_opts(b: Backend) -> Options {
 fn ino_of_fd(l: &Lock) -> u64 {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat on the handle's open descriptor into writable memory.
-    assert_eq!(unsafe { libc::fstat(l.fd(), st.as_mut_ptr()) }, 0);
+    assert_eq!(unsafe { libc::fstat(l.fd().unwrap(), st.as_mut_ptr()) }, 0);
     // SAFETY: fstat succeeded.
     unsafe { st.assume_init() }.st_ino
 }

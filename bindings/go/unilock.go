@@ -146,7 +146,7 @@ const (
 	BackendOFD Backend = C.UNILOCK_BACKEND_OFD
 	// BackendPOSIX is POSIX record locks (F_SETLK); each handle is its own owner.
 	BackendPOSIX Backend = C.UNILOCK_BACKEND_POSIX
-	// BackendDotlock is lock files by existence (not in this version of the library).
+	// BackendDotlock is lock files by existence (liblockfile, lockfile(1), mailbox .lock files).
 	BackendDotlock Backend = C.UNILOCK_BACKEND_DOTLOCK
 )
 

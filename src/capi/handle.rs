@@ -25,7 +25,19 @@ pub const UNILOCK_BACKEND_FLOCK: unilock_backend = 1;
 pub const UNILOCK_BACKEND_OFD: unilock_backend = 2;
 /// POSIX record locks (`F_SETLK`): byte ranges; the library makes each handle an owner.
 pub const UNILOCK_BACKEND_POSIX: unilock_backend = 4;
-/// Lock files by existence (`path.lock`); not supported in this version.
+/// Lock files by existence, as liblockfile, lockfile(1), lockfile-progs and mail
+/// programs make them: made by link() from a unique temporary file, holding the
+/// owner's pid (first line, in ASCII), start time, host and boot id. Exclusive and
+/// whole-file only. Alone, the path given to `unilock_open` is the lock file; in a set
+/// with other backends the lock file is the path plus `.lock` (the mailbox
+/// convention). A lock file is stale, and broken by the next taker, when its owner is
+/// provably dead on this host (no such process, another process under that pid,
+/// another boot), when it was not refreshed (`unilock_touch`) for `stale_after_s`
+/// seconds, or, for a lock file whose owner cannot be checked (another host's, or one
+/// without a pid) when `stale_after_s` is 0, after 5 minutes (liblockfile's rule).
+/// Breaking is race-free among unilock processes: a live lock file is never removed.
+/// Waits are woken by inotify, and by the owner's exit; on NFS they back off (5 ms
+/// doubling to 500 ms).
 pub const UNILOCK_BACKEND_DOTLOCK: unilock_backend = 8;
 
 /// A lock mode (`UNILOCK_SHARED`, `UNILOCK_EXCLUSIVE`); a plain integer type for the
@@ -55,7 +67,7 @@ pub const UNILOCK_INHERIT: u32 = 4;
 /// process that took the lock deletes the file. Two processes never both believe they
 /// hold the lock.
 pub const UNILOCK_UNLINK: u32 = 8;
-/// FIFO hand-off among fair waiters; not supported in this version.
+/// FIFO hand-off among fair waiters; not supported in this version (`-EOPNOTSUPP`).
 pub const UNILOCK_FAIR: u32 = 16;
 
 /// How to open a handle. Set `size` to `sizeof(unilock_options)` (or call
@@ -73,7 +85,8 @@ pub struct unilock_options {
     pub flags: u32,
     /// Permission bits of a created file; 0 means 0600 (the umask applies).
     pub mode: u32,
-    /// DOTLOCK: not refreshed this many seconds = stale; 0 = only a dead owner.
+    /// DOTLOCK: a lock file not refreshed this many seconds is stale; 0 = only a
+    /// dead owner makes it stale (and, for an owner that cannot be checked, 5 minutes).
     pub stale_after_s: u32,
 }
 
@@ -220,8 +233,13 @@ pub extern "C" fn unilock_options_init(o: *mut unilock_options) {
 /// device gives `-EINVAL` without being opened. FLOCK handles use a read-only
 /// descriptor; OFD and POSIX handles a read-write one where permitted, else read-only
 /// (then only shared locks). The file is never written or truncated.
-/// Not yet supported (`-EOPNOTSUPP`): DOTLOCK, several backends, `UNILOCK_FAIR`.
-/// OFD together with POSIX: `-EINVAL`.
+///
+/// Several backend bits make a set, taken in the order DOTLOCK, FLOCK, then OFD or
+/// POSIX, and released in reverse (OFD together with POSIX: `-EINVAL`). A DOTLOCK-only
+/// handle creates nothing: `path` is the lock file, made while the lock is held (its
+/// directory must exist). In a set, `UNILOCK_CREATE` applies to `path`, never to
+/// `path.lock`. `UNILOCK_UNLINK` with DOTLOCK or with a set: `-EOPNOTSUPP`.
+/// Not supported in this version (`-EOPNOTSUPP`): `UNILOCK_FAIR`.
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_open(
     path: *const c_char,
@@ -311,6 +329,11 @@ pub extern "C" fn unilock_close(l: *mut unilock) -> c_int {
 /// fails, times out or is cancelled, the shared lock is taken back; if another process
 /// took an exclusive lock in between, the call returns `-ENOLCK` and the handle holds
 /// nothing.
+///
+/// A set takes its backends in order within the one timeout; when one of them fails
+/// (held, timed out, cancelled), what this call took is released or converted back, so
+/// the handle holds what it held before. DOTLOCK is exclusive only: `UNILOCK_SHARED`
+/// gives `-EOPNOTSUPP`; re-locking a held lock file is a no-op success.
 ///
 /// Other errors: `-EDEADLK` (only this process could end the wait: this thread holds
 /// the conflicting lock through another handle, or a cycle of this process's waits;
@@ -438,7 +461,11 @@ pub extern "C" fn unilock_cancel(l: *mut unilock) -> c_int {
     })
 }
 
-/// DOTLOCK: refreshes the lock file's time; the kernel backends: nothing, returns 0.
+/// DOTLOCK: refreshes the lock file's modification time so that it is not judged
+/// stale by age; call it at least three times per `stale_after_s` (and every minute or
+/// so when liblockfile users without pid checks share the lock file). `-ENOLCK` when
+/// another process removed the lock file meanwhile, judging it stale. Holding nothing,
+/// or the kernel backends: nothing to do, returns 0.
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_touch(l: *mut unilock) -> c_int {
     guard(|| {
@@ -449,11 +476,13 @@ pub extern "C" fn unilock_touch(l: *mut unilock) -> c_int {
 }
 
 /// The descriptor the handle locks through (owned by the handle: do not close it;
-/// closing any descriptor of the file drops the process's POSIX locks on it).
+/// closing any descriptor of the file drops the process's POSIX locks on it). In a set,
+/// the FLOCK descriptor if any, else the OFD or POSIX one. A DOTLOCK-only handle has
+/// none: `-EOPNOTSUPP`.
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_fd(l: *const unilock) -> c_int {
     guard(|| {
         // SAFETY: checks the tag of a caller's handle.
-        Ok(unsafe { handle(l) }?.fd())
+        unsafe { handle(l) }?.fd()
     })
 }

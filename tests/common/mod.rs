@@ -156,7 +156,7 @@ impl Drop for Peer {
 }
 
 /// The peer's command loop: `open NAME PATH BACKEND`, `open_unlink NAME PATH BACKEND`
-/// (with UNLINK), `lock NAME MODE START LEN MS`,
+/// (with UNLINK), `open_bits NAME PATH BACKEND_BITS` (a set), `lock NAME MODE START LEN MS`,
 /// `unlock NAME START LEN`, `close NAME`, `exit`. Replies go to stdout after "@@ ".
 pub fn peer_loop() {
     let mut handles = std::collections::HashMap::new();
@@ -168,6 +168,20 @@ pub fn peer_loop() {
         let reply = match w.as_slice() {
             ["open", name, path, backend] => {
                 match Lock::open(Path::new(path), &opts(backend_named(backend))) {
+                    Ok(l) => {
+                        handles.insert(name.to_string(), l);
+                        "ok".to_string()
+                    }
+                    Err(e) => format!("err {}", e.errno()),
+                }
+            }
+            ["open_bits", name, path, bits] => {
+                let o = Options {
+                    backends: bits.parse().unwrap(),
+                    flags: flags::CREATE,
+                    ..Options::default()
+                };
+                match Lock::open(Path::new(path), &o) {
                     Ok(l) => {
                         handles.insert(name.to_string(), l);
                         "ok".to_string()

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use args::{Invocation, Operation, Parsed, Report, Target};
-use unilock::{Error, Holder, Lock, Mode, Options, flags};
+use unilock::{Backend, Error, Holder, Lock, Mode, Options, flags};
 
 /// sysexits.h, as flock(1) uses them.
 const EX_USAGE: i32 = 64;
@@ -269,9 +269,11 @@ impl Cli {
         let lock = Lock::open(path, &self.options(flags::CREATE | inherit))
             .map_err(|e| self.open_failed(&shown, &e))?;
         self.operate(&lock, &shown, EX_NOINPUT)?;
-        if self.inv.unlink {
+        if self.inv.unlink || lock.backends() & Backend::Dotlock as u32 != 0 {
             // Closed after the command: the file is deleted while still held, unless
-            // a process the command left behind shares the lock (then it stays).
+            // a process the command left behind shares the lock (then it stays). A
+            // DOTLOCK lock file is removed here too (with -F it names the command,
+            // which keeps this pid, and is stale once the command has exited).
             let status = self.execute(command);
             drop(lock);
             return status;

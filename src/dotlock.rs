@@ -1,0 +1,912 @@
+//! The DOTLOCK backend: a lock is a file that exists, as with liblockfile,
+//! lockfile(1), lockfile-progs and the `.lock` files of mail programs.
+//!
+//! # Taking the lock
+//!
+//! A lock call writes the owner's record into a temporary file with a unique name in
+//! the lock file's directory and `link()`s it to the lock file's name; the link count
+//! of the temporary file (2 after a successful link) decides, not link's return value,
+//! which NFS may lose (the technique of liblockfile and the Linux open(2) manual; a bare
+//! `O_EXCL` create is not atomic on old NFS). The temporary file is removed on every
+//! path. The record is text, first line the pid in ASCII as liblockfile writes it:
+//!
+//! ```text
+//! 12345
+//! start=8754321        (the process's start time, /proc/PID/stat field 22)
+//! host=mailhost
+//! boot=4f8e...         (/proc/sys/kernel/random/boot_id)
+//! ```
+//!
+//! # Staleness
+//!
+//! A lock file is stale when its owner is provably dead on this host: its record
+//! names this host (or no host) and another boot, or a pid that no process has, or a
+//! pid now used by a process that started at another time. A record from another host
+//! proves nothing about its owner. A lock file is also stale when its modification
+//! time is `stale_after_s` seconds old (a holder refreshes it with `touch`); a lock
+//! file without a pid this host can check (another host's, or one written without a
+//! pid, as lockfile-progs does by default) and `stale_after_s` 0 is stale after 5
+//! minutes, liblockfile's rule, so that unilock and liblockfile agree on such files.
+//!
+//! # Breaking a stale lock, and releasing: one protocol
+//!
+//! Every unilock process removes a lock file only this way, whether it releases its
+//! own lock or breaks a stale one:
+//!
+//! 1. open the lock file (keeping the descriptor: it names the inode, whatever happens
+//!    to the name) and take `flock(LOCK_EX)` on it;
+//! 2. check that the name still names that inode (`fstatat` against `fstat`), and,
+//!    when breaking, that the inode is still stale (a touch may have refreshed it);
+//! 3. unlink the name; close the descriptor (which drops the flock).
+//!
+//! Why no live lock is ever removed: a lock file's name is removed only by step 3, and
+//! a name that names inode I can only stop naming it by an unlink of I (link never
+//! replaces a name). Every unlink of I by a unilock process happens while holding the
+//! flock of I, after checking that the name names I. Two processes that judge the same
+//! inode stale are serialized by its flock: the second finds, in step 2, that the name
+//! no longer names I (it is gone, or names the first one's fresh lock) and removes
+//! nothing. An owner releasing while another process breaks its lock as stale (it was
+//! not refreshed in time) is serialized the same way: whichever goes second removes
+//! nothing. Exactly one of many processes that break a stale lock at once therefore
+//! removes it, and a fresh lock created in between is never removed; they then race
+//! with `link()`, which exactly one wins. Tools that do not follow the protocol
+//! (liblockfile removes a stale lock with a plain unlink) keep a window as wide as
+//! their own check-then-unlink.
+//!
+//! # Waiting
+//!
+//! A waiter sleeps in `ppoll` on an inotify descriptor watching the directory for
+//! removals (and renames away), the handle's cancel eventfd and, when the owner is a
+//! process of this host, a pidfd of that process (its death makes the lock stale
+//! without any file event). On NFS, where inotify does not see other hosts' changes,
+//! and as a safety net, it also wakes after a bounded backoff (5 ms doubling to 500
+//! ms on NFS; once a second elsewhere) and when the lock file becomes stale by age.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::inode_table::{self, Family, HandleId, InodeKey, WaitRecord};
+use crate::range::ByteRange;
+use crate::sys;
+use crate::wait::{CallState, Deadline};
+use crate::{Backend, Error, Holder, Mode, Options, Result};
+
+/// Age after which a lock file whose owner cannot be checked is stale when no
+/// `stale_after_s` was given (liblockfile's rule).
+const PIDLESS_STALE: Duration = Duration::from_secs(300);
+const NFS_SUPER_MAGIC: i64 = 0x6969;
+const BACKOFF_FIRST: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+const SAFETY_NET: Duration = Duration::from_secs(1);
+
+/// A DOTLOCK handle: the lock file's directory and name, and the lock file while held.
+pub(crate) struct DotLock {
+    dir: OwnedFd,
+    file: CString,
+    /// The lock file's path, for messages.
+    name: String,
+    /// The handle's entry in the process table (a key no inode has: see [`table_key`]).
+    key: InodeKey,
+    id: HandleId,
+    stale_after: Option<Duration>,
+    create_mode: u32,
+    /// Whether inotify sees every change in the directory (not on NFS).
+    local: bool,
+    held: Mutex<Option<Held>>,
+    closed: bool,
+}
+
+/// The lock file this handle made.
+struct Held {
+    fd: OwnedFd,
+    dev: u64,
+    ino: u64,
+    /// The process that made it: only it removes the file when closing.
+    taker: i32,
+}
+
+/// What is at the lock file's name.
+enum Found {
+    /// Nothing (removed meanwhile).
+    Absent,
+    /// A stale lock, open.
+    Stale(OwnedFd),
+    /// A live lock: its owner as far as known, and when to look again at the latest.
+    Live(Owner, Option<Duration>),
+}
+
+/// The owner a lock file names.
+#[derive(Clone, Debug, Default)]
+struct Owner {
+    /// The pid when it is a process of this host, else -1.
+    pid: i32,
+}
+
+/// A process table key for a lock file name: the directory's device with the top bit
+/// set (no real device has it) and a hash of the directory's inode and the name.
+fn table_key(dir: &libc::stat, file: &CStr) -> InodeKey {
+    // FNV-1a: stable, and enough for a handful of lock names per process.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.st_ino.to_le_bytes().iter().chain(file.to_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    InodeKey {
+        dev: dir.st_dev | 1 << 63,
+        ino: h,
+    }
+}
+
+/// This host's name.
+fn host() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        sys::read_small(Path::new("/proc/sys/kernel/hostname"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    })
+}
+
+/// This boot's id.
+fn boot_id() -> &'static str {
+    static BOOT: OnceLock<String> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        sys::read_small(Path::new("/proc/sys/kernel/random/boot_id"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    })
+}
+
+/// The start time of process `pid` (clock ticks after boot, field 22 of its stat),
+/// `None` when it cannot be read.
+fn start_time(pid: i32) -> Option<u64> {
+    process_state(pid).and_then(|(_, start)| start)
+}
+
+/// The state letter and start time of process `pid`, from /proc/PID/stat.
+fn process_state(pid: i32) -> Option<(char, Option<u64>)> {
+    let stat = sys::read_small(Path::new(&format!("/proc/{pid}/stat")))?;
+    // The command (field 2) is in parentheses and may contain anything: count after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18).and_then(|t| t.parse().ok())))
+}
+
+/// The record written into a lock file.
+fn record() -> String {
+    let pid = sys::getpid();
+    let mut out = format!("{pid}\n");
+    if let Some(t) = start_time(pid) {
+        out.push_str(&format!("start={t}\n"));
+    }
+    if !host().is_empty() {
+        out.push_str(&format!("host={}\n", host()));
+    }
+    if !boot_id().is_empty() {
+        out.push_str(&format!("boot={}\n", boot_id()));
+    }
+    out
+}
+
+/// A parsed lock file record. Fields a tool did not write are `None`.
+#[derive(Debug, Default, PartialEq)]
+struct Record {
+    pid: Option<i32>,
+    start: Option<u64>,
+    host: Option<String>,
+    boot: Option<String>,
+}
+
+fn parse_record(text: &str) -> Record {
+    let mut lines = text.lines();
+    let pid = lines
+        .next()
+        .and_then(|l| l.trim().trim_end_matches('\0').parse::<i32>().ok())
+        .filter(|&p| p > 0);
+    let mut r = Record {
+        pid,
+        ..Record::default()
+    };
+    for line in lines {
+        match line.split_once('=') {
+            Some(("start", v)) => r.start = v.trim().parse().ok(),
+            Some(("host", v)) => r.host = Some(v.trim().to_owned()),
+            Some(("boot", v)) => r.boot = Some(v.trim().to_owned()),
+            _ => {}
+        }
+    }
+    r
+}
+
+/// Why the owner of `r` is provably dead on this host, if it is; `None` when it may
+/// be alive or cannot be checked. Also returns the pid to watch when it is alive here.
+fn dead_owner(r: &Record) -> (Option<String>, Option<i32>) {
+    if r.host.as_deref().is_some_and(|h| h != host()) {
+        return (None, None);
+    }
+    if let Some(b) = &r.boot {
+        if !boot_id().is_empty() && b != boot_id() {
+            return (
+                Some("it was made before this host last booted".into()),
+                None,
+            );
+        }
+    }
+    let Some(pid) = r.pid else {
+        return (None, None);
+    };
+    let state = process_state(pid);
+    // A zombie has exited: it holds nothing any more, though its pid still exists.
+    if !sys::process_exists(pid) || state.is_some_and(|(s, _)| matches!(s, 'Z' | 'X')) {
+        return (Some(format!("its owner, process {pid}, is gone")), None);
+    }
+    if let (Some(recorded), Some(now)) = (r.start, state.and_then(|(_, t)| t)) {
+        if recorded != now {
+            return (
+                Some(format!(
+                    "its owner, process {pid}, is gone (the pid belongs to another process now)"
+                )),
+                None,
+            );
+        }
+    }
+    (None, Some(pid))
+}
+
+fn age_of(st: &libc::stat) -> Duration {
+    let mtime = Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec.max(0) as u32);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(mtime)
+}
+
+fn same_file(a: &libc::stat, b: &libc::stat) -> bool {
+    a.st_dev == b.st_dev && a.st_ino == b.st_ino
+}
+
+/// A temporary file with the owner's record, removed when dropped.
+struct TempFile<'a> {
+    dir: BorrowedFd<'a>,
+    name: CString,
+    fd: Option<OwnedFd>,
+}
+
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        let _ = sys::unlinkat(self.dir, &self.name);
+    }
+}
+
+impl DotLock {
+    /// A handle for the lock file at `path` (nothing is created: the file exists only
+    /// while the lock is held). The directory must exist.
+    pub(crate) fn open(path: &Path, options: &Options) -> Result<DotLock> {
+        let name = path.display().to_string();
+        let file_name = path.file_name().filter(|_| {
+            !path.as_os_str().as_bytes().ends_with(b"/")
+                && !matches!(path.as_os_str().as_bytes(), b"." | b"..")
+        });
+        let Some(file_name) = file_name else {
+            return Err(Error::new(
+                libc::EINVAL,
+                format!("{name}: a DOTLOCK lock file needs a file name"),
+            ));
+        };
+        let file = CString::new(file_name.as_bytes())
+            .map_err(|_| Error::new(libc::EINVAL, "the path contains a NUL byte"))?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let cdir = CString::new(parent.as_os_str().as_bytes())
+            .map_err(|_| Error::new(libc::EINVAL, "the path contains a NUL byte"))?;
+        let dir = sys::open(&cdir, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)
+            .map_err(|e| Error::sys(e, "open the directory of", &name))?;
+        let st = sys::fstat(dir.as_fd()).map_err(|e| Error::sys(e, "fstat", &name))?;
+        let local = sys::fs_type(dir.as_fd()) != Ok(NFS_SUPER_MAGIC);
+        let key = table_key(&st, &file);
+        inode_table::install_fork_handlers();
+        inode_table::table().inode(key).open_handles += 1;
+        Ok(DotLock {
+            dir,
+            file,
+            name,
+            key,
+            id: inode_table::next_handle_id(),
+            stale_after: (options.stale_after_s > 0)
+                .then(|| Duration::from_secs(u64::from(options.stale_after_s))),
+            create_mode: if options.create_mode == 0 {
+                0o644
+            } else {
+                options.create_mode
+            },
+            local,
+            held: Mutex::new(None),
+            closed: false,
+        })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the lock before `deadline`. Holding it already is success.
+    pub(crate) fn lock(&self, call: &CallState, deadline: &Deadline) -> Result<()> {
+        if self.held().is_some() {
+            return Ok(());
+        }
+        self.wait_for_handles(call, deadline)?;
+        let result = self.acquire(call, deadline);
+        let mut table = inode_table::table();
+        let inode = table.inode(self.key);
+        if result.is_ok() {
+            let h = inode.holding_or_new(self.id, Backend::Dotlock);
+            h.ranges.set(ByteRange::WHOLE, Mode::Exclusive);
+            h.thread = sys::thread_id();
+        }
+        if let Some(h) = inode.holding_mut(self.id) {
+            h.pending = None;
+        }
+        inode.settle();
+        result
+    }
+
+    /// Waits while another handle of this process holds the lock (the file would only
+    /// say "held by this process"), and reserves it for this handle meanwhile.
+    fn wait_for_handles(&self, call: &CallState, deadline: &Deadline) -> Result<()> {
+        let me = sys::thread_id();
+        let mut table = inode_table::table();
+        loop {
+            let conflicts = table.conflicts(
+                self.key,
+                self.id,
+                Family::Dotlock,
+                ByteRange::WHOLE,
+                Mode::Exclusive,
+            );
+            let Some(c) = conflicts.first() else {
+                let h = table
+                    .inode(self.key)
+                    .holding_or_new(self.id, Backend::Dotlock);
+                h.pending = Some((ByteRange::WHOLE, Mode::Exclusive));
+                h.thread = me;
+                return Ok(());
+            };
+            if deadline.is_try() {
+                return Err(Error::new(
+                    libc::EAGAIN,
+                    format!(
+                        "{}: the lock is held by another handle of this process",
+                        self.name
+                    ),
+                ));
+            }
+            if table.would_deadlock(me, conflicts.iter().map(|c| c.thread)) {
+                let who = if c.thread == me {
+                    "this thread holds it through another handle"
+                } else {
+                    "another thread holds it and waits, directly or not, for this thread"
+                };
+                return Err(Error::new(
+                    libc::EDEADLK,
+                    format!("{}: waiting would deadlock: {who}", self.name),
+                ));
+            }
+            self.check_wait(call, deadline)?;
+            let inode = table.inode(self.key);
+            inode.waiters += 1;
+            let cond = inode.cond.clone();
+            table.start_waiting(
+                me,
+                WaitRecord {
+                    key: self.key,
+                    handle: self.id,
+                    family: Family::Dotlock,
+                    range: ByteRange::WHOLE,
+                    mode: Mode::Exclusive,
+                },
+            );
+            table = match deadline.remaining() {
+                None => cond.wait(table).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    cond.wait_timeout(table, d)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+            table.inode(self.key).waiters -= 1;
+            table.done_waiting(me);
+        }
+    }
+
+    fn check_wait(&self, call: &CallState, deadline: &Deadline) -> Result<()> {
+        if call.cancelled() {
+            return Err(Error::new(
+                libc::ECANCELED,
+                format!("{}: the wait for the lock was cancelled", self.name),
+            ));
+        }
+        if deadline.expired() {
+            return Err(Error::new(
+                libc::ETIMEDOUT,
+                format!("{}: timed out waiting for the lock", self.name),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The link protocol, with waits: see the module documentation.
+    fn acquire(&self, call: &CallState, deadline: &Deadline) -> Result<()> {
+        let mut temp = self.temp_file()?;
+        let mut watch: Option<OwnedFd> = None;
+        // On NFS, or with no inotify watch left, the waits back off instead.
+        let mut can_watch = self.local;
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            if self.link(&mut temp)? {
+                return Ok(());
+            }
+            let (owner, recheck) = match self.inspect()? {
+                Found::Absent => continue,
+                Found::Stale(fd) => {
+                    if !self.break_stale(fd)? {
+                        // Another process is breaking it: give it a moment.
+                        std::thread::yield_now();
+                    }
+                    continue;
+                }
+                Found::Live(owner, recheck) => (owner, recheck),
+            };
+            if deadline.is_try() {
+                return Err(self.held_error(&owner));
+            }
+            self.check_wait(call, deadline)?;
+            // Watch before looking again, so that no removal falls between the two.
+            if watch.is_none() && can_watch {
+                match sys::inotify_dir(
+                    self.dir.as_fd(),
+                    libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_ONLYDIR,
+                ) {
+                    Ok(fd) => {
+                        watch = Some(fd);
+                        continue;
+                    }
+                    Err(_) => can_watch = false,
+                }
+            }
+            let pidfd = (owner.pid > 0)
+                .then(|| sys::pidfd_open(owner.pid).ok())
+                .flatten();
+            let mut nap = if watch.is_some() {
+                SAFETY_NET
+            } else {
+                let n = backoff;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                n
+            };
+            if let Some(r) = recheck {
+                nap = nap.min(r);
+            }
+            if let Some(r) = deadline.remaining() {
+                nap = nap.min(r);
+            }
+            let wake = call.wake_fd()?;
+            if call.cancelled() {
+                continue;
+            }
+            let fds = [
+                watch.as_ref().map_or(-1, |w| w.as_raw_fd()),
+                wake.as_raw_fd(),
+                pidfd.as_ref().map_or(-1, |p| p.as_raw_fd()),
+            ];
+            let ready = sys::poll_readable(fds, Some(nap))
+                .map_err(|e| Error::sys(e, "ppoll", "(waiting for the lock file)"))?;
+            if ready[0] {
+                if let Some(w) = &watch {
+                    sys::drain(w.as_fd());
+                }
+            }
+            if ready[1] {
+                sys::eventfd_drain(wake);
+            }
+        }
+    }
+
+    /// Creates the temporary file with this process's record.
+    fn temp_file(&self) -> Result<TempFile<'_>> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let base = self.file.to_bytes();
+        let base = String::from_utf8_lossy(&base[..base.len().min(120)]).into_owned();
+        let mut host = host().to_owned();
+        host.truncate(64);
+        let name = CString::new(format!(".{base}.{}.{n:x}.{host}.tmp", sys::getpid()))
+            .map_err(|_| Error::new(libc::EINVAL, "the host name contains a NUL byte"))?;
+        let fd = sys::openat(
+            self.dir.as_fd(),
+            &name,
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            self.create_mode,
+        )
+        .map_err(|e| Error::sys(e, "create a temporary file for", &self.name))?;
+        let temp = TempFile {
+            dir: self.dir.as_fd(),
+            name,
+            fd: Some(fd),
+        };
+        let fd = temp.fd.as_ref().expect("just set").as_fd();
+        sys::write_all(fd, record().as_bytes()).map_err(|e| Error::sys(e, "write", &self.name))?;
+        Ok(temp)
+    }
+
+    /// Links the temporary file to the lock file's name; true when that made the lock
+    /// (decided by the link count, which NFS reports truly even when it loses link's
+    /// reply).
+    fn link(&self, temp: &mut TempFile<'_>) -> Result<bool> {
+        let linked = sys::linkat(self.dir.as_fd(), &temp.name, &self.file);
+        let fd = temp.fd.as_ref().expect("kept until the lock is made");
+        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", &self.name))?;
+        if st.st_nlink < 2 {
+            return match linked {
+                Ok(()) | Err(libc::EEXIST) => Ok(false),
+                Err(libc::EPERM | libc::EOPNOTSUPP) => Err(Error::new(
+                    libc::EOPNOTSUPP,
+                    format!(
+                        "{}: the filesystem does not support hard links, which DOTLOCK needs",
+                        self.name
+                    ),
+                )),
+                Err(e) => Err(Error::sys(e, "link", &self.name)),
+            };
+        }
+        let fd = temp.fd.take().expect("checked above");
+        *self.held() = Some(Held {
+            fd,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            taker: sys::getpid(),
+        });
+        Ok(true)
+    }
+
+    /// Looks at the lock file at the name.
+    fn inspect(&self) -> Result<Found> {
+        let fd = match sys::openat(
+            self.dir.as_fd(),
+            &self.file,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY,
+            0,
+        ) {
+            Ok(fd) => fd,
+            Err(libc::ENOENT) => return Ok(Found::Absent),
+            Err(libc::ELOOP) => {
+                return Err(Error::new(
+                    libc::ELOOP,
+                    format!("{}: the lock file is a symbolic link", self.name),
+                ));
+            }
+            Err(e) => return Err(Error::sys(e, "open", &self.name)),
+        };
+        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", &self.name))?;
+        if st.st_nlink == 0 {
+            return Ok(Found::Absent);
+        }
+        let record = self.read_record(fd.as_fd());
+        Ok(match self.judge(&record, &st) {
+            Ok(_why) => Found::Stale(fd),
+            Err((owner, recheck)) => Found::Live(owner, recheck),
+        })
+    }
+
+    fn read_record(&self, fd: BorrowedFd<'_>) -> Record {
+        let mut buf = [0u8; 512];
+        let n = sys::read_start(fd, &mut buf).unwrap_or(0);
+        parse_record(&String::from_utf8_lossy(&buf[..n]))
+    }
+
+    /// `Ok(reason)` when the lock file is stale; else its owner and the time after
+    /// which it becomes stale by age, if it can.
+    fn judge(
+        &self,
+        record: &Record,
+        st: &libc::stat,
+    ) -> std::result::Result<String, (Owner, Option<Duration>)> {
+        let (dead, alive_pid) = dead_owner(record);
+        if let Some(why) = dead {
+            return Ok(why);
+        }
+        let limit = match (self.stale_after, alive_pid) {
+            (Some(s), _) => Some(s),
+            (None, None) => Some(PIDLESS_STALE),
+            (None, Some(_)) => None,
+        };
+        let age = age_of(st);
+        if let Some(limit) = limit {
+            if age >= limit {
+                return Ok(format!("it was not refreshed for {} s", age.as_secs()));
+            }
+        }
+        Err((
+            Owner {
+                pid: alive_pid.unwrap_or(-1),
+            },
+            limit.map(|l| l - age),
+        ))
+    }
+
+    /// Removes the lock file open on `fd` if it is still at the name and still
+    /// stale (the protocol in the module documentation). False when another process is
+    /// breaking it at this moment.
+    fn break_stale(&self, fd: OwnedFd) -> Result<bool> {
+        match sys::flock(fd.as_fd(), libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => {}
+            Err(libc::EWOULDBLOCK) => return Ok(false),
+            Err(e) => return Err(Error::sys(e, "flock", &self.name)),
+        }
+        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", &self.name))?;
+        let at_name = match sys::statat(self.dir.as_fd(), &self.file) {
+            Ok(s) => s,
+            Err(libc::ENOENT) => return Ok(true),
+            Err(e) => return Err(Error::sys(e, "stat", &self.name)),
+        };
+        if st.st_nlink == 0 || !same_file(&st, &at_name) {
+            return Ok(true);
+        }
+        let record = self.read_record(fd.as_fd());
+        if self.judge(&record, &st).is_ok() {
+            match sys::unlinkat(self.dir.as_fd(), &self.file) {
+                Ok(()) | Err(libc::ENOENT) => {}
+                Err(e) => return Err(Error::sys(e, "remove the stale lock file", &self.name)),
+            }
+        }
+        Ok(true)
+    }
+
+    fn held_error(&self, owner: &Owner) -> Error {
+        let by = if owner.pid > 0 {
+            format!("process {}", owner.pid)
+        } else {
+            "another process".to_owned()
+        };
+        Error::new(
+            libc::EAGAIN,
+            format!(
+                "{}: the lock file exists: the lock is held by {by}",
+                self.name
+            ),
+        )
+    }
+
+    /// Releases the lock: removes the lock file if it is still this handle's (see the
+    /// protocol in the module documentation). `ENOLCK` when it was broken as stale by
+    /// another process meanwhile (nothing is removed then).
+    pub(crate) fn unlock(&self) -> Result<()> {
+        let held = self.held().take();
+        let result = match held {
+            Some(h) => self.remove(h),
+            None => Ok(()),
+        };
+        self.forget_holding();
+        result
+    }
+
+    fn forget_holding(&self) {
+        let mut table = inode_table::table();
+        let inode = table.inode(self.key);
+        if let Some(h) = inode.holding_mut(self.id) {
+            h.ranges.clear(ByteRange::WHOLE);
+        }
+        inode.settle();
+    }
+
+    fn remove(&self, h: Held) -> Result<()> {
+        // Blocking: a breaker holds it for a few system calls at most.
+        sys::flock(h.fd.as_fd(), libc::LOCK_EX).map_err(|e| Error::sys(e, "flock", &self.name))?;
+        match sys::statat(self.dir.as_fd(), &self.file) {
+            Ok(st) if st.st_dev == h.dev && st.st_ino == h.ino => {
+                sys::unlinkat(self.dir.as_fd(), &self.file)
+                    .map_err(|e| Error::sys(e, "remove the lock file", &self.name))
+            }
+            Ok(_) | Err(libc::ENOENT) => Err(self.broken()),
+            Err(e) => Err(Error::sys(e, "stat", &self.name)),
+        }
+    }
+
+    fn broken(&self) -> Error {
+        Error::new(
+            libc::ENOLCK,
+            format!(
+                "{}: the lock file was removed by another process, which judged it stale \
+                 (refresh it with touch more often than stale_after_s)",
+                self.name
+            ),
+        )
+    }
+
+    /// Refreshes the lock file's time; `ENOLCK` when it was broken meanwhile. Nothing
+    /// to do when no lock is held.
+    pub(crate) fn touch(&self) -> Result<()> {
+        let held = self.held();
+        let Some(h) = held.as_ref() else {
+            return Ok(());
+        };
+        match sys::statat(self.dir.as_fd(), &self.file) {
+            Ok(st) if st.st_dev == h.dev && st.st_ino == h.ino => {}
+            Ok(_) | Err(libc::ENOENT) => return Err(self.broken()),
+            Err(e) => return Err(Error::sys(e, "stat", &self.name)),
+        }
+        sys::touch_now(h.fd.as_fd()).map_err(|e| Error::sys(e, "futimens", &self.name))
+    }
+
+    /// The lock file's holder when taking the lock would not be granted now: `None`
+    /// when it is free or stale.
+    pub(crate) fn query(&self) -> Result<Option<Holder>> {
+        if self.held().is_some() {
+            return Ok(None);
+        }
+        {
+            let table = inode_table::table();
+            if !table
+                .conflicts(
+                    self.key,
+                    self.id,
+                    Family::Dotlock,
+                    ByteRange::WHOLE,
+                    Mode::Exclusive,
+                )
+                .is_empty()
+            {
+                let me = sys::getpid();
+                return Ok(Some(holder(me, true)));
+            }
+        }
+        Ok(match self.inspect()? {
+            Found::Absent | Found::Stale(..) => None,
+            Found::Live(owner, _) => Some(holder(owner.pid, owner.pid == sys::getpid())),
+        })
+    }
+
+    /// The lock file's holder, stale or not, as a list of zero or one.
+    pub(crate) fn list(&self) -> Result<Vec<Holder>> {
+        let fd = match sys::openat(
+            self.dir.as_fd(),
+            &self.file,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY,
+            0,
+        ) {
+            Ok(fd) => fd,
+            Err(libc::ENOENT) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::sys(e, "open", &self.name)),
+        };
+        let r = self.read_record(fd.as_fd());
+        let here = r.host.as_deref().is_none_or(|h| h == host());
+        let pid = match r.pid {
+            Some(p) if here => p,
+            _ => -1,
+        };
+        Ok(vec![holder(pid, pid == sys::getpid())])
+    }
+
+    /// Wakes a thread of this process waiting for another handle (after a cancel).
+    pub(crate) fn wake_waiters(&self) {
+        let table = inode_table::table();
+        if let Some(inode) = table.get(self.key).filter(|i| i.waiters > 0) {
+            inode.cond.notify_all();
+        }
+    }
+
+    /// Releases the lock if this process made it (a forked child's copy of the handle
+    /// leaves the parent's lock file alone), and leaves the process table.
+    pub(crate) fn close(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.closed, true) {
+            return Ok(());
+        }
+        let held = self.held().take();
+        let result = match held {
+            Some(h) if h.taker == sys::getpid() => self.remove(h),
+            _ => Ok(()),
+        };
+        let mut table = inode_table::table();
+        let inode = table.inode(self.key);
+        inode.holdings.retain(|h| h.handle != self.id);
+        inode.open_handles = inode.open_handles.saturating_sub(1);
+        inode.settle();
+        table.forget_if_unused(self.key);
+        result
+    }
+}
+
+fn holder(pid: i32, is_self: bool) -> Holder {
+    Holder {
+        backend: Backend::Dotlock,
+        mode: Mode::Exclusive,
+        start: 0,
+        len: 0,
+        pid,
+        is_self,
+        command: if pid > 0 {
+            crate::holders::command(pid)
+        } else {
+            String::new()
+        },
+    }
+}
+
+impl Drop for DotLock {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let r = parse_record(&record());
+        assert_eq!(r.pid, Some(sys::getpid()));
+        assert_eq!(r.start, start_time(sys::getpid()));
+        assert_eq!(r.host.as_deref(), Some(host()));
+        assert_eq!(r.boot.as_deref(), Some(boot_id()));
+    }
+
+    #[test]
+    fn foreign_records_parse() {
+        assert_eq!(parse_record("4242\n").pid, Some(4242));
+        assert_eq!(parse_record("4242").pid, Some(4242));
+        assert_eq!(parse_record("  17\0").pid, Some(17));
+        assert_eq!(parse_record("").pid, None);
+        assert_eq!(parse_record("0").pid, None);
+        assert_eq!(parse_record("x").pid, None);
+    }
+
+    #[test]
+    fn judged_by_owner() {
+        let me = sys::getpid();
+        let alive = Record {
+            pid: Some(me),
+            start: start_time(me),
+            host: Some(host().to_owned()),
+            boot: Some(boot_id().to_owned()),
+        };
+        assert!(dead_owner(&alive).0.is_none());
+        let reused = Record {
+            start: alive.start.map(|s| s + 1),
+            ..alive_clone(&alive)
+        };
+        assert!(dead_owner(&reused).0.is_some());
+        let rebooted = Record {
+            boot: Some("another-boot".into()),
+            ..alive_clone(&alive)
+        };
+        assert!(dead_owner(&rebooted).0.is_some());
+        let elsewhere = Record {
+            pid: Some(i32::MAX),
+            host: Some(format!("{}-elsewhere", host())),
+            ..Record::default()
+        };
+        assert_eq!(dead_owner(&elsewhere), (None, None));
+        let gone = Record {
+            pid: Some(i32::MAX),
+            ..Record::default()
+        };
+        assert!(dead_owner(&gone).0.is_some());
+    }
+
+    fn alive_clone(r: &Record) -> Record {
+        Record {
+            pid: r.pid,
+            start: r.start,
+            host: r.host.clone(),
+            boot: r.boot.clone(),
+        }
+    }
+}

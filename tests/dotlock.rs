@@ -1,0 +1,630 @@
+//! The DOTLOCK backend and backend sets, with real processes: lock files made by
+//! link(), their record, staleness, race-free breaking, waits woken by inotify or by
+//! the owner's death, timeouts, cancel, touch, and sets taken in order and rolled back.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Peer, TRY, TempDir, err};
+use unilock::{Backend, Lock, Mode, Options};
+
+const DOT: u32 = Backend::Dotlock as u32;
+const OFD: u32 = Backend::Ofd as u32;
+const FLOCK: u32 = Backend::Flock as u32;
+
+fn opts(backends: u32) -> Options {
+    Options {
+        backends,
+        ..Options::default()
+    }
+}
+
+fn stale_opts(secs: u32) -> Options {
+    Options {
+        backends: DOT,
+        stale_after_s: secs,
+        ..Options::default()
+    }
+}
+
+fn errno(r: unilock::Result<()>) -> i32 {
+    r.expect_err("the call should have failed").errno()
+}
+
+/// Names in `dir` other than `keep`: temporary files left behind show up here.
+fn leftovers(dir: &Path, keep: &[&str]) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !keep.contains(&n.as_str()))
+        .collect()
+}
+
+/// Sets the file's modification time `secs` seconds into the past.
+fn age(path: &Path, secs: u64) {
+    let t = std::time::SystemTime::now() - Duration::from_secs(secs);
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(t).unwrap();
+}
+
+/// A process that stays alive until dropped (an owner whose pid is live).
+struct Sleeper(std::process::Child);
+
+impl Sleeper {
+    fn new() -> Sleeper {
+        Sleeper(Command::new("sleep").arg("60").spawn().unwrap())
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+#[test]
+fn peer_main() {
+    if std::env::var_os(common::PEER_ENV).is_some() {
+        common::peer_loop();
+    }
+}
+
+#[test]
+fn the_lock_file_exists_only_while_held_and_names_its_owner() {
+    let dir = TempDir::new("dot-basic");
+    let path = dir.0.join("app.lock");
+    let l = Lock::open(&path, &opts(DOT)).unwrap();
+    assert!(!path.exists(), "opening created the lock file");
+    l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(std::process::id().to_string().as_str()));
+    let rest: Vec<&str> = lines.collect();
+    let me = std::process::id();
+    assert!(
+        rest.contains(&format!("start={}", start_time(me)).as_str()),
+        "{text}"
+    );
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert!(
+        rest.contains(&format!("host={}", host.trim()).as_str()),
+        "{text}"
+    );
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert!(
+        rest.contains(&format!("boot={}", boot.trim()).as_str()),
+        "{text}"
+    );
+    // Re-locking what it holds is success, and touches nothing.
+    l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    assert_eq!(leftovers(&dir.0, &["app.lock"]), Vec::<String>::new());
+    l.unlock(0, 0).unwrap();
+    assert!(!path.exists(), "unlock left the lock file");
+    l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    l.close().unwrap();
+    assert!(!path.exists(), "close left the lock file");
+    assert_eq!(leftovers(&dir.0, &[]), Vec::<String>::new());
+}
+
+#[test]
+fn dotlock_refuses_shared_ranges_descriptors_and_unlink() {
+    let dir = TempDir::new("dot-refuse");
+    let path = dir.0.join("app.lock");
+    let l = Lock::open(&path, &opts(DOT)).unwrap();
+    let e = l.lock(Mode::Shared, 0, 0, TRY).unwrap_err();
+    assert_eq!(e.errno(), libc::EOPNOTSUPP);
+    assert!(e.to_string().contains("exclusive"), "{e}");
+    let e = l.lock(Mode::Exclusive, 0, 10, TRY).unwrap_err();
+    assert_eq!(e.errno(), libc::EOPNOTSUPP);
+    assert!(e.to_string().contains("OFD"), "{e}");
+    assert_eq!(l.fd().unwrap_err().errno(), libc::EOPNOTSUPP);
+    let f = std::fs::File::create(dir.0.join("f")).unwrap();
+    use std::os::fd::AsFd;
+    assert_eq!(
+        Lock::from_fd(f.as_fd(), &opts(DOT)).unwrap_err().errno(),
+        libc::EINVAL
+    );
+    let o = Options {
+        flags: unilock::flags::UNLINK,
+        ..opts(DOT)
+    };
+    assert_eq!(Lock::open(&path, &o).unwrap_err().errno(), libc::EOPNOTSUPP);
+    let missing = dir.0.join("no-such-dir").join("app.lock");
+    assert_eq!(
+        Lock::open(missing, &opts(DOT)).unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert!(!path.exists());
+}
+
+#[test]
+fn handles_in_one_process_exclude_each_other_and_a_self_wait_deadlocks() {
+    let dir = TempDir::new("dot-self");
+    let path = dir.0.join("app.lock");
+    let a = Lock::open(&path, &opts(DOT)).unwrap();
+    let b = Lock::open(&path, &opts(DOT)).unwrap();
+    a.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    assert_eq!(errno(b.lock(Mode::Exclusive, 0, 0, TRY)), libc::EAGAIN);
+    assert_eq!(errno(b.lock(Mode::Exclusive, 0, 0, None)), libc::EDEADLK);
+    let who = b.query(Mode::Exclusive, 0, 0).unwrap().expect("held");
+    assert_eq!(who.backend, Backend::Dotlock);
+    assert!(who.is_self);
+    // Another thread waits, and gets it when the first handle lets go.
+    std::thread::scope(|s| {
+        let t = s.spawn(|| b.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(10))));
+        std::thread::sleep(Duration::from_millis(50));
+        a.unlock(0, 0).unwrap();
+        t.join().unwrap().unwrap();
+    });
+    assert!(path.exists());
+    b.unlock(0, 0).unwrap();
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_lock_held_by_another_process_fails_a_try_and_wakes_a_waiter_when_released() {
+    let dir = TempDir::new("dot-peer");
+    let path = dir.0.join("app.lock");
+    let p = path.display();
+    let mut peer = Peer::spawn();
+    assert_eq!(peer.cmd(&format!("open_bits a {p} {DOT}")), "ok");
+    assert_eq!(peer.cmd("lock a ex 0 0 0"), "ok");
+    let l = Lock::open(&path, &opts(DOT)).unwrap();
+    let e = l.lock(Mode::Exclusive, 0, 0, TRY).unwrap_err();
+    assert_eq!(e.errno(), libc::EAGAIN);
+    assert!(e.to_string().contains(&peer.pid().to_string()), "{e}");
+    let who = l.query(Mode::Exclusive, 0, 0).unwrap().expect("held");
+    assert_eq!(who.pid, peer.pid());
+    assert!(!who.is_self);
+    let listed = l.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].pid, peer.pid());
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            l.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(20)))
+                .map(|()| Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let released = Instant::now();
+        assert_eq!(peer.cmd("unlock a 0 0"), "ok");
+        let got = waiter.join().unwrap().unwrap();
+        // Woken by inotify, not by the once-a-second safety net.
+        let lag = got.duration_since(released);
+        assert!(lag < Duration::from_millis(500), "hand-off took {lag:?}");
+    });
+    assert_eq!(peer.cmd("lock a ex 0 0 0"), err(libc::EAGAIN));
+    l.unlock(0, 0).unwrap();
+    assert_eq!(leftovers(&dir.0, &[]), Vec::<String>::new());
+}
+
+#[test]
+fn timeouts_end_on_time_and_cancel_ends_a_wait() {
+    let dir = TempDir::new("dot-timeout");
+    let path = dir.0.join("app.lock");
+    let sleeper = Sleeper::new();
+    std::fs::write(&path, format!("{}\n", sleeper.pid())).unwrap();
+    let l = Lock::open(&path, &opts(DOT)).unwrap();
+    let started = Instant::now();
+    let e = l.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(200)));
+    let took = started.elapsed();
+    assert_eq!(errno(e), libc::ETIMEDOUT);
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    std::thread::scope(|s| {
+        let t = s.spawn(|| {
+            let r = l.lock(Mode::Exclusive, 0, 0, None);
+            (r, Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let mut cancelled_at = None;
+        while cancelled_at.is_none() {
+            if l.cancel() {
+                cancelled_at = Some(Instant::now());
+            }
+        }
+        let (r, ended) = t.join().unwrap();
+        assert_eq!(errno(r), libc::ECANCELED);
+        let lag = ended.duration_since(cancelled_at.unwrap());
+        assert!(lag < Duration::from_millis(500), "cancel took {lag:?}");
+    });
+    // The tool's file is untouched and no temporary file is left.
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        format!("{}\n", sleeper.pid())
+    );
+    assert_eq!(leftovers(&dir.0, &["app.lock"]), Vec::<String>::new());
+}
+
+#[test]
+fn a_lock_whose_owner_died_is_broken_at_once_and_a_waiter_wakes_on_the_death() {
+    let dir = TempDir::new("dot-dead");
+    let path = dir.0.join("app.lock");
+    let p = path.display();
+    // Killed while holding: the file stays, its owner is gone.
+    let mut peer = Peer::spawn();
+    assert_eq!(peer.cmd(&format!("open_bits a {p} {DOT}")), "ok");
+    assert_eq!(peer.cmd("lock a ex 0 0 0"), "ok");
+    peer.kill();
+    assert!(path.exists());
+    let l = Lock::open(&path, &opts(DOT)).unwrap();
+    l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    l.unlock(0, 0).unwrap();
+    // A waiter wakes when the owner dies, though no file event happens.
+    let mut peer = Peer::spawn();
+    assert_eq!(peer.cmd(&format!("open_bits a {p} {DOT}")), "ok");
+    assert_eq!(peer.cmd("lock a ex 0 0 0"), "ok");
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            l.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(20)))
+                .map(|()| Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let killed = Instant::now();
+        peer.kill();
+        let got = waiter.join().unwrap().unwrap();
+        let lag = got.duration_since(killed);
+        assert!(
+            lag < Duration::from_millis(500),
+            "woke {lag:?} after the death"
+        );
+    });
+    l.unlock(0, 0).unwrap();
+    assert_eq!(leftovers(&dir.0, &[]), Vec::<String>::new());
+}
+
+#[test]
+fn staleness_follows_the_record() {
+    let dir = TempDir::new("dot-stale");
+    let path = dir.0.join("app.lock");
+    let sleeper = Sleeper::new();
+    let live = sleeper.pid();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let boot = boot.trim();
+    let start = start_time(live);
+    let l = Lock::open(&path, &opts(DOT)).unwrap();
+    // (record, stale?)
+    let cases = [
+        (format!("{live}\n"), false),
+        (
+            format!("{live}\nstart={start}\nhost={host}\nboot={boot}\n"),
+            false,
+        ),
+        (format!("{live}\nstart={}\n", start + 1), true),
+        (format!("{live}\nboot=00000000-another-boot\n"), true),
+        (format!("{}\n", i32::MAX), true),
+        (format!("{}\nhost={host}-elsewhere\n", i32::MAX), false),
+        (String::new(), false),
+        ("0".to_string(), false),
+    ];
+    for (record, stale) in &cases {
+        std::fs::write(&path, record).unwrap();
+        let r = l.lock(Mode::Exclusive, 0, 0, TRY);
+        if *stale {
+            r.unwrap_or_else(|e| panic!("{record:?} should be stale: {e}"));
+            assert!(
+                std::fs::read_to_string(&path)
+                    .unwrap()
+                    .starts_with(&format!("{}\n", std::process::id()))
+            );
+            l.unlock(0, 0).unwrap();
+        } else {
+            assert_eq!(errno(r), libc::EAGAIN, "{record:?} should be live");
+            assert_eq!(&std::fs::read_to_string(&path).unwrap(), record);
+            assert!(l.query(Mode::Exclusive, 0, 0).unwrap().is_some());
+        }
+    }
+    // By age: a file without a checkable owner after liblockfile's 5 minutes; any file
+    // after stale_after_s; a live owner's file never with stale_after_s 0.
+    std::fs::write(&path, "").unwrap();
+    age(&path, 301);
+    assert_eq!(l.query(Mode::Exclusive, 0, 0).unwrap(), None);
+    l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    l.unlock(0, 0).unwrap();
+    std::fs::write(&path, format!("{live}\n")).unwrap();
+    age(&path, 3600);
+    assert_eq!(errno(l.lock(Mode::Exclusive, 0, 0, TRY)), libc::EAGAIN);
+    age(&path, 3);
+    let aged = Lock::open(&path, &stale_opts(2)).unwrap();
+    aged.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    aged.unlock(0, 0).unwrap();
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_waiter_takes_a_lock_when_it_becomes_stale_by_age() {
+    let dir = TempDir::new("dot-age-wait");
+    let path = dir.0.join("app.lock");
+    let sleeper = Sleeper::new();
+    std::fs::write(&path, format!("{}\n", sleeper.pid())).unwrap();
+    let l = Lock::open(&path, &stale_opts(1)).unwrap();
+    let started = Instant::now();
+    l.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(10)))
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    l.unlock(0, 0).unwrap();
+}
+
+#[test]
+fn touch_refreshes_and_a_broken_lock_is_reported() {
+    let dir = TempDir::new("dot-touch");
+    let path = dir.0.join("app.lock");
+    let holder = Lock::open(&path, &stale_opts(5)).unwrap();
+    holder.touch().unwrap(); // holds nothing: nothing to do
+    holder.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    age(&path, 100);
+    holder.touch().unwrap();
+    let mtime = std::fs::metadata(&path).unwrap().mtime();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (now - mtime).abs() <= 2,
+        "touch did not refresh: {mtime} vs {now}"
+    );
+    // Another process with stale_after_s breaks a lock not refreshed in time.
+    age(&path, 100);
+    let mut breaker = Command::new(env!("CARGO_BIN_EXE_unilock"))
+        .args(["-b", "dotlock", "--stale", "5", "-n"])
+        .arg(&path)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    let pid = breaker.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&path).map_or(true, |t| t.lines().next() != Some(&pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "the breaker did not take the lock"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(errno(holder.touch()), libc::ENOLCK);
+    let e = holder.unlock(0, 0).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOLCK);
+    assert!(e.to_string().contains("stale"), "{e}");
+    assert!(
+        path.exists(),
+        "the old holder removed the new holder's lock file"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap().lines().next(),
+        Some(pid.as_str())
+    );
+    assert_eq!(errno(holder.lock(Mode::Exclusive, 0, 0, TRY)), libc::EAGAIN);
+    breaker.kill().unwrap();
+    breaker.wait().unwrap();
+    // Its owner is gone now: stale, and taken.
+    holder.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    holder.unlock(0, 0).unwrap();
+    assert!(!path.exists());
+}
+
+const STORM_ENV: &str = "UNILOCK_DOT_STORM";
+
+/// A worker of the storm: takes the lock, checks it is alone through a shared
+/// counter, and exits without releasing (every other round releases properly), so the
+/// next ones find a stale lock and break it at once.
+#[test]
+fn storm_worker_main() {
+    let Some(spec) = std::env::var_os(STORM_ENV) else {
+        return;
+    };
+    let spec = spec.into_string().unwrap();
+    let (path, counter, rounds) = {
+        let w: Vec<&str> = spec.split(' ').collect();
+        (
+            PathBuf::from(w[0]),
+            PathBuf::from(w[1]),
+            w[2].parse::<u32>().unwrap(),
+        )
+    };
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&counter)
+        .unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: maps the counter file's two u32, shared.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            8,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(ptr, libc::MAP_FAILED);
+    // SAFETY: the mapping holds two aligned u32 for the life of the process.
+    let (inside, overlaps) = unsafe {
+        let p = ptr.cast::<AtomicU32>();
+        (&*p, &*p.add(1))
+    };
+    for i in 0..rounds {
+        let l = Lock::open(&path, &opts(DOT)).unwrap();
+        l.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(30)))
+            .unwrap();
+        if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+            overlaps.fetch_add(1, Ordering::SeqCst);
+        }
+        for _ in 0..100 {
+            std::hint::spin_loop();
+        }
+        inside.fetch_sub(1, Ordering::SeqCst);
+        if i % 2 == 1 {
+            l.unlock(0, 0).unwrap();
+        } else {
+            std::mem::forget(l);
+            // Die holding it: the pid is gone once the parent reaps this process.
+            std::process::exit(0);
+        }
+    }
+    std::process::exit(0);
+}
+
+#[test]
+fn many_processes_breaking_stale_locks_never_hold_it_twice() {
+    let dir = TempDir::new("dot-storm");
+    let path = dir.0.join("app.lock");
+    let counter = dir.0.join("counter");
+    std::fs::write(&counter, [0u8; 8]).unwrap();
+    let spec = format!("{} {} 2", path.display(), counter.display());
+    let spawn = || {
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "storm_worker_main", "--nocapture"])
+            .env(STORM_ENV, &spec)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Four at a time, 200 workers: most find a lock whose owner just died.
+    let mut running: Vec<_> = (0..4).map(|_| spawn()).collect();
+    let mut done = 0;
+    while done < 200 {
+        let mut c = running.remove(0);
+        assert!(c.wait().unwrap().success(), "a worker failed");
+        done += 1;
+        running.push(spawn());
+    }
+    for mut c in running {
+        assert!(c.wait().unwrap().success());
+    }
+    let bytes = std::fs::read(&counter).unwrap();
+    let overlaps = u32::from_ne_bytes(bytes[4..8].try_into().unwrap());
+    assert_eq!(overlaps, 0, "two processes held the lock at once");
+    // Only the last worker's stale lock file may be left, and no temporary file.
+    assert_eq!(
+        leftovers(&dir.0, &["app.lock", "counter"]),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_mailbox_set_takes_the_dot_lock_then_the_kernel_lock_and_releases_both() {
+    let dir = TempDir::new("dot-set");
+    let mbox = dir.file("mbox");
+    let dotfile = dir.0.join("mbox.lock");
+    let m = mbox.display();
+    let set = Lock::open(&mbox, &opts(DOT | OFD)).unwrap();
+    assert_eq!(set.backends(), DOT | OFD);
+    assert!(set.fd().is_ok());
+    set.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    assert!(dotfile.exists());
+    let mut peer = Peer::spawn();
+    assert_eq!(peer.cmd(&format!("open a {m} ofd")), "ok");
+    assert_eq!(peer.cmd("lock a ex 0 0 0"), err(libc::EAGAIN));
+    assert_eq!(
+        peer.cmd(&format!("open_bits d {} {DOT}", dotfile.display())),
+        "ok"
+    );
+    assert_eq!(peer.cmd("lock d ex 0 0 0"), err(libc::EAGAIN));
+    let listed = set.list().unwrap();
+    assert!(listed.iter().any(|h| h.backend == Backend::Dotlock));
+    assert!(listed.iter().any(|h| h.backend == Backend::Ofd));
+    set.unlock(0, 0).unwrap();
+    assert!(!dotfile.exists());
+    assert_eq!(peer.cmd("lock a ex 0 0 0"), "ok");
+    // The fcntl lock is taken: the set fails and leaves no lock file behind.
+    let e = set.lock(Mode::Exclusive, 0, 0, TRY).unwrap_err();
+    assert_eq!(e.errno(), libc::EAGAIN);
+    assert!(!dotfile.exists(), "a failed set kept its lock file");
+    let started = Instant::now();
+    let e = set.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(150)));
+    assert_eq!(errno(e), libc::ETIMEDOUT);
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert!(!dotfile.exists(), "a timed-out set kept its lock file");
+    assert_eq!(peer.cmd("unlock a 0 0"), "ok");
+    // The dot lock is taken: the set fails before it takes the kernel lock.
+    assert_eq!(peer.cmd("lock d ex 0 0 0"), "ok");
+    assert_eq!(errno(set.lock(Mode::Exclusive, 0, 0, TRY)), libc::EAGAIN);
+    assert_eq!(peer.cmd("lock a ex 0 0 0"), "ok");
+    assert_eq!(peer.cmd("unlock a 0 0"), "ok");
+    assert_eq!(peer.cmd("unlock d 0 0"), "ok");
+    // Shared is refused with DOTLOCK in the set; ranges too.
+    assert_eq!(errno(set.lock(Mode::Shared, 0, 0, TRY)), libc::EOPNOTSUPP);
+    assert_eq!(
+        errno(set.lock(Mode::Exclusive, 0, 10, TRY)),
+        libc::EOPNOTSUPP
+    );
+    set.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    set.close().unwrap();
+    assert!(!dotfile.exists());
+    assert_eq!(leftovers(&dir.0, &["mbox"]), Vec::<String>::new());
+}
+
+#[test]
+fn a_failed_set_conversion_leaves_what_the_handle_held() {
+    let dir = TempDir::new("dot-set-convert");
+    let file = dir.file("f");
+    let f = file.display();
+    let set = Lock::open(&file, &opts(FLOCK | OFD)).unwrap();
+    set.lock(Mode::Shared, 0, 0, TRY).unwrap();
+    let mut peer = Peer::spawn();
+    assert_eq!(peer.cmd(&format!("open o {f} ofd")), "ok");
+    assert_eq!(peer.cmd("lock o sh 0 0 0"), "ok");
+    assert_eq!(peer.cmd(&format!("open l {f} flock")), "ok");
+    // The flock upgrade succeeds, the OFD one does not: the flock lock goes back to
+    // shared, so a shared flock peer still gets in.
+    assert_eq!(errno(set.lock(Mode::Exclusive, 0, 0, TRY)), libc::EAGAIN);
+    assert_eq!(peer.cmd("lock l sh 0 0 0"), "ok");
+    assert_eq!(peer.cmd("unlock l 0 0"), "ok");
+    assert_eq!(peer.cmd("lock l ex 0 0 0"), err(libc::EAGAIN));
+    // From nothing: a failure releases the flock lock taken on the way.
+    set.unlock(0, 0).unwrap();
+    assert_eq!(peer.cmd("unlock o 0 0"), "ok");
+    assert_eq!(peer.cmd("lock o ex 0 0 0"), "ok");
+    assert_eq!(errno(set.lock(Mode::Exclusive, 0, 0, TRY)), libc::EAGAIN);
+    assert_eq!(peer.cmd("lock l ex 0 0 0"), "ok");
+}
+
+#[test]
+fn the_c_api_takes_dotlock_handles() {
+    use ::unilock::capi::*;
+    use std::ffi::CString;
+    let dir = TempDir::new("dot-capi");
+    let path = CString::new(dir.0.join("app.lock").to_str().unwrap()).unwrap();
+    let mut o = std::mem::MaybeUninit::<unilock_options>::uninit();
+    unilock_options_init(o.as_mut_ptr());
+    // SAFETY: initialized by unilock_options_init.
+    let mut o = unsafe { o.assume_init() };
+    o.backends = UNILOCK_BACKEND_DOTLOCK;
+    let mut l = std::ptr::null_mut();
+    assert_eq!(unilock_open(path.as_ptr(), &o, &mut l), 0);
+    assert_eq!(unilock_fd(l), -libc::EOPNOTSUPP);
+    assert_eq!(unilock_lock(l, UNILOCK_SHARED, 0, 0, 0), -libc::EOPNOTSUPP);
+    assert_eq!(unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
+    assert_eq!(unilock_touch(l), 0);
+    let mut who = std::mem::MaybeUninit::<unilock_holder>::zeroed();
+    let mut count = 0usize;
+    assert_eq!(unilock_list(l, who.as_mut_ptr(), 1, &mut count), 0);
+    assert_eq!(count, 1);
+    // SAFETY: filled by unilock_list.
+    let who = unsafe { who.assume_init() };
+    assert_eq!(who.backend, UNILOCK_BACKEND_DOTLOCK);
+    assert_eq!(who.pid, std::process::id() as i32);
+    assert_eq!(who.is_self, 1);
+    assert_eq!(unilock_unlock(l, 0, 0), 0);
+    assert_eq!(unilock_close(l), 0);
+    assert!(!dir.0.join("app.lock").exists());
+}
