@@ -240,6 +240,20 @@ def test_a_dead_holders_lock_file_is_broken(peer, lock_path):
     assert not os.path.exists(lock_path)
 
 
+def test_a_long_held_lock_file_without_a_pid_is_not_broken(peer, lock_path):
+    # filelock's holder writes no pid and never refreshes its file: however long it
+    # holds the lock, the file means held, for filelock and for this drop-in.
+    p = peer("filelock-softfilelock", lock_path)
+    an_hour_ago = time.time() - 3600
+    os.utime(lock_path, (an_hour_ago, an_hour_ago))
+    with pytest.raises(unilock.Timeout):
+        unilock.SoftFileLock(lock_path, timeout=0).acquire()
+    assert os.path.exists(lock_path)
+    p.release()
+    with unilock.SoftFileLock(lock_path, timeout=0):
+        pass
+
+
 def _count(path, counter, rounds):
     import unilock as ul
 

@@ -163,6 +163,8 @@ class BaseFileLock(contextlib.ContextDecorator, metaclass=_FileLockMeta):
 
     #: The unilock backend bits this class locks with.
     _backend = _lib.BACKEND_FLOCK
+    #: ``unilock_options.stale_after_s`` (DOTLOCK only).
+    _stale_after_s = 0
     _instances: "WeakValueDictionary[str, BaseFileLock]" = WeakValueDictionary()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -303,6 +305,7 @@ class BaseFileLock(contextlib.ContextDecorator, metaclass=_FileLockMeta):
         options.backends = self._backend
         options.flags = _lib.CREATE | _lib.FOLLOW
         options.mode = context.mode
+        options.stale_after_s = self._stale_after_s
         out = ctypes.c_void_p()
         L = _lib.lib()
         path = os.fsencode(context.lock_file)
@@ -408,6 +411,10 @@ class SoftFileLock(BaseFileLock):
     file is removed; no descriptor is held (``lock_file_fd`` stays None)."""
 
     _backend = _lib.BACKEND_DOTLOCK
+    # Never stale by age (136 years), as with filelock: its holders write no pid and
+    # never refresh the file, so only a dead owner that the file names makes it stale
+    # (with 0, libunilock would break a file without a pid after 5 minutes).
+    _stale_after_s = 0xFFFFFFFF
 
     def _acquire(self, timeout: float) -> None:
         # As filelock does: a directory can never be the lock file.
