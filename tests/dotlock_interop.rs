@@ -357,6 +357,51 @@ fn with_stale_after_0_a_lock_file_without_a_pid_is_never_broken() {
     }
 }
 
+/// Names in `dir` other than `keep`.
+fn others(dir: &Path, keep: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != keep)
+        .collect()
+}
+
+/// Mail spools see waiters killed (a delivery agent's timeout): a waiter killed while
+/// the tool holds the lock must not leave its temporary file in the directory, where
+/// nothing would ever remove it.
+#[test]
+fn a_waiter_killed_while_a_tool_holds_the_lock_leaves_no_file_behind() {
+    let dir = TempDir::new("dot-killed-waiter");
+    let path = dir.0.join("app.lock");
+    let p = text(&path);
+    assert_eq!(
+        run("lockfile-create", &["--retry", "0", "--lock-name", p]),
+        0
+    );
+    let mut waiter = Command::new(UNILOCK)
+        .args(["-w", "30", "-b", "dotlock", p, "true"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let it start waiting (its temporary file, if it keeps one, appears).
+    let began = Instant::now();
+    while others(&dir.0, "app.lock").is_empty() && began.elapsed() < Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "the waiter did not wait"
+    );
+    waiter.kill().unwrap();
+    waiter.wait().unwrap();
+    assert_eq!(
+        others(&dir.0, "app.lock"),
+        Vec::<String>::new(),
+        "files left by the killed waiter"
+    );
+    assert_eq!(run("lockfile-remove", &["--lock-name", p]), 0);
+}
+
 struct Outcome {
     code: i32,
     stderr: String,
