@@ -69,7 +69,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::inode_table::{self, Family, HandleId, InodeKey, WaitRecord};
 use crate::range::ByteRange;
@@ -507,15 +507,23 @@ impl DotLock {
                 wake.as_raw_fd(),
                 pidfd.as_ref().map_or(-1, |p| p.as_raw_fd()),
             ];
-            let ready = sys::poll_readable(fds, Some(nap))
-                .map_err(|e| Error::sys(e, "ppoll", "(waiting for the lock file)"))?;
-            if ready[0] {
-                if let Some(w) = &watch {
-                    sys::drain(w.as_fd());
+            let until = Instant::now() + nap;
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                let ready = sys::poll_readable(fds, Some(left))
+                    .map_err(|e| Error::sys(e, "ppoll", "(waiting for the lock file)"))?;
+                if ready[1] {
+                    sys::eventfd_drain(wake);
                 }
-            }
-            if ready[1] {
-                sys::eventfd_drain(wake);
+                // Only a removal of the lock file itself is news: the directory sees
+                // other files come and go, this process's temporary files among them.
+                let removed = ready[0]
+                    && watch
+                        .as_ref()
+                        .is_some_and(|w| sys::inotify_names(w.as_fd(), self.file.to_bytes()));
+                if removed || ready[1] || ready[2] || left.is_zero() || ready == [false; 3] {
+                    break;
+                }
             }
         }
     }

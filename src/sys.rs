@@ -709,10 +709,29 @@ pub(crate) fn inotify_dir(dir: BorrowedFd<'_>, mask: u32) -> Result<OwnedFd, Err
     Ok(ino)
 }
 
-/// Reads and discards what is pending on a non-blocking descriptor.
-pub(crate) fn drain(fd: BorrowedFd<'_>) {
+/// Reads the pending events of a non-blocking inotify descriptor; true when one of
+/// them names `name`.
+pub(crate) fn inotify_names(fd: BorrowedFd<'_>, name: &[u8]) -> bool {
+    const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
     let mut buf = [0u8; 4096];
-    while matches!(read(fd, &mut buf), Ok(n) if n > 0) {}
+    let mut seen = false;
+    while let Ok(n) = read(fd, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        let mut at = 0;
+        while at + HEADER <= n {
+            // The kernel writes whole events: a header, then `len` bytes of name padded
+            // with NULs.
+            let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().expect("4 bytes"));
+            let end = (at + HEADER + len as usize).min(n);
+            let raw = &buf[at + HEADER..end];
+            let event_name = raw.split(|&b| b == 0).next().unwrap_or_default();
+            seen |= event_name == name;
+            at = end;
+        }
+    }
+    seen
 }
 
 /// `kill(pid, 0)`: false only when no process has that pid (ESRCH).

@@ -3,8 +3,9 @@
     python peer.py KIND PATH [HOLD_SECONDS]
 
 Takes an exclusive lock on PATH with KIND (unilock-filelock, filelock, unilock-lock,
-unilock-ofd), prints "locked" and flushes, then holds it until stdin closes (or for
-HOLD_SECONDS), releases it, prints "released" and exits.
+unilock-ofd, unilock-softfilelock, filelock-softfilelock), prints "locked" and
+flushes, then holds it until stdin closes (or for HOLD_SECONDS), releases it, prints
+"released" and exits.
 """
 
 import sys
@@ -30,6 +31,14 @@ def main() -> None:
         import unilock
 
         lock = unilock.Lock(path, backend="ofd")
+    elif kind == "unilock-softfilelock":
+        import unilock
+
+        lock = unilock.SoftFileLock(path)
+    elif kind == "filelock-softfilelock":
+        import filelock
+
+        lock = filelock.SoftFileLock(path)
     else:
         raise SystemExit(f"unknown kind {kind}")
     with lock:

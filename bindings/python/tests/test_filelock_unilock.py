@@ -4,6 +4,7 @@ hand-off without polling, cancellation, interrupts."""
 import errno
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -125,6 +126,31 @@ def test_cancel_from_another_thread(peer, lock_path):
     assert lock.lock_counter == 0 and not lock.is_locked
 
 
+@pytest.mark.parametrize(("cls", "holder_kind"), [(unilock.FileLock, "filelock"), (unilock.SoftFileLock, "filelock-softfilelock")])
+def test_a_cancel_that_lands_at_any_moment_of_a_wait_ends_it(peer, lock_path, cls, holder_kind):
+    # In the main thread an acquire is a short first wait, then a helper's wait: a
+    # cancel that lands in the first one, as it times out, must still end the acquire.
+    peer(holder_kind, lock_path)
+    lock = cls(lock_path)
+    rng = random.Random(7)
+    for _ in range(100):
+        delay = rng.uniform(0, 0.004)
+
+        def cancel_after(delay=delay):
+            time.sleep(delay)
+            while not lock.cancel():
+                time.sleep(0.0001)
+
+        t = threading.Thread(target=cancel_after)
+        t.start()
+        began = time.monotonic()
+        with pytest.raises(InterruptedError):
+            lock.acquire(timeout=2)
+        t.join()
+        assert time.monotonic() - began < 1, f"a cancel after {delay * 1000:.2f} ms was lost"
+        assert not lock.is_locked and lock.lock_counter == 0
+
+
 def test_keyboard_interrupt_during_acquire_leaves_no_lock(peer, lock_path):
     p = peer("filelock", lock_path)
     lock = unilock.FileLock(lock_path)
@@ -165,17 +191,3 @@ def test_a_read_only_lock_file_and_a_directory_can_be_locked(tmp_path):
     with unilock.FileLock(str(tmp_path), mode=os.stat(tmp_path).st_mode & 0o7777):
         pass
 
-
-def test_soft_file_lock_needs_dotlock(lock_path):
-    lock = unilock.SoftFileLock(lock_path)
-    try:
-        lock.acquire(timeout=0)
-    except OSError as e:
-        if e.errno != errno.EOPNOTSUPP:
-            raise
-        assert "DOTLOCK" in str(e)
-        assert lock.lock_counter == 0 and not lock.is_locked
-    else:  # a library with DOTLOCK: the lock file exists while held
-        assert os.path.exists(lock_path)
-        lock.release()
-        assert not os.path.exists(lock_path)

@@ -1,10 +1,12 @@
-"""unilock: advisory file locking for Linux over libunilock (flock, OFD, POSIX locks).
+"""unilock: advisory file locking for Linux over libunilock (flock, OFD and POSIX locks,
+lock files).
 
 - :class:`Lock`: the full C API — backends, shared and exclusive modes, byte ranges,
   timeouts that sleep in the kernel, cancellation, and who holds a lock.
 - :class:`FileLock`, :class:`SoftFileLock`, :class:`Timeout`: a drop-in for the
   ``filelock`` package (3.16): change ``import filelock`` to ``import unilock as
-  filelock``. FileLock uses flock(2), so it excludes filelock.FileLock on the same file.
+  filelock``. FileLock uses flock(2), so it excludes filelock.FileLock on the same file;
+  SoftFileLock is a lock file (DOTLOCK), so it excludes filelock.SoftFileLock.
 
 The library is found through ``$UNILOCK_LIBRARY``, ``ctypes.util.find_library`` and the
 SONAME ``libunilock.so.0``, on first use.

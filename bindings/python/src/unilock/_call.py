@@ -10,6 +10,11 @@ repeating while it returns 0 and the call has not returned (a cancel is never
 remembered, so one that lands before the helper enters the call would be lost), then
 undoes a grant that won the race, then re-raises. Other threads cannot be interrupted
 by signals and call the library directly.
+
+Since one lock call of the binding may be two calls of the library (the short first
+wait, then the helper's), :func:`cancel` marks the binding's call as cancelled as well
+as cancelling the library call in progress: a cancel that lands in the first wait,
+which then times out, or between the two, ends the call instead of being lost.
 """
 
 from __future__ import annotations
@@ -35,6 +40,47 @@ class Result:
         self.detail = detail
 
 
+class _Call:
+    """One lock call of the binding on a handle, for :func:`cancel`."""
+
+    __slots__ = ("cancelled", "finished")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.finished = False
+
+
+#: The binding's lock calls in progress, by handle; guarded by ``_calls_mutex``.
+_calls: "dict[int, list[_Call]]" = {}
+_calls_mutex = threading.Lock()
+
+
+def _cancelled() -> Result:
+    return Result(-errno.ECANCELED, "the wait for the lock was cancelled")
+
+
+def cancel(handle: int) -> bool:
+    """Cancels the lock calls of the binding in progress on ``handle``, from any thread:
+    each returns ECANCELED (or 0 when the lock was granted first). Returns True when
+    one was in progress; with none, nothing happens and nothing is remembered.
+
+    The caller must keep ``handle`` open until this returns."""
+    with _calls_mutex:
+        calls = list(_calls.get(handle, ()))
+    if not calls:
+        return False
+    for call in calls:
+        call.cancelled = True
+    # A library call already running needs the library's cancel, which is not
+    # remembered: repeat it until it lands or the binding's call has ended.
+    L = _lib.lib()
+    while not all(call.finished for call in calls):
+        if L.unilock_cancel(handle) == 1:
+            break
+        time.sleep(0.0001)
+    return True
+
+
 def _direct(handle: int, mode: int, start: int, length: int, timeout_ms: int) -> Result:
     L = _lib.lib()
     rc = L.unilock_lock(handle, mode, start, length, timeout_ms)
@@ -45,7 +91,27 @@ def _direct(handle: int, mode: int, start: int, length: int, timeout_ms: int) ->
 
 def lock(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo) -> Result:
     """``unilock_lock`` on ``handle``; ``undo(handle)`` releases a grant that arrived
-    after an interrupt (it is called before the exception propagates)."""
+    after an interrupt (it is called before the exception propagates). :func:`cancel`
+    ends it with ECANCELED."""
+    call = _Call()
+    with _calls_mutex:
+        _calls.setdefault(handle, []).append(call)
+    try:
+        result = _lock(handle, mode, start, length, timeout_ms, undo, call)
+    finally:
+        call.finished = True
+        with _calls_mutex:
+            calls = _calls[handle]
+            calls.remove(call)
+            if not calls:
+                del _calls[handle]
+    if call.cancelled and result.rc == -errno.ETIMEDOUT:
+        # The cancel landed as the wait timed out, or in the first wait.
+        return _cancelled()
+    return result
+
+
+def _lock(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo, call: _Call) -> Result:
     if timeout_ms == 0 or threading.current_thread() is not threading.main_thread():
         return _direct(handle, mode, start, length, timeout_ms)
     # Main thread. A first, short wait here: the uncontended case needs no helper
@@ -54,14 +120,14 @@ def lock(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo)
     began = time.monotonic()
     probe = timeout_ms if 0 < timeout_ms <= PROBE_MS else PROBE_MS
     first = _direct(handle, mode, start, length, probe)
-    if first.rc != -errno.ETIMEDOUT or probe == timeout_ms:
+    if first.rc != -errno.ETIMEDOUT or probe == timeout_ms or call.cancelled:
         return first
     remaining = -1
     if timeout_ms > 0:
         remaining = timeout_ms - int((time.monotonic() - began) * 1000)
         if remaining <= 0:
             return first
-    result = _in_helper(handle, mode, start, length, remaining, undo)
+    result = _in_helper(handle, mode, start, length, remaining, undo, call)
     if result.rc == 0:
         # Taken by the helper thread: take it again (a no-op conversion) so that the
         # library attributes it to this thread, as if this thread had waited.
@@ -69,14 +135,17 @@ def lock(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo)
     return result
 
 
-def _in_helper(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo) -> Result:
+def _in_helper(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo, call: _Call) -> Result:
     box: list[Result] = []
     done = _thread.allocate_lock()
     done.acquire()
 
     def run() -> None:
         try:
-            box.append(_direct(handle, mode, start, length, timeout_ms))
+            if call.cancelled:
+                box.append(_cancelled())
+            else:
+                box.append(_direct(handle, mode, start, length, timeout_ms))
         except BaseException:  # noqa: BLE001 - reported as a failure below
             box.append(Result(-errno.ENOTRECOVERABLE, "the waiting thread failed"))
         finally:

@@ -78,7 +78,8 @@ class _Context:
         self.mode = mode
         self.blocking = blocking
         self.handle: Optional[_Handle] = None
-        #: The descriptor the lock is held through, None when not held (as filelock's).
+        #: The descriptor the lock is held through, None when not held (as filelock's)
+        #: and for SoftFileLock, which holds none.
         self.lock_file_fd: Optional[int] = None
         self.lock_counter = 0
 
@@ -162,6 +163,8 @@ class BaseFileLock(contextlib.ContextDecorator, metaclass=_FileLockMeta):
 
     #: The unilock backend bits this class locks with.
     _backend = _lib.BACKEND_FLOCK
+    #: ``unilock_options.stale_after_s`` (DOTLOCK only).
+    _stale_after_s = 0
     _instances: "WeakValueDictionary[str, BaseFileLock]" = WeakValueDictionary()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -232,7 +235,7 @@ class BaseFileLock(contextlib.ContextDecorator, metaclass=_FileLockMeta):
 
     @property
     def is_locked(self) -> bool:
-        return self._context.lock_file_fd is not None
+        return self._context.handle is not None
 
     @property
     def lock_counter(self) -> int:
@@ -286,11 +289,11 @@ class BaseFileLock(contextlib.ContextDecorator, metaclass=_FileLockMeta):
     def cancel(self) -> bool:
         """Cancels the acquire calls waiting on this instance now, from any thread: they
         raise InterruptedError (errno ECANCELED). Returns True when one was waiting."""
-        L = _lib.lib()
         cancelled = False
+        # Under the mutex: an acquire closes its handle only after leaving the set.
         with self._waiting_mutex:
             for handle in self._waiting:
-                cancelled |= L.unilock_cancel(handle.ptr) == 1
+                cancelled |= _call.cancel(handle.ptr)
         return cancelled
 
     # -- the mechanism ------------------------------------------------------------
@@ -302,6 +305,7 @@ class BaseFileLock(contextlib.ContextDecorator, metaclass=_FileLockMeta):
         options.backends = self._backend
         options.flags = _lib.CREATE | _lib.FOLLOW
         options.mode = context.mode
+        options.stale_after_s = self._stale_after_s
         out = ctypes.c_void_p()
         L = _lib.lib()
         path = os.fsencode(context.lock_file)
@@ -341,10 +345,12 @@ class BaseFileLock(contextlib.ContextDecorator, metaclass=_FileLockMeta):
                 # filelock would time out, so does this, without sleeping first.
                 raise Timeout(context.lock_file) from error(result.rc, result.detail, context.lock_file)
             raise error(result.rc, result.detail, context.lock_file)
+        # A DOTLOCK handle has no descriptor (its lock file exists only while held).
         fd = L.unilock_fd(handle.ptr)
-        self._fix_mode(fd)
+        if fd >= 0:
+            self._fix_mode(fd)
         context.handle = handle
-        context.lock_file_fd = fd
+        context.lock_file_fd = fd if fd >= 0 else None
 
     def _forget(self, handle: _Handle) -> None:
         with self._waiting_mutex:
@@ -396,22 +402,21 @@ UnixFileLock = FileLock
 
 
 class SoftFileLock(BaseFileLock):
-    """A lock by the existence of ``lock_file`` (unilock's DOTLOCK backend), as
-    filelock.SoftFileLock. The DOTLOCK backend is not in this version of libunilock:
-    acquiring raises OSError(EOPNOTSUPP) until it is."""
+    """A lock by the existence of ``lock_file``, as filelock.SoftFileLock, on unilock's
+    DOTLOCK backend: the lock file is made (by ``link()``, with ``mode``) when the lock
+    is taken and removed when it is released; any file at that path, filelock's empty
+    one included, means the lock is held. The file holds the owner's pid, start time,
+    host and boot id, so a lock file left by a process that died on this host is
+    broken (filelock's SoftFileLock waits for it forever). A wait is woken when the
+    file is removed; no descriptor is held (``lock_file_fd`` stays None)."""
 
     _backend = _lib.BACKEND_DOTLOCK
+    # Never stale by age (stale_after_s 0), as with filelock: its holders write no pid
+    # and never refresh the file, so only a dead owner that the file names makes it
+    # stale.
 
-    def _open_error(self, rc: int, detail: str) -> OSError:
-        if -rc == errno.EOPNOTSUPP:
-            return OSError(
-                errno.EOPNOTSUPP,
-                "SoftFileLock needs libunilock's DOTLOCK backend (lock files by existence), "
-                f"which libunilock {_lib.version()} does not support yet; use FileLock "
-                f"(flock) meanwhile [{detail}]",
-                self.lock_file,
-            )
-        return super()._open_error(rc, detail)
-
-    def _fix_mode(self, fd: int) -> None:
-        pass
+    def _acquire(self, timeout: float) -> None:
+        # As filelock does: a directory can never be the lock file.
+        if os.path.isdir(self.lock_file):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", self.lock_file)
+        super()._acquire(timeout)

@@ -247,7 +247,7 @@ class Lock:
         with self._mutex:
             if self._handle is None:
                 return False
-            return _lib.lib().unilock_cancel(self._handle) == 1
+            return _call.cancel(self._handle)
 
     # -- questions ----------------------------------------------------------------
 
