@@ -215,13 +215,13 @@ def handoff_chart(data, meta, path):
 
 def fairness_chart(data, meta, path):
     runs = data.get("fairness", [])
-    row_h, top, left, right = 20, 74, 230, 250
+    row_h, top, left, right = 20, 74, 230, 320
     mechs = []
     for r in runs:
         if r["mech"] not in mechs:
             mechs.append(r["mech"])
     height = top + row_h * len(runs) + 24 * len(mechs) + 60
-    svg = Svg(1000, height)
+    svg = Svg(1080, height)
     header(svg, "Who gets the lock: each process's share of the acquisitions under contention",
            "One bar per run, one segment per process (equal segments = fair). "
            "N processes loop: lock, hold 50 µs, unlock, lock again.", meta)
@@ -258,8 +258,9 @@ def fairness_chart(data, meta, path):
                 fx = x0 + (x1 - x0) * k / n
                 svg.line(fx, y + 1, fx, y + row_h - 1, colour="#000", width=1, dash="2,2")
             svg.text(x1 + 8, mid + 4,
-                     f"Jain {r['jain']:.2f} · min {100 * r['min_share']:.0f}% · worst wait "
-                     f"{fmt_ns(r['worst_wait_ns'])}", size=10, colour="#444")
+                     f"Jain {r['jain']:.2f} · min {100 * r['min_share']:.0f}% · wait p99 "
+                     f"{fmt_ns(r['p99_wait_ns'])}, worst {fmt_ns(r['worst_wait_ns'])}",
+                     size=10, colour="#444")
         y += row_h
     svg.text(x0, y + 16, "dotted lines: where the segments would end if every process had 1/N",
              size=10, colour="#777")

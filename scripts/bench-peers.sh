@@ -95,8 +95,12 @@ fi
 } > "$work/peers-versions.md"
 
 date=${BENCH_DATE:-$(date -u '+%Y-%m-%d %H:%M UTC')}
-command=${BENCH_COMMAND:-scripts/bench-peers.sh}
-[ "$QUICK" = 1 ] && command="QUICK=1 $command"
+if [ -n "${BENCH_COMMAND:-}" ]; then
+    command=$BENCH_COMMAND
+else
+    command=scripts/bench-peers.sh
+    [ "$QUICK" = 1 ] && command="QUICK=1 $command"
+fi
 cpu_model=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 machine="${cpu_model:-unknown CPU}, $(nproc) CPUs, $(uname -sr)"
 "$PYTHON" scripts/bench-charts.py "$work/peers.json" docs \

@@ -4,7 +4,8 @@
 # took, the tables with their explanations, the machine-readable summaries) and the
 # charts docs/bench-*.svg. `make bench` calls it; it can also be run by hand.
 #
-# In turn: the library's own suite (benches/core.rs, about 40 s), the bindings
+# In turn: the library's own suite (benches/core.rs, about 40 s; built by
+# bench/peers/Cargo.toml, so that the library's dev-dependencies are not), the bindings
 # (bindings/bench.sh), the command against flock(1) (scripts/bench-cli.sh), and
 # unilock beside its peers (scripts/bench-peers.sh: raw syscalls, Rust std, fd-lock,
 # fs4, flock(1), filelock, portalocker, liblockfile, lockfile-progs, procmail;
@@ -52,10 +53,18 @@ rm -f "$work/core.md" "$work/core.json"
 # Seconds since $1 (date +%s%N).
 since() { echo $(( ($(date +%s%N) - $1) / 1000000000 )); }
 
-# `cargo bench` builds with the bench profile, which is the release profile.
+# The benchmark programs: benches/core.rs is built by bench/peers's Cargo.toml as
+# `core`, the same program as `cargo bench --bench core` (the bench profile is the
+# release profile), without building the library's dev-dependencies.
 t=$(date +%s%N)
-echo "$CARGO bench ${cargo_flags[*]} --bench core -- ${args[*]}"
-if ! "$CARGO" bench "${cargo_flags[@]}" --bench core -- "${args[@]}" 2>&1 | tee "$work/core.log"; then
+echo "CARGO_TARGET_DIR=target/peers $CARGO build --release --manifest-path bench/peers/Cargo.toml"
+CARGO_TARGET_DIR=$PWD/target/peers "$CARGO" build --release "${cargo_flags[@]}" \
+    --manifest-path bench/peers/Cargo.toml
+build_s=$(since "$t")
+
+t=$(date +%s%N)
+echo "target/peers/release/core ${args[*]}"
+if ! target/peers/release/core "${args[@]}" 2>&1 | tee "$work/core.log"; then
     echo "bench.sh: the benchmark suite failed; see $work/core.log" >&2
     exit 1
 fi
@@ -122,10 +131,11 @@ total_text="$((total_s / 60)) min $((total_s % 60)) s"
     echo "# unilock benchmarks"
     echo
     echo "Produced by \`$command\` on $date_started, in $total_text of wall time"
-    echo "(building included). Regenerate with \`make bench\` (which runs \`scripts/bench.sh\`:"
-    echo "\`cargo bench --bench core\`, the program \`benches/core.rs\`, in release mode; the"
-    echo "bindings, the command, and unilock beside its peers, \`scripts/bench-peers.sh\`; then"
-    echo "writes this file and the charts in [docs/](docs))."
+    echo "(building included). Regenerate with \`make bench\`, which runs \`scripts/bench.sh\`:"
+    echo "the library's suite \`benches/core.rs\` in release mode (sections 1-5; also"
+    echo "\`cargo bench --bench core\`), unilock beside its peers (section 6,"
+    echo "\`scripts/bench-peers.sh\`), the command and the bindings, then writes this file"
+    echo "and the charts in [docs/](docs)."
     if [ "$QUICK" = 1 ]; then
         echo
         echo "**QUICK=1: a smoke test with small counts; these numbers are not representative.**"
@@ -143,7 +153,7 @@ total_text="$((total_s / 60)) min $((total_s % 60)) s"
     echo "| files in | ${TMPDIR:-/tmp} (${tmpfs:-unknown}) |"
     echo "| load average (1, 5, 15 min) | before: $load_before; after: $load_after |"
     echo "| command | \`$command\` |"
-    echo "| wall time | $total_text: core suite ${core_s} s, bindings ${bindings_s} s, command ${cli_s} s, peers ${peers_s} s (the rest: building) |"
+    echo "| wall time | $total_text: building the benchmarks ${build_s} s, core suite ${core_s} s, bindings ${bindings_s} s, command ${cli_s} s, peers ${peers_s} s (the rest: \`make build\`) |"
     echo
     echo "The machine may be shared: other work on it shows up as noise, mostly in the"
     echo "latency percentiles (p99, max). Ratios are taken between measurements made"

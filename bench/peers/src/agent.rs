@@ -79,8 +79,8 @@ fn pairs(locker: &mut dyn Locker, n: usize) -> String {
 
 /// `contend KIND PATH START_NS DURATION_NS HOLD_NS`: from START (CLOCK_MONOTONIC)
 /// for DURATION, takes the lock (waiting without timeout), holds it HOLD ns busy,
-/// releases and starts again at once. Prints `COUNT MAX_WAIT_NS SUM_WAIT_NS`, or
-/// `unsupported MESSAGE` when the locker cannot be had.
+/// releases and starts again at once. Prints `COUNT MAX_WAIT_NS SUM_WAIT_NS
+/// P99_WAIT_NS`, or `unsupported MESSAGE` when the locker cannot be had.
 pub fn contend_main(kind: &str, path: &Path, start: u64, duration: u64, hold: u64) {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -105,7 +105,7 @@ pub fn contend_main(kind: &str, path: &Path, start: u64, duration: u64, hold: u6
         )
     };
     let end = start + duration;
-    let (mut count, mut max_wait, mut sum_wait) = (0u64, 0u64, 0u64);
+    let mut waits: Vec<u64> = Vec::with_capacity(1 << 16);
     while mono_ns() < end {
         let t0 = mono_ns();
         match locker.lock(-1) {
@@ -117,14 +117,18 @@ pub fn contend_main(kind: &str, path: &Path, start: u64, duration: u64, hold: u6
             }
         }
         let t1 = mono_ns();
-        let wait = t1 - t0;
-        max_wait = max_wait.max(wait);
-        sum_wait += wait;
+        waits.push(t1 - t0);
         while mono_ns() < t1 + hold {
             std::hint::spin_loop();
         }
         locker.unlock();
-        count += 1;
     }
-    println!("{count} {max_wait} {sum_wait}");
+    let sum: u64 = waits.iter().sum();
+    waits.sort_unstable();
+    let p99 = match waits.len() {
+        0 => 0,
+        n => waits[(n * 99).div_ceil(100).clamp(1, n) - 1],
+    };
+    let max = waits.last().copied().unwrap_or(0);
+    println!("{} {max} {sum} {p99}", waits.len());
 }

@@ -1678,7 +1678,7 @@ impl Driver {
     // 6. Fairness
 
     /// Runs `n` contenders of `kind` on `path`; the per-process results.
-    fn contend(&mut self, kind: &str, path: &Path, n: usize) -> Result<Vec<[u64; 3]>, String> {
+    fn contend(&mut self, kind: &str, path: &Path, n: usize) -> Result<Vec<[u64; 4]>, String> {
         let duration = self.counts.fair_duration.as_nanos() as u64;
         let start = mono_ns() + 200_000_000 + 25_000_000 * n as u64;
         let children: Vec<Child> = (0..n)
@@ -1716,11 +1716,11 @@ impl Driver {
                 .split_whitespace()
                 .filter_map(|w| w.parse().ok())
                 .collect();
-            if !status.success() || v.len() != 3 {
+            if !status.success() || v.len() != 4 {
                 problem = Some(format!("a contender failed: {line:?}"));
                 continue;
             }
-            results.push([v[0], v[1], v[2]]);
+            results.push([v[0], v[1], v[2], v[3]]);
         }
         match problem {
             Some(p) => Err(p),
@@ -1767,7 +1767,7 @@ impl Driver {
                         Err(why) => {
                             let _ = writeln!(
                                 rows,
-                                "| {} | {vlabel} | {n} | {} | | | | | |",
+                                "| {} | {vlabel} | {n} | {} | | | | | | |",
                                 mech.name(),
                                 not_supported(&why)
                             );
@@ -1786,30 +1786,34 @@ impl Driver {
                             let min = shares.iter().cloned().fold(f64::INFINITY, f64::min);
                             let max = shares.iter().cloned().fold(0.0, f64::max);
                             let worst = r.iter().map(|x| x[1]).max().unwrap_or(0) as f64;
+                            let p99 = r.iter().map(|x| x[3]).max().unwrap_or(0) as f64;
                             let mean_wait =
                                 r.iter().map(|x| x[2]).sum::<u64>() as f64 / total.max(1.0);
                             let rate = total / duration_s;
                             per_n[ni][v] = Some(rate);
                             let _ = writeln!(
                                 rows,
-                                "| {} | {vlabel} | {n} | {rate:.0} | {j:.3} | {:.1}% | {:.1}% | {} | {} |",
+                                "| {} | {vlabel} | {n} | {rate:.0} | {j:.3} | {:.1}% | {:.1}% | {} | {} | {} |",
                                 mech.name(),
                                 min * 100.0,
                                 max * 100.0,
-                                fmt_ns(worst),
-                                fmt_ns(mean_wait)
+                                fmt_ns(mean_wait),
+                                fmt_ns(p99),
+                                fmt_ns(worst)
                             );
                             let k =
                                 format!("fair.{}.{}.{n}", mech.key(), variant.replace('-', "_"));
                             self.fact(&format!("{k}.jain"), j);
                             self.fact(&format!("{k}.per_s"), rate);
                             self.fact(&format!("{k}.worst_wait_ms"), worst / 1e6);
+                            self.fact(&format!("{k}.p99_wait_ms"), p99 / 1e6);
                             self.fact(&format!("{k}.min_share"), min);
                             item.set("counts", counts)
                                 .set("jain", j)
                                 .set("min_share", min)
                                 .set("max_share", max)
                                 .set("worst_wait_ns", worst)
+                                .set("p99_wait_ns", p99)
                                 .set("mean_wait_ns", mean_wait)
                                 .set("per_s", rate);
                         }
@@ -1846,13 +1850,15 @@ impl Driver {
              loops: take the lock on the same file (no timeout), hold it {} µs (busy), \
              release, and take it again at once. Share = a process's acquisitions / all \
              acquisitions (fair: 1/N each); Jain's index = (Σx)² / (N·Σx²), 1 when all \
-             shares are equal, 1/N when one process gets everything; worst wait = the longest \
-             single lock call of any process, mean wait = the lock calls' total / \
-             acquisitions. The kernel does not hand a released lock to the longest waiter: the \
+             shares are equal, 1/N when one process gets everything; mean wait = the lock \
+             calls' total time / acquisitions; p99 wait = the 99th percentile of one \
+             process's lock calls, the worst process; worst wait = the longest single lock \
+             call of any process. With more processes than CPUs, the scheduler's time \
+             slices are in the waits too. The kernel does not hand a released lock to the longest waiter: the \
              releaser, still on its CPU, takes it straight back. `UNILOCK_FAIR` is the \
              library's FIFO hand-off (SPEC section 5).\n\n\
-             | mechanism | locker | processes | acquisitions/s | Jain's index | min share | max share | worst wait | mean wait |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|\n{rows}\n\
+             | mechanism | locker | processes | acquisitions/s | Jain's index | min share | max share | mean wait | p99 wait | worst wait |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n{rows}\n\
              ![Per-process shares](docs/bench-fairness.svg)\n\n\
              Throughput, acquisitions per second (fair mode against unfair):\n\n\
              | mechanism | processes | raw | unilock | unilock `UNILOCK_FAIR` | FAIR / unilock |\n\
@@ -1962,14 +1968,18 @@ impl Driver {
             fair(self, "fair.flock.unilock_fair.8.jain"),
             fair(self, "fair.flock.raw.8.jain"),
         ));
+        let waits = |d: &Driver, k: &str| match (
+            d.get(&format!("{k}.p99_wait_ms")),
+            d.get(&format!("{k}.worst_wait_ms")),
+        ) {
+            (Some(p), Some(w)) => format!("{} / {}", ms(p), ms(w)),
+            _ => missing.to_string(),
+        };
         h.push(format!(
-            "| worst wait, 8 processes, FLOCK | {} unfair, {} `UNILOCK_FAIR` | {} | |",
-            self.show("fair.flock.unilock.8.worst_wait_ms", "", ms),
-            match self.get("fair.flock.unilock_fair.8.worst_wait_ms") {
-                Some(v) => ms(v),
-                None => missing.into(),
-            },
-            self.show("fair.flock.raw.8.worst_wait_ms", "", ms),
+            "| lock-call wait p99 / worst, 8 processes, FLOCK | {} unfair, {} `UNILOCK_FAIR` | {} | |",
+            waits(self, "fair.flock.unilock.8"),
+            waits(self, "fair.flock.unilock_fair.8"),
+            waits(self, "fair.flock.raw.8"),
         ));
         h.push(format!(
             "| DOTLOCK pair | {} | {} (`O_EXCL` + `unlink`) | liblockfile {} |",
