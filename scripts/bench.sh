@@ -10,7 +10,7 @@
 # unilock beside its peers (scripts/bench-peers.sh: raw syscalls, Rust std, fd-lock,
 # fs4, flock(1), filelock, portalocker, liblockfile, lockfile-progs, procmail;
 # about 3 minutes, and it needs `apt-get install -y lockfile-progs liblockfile-dev
-# procmail`). The whole of `make bench` takes about 5 minutes on a 2-core machine.
+# procmail`). The whole of `make bench` takes about 4 minutes on a 2-core machine.
 # The numbers depend on what else runs: the load average before and after the run
 # is recorded with them.
 #
@@ -81,7 +81,6 @@ if ! bash bindings/bench.sh > "$work/bindings.md" 2> "$work/bindings.log"; then
     echo "bench.sh: bindings/bench.sh failed; see $work/bindings.log" >&2
     exit 1
 fi
-
 bindings_s=$(since "$t")
 
 # The command against util-linux flock(1), whole processes (scripts/bench-cli.sh).

@@ -1364,7 +1364,9 @@ impl Driver {
              and unilock(1). Waiters that sleep in the kernel or wait on inotify: {} rounds, \
              interleaved; pollers: fewer, as each round costs a polling period. \
              lockfile-progs retries after 5 s, then 10 s, ... (`--retry 3`); procmail's \
-             `lockfile` sleeps 8 s between attempts by default, `-1` makes it 1 s.\n\n\
+             `lockfile` sleeps 8 s between attempts by default, and its `-1` (the \
+             `-sleeptime` option; `-s` is the pause after breaking a stale lock) makes it \
+             1 s, for a bounded run.\n\n\
              | mechanism | peer | waiter | wakes by | rounds | p50 | p99 | max |\n\
              |---|---|---|---|---:|---:|---:|---:|\n{rows}\n\
              ![Hand-off latency distributions](docs/bench-handoff.svg)\n\n",
