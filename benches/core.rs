@@ -1,7 +1,8 @@
 //! The unilock benchmark suite, one program without a harness (`harness = false`).
 //!
-//! `make bench` runs it through `scripts/bench.sh`, which writes BENCHMARKS.md; by
-//! hand: `cargo bench --bench core [-- OPTIONS]`.
+//! `make bench` runs it through `scripts/bench.sh`, which writes BENCHMARKS.md (built
+//! there as `core` by bench/peers/Cargo.toml, without the dev-dependencies); by hand:
+//! `cargo bench --bench core [-- OPTIONS]`.
 //!
 //! What it measures, each against the raw system calls in the same run:
 //! 1. the uncontended lock + unlock pair through the C API (`unilock_lock` with timeout

@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# scripts/bench.sh: runs the benchmark suite (benches/core.rs) in release mode and
-# writes BENCHMARKS.md at the root of the repository: the date, the machine, the
-# command that produced it, the tables with their explanations, and the
-# machine-readable summary. `make bench` calls it; it can also be run by hand.
+# scripts/bench.sh: runs every benchmark and writes BENCHMARKS.md at the root of the
+# repository (the date, the machine, the command that produced it and how long it
+# took, the tables with their explanations, the machine-readable summaries) and the
+# charts docs/bench-*.svg. `make bench` calls it; it can also be run by hand.
 #
-# The suite needs about 30 s on a quiet 2-core machine. Its numbers depend on what
-# else runs: the load average before and after the run is recorded with them.
+# In turn: the library's own suite (benches/core.rs, about 40 s; built by
+# bench/peers/Cargo.toml, so that the library's dev-dependencies are not), the bindings
+# (bindings/bench.sh), the command against flock(1) (scripts/bench-cli.sh), and
+# unilock beside its peers (scripts/bench-peers.sh: raw syscalls, Rust std, fd-lock,
+# fs4, flock(1), filelock, portalocker, liblockfile, lockfile-progs, procmail;
+# about 3 minutes, and it needs `apt-get install -y lockfile-progs liblockfile-dev
+# procmail`). The whole of `make bench` takes about 4 minutes on a 2-core machine.
+# The numbers depend on what else runs: the load average before and after the run
+# is recorded with them.
 #
 # Environment: CARGO (default cargo), CARGOFLAGS (extra cargo arguments),
 # QUICK=1 (small counts: a smoke test whose numbers are not worth keeping),
-# OUT (default BENCHMARKS.md).
+# OUT (default BENCHMARKS.md), BENCH_STARTED_NS (when `make bench` started, for the
+# wall time; set by the Makefile).
 #
 # Also kept in target/bench/: core.md (the tables), core.json (the summary),
-# core.log (everything the suite printed).
+# core.log (everything the suite printed), and the peers' peers.md, peers.json
+# (every sample) and peers.log.
 
 set -euo pipefail
 
@@ -36,35 +45,63 @@ fi
 args=(--markdown "$work/core.md" --json "$work/core.json")
 [ "$QUICK" = 1 ] && args+=(--quick)
 
+started_ns=${BENCH_STARTED_NS:-$(date +%s%N)}
 date_started=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 rm -f "$work/core.md" "$work/core.json"
 
-# `cargo bench` builds with the bench profile, which is the release profile.
-echo "$CARGO bench ${cargo_flags[*]} --bench core -- ${args[*]}"
-if ! "$CARGO" bench "${cargo_flags[@]}" --bench core -- "${args[@]}" 2>&1 | tee "$work/core.log"; then
+# Seconds since $1 (date +%s%N).
+since() { echo $(( ($(date +%s%N) - $1) / 1000000000 )); }
+
+# The benchmark programs: benches/core.rs is built by bench/peers's Cargo.toml as
+# `core`, the same program as `cargo bench --bench core` (the bench profile is the
+# release profile), without building the library's dev-dependencies.
+t=$(date +%s%N)
+echo "CARGO_TARGET_DIR=target/peers $CARGO build --release --manifest-path bench/peers/Cargo.toml"
+CARGO_TARGET_DIR=$PWD/target/peers "$CARGO" build --release "${cargo_flags[@]}" \
+    --manifest-path bench/peers/Cargo.toml
+build_s=$(since "$t")
+
+t=$(date +%s%N)
+echo "target/peers/release/core ${args[*]}"
+if ! target/peers/release/core "${args[@]}" 2>&1 | tee "$work/core.log"; then
     echo "bench.sh: the benchmark suite failed; see $work/core.log" >&2
     exit 1
 fi
-load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 if [ ! -s "$work/core.md" ] || [ ! -s "$work/core.json" ]; then
     echo "bench.sh: the suite wrote no results" >&2
     exit 1
 fi
+core_s=$(since "$t")
 
 # The Go and Python bindings against gofrs/flock's syscalls and filelock.
+t=$(date +%s%N)
 echo "bindings/bench.sh"
 if ! bash bindings/bench.sh > "$work/bindings.md" 2> "$work/bindings.log"; then
     echo "bench.sh: bindings/bench.sh failed; see $work/bindings.log" >&2
     exit 1
 fi
+bindings_s=$(since "$t")
 
 # The command against util-linux flock(1), whole processes (scripts/bench-cli.sh).
+t=$(date +%s%N)
 echo "scripts/bench-cli.sh"
 if ! bash scripts/bench-cli.sh > "$work/cli.md" 2> "$work/cli.log"; then
     echo "bench.sh: scripts/bench-cli.sh failed; see $work/cli.log" >&2
     exit 1
 fi
+cli_s=$(since "$t")
+
+# unilock beside its peers, and the charts (scripts/bench-peers.sh).
+t=$(date +%s%N)
+echo "scripts/bench-peers.sh"
+if ! BENCH_COMMAND="$command" BENCH_DATE="$date_started" QUICK="$QUICK" CARGO="$CARGO" \
+        bash scripts/bench-peers.sh; then
+    echo "bench.sh: scripts/bench-peers.sh failed" >&2
+    exit 1
+fi
+peers_s=$(since "$t")
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 cpu_model=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 [ -n "$cpu_model" ] || cpu_model=$(grep -m1 -E '^(Hardware|cpu model|uarch)' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
@@ -85,12 +122,19 @@ if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
 fi
 tmpfs=$(df -T "${TMPDIR:-/tmp}" 2>/dev/null | awk 'NR == 2 { print $2 }')
 
+peers_summary=$(python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["summary"], indent=2))' "$work/peers.json")
+total_s=$(since "$started_ns")
+total_text="$((total_s / 60)) min $((total_s % 60)) s"
+
 {
     echo "# unilock benchmarks"
     echo
-    echo "Produced by \`$command\` on $date_started. Regenerate with \`make bench\`"
-    echo "(which runs \`scripts/bench.sh\`: \`cargo bench --bench core\`, the program"
-    echo "\`benches/core.rs\`, in release mode, then writes this file)."
+    echo "Produced by \`$command\` on $date_started, in $total_text of wall time"
+    echo "(building included). Regenerate with \`make bench\`, which runs \`scripts/bench.sh\`:"
+    echo "the library's suite \`benches/core.rs\` in release mode (sections 1-5; also"
+    echo "\`cargo bench --bench core\`), unilock beside its peers (section 6,"
+    echo "\`scripts/bench-peers.sh\`), the command and the bindings, then writes this file"
+    echo "and the charts in [docs/](docs)."
     if [ "$QUICK" = 1 ]; then
         echo
         echo "**QUICK=1: a smoke test with small counts; these numbers are not representative.**"
@@ -107,12 +151,39 @@ tmpfs=$(df -T "${TMPDIR:-/tmp}" 2>/dev/null | awk 'NR == 2 { print $2 }')
     echo "| unilock | $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1), commit $commit |"
     echo "| files in | ${TMPDIR:-/tmp} (${tmpfs:-unknown}) |"
     echo "| load average (1, 5, 15 min) | before: $load_before; after: $load_after |"
+    echo "| command | \`$command\` |"
+    echo "| wall time | $total_text: building the benchmarks ${build_s} s, core suite ${core_s} s, bindings ${bindings_s} s, command ${cli_s} s, peers ${peers_s} s (the rest: \`make build\`) |"
     echo
     echo "The machine may be shared: other work on it shows up as noise, mostly in the"
     echo "latency percentiles (p99, max). Ratios are taken between measurements made"
     echo "back to back in the same run, which keeps most of that noise out of them."
     echo
+    echo "## At a glance: unilock beside what users would otherwise use"
+    echo
+    echo "From section 6, measured in this run on the same lock files (FLOCK unless the"
+    echo "row says otherwise). \"not supported yet\" marks what this build of the library"
+    echo "refuses with \`-EOPNOTSUPP\` (\`UNILOCK_FAIR\`, the DOTLOCK backend): the same"
+    echo "command measures it once the library has it."
+    echo
+    cat "$work/peers-headline.md"
+    echo
+    echo "![Uncontended acquire + release](docs/bench-uncontended.svg)"
+    echo
     cat "$work/core.md"
+    echo
+    echo "## 6. Beside the alternatives"
+    echo
+    echo "unilock against what its users would otherwise use, every peer in the same run on"
+    echo "the same lock files: the raw system calls (the physical limit), Rust std"
+    echo "\`File::lock\`, the crates fd-lock and fs4 (\`bench/peers\`, a crate of its own),"
+    echo "util-linux \`flock(1)\`, Python filelock and portalocker (in a venv the script"
+    echo "creates), liblockfile (a small C program, \`bench/peers/lockfile_agent.c\`),"
+    echo "lockfile-progs and procmail's \`lockfile\`. From \`scripts/bench-peers.sh\`; the"
+    echo "driver is \`bench/peers/src/driver.rs\`."
+    echo
+    cat "$work/peers-versions.md"
+    echo
+    cat "$work/peers.md"
     echo
     echo "## The unilock command against flock(1)"
     echo
@@ -139,6 +210,13 @@ tmpfs=$(df -T "${TMPDIR:-/tmp}" 2>/dev/null | awk 'NR == 2 { print $2 }')
     echo
     echo '```json'
     cat "$work/core.json"
+    echo '```'
+    echo
+    echo "The peers' results (section 6) as one flat JSON object; every sample is in"
+    echo "\`target/bench/peers.json\` after a run."
+    echo
+    echo '```json'
+    echo "$peers_summary"
     echo '```'
 } > "$OUT.tmp"
 mv -f "$OUT.tmp" "$OUT"

@@ -1,0 +1,521 @@
+//! The lock implementations this process can run as an agent: the raw system calls,
+//! unilock through its C API, Rust std `File::lock`, and the crates fd-lock and fs4.
+//! Python's and liblockfile's live in `agent.py` and `lockfile_agent.c`, which speak
+//! the same protocol (see `agent.rs`).
+
+use std::ffi::{CStr, CString};
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use unilock::capi::{
+    UNILOCK_BACKEND_DOTLOCK, UNILOCK_BACKEND_FLOCK, UNILOCK_BACKEND_OFD, UNILOCK_BACKEND_POSIX,
+    UNILOCK_CREATE, UNILOCK_EXCLUSIVE, UNILOCK_FAIR, unilock_close, unilock_last_error,
+    unilock_lock, unilock_open, unilock_options, unilock_options_init, unilock_strerror,
+    unilock_unlock,
+};
+
+/// What an agent does with its lock: the operations every measurement is made of.
+pub trait Locker {
+    /// One uncontended try + release; false when either failed.
+    fn pair(&mut self) -> bool;
+    /// Takes the lock: `timeout_ms < 0` waits forever, 0 tries once, `> 0` gives up
+    /// after that long. `Ok(true)` taken, `Ok(false)` not taken in time.
+    fn lock(&mut self, timeout_ms: i64) -> Result<bool, String>;
+    fn unlock(&mut self);
+}
+
+/// The kernel mechanisms, and the lock file by existence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    Flock,
+    Ofd,
+    Posix,
+    Dotlock,
+}
+
+impl Mechanism {
+    pub fn from_key(key: &str) -> Option<Mechanism> {
+        match key {
+            "flock" => Some(Mechanism::Flock),
+            "ofd" => Some(Mechanism::Ofd),
+            "posix" => Some(Mechanism::Posix),
+            "dotlock" => Some(Mechanism::Dotlock),
+            _ => None,
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Mechanism::Flock => "flock",
+            Mechanism::Ofd => "ofd",
+            Mechanism::Posix => "posix",
+            Mechanism::Dotlock => "dotlock",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Flock => "FLOCK",
+            Mechanism::Ofd => "OFD",
+            Mechanism::Posix => "POSIX",
+            Mechanism::Dotlock => "DOTLOCK",
+        }
+    }
+
+    fn unilock_backend(self) -> u32 {
+        match self {
+            Mechanism::Flock => UNILOCK_BACKEND_FLOCK,
+            Mechanism::Ofd => UNILOCK_BACKEND_OFD,
+            Mechanism::Posix => UNILOCK_BACKEND_POSIX,
+            Mechanism::Dotlock => UNILOCK_BACKEND_DOTLOCK,
+        }
+    }
+}
+
+/// Builds the locker named `kind` on `path`: `raw-MECH`, `unilock-MECH`,
+/// `unilock-MECH-fair`, `std`, `fd-lock`, `fs4`. `Err` says why it cannot be had
+/// (for unilock, the library's own message, such as a backend not supported yet).
+pub fn make(kind: &str, path: &Path) -> Result<Box<dyn Locker>, String> {
+    if let Some(m) = kind.strip_prefix("raw-") {
+        let mech = Mechanism::from_key(m).ok_or_else(|| format!("unknown locker {kind}"))?;
+        return Ok(if mech == Mechanism::Dotlock {
+            Box::new(RawDotlock::new(path))
+        } else {
+            Box::new(RawKernel::new(mech, path))
+        });
+    }
+    if let Some(rest) = kind.strip_prefix("unilock-") {
+        let (m, fair) = match rest.strip_suffix("-fair") {
+            Some(m) => (m, true),
+            None => (rest, false),
+        };
+        let mech = Mechanism::from_key(m).ok_or_else(|| format!("unknown locker {kind}"))?;
+        return Ok(Box::new(Unilock::open(mech, fair, path)?));
+    }
+    match kind {
+        "std" => Ok(Box::new(StdLock(open_rw(path)))),
+        "fd-lock" => Ok(Box::new(FdLock::new(open_rw(path)))),
+        "fs4" => Ok(Box::new(Fs4Lock(open_rw(path)))),
+        _ => Err(format!("unknown locker {kind}")),
+    }
+}
+
+/// Opens (creating) `path` read-write, as the peers do.
+pub fn open_rw(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------
+// The raw system calls
+
+/// A `struct flock` for the whole file.
+fn whole_file(kind: i32) -> libc::flock {
+    // SAFETY: struct flock is plain data; all-zero bytes are a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl
+}
+
+/// One raw exclusive whole-file lock call; 0 or the errno.
+pub fn raw_lock(mech: Mechanism, fd: i32, wait: bool) -> i32 {
+    let rc = match mech {
+        Mechanism::Flock => {
+            let op = if wait {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_EX | libc::LOCK_NB
+            };
+            // SAFETY: flock on an open descriptor.
+            unsafe { libc::flock(fd, op) }
+        }
+        Mechanism::Ofd | Mechanism::Posix => {
+            let cmd = match (mech, wait) {
+                (Mechanism::Ofd, false) => libc::F_OFD_SETLK,
+                (Mechanism::Ofd, true) => libc::F_OFD_SETLKW,
+                (_, false) => libc::F_SETLK,
+                (_, true) => libc::F_SETLKW,
+            };
+            let mut fl = whole_file(libc::F_WRLCK);
+            // SAFETY: fcntl with a record-lock command and a valid struct flock.
+            unsafe { libc::fcntl(fd, cmd, &mut fl) }
+        }
+        Mechanism::Dotlock => unreachable!("no kernel call for a lock file"),
+    };
+    if rc == 0 { 0 } else { errno() }
+}
+
+/// The raw unlock matching [`raw_lock`]; 0 or the errno.
+pub fn raw_unlock(mech: Mechanism, fd: i32) -> i32 {
+    let rc = match mech {
+        // SAFETY: flock on an open descriptor.
+        Mechanism::Flock => unsafe { libc::flock(fd, libc::LOCK_UN) },
+        Mechanism::Ofd | Mechanism::Posix => {
+            let cmd = if mech == Mechanism::Ofd {
+                libc::F_OFD_SETLK
+            } else {
+                libc::F_SETLK
+            };
+            let mut fl = whole_file(libc::F_UNLCK);
+            // SAFETY: fcntl with a record-lock command and a valid struct flock.
+            unsafe { libc::fcntl(fd, cmd, &mut fl) }
+        }
+        Mechanism::Dotlock => unreachable!("no kernel call for a lock file"),
+    };
+    if rc == 0 { 0 } else { errno() }
+}
+
+extern "C" fn on_alarm(_: libc::c_int) {}
+
+/// Arms `ITIMER_REAL` for `ms` with a SIGALRM handler installed without
+/// `SA_RESTART`, so that a blocking lock call returns `EINTR` when it fires: how
+/// flock(1) times out, the only timeout the raw calls have. `ms == 0` disarms it.
+fn alarm_in(ms: i64) {
+    // SAFETY: sigaction with a handler that does nothing; setitimer with a local struct.
+    unsafe {
+        if ms > 0 {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_alarm as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut());
+        }
+        let it = libc::itimerval {
+            it_interval: libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            },
+            it_value: libc::timeval {
+                tv_sec: (ms / 1000) as libc::time_t,
+                tv_usec: ((ms % 1000) * 1000) as libc::suseconds_t,
+            },
+        };
+        libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut());
+    }
+}
+
+/// flock, OFD or POSIX on one descriptor kept open; timed waits by SIGALRM.
+struct RawKernel {
+    mech: Mechanism,
+    file: File,
+}
+
+impl RawKernel {
+    fn new(mech: Mechanism, path: &Path) -> RawKernel {
+        RawKernel {
+            mech,
+            file: open_rw(path),
+        }
+    }
+}
+
+impl Locker for RawKernel {
+    fn pair(&mut self) -> bool {
+        let fd = self.file.as_raw_fd();
+        raw_lock(self.mech, fd, false) == 0 && raw_unlock(self.mech, fd) == 0
+    }
+
+    fn lock(&mut self, timeout_ms: i64) -> Result<bool, String> {
+        let fd = self.file.as_raw_fd();
+        let rc = if timeout_ms == 0 {
+            raw_lock(self.mech, fd, false)
+        } else {
+            if timeout_ms > 0 {
+                alarm_in(timeout_ms);
+            }
+            let rc = raw_lock(self.mech, fd, true);
+            if timeout_ms > 0 {
+                alarm_in(0);
+            }
+            rc
+        };
+        match rc {
+            0 => Ok(true),
+            libc::EWOULDBLOCK | libc::EINTR => Ok(false),
+            // fcntl's try reports a conflict as EACCES or EAGAIN.
+            libc::EACCES => Ok(false),
+            e => Err(format!("lock: errno {e}")),
+        }
+    }
+
+    fn unlock(&mut self) {
+        assert_eq!(
+            raw_unlock(self.mech, self.file.as_raw_fd()),
+            0,
+            "raw unlock"
+        );
+    }
+}
+
+/// The cheapest lock file by existence: `open(O_CREAT|O_EXCL)`, the pid written,
+/// `close`; released by `unlink`. No waiting: a waiter would have to poll.
+struct RawDotlock {
+    path: CString,
+}
+
+impl RawDotlock {
+    fn new(path: &Path) -> RawDotlock {
+        RawDotlock {
+            path: CString::new(path.as_os_str().as_bytes()).expect("no NUL in the path"),
+        }
+    }
+
+    fn try_create(&self) -> bool {
+        // SAFETY: open with a NUL-terminated path and a mode.
+        let fd = unsafe {
+            libc::open(
+                self.path.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                0o644 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return false;
+        }
+        let pid = format!("{}\n", std::process::id());
+        // SAFETY: write from a live buffer to the descriptor just opened; close it.
+        unsafe {
+            libc::write(fd, pid.as_ptr().cast(), pid.len());
+            libc::close(fd);
+        }
+        true
+    }
+
+    fn remove(&self) -> bool {
+        // SAFETY: unlink with a NUL-terminated path.
+        unsafe { libc::unlink(self.path.as_ptr()) == 0 }
+    }
+}
+
+impl Locker for RawDotlock {
+    fn pair(&mut self) -> bool {
+        self.try_create() && self.remove()
+    }
+
+    fn lock(&mut self, timeout_ms: i64) -> Result<bool, String> {
+        if timeout_ms == 0 {
+            Ok(self.try_create())
+        } else {
+            Err("a raw lock file cannot wait: it would poll".into())
+        }
+    }
+
+    fn unlock(&mut self) {
+        assert!(self.remove(), "unlink the lock file");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// unilock, through its C API
+
+/// A C API return code and the thread's last error, short: `-EOPNOTSUPP: the DOTLOCK
+/// backend is not supported yet`.
+pub fn describe(rc: i32) -> String {
+    // SAFETY: both return pointers to NUL-terminated static or thread-local strings.
+    let (reason, detail) = unsafe {
+        (
+            CStr::from_ptr(unilock_strerror(rc)).to_string_lossy(),
+            CStr::from_ptr(unilock_last_error()).to_string_lossy(),
+        )
+    };
+    let name = match -rc {
+        libc::EOPNOTSUPP => "-EOPNOTSUPP".to_string(),
+        libc::EINVAL => "-EINVAL".to_string(),
+        libc::EBUSY => "-EBUSY".to_string(),
+        libc::EDEADLK => "-EDEADLK".to_string(),
+        _ => rc.to_string(),
+    };
+    let suffix = format!(" ({reason})");
+    let detail = detail.strip_suffix(&suffix).unwrap_or(&detail);
+    format!("{name}: {detail}")
+}
+
+/// One unilock handle on the whole file, exclusive.
+pub struct Unilock {
+    handle: *mut unilock::capi::unilock,
+}
+
+impl Unilock {
+    /// Opens a handle; `fair` adds `UNILOCK_FAIR`. A lock file (DOTLOCK) is not
+    /// created by the open. `Err` carries the return code's text and the detail.
+    pub fn open(mech: Mechanism, fair: bool, path: &Path) -> Result<Unilock, String> {
+        let mut o = unilock_options::default();
+        unilock_options_init(&mut o);
+        o.backends = mech.unilock_backend();
+        o.flags = if mech == Mechanism::Dotlock {
+            0
+        } else {
+            UNILOCK_CREATE
+        };
+        if fair {
+            o.flags |= UNILOCK_FAIR;
+        }
+        let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL in the path");
+        let mut out = std::ptr::null_mut();
+        let rc = unilock_open(c.as_ptr(), &o, &mut out);
+        if rc != 0 {
+            return Err(format!("`unilock_open` {}", describe(rc)));
+        }
+        let mut l = Unilock { handle: out };
+        // A backend may open and refuse only the lock: try once to find out.
+        match l.lock(0) {
+            Ok(true) => l.unlock(),
+            Ok(false) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(l)
+    }
+}
+
+impl Locker for Unilock {
+    fn pair(&mut self) -> bool {
+        unilock_lock(self.handle, UNILOCK_EXCLUSIVE, 0, 0, 0) == 0
+            && unilock_unlock(self.handle, 0, 0) == 0
+    }
+
+    fn lock(&mut self, timeout_ms: i64) -> Result<bool, String> {
+        let rc = unilock_lock(self.handle, UNILOCK_EXCLUSIVE, 0, 0, timeout_ms);
+        match rc {
+            0 => Ok(true),
+            rc if rc == -libc::EAGAIN || rc == -libc::ETIMEDOUT => Ok(false),
+            rc => Err(format!("`unilock_lock` {}", describe(rc))),
+        }
+    }
+
+    fn unlock(&mut self) {
+        let rc = unilock_unlock(self.handle, 0, 0);
+        assert!(rc == 0, "unilock_unlock: {}", describe(rc));
+    }
+}
+
+impl Drop for Unilock {
+    fn drop(&mut self) {
+        unilock_close(self.handle);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Rust std and the crates: flock(2) underneath, no timeouts
+
+/// `std::fs::File::lock` / `try_lock` / `unlock` (stable since Rust 1.89).
+struct StdLock(File);
+
+impl Locker for StdLock {
+    fn pair(&mut self) -> bool {
+        self.0.try_lock().is_ok() && self.0.unlock().is_ok()
+    }
+
+    fn lock(&mut self, timeout_ms: i64) -> Result<bool, String> {
+        match timeout_ms {
+            0 => Ok(self.0.try_lock().is_ok()),
+            t if t < 0 => self.0.lock().map(|()| true).map_err(|e| e.to_string()),
+            _ => Err("File::lock has no timeout".into()),
+        }
+    }
+
+    fn unlock(&mut self) {
+        self.0.unlock().expect("File::unlock");
+    }
+}
+
+/// fd-lock's `RwLock<File>`: `try_write` / `write`, released when the guard drops.
+struct FdLock {
+    /// Leaked: one per agent process, alive as long as the process, so that a guard
+    /// can be kept between the protocol's `wait` and `release`.
+    lock: *mut fd_lock::RwLock<File>,
+    guard: Option<fd_lock::RwLockWriteGuard<'static, File>>,
+}
+
+impl FdLock {
+    fn new(file: File) -> FdLock {
+        FdLock {
+            lock: Box::into_raw(Box::new(fd_lock::RwLock::new(file))),
+            guard: None,
+        }
+    }
+
+    fn lock_ref(&mut self) -> &'static mut fd_lock::RwLock<File> {
+        assert!(self.guard.is_none(), "fd-lock guard still held");
+        // SAFETY: the RwLock is never freed, and the only borrow ever handed out (the
+        // one a guard keeps) is gone: `guard` is None.
+        unsafe { &mut *self.lock }
+    }
+}
+
+impl Locker for FdLock {
+    fn pair(&mut self) -> bool {
+        let lock = self.lock_ref();
+        match lock.try_write() {
+            Ok(guard) => {
+                drop(guard);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn lock(&mut self, timeout_ms: i64) -> Result<bool, String> {
+        let lock = self.lock_ref();
+        match timeout_ms {
+            0 => match lock.try_write() {
+                Ok(g) => {
+                    self.guard = Some(g);
+                    Ok(true)
+                }
+                Err(_) => Ok(false),
+            },
+            t if t < 0 => {
+                let g = lock.write().map_err(|e| e.to_string())?;
+                self.guard = Some(g);
+                Ok(true)
+            }
+            _ => Err("fd-lock has no timeout".into()),
+        }
+    }
+
+    fn unlock(&mut self) {
+        assert!(self.guard.take().is_some(), "fd-lock: not held");
+    }
+}
+
+/// fs4's `FileExt` (`try_lock` / `lock` / `unlock`).
+struct Fs4Lock(File);
+
+impl Locker for Fs4Lock {
+    fn pair(&mut self) -> bool {
+        fs4::FileExt::try_lock(&self.0).is_ok() && fs4::FileExt::unlock(&self.0).is_ok()
+    }
+
+    fn lock(&mut self, timeout_ms: i64) -> Result<bool, String> {
+        match timeout_ms {
+            0 => Ok(fs4::FileExt::try_lock(&self.0).is_ok()),
+            t if t < 0 => fs4::FileExt::lock(&self.0)
+                .map(|()| true)
+                .map_err(|e| e.to_string()),
+            _ => Err("fs4 has no timeout".into()),
+        }
+    }
+
+    fn unlock(&mut self) {
+        fs4::FileExt::unlock(&self.0).expect("fs4 unlock");
+    }
+}
+
+/// A lock file created with the holder's pid (liblockfile's format, "PID\n"), for
+/// the driver's DOTLOCK holder.
+pub fn create_lock_file(path: &PathBuf) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
+    writeln!(f, "{}", std::process::id())
+}
