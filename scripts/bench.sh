@@ -161,9 +161,8 @@ total_text="$((total_s / 60)) min $((total_s % 60)) s"
     echo "## At a glance: unilock beside what users would otherwise use"
     echo
     echo "From section 6, measured in this run on the same lock files (FLOCK unless the"
-    echo "row says otherwise). \"not supported yet\" marks what this build of the library"
-    echo "refuses with \`-EOPNOTSUPP\` (\`UNILOCK_FAIR\`, the DOTLOCK backend): the same"
-    echo "command measures it once the library has it."
+    echo "row says otherwise; \"not supported yet\" would mark a measurement the library"
+    echo "refused with \`-EOPNOTSUPP\`)."
     echo
     cat "$work/peers-headline.md"
     echo

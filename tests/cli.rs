@@ -6,7 +6,8 @@
 //! Holders run with `-F` (no fork: the tool execs `sh`, which execs `sleep`), so one
 //! process holds the lock and killing it releases the lock.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -112,15 +113,7 @@ impl Holder {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(
-            line.trim(),
-            "ready",
-            "{tool} {options:?} did not take the lock"
-        );
+        common::expect_ready(&mut child, &format!("{tool} {options:?}"));
         Holder { child }
     }
 

@@ -256,3 +256,13 @@ impl Peer {
 pub fn err(errno: i32) -> String {
     format!("err {errno}")
 }
+
+/// Reads the first line `child` prints and checks that it is "ready" (the child has
+/// taken its lock); `what` names the child in the failure.
+pub fn expect_ready(child: &mut Child, what: &str) {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout is piped"))
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "{what} did not take the lock");
+}

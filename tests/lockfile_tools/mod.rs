@@ -228,15 +228,7 @@ impl ShellHolder {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(
-            line.trim(),
-            "ready",
-            "`{tool_command}` did not take the lock"
-        );
+        crate::common::expect_ready(&mut child, &format!("`{tool_command}`"));
         ShellHolder { child }
     }
 

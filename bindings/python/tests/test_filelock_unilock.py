@@ -2,7 +2,6 @@
 hand-off without polling, cancellation, interrupts."""
 
 import errno
-import multiprocessing
 import os
 import random
 import shutil
@@ -15,6 +14,7 @@ import filelock
 import pytest
 
 import unilock
+from counting import count_in_processes
 
 
 @pytest.mark.parametrize(
@@ -80,31 +80,9 @@ def test_hand_off_is_prompt_without_polling(peer, lock_path):
     assert got and got[0] - released < 0.2
 
 
-def _count(path, counter, rounds):
-    import unilock as ul
-
-    lock = ul.FileLock(path)
-    for _ in range(rounds):
-        with lock:
-            with open(counter) as f:
-                n = int(f.read() or 0)
-            with open(counter, "w") as f:
-                f.write(str(n + 1))
-
-
 def test_mutual_exclusion_with_multiprocessing(tmp_path):
-    path = str(tmp_path / "m.lock")
-    counter = str(tmp_path / "counter")
-    open(counter, "w").close()
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_count, args=(path, counter, 100)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    with open(counter) as f:
-        assert int(f.read()) == 400
+    total, path = count_in_processes("FileLock", tmp_path, rounds=100)
+    assert total == 400
 
 
 def test_cancel_from_another_thread(peer, lock_path):

@@ -7,7 +7,6 @@ when the file goes, cancellation, and a dead holder's lock file broken."""
 
 import errno
 import gc
-import multiprocessing
 import os
 import signal
 import threading
@@ -17,6 +16,7 @@ import filelock
 import pytest
 
 import unilock
+from counting import count_in_processes
 
 
 @pytest.fixture(params=["unilock", "filelock"])
@@ -254,31 +254,9 @@ def test_a_long_held_lock_file_without_a_pid_is_not_broken(peer, lock_path):
         pass
 
 
-def _count(path, counter, rounds):
-    import unilock as ul
-
-    lock = ul.SoftFileLock(path)
-    for _ in range(rounds):
-        with lock:
-            with open(counter) as f:
-                n = int(f.read() or 0)
-            with open(counter, "w") as f:
-                f.write(str(n + 1))
-
-
 def test_mutual_exclusion_with_multiprocessing(tmp_path):
-    path = str(tmp_path / "m.lock")
-    counter = str(tmp_path / "counter")
-    open(counter, "w").close()
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_count, args=(path, counter, 50)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    with open(counter) as f:
-        assert int(f.read()) == 200
+    total, path = count_in_processes("SoftFileLock", tmp_path, rounds=50)
+    assert total == 200
     assert not os.path.exists(path)
 
 
