@@ -96,6 +96,10 @@ pub(crate) struct DotLock {
     /// Whether inotify sees every change in the directory (not on NFS).
     local: bool,
     held: Mutex<Option<Held>>,
+    /// The inotify descriptor of the first wait, kept for the next ones: closing one
+    /// waits for an RCU grace period (milliseconds), which belongs at close, not
+    /// between a grant and the return of the lock call.
+    watch: Mutex<Option<OwnedFd>>,
     closed: bool,
 }
 
@@ -176,9 +180,23 @@ fn process_state(pid: i32) -> Option<(char, Option<u64>)> {
     Some((state, fields.nth(18).and_then(|t| t.parse().ok())))
 }
 
-/// The record written into a lock file.
+/// The record written into a lock file: made once per process (a forked child makes
+/// its own), as reading /proc/self/stat can take milliseconds in a large process.
 fn record() -> String {
+    static CACHE: Mutex<Option<(i32, String)>> = Mutex::new(None);
     let pid = sys::getpid();
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    match cache.as_ref() {
+        Some((p, r)) if *p == pid => r.clone(),
+        _ => {
+            let r = make_record(pid);
+            *cache = Some((pid, r.clone()));
+            r
+        }
+    }
+}
+
+fn make_record(pid: i32) -> String {
     let mut out = format!("{pid}\n");
     if let Some(t) = start_time(pid) {
         out.push_str(&format!("start={t}\n"));
@@ -327,6 +345,7 @@ impl DotLock {
             },
             local,
             held: Mutex::new(None),
+            watch: Mutex::new(None),
             closed: false,
         })
     }
@@ -442,7 +461,12 @@ impl DotLock {
 
     /// The link protocol, with waits: see the module documentation.
     fn acquire(&self, call: &CallState, deadline: &Deadline) -> Result<()> {
-        let mut watch: Option<OwnedFd> = None;
+        let mut cached = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        let watch = &mut *cached;
+        if let Some(w) = watch.as_ref() {
+            // What happened before this call is old news.
+            sys::inotify_names(w.as_fd(), b"");
+        }
         // On NFS, or with no inotify watch left, the waits back off instead.
         let mut can_watch = self.local;
         let mut backoff = BACKOFF_FIRST;
@@ -476,7 +500,7 @@ impl DotLock {
                     libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_ONLYDIR,
                 ) {
                     Ok(fd) => {
-                        watch = Some(fd);
+                        *watch = Some(fd);
                         continue;
                     }
                     Err(_) => can_watch = false,
