@@ -114,6 +114,17 @@ impl Holder {
             .spawn()
             .unwrap();
         common::expect_ready(&mut child, &format!("{tool} {options:?}"));
+        // "ready" comes just before the shell execs sleep(1): wait for the exec, so
+        // that the holder's command name is settled.
+        let comm = format!("/proc/{}/comm", child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() != "sleep") {
+            assert!(
+                Instant::now() < deadline,
+                "{tool}: the command did not exec sleep"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Holder { child }
     }
 
