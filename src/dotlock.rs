@@ -259,7 +259,12 @@ fn dead_owner(r: &Record) -> (Option<String>, Option<i32>) {
     };
     let state = process_state(pid);
     // A zombie has exited: it holds nothing any more, though its pid still exists.
-    if !sys::process_exists(pid) || state.is_some_and(|(s, _)| matches!(s, 'Z' | 'X')) {
+    // Where /proc cannot be read, kill(pid, 0) still tells whether the pid exists.
+    let gone = match state {
+        Some((s, _)) => matches!(s, 'Z' | 'X'),
+        None => !sys::process_exists(pid),
+    };
+    if gone {
         return (Some(format!("its owner, process {pid}, is gone")), None);
     }
     if let (Some(recorded), Some(now)) = (r.start, state.and_then(|(_, t)| t)) {

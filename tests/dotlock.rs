@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{Peer, TRY, TempDir, err};
@@ -441,29 +441,8 @@ fn storm_worker_main() {
             w[2].parse::<u32>().unwrap(),
         )
     };
-    let f = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(&counter)
-        .unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: maps the counter file's two u32, shared.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            8,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(ptr, libc::MAP_FAILED);
-    // SAFETY: the mapping holds two aligned u32 for the life of the process.
-    let (inside, overlaps) = unsafe {
-        let p = ptr.cast::<AtomicU32>();
-        (&*p, &*p.add(1))
-    };
+    let shm = common::Shm::map(&counter, 2);
+    let (inside, overlaps) = (shm.at(0), shm.at(1));
     for i in 0..rounds {
         let l = Lock::open(&path, &opts(DOT)).unwrap();
         l.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(30)))
@@ -491,7 +470,7 @@ fn many_processes_breaking_stale_locks_never_hold_it_twice() {
     let dir = TempDir::new("dot-storm");
     let path = dir.0.join("app.lock");
     let counter = dir.0.join("counter");
-    std::fs::write(&counter, [0u8; 8]).unwrap();
+    let shm = common::Shm::create(&counter, 2);
     let spec = format!("{} {} 2", path.display(), counter.display());
     let spawn = || {
         Command::new(std::env::current_exe().unwrap())
@@ -513,9 +492,7 @@ fn many_processes_breaking_stale_locks_never_hold_it_twice() {
     for mut c in running {
         assert!(c.wait().unwrap().success());
     }
-    let bytes = std::fs::read(&counter).unwrap();
-    let overlaps = u32::from_ne_bytes(bytes[4..8].try_into().unwrap());
-    assert_eq!(overlaps, 0, "two processes held the lock at once");
+    assert_eq!(shm.get(1), 0, "two processes held the lock at once");
     // Only the last worker's stale lock file may be left, and no temporary file.
     assert_eq!(
         leftovers(&dir.0, &["app.lock", "counter"]),

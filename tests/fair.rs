@@ -8,12 +8,12 @@ mod common;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{ALL, Peer, TRY, TempDir, err, name, opts};
+use common::{ALL, Peer, Shm, TRY, TempDir, err, name, opts};
 use unilock::{Backend, Lock, Mode, Options, flags};
 
 /// Where the fcntl queue starts (src/fair.rs): the dispenser, then the tickets.
@@ -101,11 +101,6 @@ fn fair_peer(path: &Path, b: Backend) -> Peer {
 /// Turns the test binary into a worker: "BACKEND FAIR PATH SHM INDEX PEERS HOLD_US".
 const WORKER_ENV: &str = "UNILOCK_TEST_FAIR_WORKER";
 
-/// Shared memory (a mapped file of u64 words) that the workers count into.
-struct Shm {
-    ptr: *mut AtomicU64,
-}
-
 const GO: usize = 0;
 const STOP: usize = 1;
 const READY: usize = 2;
@@ -135,52 +130,6 @@ const QUEUED_AT_RELEASE: usize = PER_WORKER + MAX_WORKERS;
 const MAX_WORKERS: usize = 256;
 const WORDS: usize = QUEUED_AT_RELEASE + MAX_WORKERS;
 
-impl Shm {
-    fn create(path: &Path) -> Shm {
-        std::fs::write(path, vec![0u8; WORDS * 8]).unwrap();
-        Self::map(path)
-    }
-
-    fn map(path: &Path) -> Shm {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap();
-        // SAFETY: maps the file's WORDS u64s, shared and writable.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                WORDS * 8,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED);
-        Shm { ptr: ptr.cast() }
-    }
-
-    fn at(&self, i: usize) -> &AtomicU64 {
-        assert!(i < WORDS);
-        // SAFETY: the mapping holds WORDS aligned u64s and lives until the process exits.
-        unsafe { &*self.ptr.add(i) }
-    }
-
-    fn get(&self, i: usize) -> u64 {
-        self.at(i).load(Ordering::SeqCst)
-    }
-
-    fn set(&self, i: usize, v: u64) {
-        self.at(i).store(v, Ordering::SeqCst)
-    }
-
-    fn bump(&self, i: usize) -> u64 {
-        self.at(i).fetch_add(1, Ordering::SeqCst)
-    }
-}
-
 /// The worker: once GO is set and until STOP is, take the whole file exclusively,
 /// count the grant, hold it for HOLD_US (one "step"), note whether another worker
 /// holds a place in line, release. A grant to the worker that had the previous one,
@@ -195,7 +144,7 @@ fn fair_worker_main() {
     let backend = common::backend_named(w[0]);
     let is_fair = w[1] == "1";
     let path = Path::new(w[2]);
-    let shm = Shm::map(Path::new(w[3]));
+    let shm = Shm::map(Path::new(w[3]), WORDS);
     let me: usize = w[4].parse().unwrap();
     let peers: u64 = w[5].parse().unwrap();
     let hold = Duration::from_micros(w[6].parse().unwrap());
@@ -262,7 +211,7 @@ impl Hammer {
         let dir = TempDir::new(tag);
         let path = dir.file("lock");
         let shm_path = dir.0.join("shm");
-        let shm = Shm::create(&shm_path);
+        let shm = Shm::create(&shm_path, WORDS);
         let mut h = Hammer {
             _dir: dir,
             path,

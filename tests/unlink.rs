@@ -4,14 +4,13 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ALL, Peer, TRY, TempDir, name, opts};
+use common::{ALL, Peer, Shm, TRY, TempDir, name, opts};
 use unilock::{Backend, Lock, Mode, Options, flags};
 
 /// Turns the test binary into a looping worker: "BACKEND PATH COUNTER ROUNDS".
@@ -36,11 +35,6 @@ fn peer_main() {
     }
 }
 
-/// Shared memory: counters in a file mapped by every worker.
-struct Counters {
-    ptr: *mut AtomicU32,
-}
-
 /// Exclusive holders in their critical section.
 const EXCLUSIVE: usize = 0;
 /// Shared holders in their critical section.
@@ -50,48 +44,6 @@ const OVERLAPS: usize = 2;
 /// Times a holder's file was not the one at the path.
 const NOT_AT_PATH: usize = 3;
 const WORDS: usize = 4;
-
-impl Counters {
-    fn create(path: &Path) -> Counters {
-        std::fs::write(path, [0u8; WORDS * 4]).unwrap();
-        Self::map(path)
-    }
-
-    fn map(path: &Path) -> Counters {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap();
-        // SAFETY: mapping the file's WORDS u32s, shared and writable.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                WORDS * 4,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED);
-        Counters { ptr: ptr.cast() }
-    }
-
-    fn get(&self, i: usize) -> &AtomicU32 {
-        assert!(i < WORDS);
-        // SAFETY: the mapping holds WORDS aligned u32 and lives until the process exits.
-        unsafe { &*self.ptr.add(i) }
-    }
-
-    fn load(&self, i: usize) -> u32 {
-        self.get(i).load(Ordering::SeqCst)
-    }
-
-    fn bump(&self, i: usize) {
-        self.get(i).fetch_add(1, Ordering::SeqCst);
-    }
-}
 
 /// The worker: `ROUNDS` times, open with UNLINK, take the lock (exclusive, or in
 /// "mix" mode shared every third round), count itself into the critical section (an
@@ -106,7 +58,7 @@ fn unlink_loop_main() {
     let w: Vec<&str> = spec.split(' ').collect();
     let backend = common::backend_named(w[0]);
     let path = Path::new(w[1]);
-    let counters = Counters::map(Path::new(w[2]));
+    let counters = Shm::map(Path::new(w[2]), WORDS);
     let rounds: u32 = w[3].parse().unwrap();
     let mix = w[4] == "mix";
     let me = std::process::id();
@@ -116,14 +68,12 @@ fn unlink_loop_main() {
         if shared {
             l.lock(Mode::Shared, 0, 0, None).unwrap();
             counters.bump(SHARED);
-            if counters.load(EXCLUSIVE) != 0 {
+            if counters.get(EXCLUSIVE) != 0 {
                 counters.bump(OVERLAPS);
             }
         } else {
             l.lock(Mode::Exclusive, 0, 0, None).unwrap();
-            if counters.get(EXCLUSIVE).fetch_add(1, Ordering::SeqCst) != 0
-                || counters.load(SHARED) != 0
-            {
+            if counters.bump(EXCLUSIVE) != 0 || counters.get(SHARED) != 0 {
                 counters.bump(OVERLAPS);
             }
         }
@@ -133,7 +83,7 @@ fn unlink_loop_main() {
         }
         std::hint::spin_loop();
         let held = if shared { SHARED } else { EXCLUSIVE };
-        counters.get(held).fetch_sub(1, Ordering::SeqCst);
+        counters.at(held).fetch_sub(1, Ordering::SeqCst);
         if i % 2 == 0 {
             l.unlock(0, 0).unwrap();
         }
@@ -150,7 +100,7 @@ fn run_loop(tag: &str, mode: &str, workers: usize, rounds: u32, check: impl Fn(B
         let started = Instant::now();
         let path = dir.0.join(format!("lock-{}", name(b)));
         let counter = dir.0.join(format!("counter-{}", name(b)));
-        let counters = Counters::create(&counter);
+        let counters = Shm::create(&counter, WORDS);
         let spec = format!(
             "{} {} {} {rounds} {mode}",
             name(b),
@@ -170,15 +120,15 @@ fn run_loop(tag: &str, mode: &str, workers: usize, rounds: u32, check: impl Fn(B
         for mut c in children {
             assert!(c.wait().unwrap().success(), "{b:?}: a worker failed");
         }
-        assert_eq!(counters.load(EXCLUSIVE), 0, "{b:?}");
-        assert_eq!(counters.load(SHARED), 0, "{b:?}");
+        assert_eq!(counters.get(EXCLUSIVE), 0, "{b:?}");
+        assert_eq!(counters.get(SHARED), 0, "{b:?}");
         assert_eq!(
-            counters.load(OVERLAPS),
+            counters.get(OVERLAPS),
             0,
             "{b:?}: two processes held the lock at once"
         );
         assert_eq!(
-            counters.load(NOT_AT_PATH),
+            counters.get(NOT_AT_PATH),
             0,
             "{b:?}: a holder's file was not the one at the path"
         );

@@ -266,3 +266,64 @@ pub fn expect_ready(child: &mut Child, what: &str) {
         .unwrap();
     assert_eq!(line.trim(), "ready", "{what} did not take the lock");
 }
+
+/// Shared memory for counting across processes: `words` u64s in a file that every
+/// process maps.
+pub struct Shm {
+    ptr: *mut std::sync::atomic::AtomicU64,
+    words: usize,
+}
+
+impl Shm {
+    /// Creates the file, zeroed, and maps it.
+    pub fn create(path: &Path, words: usize) -> Shm {
+        std::fs::write(path, vec![0u8; words * 8]).unwrap();
+        Self::map(path, words)
+    }
+
+    /// Maps an existing file of `words` u64s.
+    pub fn map(path: &Path, words: usize) -> Shm {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        // SAFETY: maps the file's `words` u64s, shared and writable.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                words * 8,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        Shm {
+            ptr: ptr.cast(),
+            words,
+        }
+    }
+
+    pub fn at(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(i < self.words);
+        // SAFETY: the mapping holds `words` aligned u64s and lives until the process
+        // exits (it is never unmapped).
+        unsafe { &*self.ptr.add(i) }
+    }
+
+    pub fn get(&self, i: usize) -> u64 {
+        self.at(i).load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn set(&self, i: usize, v: u64) {
+        self.at(i).store(v, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Adds one; returns the value before.
+    pub fn bump(&self, i: usize) -> u64 {
+        self.at(i).fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+}
