@@ -343,8 +343,10 @@ impl DotLock {
             id: inode_table::next_handle_id(),
             stale_after: (options.stale_after_s > 0)
                 .then(|| Duration::from_secs(u64::from(options.stale_after_s))),
+            // 0600 by default, as for every file the library creates: a lock file
+            // readable by others lets them flock it and so hold up its removal.
             create_mode: if options.create_mode == 0 {
-                0o644
+                0o600
             } else {
                 options.create_mode
             },

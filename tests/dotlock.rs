@@ -91,6 +91,9 @@ fn the_lock_file_exists_only_while_held_and_names_its_owner() {
     let l = Lock::open(&path, &opts(DOT)).unwrap();
     assert!(!path.exists(), "opening created the lock file");
     l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the lock file's mode");
     let text = std::fs::read_to_string(&path).unwrap();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some(std::process::id().to_string().as_str()));

@@ -37,7 +37,9 @@ pub const UNILOCK_BACKEND_POSIX: unilock_backend = 4;
 /// or one without a pid, is then never broken; 300 matches liblockfile's rule).
 /// Breaking is race-free among unilock processes: a live lock file is never removed.
 /// Waits are woken by inotify, and by the owner's exit; on NFS they back off (5 ms
-/// doubling to 500 ms).
+/// doubling to 500 ms). Lock files are created 0600 unless `mode` says otherwise
+/// (0644 lets other users' tools read the owner's pid, and lets them hold up a
+/// release by flocking the lock file).
 pub const UNILOCK_BACKEND_DOTLOCK: unilock_backend = 8;
 
 /// A lock mode (`UNILOCK_SHARED`, `UNILOCK_EXCLUSIVE`); a plain integer type for the
