@@ -117,7 +117,8 @@ pub mod flags {
     /// Keep the descriptor across exec (close-on-exec by default).
     pub const INHERIT: u32 = 4;
     /// Delete the lock file once no lock is held on it, race-free (FLOCK, OFD and
-    /// POSIX; a DOTLOCK handle refuses it with `EOPNOTSUPP`, and
+    /// POSIX alone; a handle with DOTLOCK or several backends refuses it with
+    /// `EOPNOTSUPP`, and
     /// [`crate::Lock::from_fd`], which has no path, with `EINVAL`).
     ///
     /// After taking a lock while holding nothing (and after a FLOCK upgrade, which lets
@@ -136,7 +137,8 @@ pub mod flags {
     /// the file does it this way.
     pub const UNLINK: u32 = 8;
     /// First come, first served among the handles that use this flag on one file
-    /// (FLOCK, OFD and POSIX): a released lock goes to the longest waiter, the releaser
+    /// (FLOCK, OFD and POSIX; with DOTLOCK, `EOPNOTSUPP`): a released lock goes to the
+    /// longest waiter, the releaser
     /// never takes it back ahead of a waiter, no waiter sees more than N-1 grants go
     /// past it (N handles), and shared waiters queued together are granted together.
     ///
