@@ -35,6 +35,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod raw;
+
 use ::unilock::capi::{
     UNILOCK_BACKEND_FLOCK, UNILOCK_BACKEND_OFD, UNILOCK_BACKEND_POSIX, UNILOCK_CREATE,
     UNILOCK_EXCLUSIVE, UNILOCK_UNLINK, unilock_close, unilock_last_error, unilock_lock,
@@ -120,10 +122,6 @@ fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
 /// Nearest-rank percentile (`q` in 0..=1) of unsorted samples.
 fn percentile(samples: &[f64], q: f64) -> f64 {
     assert!(!samples.is_empty(), "no samples");
@@ -195,6 +193,15 @@ impl Backend {
         }
     }
 
+    /// The raw call this backend is compared with.
+    fn raw(self) -> raw::Call {
+        match self {
+            Backend::Flock => raw::Call::Flock,
+            Backend::Ofd => raw::Call::Ofd,
+            Backend::Posix => raw::Call::Posix,
+        }
+    }
+
     fn capi(self) -> u32 {
         match self {
             Backend::Flock => UNILOCK_BACKEND_FLOCK,
@@ -230,61 +237,14 @@ impl Backend {
     }
 }
 
-/// A `struct flock` for `len` bytes from `start` (`len` 0: to the end).
-fn flock_record(kind: i32, start: u64, len: u64) -> libc::flock {
-    // SAFETY: struct flock is plain data; all-zero bytes are a valid value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = start as libc::off_t;
-    fl.l_len = len as libc::off_t;
-    fl
-}
-
 /// One raw exclusive lock call on `fd` (`flock` ignores the range); 0 or the errno.
 fn raw_lock(backend: Backend, fd: RawFd, start: u64, len: u64, wait: bool) -> i32 {
-    let rc = match backend {
-        Backend::Flock => {
-            let op = if wait {
-                libc::LOCK_EX
-            } else {
-                libc::LOCK_EX | libc::LOCK_NB
-            };
-            // SAFETY: flock on an open descriptor.
-            unsafe { libc::flock(fd, op) }
-        }
-        Backend::Ofd | Backend::Posix => {
-            let cmd = match (backend, wait) {
-                (Backend::Ofd, false) => libc::F_OFD_SETLK,
-                (Backend::Ofd, true) => libc::F_OFD_SETLKW,
-                (_, false) => libc::F_SETLK,
-                (_, true) => libc::F_SETLKW,
-            };
-            let mut fl = flock_record(libc::F_WRLCK, start, len);
-            // SAFETY: fcntl with a record-lock command and a valid struct flock.
-            unsafe { libc::fcntl(fd, cmd, &mut fl) }
-        }
-    };
-    if rc == 0 { 0 } else { errno() }
+    raw::lock(backend.raw(), fd, start, len, wait)
 }
 
 /// The raw unlock matching [`raw_lock`]; 0 or the errno.
 fn raw_unlock(backend: Backend, fd: RawFd, start: u64, len: u64) -> i32 {
-    let rc = match backend {
-        // SAFETY: flock on an open descriptor.
-        Backend::Flock => unsafe { libc::flock(fd, libc::LOCK_UN) },
-        Backend::Ofd | Backend::Posix => {
-            let cmd = if backend == Backend::Ofd {
-                libc::F_OFD_SETLK
-            } else {
-                libc::F_SETLK
-            };
-            let mut fl = flock_record(libc::F_UNLCK, start, len);
-            // SAFETY: fcntl with a record-lock command and a valid struct flock.
-            unsafe { libc::fcntl(fd, cmd, &mut fl) }
-        }
-    };
-    if rc == 0 { 0 } else { errno() }
+    raw::unlock(backend.raw(), fd, start, len)
 }
 
 /// Opens (creating) `path` read-write for the raw calls.

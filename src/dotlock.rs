@@ -413,57 +413,18 @@ impl DotLock {
                 ));
             }
             if table.would_deadlock(me, conflicts.iter().map(|c| c.thread)) {
-                let who = if c.thread == me {
-                    "this thread holds it through another handle"
-                } else {
-                    "another thread holds it and waits, directly or not, for this thread"
-                };
-                return Err(Error::new(
-                    libc::EDEADLK,
-                    format!("{}: waiting would deadlock: {who}", self.name),
-                ));
+                return Err(inode_table::deadlock_error(&self.name, c.thread, me));
             }
-            self.check_wait(call, deadline)?;
-            let inode = table.inode(self.key);
-            inode.waiters += 1;
-            let cond = inode.cond.clone();
-            table.start_waiting(
-                me,
-                WaitRecord {
-                    key: self.key,
-                    handle: self.id,
-                    family: Family::Dotlock,
-                    range: ByteRange::WHOLE,
-                    mode: Mode::Exclusive,
-                },
-            );
-            table = match deadline.remaining() {
-                None => cond.wait(table).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    cond.wait_timeout(table, d)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
+            call.check(deadline, &self.name)?;
+            let record = WaitRecord {
+                key: self.key,
+                handle: self.id,
+                family: Family::Dotlock,
+                range: ByteRange::WHOLE,
+                mode: Mode::Exclusive,
             };
-            table.inode(self.key).waiters -= 1;
-            table.done_waiting(me);
+            table = inode_table::wait_for_handles(table, me, record, deadline);
         }
-    }
-
-    fn check_wait(&self, call: &CallState, deadline: &Deadline) -> Result<()> {
-        if call.cancelled() {
-            return Err(Error::new(
-                libc::ECANCELED,
-                format!("{}: the wait for the lock was cancelled", self.name),
-            ));
-        }
-        if deadline.expired() {
-            return Err(Error::new(
-                libc::ETIMEDOUT,
-                format!("{}: timed out waiting for the lock", self.name),
-            ));
-        }
-        Ok(())
     }
 
     /// The link protocol, with waits: see the module documentation.
@@ -499,7 +460,7 @@ impl DotLock {
             if deadline.is_try() {
                 return Err(self.held_error(&owner));
             }
-            self.check_wait(call, deadline)?;
+            call.check(deadline, &self.name)?;
             // Watch before looking again, so that no removal falls between the two.
             if watch.is_none() && can_watch {
                 match sys::inotify_dir(
@@ -616,23 +577,28 @@ impl DotLock {
         Ok(true)
     }
 
-    /// Looks at the lock file at the name.
-    fn inspect(&self) -> Result<Found> {
-        let fd = match sys::openat(
+    /// Opens the lock file at the name for reading; `None` when there is none.
+    fn open_lock_file(&self) -> Result<Option<OwnedFd>> {
+        match sys::openat(
             self.dir.as_fd(),
             &self.file,
             libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY,
             0,
         ) {
-            Ok(fd) => fd,
-            Err(libc::ENOENT) => return Ok(Found::Absent),
-            Err(libc::ELOOP) => {
-                return Err(Error::new(
-                    libc::ELOOP,
-                    format!("{}: the lock file is a symbolic link", self.name),
-                ));
-            }
-            Err(e) => return Err(Error::sys(e, "open", &self.name)),
+            Ok(fd) => Ok(Some(fd)),
+            Err(libc::ENOENT) => Ok(None),
+            Err(libc::ELOOP) => Err(Error::new(
+                libc::ELOOP,
+                format!("{}: the lock file is a symbolic link", self.name),
+            )),
+            Err(e) => Err(Error::sys(e, "open", &self.name)),
+        }
+    }
+
+    /// Looks at the lock file at the name.
+    fn inspect(&self) -> Result<Found> {
+        let Some(fd) = self.open_lock_file()? else {
+            return Ok(Found::Absent);
         };
         let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", &self.name))?;
         if st.st_nlink == 0 {
@@ -811,15 +777,8 @@ impl DotLock {
 
     /// The lock file's holder, stale or not, as a list of zero or one.
     pub(crate) fn list(&self) -> Result<Vec<Holder>> {
-        let fd = match sys::openat(
-            self.dir.as_fd(),
-            &self.file,
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY,
-            0,
-        ) {
-            Ok(fd) => fd,
-            Err(libc::ENOENT) => return Ok(Vec::new()),
-            Err(e) => return Err(Error::sys(e, "open", &self.name)),
+        let Some(fd) = self.open_lock_file()? else {
+            return Ok(Vec::new());
         };
         let r = self.read_record(fd.as_fd());
         let here = r.host.as_deref().is_none_or(|h| h == host());

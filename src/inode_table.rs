@@ -24,9 +24,10 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 
-use crate::Backend;
 use crate::Mode;
 use crate::range::{ByteRange, RangeMap};
+use crate::wait::Deadline;
+use crate::{Backend, Error};
 
 /// Identifies a thread of this process ([`crate::sys::thread_id`]).
 pub(crate) type ThreadId = u64;
@@ -244,6 +245,46 @@ static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 /// a single step), so poisoning is ignored.
 pub(crate) fn table() -> MutexGuard<'static, Table> {
     TABLE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sleeps on the condition of `record.key` until a handle of this process changes what
+/// it holds there (or a cancel wakes the condition), at most until `deadline`. The wait
+/// is recorded for [`Table::would_deadlock`] meanwhile. Gives the table back locked.
+pub(crate) fn wait_for_handles(
+    mut table: MutexGuard<'static, Table>,
+    me: ThreadId,
+    record: WaitRecord,
+    deadline: &Deadline,
+) -> MutexGuard<'static, Table> {
+    let inode = table.inode(record.key);
+    inode.waiters += 1;
+    let cond = inode.cond.clone();
+    table.start_waiting(me, record);
+    table = match deadline.remaining() {
+        None => cond.wait(table).unwrap_or_else(|p| p.into_inner()),
+        Some(d) => {
+            cond.wait_timeout(table, d)
+                .unwrap_or_else(|p| p.into_inner())
+                .0
+        }
+    };
+    table.inode(record.key).waiters -= 1;
+    table.done_waiting(me);
+    table
+}
+
+/// The `EDEADLK` error of thread `me` about to wait on `name` for a lock that thread
+/// `holder` holds through another handle of this process.
+pub(crate) fn deadlock_error(name: &str, holder: ThreadId, me: ThreadId) -> Error {
+    let who = if holder == me {
+        "this thread holds it through another handle"
+    } else {
+        "another thread holds it and waits, directly or not, for this thread"
+    };
+    Error::new(
+        libc::EDEADLK,
+        format!("{name}: waiting would deadlock: {who}"),
+    )
 }
 
 /// Counts forks of this process (and of its ancestors since the table was copied).

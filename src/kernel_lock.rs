@@ -481,23 +481,10 @@ impl KernelLock {
                     return Err(self.held_here(c));
                 }
                 if table.would_deadlock(me, conflicts.iter().map(|c| c.thread)) {
-                    return Err(self.deadlock(c, me));
+                    return Err(inode_table::deadlock_error(&self.name, c.thread, me));
                 }
-                self.check_wait(call, deadline)?;
-                let inode = table.inode(key);
-                inode.waiters += 1;
-                let cond = inode.cond.clone();
-                table.start_waiting(me, record);
-                table = match deadline.remaining() {
-                    None => cond.wait(table).unwrap_or_else(|p| p.into_inner()),
-                    Some(d) => {
-                        cond.wait_timeout(table, d)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0
-                    }
-                };
-                table.inode(key).waiters -= 1;
-                table.done_waiting(me);
+                call.check(deadline, &self.name)?;
+                table = inode_table::wait_for_handles(table, me, record, deadline);
                 continue;
             }
             // A flock holding is one whole-file segment at most.
@@ -523,7 +510,7 @@ impl KernelLock {
                     format!("{}: the lock is held by another process", self.name),
                 ));
             }
-            self.check_wait(call, deadline)?;
+            call.check(deadline, &self.name)?;
             let posix = self.backend == Backend::Posix;
             if posix {
                 table.holding_mut(key, self.id, self.backend).pending = Some((range, mode));
@@ -570,9 +557,9 @@ impl KernelLock {
                 Err(e) if e == libc::EAGAIN || e == libc::EACCES => {
                     self.restore_flock(file, &mut table, held_before)?;
                     return Err(if failure == libc::ETIMEDOUT {
-                        self.timed_out()
+                        wait::timed_out(&self.name)
                     } else {
-                        self.cancelled()
+                        wait::cancelled(&self.name)
                     });
                 }
                 Err(e) => {
@@ -581,31 +568,6 @@ impl KernelLock {
                 }
             }
         }
-    }
-
-    /// Fails when the call was cancelled or its deadline passed.
-    fn check_wait(&self, call: &CallState, deadline: &Deadline) -> Result<()> {
-        if call.cancelled() {
-            return Err(self.cancelled());
-        }
-        if deadline.expired() {
-            return Err(self.timed_out());
-        }
-        Ok(())
-    }
-
-    fn cancelled(&self) -> Error {
-        Error::new(
-            libc::ECANCELED,
-            format!("{}: the wait for the lock was cancelled", self.name),
-        )
-    }
-
-    fn timed_out(&self) -> Error {
-        Error::new(
-            libc::ETIMEDOUT,
-            format!("{}: timed out waiting for the lock", self.name),
-        )
     }
 
     fn held_here(&self, c: &Conflict) -> Error {
@@ -625,18 +587,6 @@ impl KernelLock {
                 c.range.start,
                 c.range.end,
             ),
-        )
-    }
-
-    fn deadlock(&self, c: &Conflict, me: ThreadId) -> Error {
-        let who = if c.thread == me {
-            "this thread holds it through another handle"
-        } else {
-            "another thread holds it and waits, directly or not, for this thread"
-        };
-        Error::new(
-            libc::EDEADLK,
-            format!("{}: waiting would deadlock: {who}", self.name),
         )
     }
 

@@ -152,6 +152,18 @@ impl CallState {
         self.bits.load(Ordering::SeqCst) & CANCELLED != 0
     }
 
+    /// Fails with `ECANCELED` once the call was cancelled, `ETIMEDOUT` once `deadline`
+    /// has passed (`name` names the lock in the message): checked before every sleep.
+    pub(crate) fn check(&self, deadline: &Deadline, name: &str) -> Result<()> {
+        if self.cancelled() {
+            return Err(cancelled(name));
+        }
+        if deadline.expired() {
+            return Err(timed_out(name));
+        }
+        Ok(())
+    }
+
     /// Makes every waiter child of the lock call in progress make `call` on `fd` as soon
     /// as it gets the lock, until [`CallState::clear_after_grant`].
     pub(crate) fn set_after_grant(&self, fd: RawFd, call: KernelCall) {
@@ -171,6 +183,22 @@ impl CallState {
         let fd = sys::eventfd().map_err(|e| Error::sys(e, "eventfd", "for cancellation"))?;
         Ok(self.wake.get_or_init(|| fd).as_fd())
     }
+}
+
+/// The error of a lock call on `name` whose wait was cancelled.
+pub(crate) fn cancelled(name: &str) -> Error {
+    Error::new(
+        libc::ECANCELED,
+        format!("{name}: the wait for the lock was cancelled"),
+    )
+}
+
+/// The error of a lock call on `name` whose deadline passed.
+pub(crate) fn timed_out(name: &str) -> Error {
+    Error::new(
+        libc::ETIMEDOUT,
+        format!("{name}: timed out waiting for the lock"),
+    )
 }
 
 /// How a kernel wait ended.

@@ -10,6 +10,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+#[path = "../../../benches/raw/mod.rs"]
+mod raw;
+
 use unilock::capi::{
     UNILOCK_BACKEND_DOTLOCK, UNILOCK_BACKEND_FLOCK, UNILOCK_BACKEND_OFD, UNILOCK_BACKEND_POSIX,
     UNILOCK_CREATE, UNILOCK_EXCLUSIVE, UNILOCK_FAIR, unilock_close, unilock_last_error,
@@ -65,6 +68,16 @@ impl Mechanism {
         }
     }
 
+    /// The raw call of a kernel mechanism (a lock file has none).
+    fn raw(self) -> raw::Call {
+        match self {
+            Mechanism::Flock => raw::Call::Flock,
+            Mechanism::Ofd => raw::Call::Ofd,
+            Mechanism::Posix => raw::Call::Posix,
+            Mechanism::Dotlock => unreachable!("no kernel call for a lock file"),
+        }
+    }
+
     fn unilock_backend(self) -> u32 {
         match self {
             Mechanism::Flock => UNILOCK_BACKEND_FLOCK,
@@ -114,68 +127,17 @@ pub fn open_rw(path: &Path) -> File {
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }
 
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------------
 // The raw system calls
 
-/// A `struct flock` for the whole file.
-fn whole_file(kind: i32) -> libc::flock {
-    // SAFETY: struct flock is plain data; all-zero bytes are a valid value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl
-}
-
 /// One raw exclusive whole-file lock call; 0 or the errno.
 pub fn raw_lock(mech: Mechanism, fd: i32, wait: bool) -> i32 {
-    let rc = match mech {
-        Mechanism::Flock => {
-            let op = if wait {
-                libc::LOCK_EX
-            } else {
-                libc::LOCK_EX | libc::LOCK_NB
-            };
-            // SAFETY: flock on an open descriptor.
-            unsafe { libc::flock(fd, op) }
-        }
-        Mechanism::Ofd | Mechanism::Posix => {
-            let cmd = match (mech, wait) {
-                (Mechanism::Ofd, false) => libc::F_OFD_SETLK,
-                (Mechanism::Ofd, true) => libc::F_OFD_SETLKW,
-                (_, false) => libc::F_SETLK,
-                (_, true) => libc::F_SETLKW,
-            };
-            let mut fl = whole_file(libc::F_WRLCK);
-            // SAFETY: fcntl with a record-lock command and a valid struct flock.
-            unsafe { libc::fcntl(fd, cmd, &mut fl) }
-        }
-        Mechanism::Dotlock => unreachable!("no kernel call for a lock file"),
-    };
-    if rc == 0 { 0 } else { errno() }
+    raw::lock(mech.raw(), fd, 0, 0, wait)
 }
 
 /// The raw unlock matching [`raw_lock`]; 0 or the errno.
 pub fn raw_unlock(mech: Mechanism, fd: i32) -> i32 {
-    let rc = match mech {
-        // SAFETY: flock on an open descriptor.
-        Mechanism::Flock => unsafe { libc::flock(fd, libc::LOCK_UN) },
-        Mechanism::Ofd | Mechanism::Posix => {
-            let cmd = if mech == Mechanism::Ofd {
-                libc::F_OFD_SETLK
-            } else {
-                libc::F_SETLK
-            };
-            let mut fl = whole_file(libc::F_UNLCK);
-            // SAFETY: fcntl with a record-lock command and a valid struct flock.
-            unsafe { libc::fcntl(fd, cmd, &mut fl) }
-        }
-        Mechanism::Dotlock => unreachable!("no kernel call for a lock file"),
-    };
-    if rc == 0 { 0 } else { errno() }
+    raw::unlock(mech.raw(), fd, 0, 0)
 }
 
 extern "C" fn on_alarm(_: libc::c_int) {}

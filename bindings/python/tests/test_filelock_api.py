@@ -124,8 +124,9 @@ def test_parent_directories_are_created(impl, tmp_path):
         assert os.path.exists(path)
 
 
-def test_thread_local_state(impl, lock_path):
-    lock = impl.FileLock(lock_path)
+@pytest.mark.parametrize("kind", ["FileLock", "SoftFileLock"])
+def test_thread_local_state(impl, lock_path, kind):
+    lock = getattr(impl, kind)(lock_path)
     assert lock.is_thread_local()
     seen = []
     with lock:
@@ -143,8 +144,9 @@ def test_thread_local_state(impl, lock_path):
     assert seen == [(False, 0), "timeout"]
 
 
-def test_not_thread_local_is_reentrant_across_threads(impl, lock_path):
-    lock = impl.FileLock(lock_path, thread_local=False)
+@pytest.mark.parametrize("kind", ["FileLock", "SoftFileLock"])
+def test_not_thread_local_is_reentrant_across_threads(impl, lock_path, kind):
+    lock = getattr(impl, kind)(lock_path, thread_local=False)
     assert not lock.is_thread_local()
     seen = []
     with lock:
@@ -159,6 +161,8 @@ def test_not_thread_local_is_reentrant_across_threads(impl, lock_path):
         assert lock.lock_counter == 1
     assert seen == [2]
     assert not lock.is_locked
+    if kind == "SoftFileLock":
+        assert not os.path.exists(lock_path)
 
 
 def test_is_singleton(impl, lock_path):

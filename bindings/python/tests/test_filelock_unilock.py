@@ -85,9 +85,13 @@ def test_mutual_exclusion_with_multiprocessing(tmp_path):
     assert total == 400
 
 
-def test_cancel_from_another_thread(peer, lock_path):
-    peer("filelock", lock_path)
-    lock = unilock.FileLock(lock_path)
+@pytest.mark.parametrize(
+    ("cls", "holder_kind"),
+    [(unilock.FileLock, "filelock"), (unilock.SoftFileLock, "filelock-softfilelock")],
+)
+def test_cancel_from_another_thread(peer, lock_path, cls, holder_kind):
+    peer(holder_kind, lock_path)
+    lock = cls(lock_path)
     assert lock.cancel() is False
 
     def cancel_soon():

@@ -93,37 +93,6 @@ def test_another_thread_times_out(impl, lock_path):
         pass
 
 
-def test_thread_local_state_and_sharing_across_threads(impl, lock_path):
-    local = impl.SoftFileLock(lock_path)
-    seen = []
-    with local:
-
-        def other():
-            seen.append((local.is_locked, local.lock_counter))
-            try:
-                local.acquire(timeout=0.1)
-            except impl.Timeout:
-                seen.append("timeout")
-
-        t = threading.Thread(target=other)
-        t.start()
-        t.join()
-    assert seen == [(False, 0), "timeout"]
-
-    shared = impl.SoftFileLock(lock_path, thread_local=False)
-    with shared:
-
-        def again():
-            with shared.acquire(timeout=0):
-                seen.append(shared.lock_counter)
-
-        t = threading.Thread(target=again)
-        t.start()
-        t.join()
-    assert seen[-1] == 2
-    assert not os.path.exists(lock_path)
-
-
 def test_mode_is_applied_with_the_umask(impl, tmp_path):
     path = str(tmp_path / "m.lock")
     old = os.umask(0o022)
@@ -258,25 +227,6 @@ def test_mutual_exclusion_with_multiprocessing(tmp_path):
     total, path = count_in_processes("SoftFileLock", tmp_path, rounds=50)
     assert total == 200
     assert not os.path.exists(path)
-
-
-def test_cancel_from_another_thread(peer, lock_path):
-    peer("filelock-softfilelock", lock_path)
-    lock = unilock.SoftFileLock(lock_path)
-    assert lock.cancel() is False
-
-    def cancel_soon():
-        deadline = time.monotonic() + 5
-        while not lock.cancel() and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-    t = threading.Thread(target=cancel_soon)
-    t.start()
-    with pytest.raises(InterruptedError) as e:
-        lock.acquire()
-    t.join()
-    assert e.value.errno == errno.ECANCELED
-    assert lock.lock_counter == 0 and not lock.is_locked
 
 
 def test_keyboard_interrupt_during_acquire_leaves_no_lock_file(peer, lock_path):
