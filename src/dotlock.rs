@@ -334,7 +334,7 @@ impl DotLock {
         let local = sys::fs_type(dir.as_fd()) != Ok(NFS_SUPER_MAGIC);
         let key = table_key(&st, &file);
         inode_table::install_fork_handlers();
-        inode_table::table().inode(key).open_handles += 1;
+        inode_table::table().inode(key).add_handle();
         Ok(DotLock {
             dir,
             file,

@@ -12,11 +12,26 @@
 //!   deferred while POSIX locks are held on the inode (SQLite's `unixInodeInfo`).
 //!
 //! Structure and locking: one global mutex ([`table`]) guards everything here — the
-//! map from [`InodeKey`] to [`Inode`] and the map of waiting threads. There is no other
-//! lock in the table, so there is no lock order to get wrong; kernel calls that may
-//! block are never made while it is held (non-blocking attempts are, so that the table
-//! and the kernel change together). Each inode has a condition variable, used with the
-//! global mutex, on which threads wait for in-process holders.
+//! map from [`InodeKey`] to [`Inode`] and the map of waiting threads. Kernel calls that
+//! may block are never made while it is held (non-blocking attempts are, so that the
+//! table and the kernel change together). Each inode has a condition variable, used
+//! with the global mutex, on which threads wait for in-process holders.
+//!
+//! A handle alone on its inode in this process has no one to arbitrate with: its
+//! holding is *checked out* of the table into the handle's own [`SoloCell`], and its
+//! lock and unlock calls take only that cell's mutex (the handle's solo path in
+//! [`crate::kernel_lock`]), not the global one, nor the map. The rules:
+//! - a holding is checked out only by its handle's own call, under the table's mutex,
+//!   while that handle is the only one open on the inode (nothing pending, no
+//!   deferred descriptor); [`Inode::solo`] then names the cell;
+//! - whoever needs the table's view of an inode checks it back in first, under the
+//!   table's mutex: a second handle opening there ([`Inode::add_handle`]), the
+//!   handle's own table-side calls ([`table_with`]), and `fork()` (every cell, so
+//!   that a child never inherits a holding outside the table);
+//! - lock order: the table's mutex, then a cell's. The solo path only ever *tries*
+//!   its cell's mutex and takes the table's path when it is taken, so a cell left
+//!   locked in a forked child by a thread the child does not have costs the child
+//!   the solo path, never a hang.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -97,6 +112,15 @@ impl Holding {
     }
 }
 
+/// Where a handle alone on its inode keeps its holding while it is checked out of the
+/// table (`Some`); `None` while the holding is in the table (see the module docs).
+pub(crate) type SoloCell = Arc<Mutex<Option<Holding>>>;
+
+/// Locks a cell; a panic while it was held leaves consistent data (poisoning ignored).
+fn lock_cell(cell: &SoloCell) -> MutexGuard<'_, Option<Holding>> {
+    cell.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A lock held (or reserved) by another handle of this process that conflicts.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Conflict {
@@ -117,6 +141,9 @@ pub(crate) struct Inode {
     /// Threads waiting on `cond` (so that a release without waiters skips the wake).
     pub waiters: usize,
     pub cond: Arc<Condvar>,
+    /// The cell of the handle whose holding is checked out (then the only handle open
+    /// here).
+    pub solo: Option<SoloCell>,
 }
 
 impl Inode {
@@ -151,6 +178,49 @@ impl Inode {
             }
         }
         out
+    }
+
+    /// Counts a handle opened here. A handle that was alone here gets its holding
+    /// back into the table first: from now on the two are arbitrated here.
+    pub(crate) fn add_handle(&mut self) {
+        self.check_in();
+        self.open_handles += 1;
+    }
+
+    /// Puts a checked-out holding back into `holdings` (waiting for the solo call in
+    /// progress, if any: one non-blocking system call).
+    pub(crate) fn check_in(&mut self) {
+        if let Some(cell) = self.solo.take() {
+            if let Some(h) = lock_cell(&cell).take() {
+                self.holdings.push(h);
+            }
+        }
+    }
+
+    /// Checks `handle`'s holding out into `cell` when that handle is the only one open
+    /// here, nothing is pending or deferred, and the cell is free; otherwise leaves
+    /// everything as it is.
+    pub(crate) fn check_out(&mut self, handle: HandleId, backend: Backend, cell: &SoloCell) {
+        if self.open_handles != 1
+            || self.waiters > 0
+            || self.solo.is_some()
+            || !self.deferred.is_empty()
+            || self
+                .holdings
+                .iter()
+                .any(|h| h.handle != handle || h.pending.is_some())
+        {
+            return;
+        }
+        let Ok(mut slot) = cell.try_lock() else {
+            return;
+        };
+        *slot = Some(match self.holdings.pop() {
+            Some(h) => h,
+            None => Holding::new(handle, backend),
+        });
+        drop(slot);
+        self.solo = Some(cell.clone());
     }
 
     /// The holding of `handle`, if it has ever locked here.
@@ -247,6 +317,16 @@ pub(crate) fn table() -> MutexGuard<'static, Table> {
     TABLE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Locks the table with `key`'s holdings all in it (a checked-out one checked in):
+/// what a handle's own table-side calls start with.
+pub(crate) fn table_with(key: InodeKey) -> MutexGuard<'static, Table> {
+    let mut t = table();
+    if let Some(inode) = t.inodes.get_mut(&key) {
+        inode.check_in();
+    }
+    t
+}
+
 /// Sleeps on the condition of `record.key` until a handle of this process changes what
 /// it holds there (or a cancel wakes the condition), at most until `deadline`. The wait
 /// is recorded for [`Table::would_deadlock`] meanwhile. Gives the table back locked.
@@ -299,7 +379,10 @@ thread_local! {
 
 unsafe extern "C" fn before_fork() {
     FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
-    let guard = table();
+    let mut guard = table();
+    for inode in guard.inodes.values_mut() {
+        inode.check_in();
+    }
     FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
     crate::fair::before_fork();
 }
@@ -321,8 +404,9 @@ unsafe extern "C" fn after_fork_in_child() {
 }
 
 /// Installs fork handlers once: the table (and then the registry of fair queue
-/// descriptions, [`crate::fair`]) is locked across `fork()` so that a child never
-/// inherits it half-updated or locked by a thread it does not have.
+/// descriptions, [`crate::fair`]) is locked across `fork()`, with every checked-out
+/// holding back in it, so that a child never inherits it half-updated, locked by a
+/// thread it does not have, or missing a holding.
 pub(crate) fn install_fork_handlers() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| crate::sys::at_fork(before_fork, after_fork_in_parent, after_fork_in_child));

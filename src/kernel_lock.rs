@@ -5,21 +5,28 @@
 //! does another handle of this process conflict? would waiting deadlock?) → the kernel
 //! ([`crate::backend`]) with a non-blocking attempt → if the lock is held by another
 //! process, a wait in the kernel ([`crate::wait`]) → the table records the result.
+//!
+//! The solo path: a handle alone on its inode in this process (the common case) has
+//! its holding checked out of the table ([`inode_table::SoloCell`]). Its call makes the
+//! non-blocking attempt under that cell's mutex alone, and records the result there;
+//! only a call that must wait (or a flock upgrade, which is not atomic) goes through
+//! the table. Handles with [`flags::UNLINK`] or [`flags::FAIR`] always go through it.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use crate::backend;
 use crate::fair;
 use crate::holders::{self, ProcLock, Resolver};
 use crate::inode_table::{
-    self, Conflict, Family, HandleId, Inode, InodeKey, Table, ThreadId, WaitRecord, fork_generation,
+    self, Conflict, Family, HandleId, Holding, Inode, InodeKey, SoloCell, Table, ThreadId,
+    WaitRecord, fork_generation,
 };
-use crate::range::ByteRange;
-use crate::sys;
+use crate::range::{ByteRange, RangeMap};
+use crate::sys::{self, KernelCall};
 use crate::wait::{self, CallState, Deadline, Outcome};
 use crate::{Backend, Error, Holder, Mode, Options, Result, flags};
 
@@ -51,6 +58,31 @@ pub(crate) struct KernelLock {
     locker: AtomicI32,
     /// [`flags::FAIR`]: the handle's place in the file's queue.
     fair: Option<fair::Queue>,
+    /// The solo path (neither UNLINK nor FAIR): see the module docs.
+    solo: Option<Solo>,
+}
+
+/// A call on the solo path, between its start (the cell locked, the system call
+/// prepared) and its end (the result recorded in the cell). The caller makes the system
+/// call itself, inlined into the API function: after a system call the CPU's return
+/// predictions are lost (the kernel's deep call chain, and its mitigations, overwrite
+/// them), so every stack frame a system call is made under costs a mispredicted return
+/// afterwards: about 7 ns per frame and call on the machine of BENCHMARKS.md.
+pub(crate) struct SoloCall<'a> {
+    cell: MutexGuard<'a, Option<Holding>>,
+    fd: BorrowedFd<'a>,
+    call: KernelCall,
+    /// The range of the call (for an unlock, as asked: the call may be on a part).
+    range: ByteRange,
+}
+
+/// What the solo path needs: the cell the handle's holding is checked out into, and
+/// the handle's descriptor, which such a handle keeps until it is closed.
+struct Solo {
+    cell: SoloCell,
+    fd: RawFd,
+    /// False when the file could only be opened read-only.
+    writable: bool,
 }
 
 /// The file a handle has open.
@@ -258,7 +290,20 @@ impl KernelLock {
         fair: bool,
     ) -> KernelLock {
         inode_table::install_fork_handlers();
-        inode_table::table().inode(key).open_handles += 1;
+        let id = inode_table::next_handle_id();
+        let solo = (unlink.is_none() && !fair).then(|| Solo {
+            cell: Arc::new(Mutex::new(None)),
+            fd: fd.as_raw_fd(),
+            writable,
+        });
+        {
+            let mut table = inode_table::table();
+            let inode = table.inode(key);
+            inode.add_handle();
+            if let Some(s) = &solo {
+                inode.check_out(id, backend, &s.cell);
+            }
+        }
         KernelLock {
             file: RwLock::new(OpenFile {
                 fd: Some(fd),
@@ -266,12 +311,120 @@ impl KernelLock {
                 writable,
             }),
             backend,
-            id: inode_table::next_handle_id(),
+            id,
             name,
             opener: sys::getpid(),
             unlink,
             locker: AtomicI32::new(0),
             fair: fair.then(fair::Queue::new),
+            solo,
+        }
+    }
+
+    /// Starts a call on the solo path: the cell, with the handle's holding in it, and
+    /// `call` on the handle's descriptor. `None` when the call goes through the table:
+    /// the holding is there (the handle is not alone), or the cell is busy (a query,
+    /// or the opening of another handle, is checking it in).
+    #[inline]
+    fn solo_call(&self, call: KernelCall, range: ByteRange) -> Option<SoloCall<'_>> {
+        let solo = self.solo.as_ref()?;
+        let cell = solo.cell.try_lock().ok()?;
+        cell.is_some().then(|| SoloCall {
+            cell,
+            // SAFETY: a solo handle's descriptor is `file.fd`, which is neither replaced
+            // (no UNLINK) nor closed before `close_inner`, which takes `&mut self`.
+            fd: unsafe { BorrowedFd::borrow_raw(solo.fd) },
+            call,
+            range,
+        })
+    }
+
+    /// The solo path of a lock call, up to its system call; `None` when the call goes
+    /// through the table: the handle is not alone, it upgrades a flock lock (not
+    /// atomic), the file is read-only for an exclusive fcntl lock (the table path
+    /// explains), or it is a POSIX handle in a forked child.
+    fn solo_lock(&self, mode: Mode, range: ByteRange) -> Option<SoloCall<'_>> {
+        if self.backend == Backend::Posix && sys::getpid() != self.opener {
+            return None;
+        }
+        let call = backend::lock_call(self.backend, range, mode, false);
+        let solo = self.solo_call(call, range)?;
+        let held = solo.cell.as_ref()?;
+        let refused = match self.backend {
+            Backend::Flock => held.ranges.iter().any(|(_, m)| m == Mode::Shared),
+            _ => !self.solo.as_ref().is_some_and(|s| s.writable),
+        };
+        if mode == Mode::Exclusive && refused {
+            return None;
+        }
+        Some(solo)
+    }
+
+    /// Ends a solo lock call whose system call returned `result`; `None` when the lock
+    /// is held elsewhere and the call may wait: it goes on through the table.
+    fn solo_locked(
+        &self,
+        mut solo: SoloCall<'_>,
+        mode: Mode,
+        result: std::result::Result<(), sys::Errno>,
+        deadline: &Deadline,
+    ) -> Option<Result<()>> {
+        match result {
+            Ok(()) => {
+                if let Some(held) = solo.cell.as_mut() {
+                    record_in(held, solo.range, mode, sys::thread_id());
+                }
+                Some(Ok(()))
+            }
+            Err(e) if e == libc::EAGAIN || e == libc::EACCES => {
+                deadline.is_try().then(|| Err(self.held_elsewhere()))
+            }
+            Err(e) => Some(Err(self.kernel_error(e))),
+        }
+    }
+
+    /// The solo path of an unlock call, up to its system call; `None` when the call
+    /// goes through the table (also a POSIX release of other than one held piece:
+    /// the process's POSIX lock elsewhere may be the host's own).
+    fn solo_unlock(&self, range: ByteRange) -> Option<SoloCall<'_>> {
+        if self.backend == Backend::Posix && sys::getpid() != self.opener {
+            return None;
+        }
+        let mut solo = self.solo_call(backend::unlock_call(self.backend, range), range)?;
+        if self.backend == Backend::Posix {
+            let held = solo.cell.as_ref()?;
+            let mut pieces = held.ranges.overlapping(range);
+            let (Some((piece, _)), None) = (pieces.next(), pieces.next()) else {
+                return None;
+            };
+            solo.call = backend::unlock_call(self.backend, piece);
+        }
+        Some(solo)
+    }
+
+    /// Ends a solo unlock call whose system call returned `result`.
+    fn solo_unlocked(
+        &self,
+        mut solo: SoloCall<'_>,
+        result: std::result::Result<(), sys::Errno>,
+    ) -> Result<()> {
+        result.map_err(|e| self.kernel_error(e))?;
+        if let Some(held) = solo.cell.as_mut() {
+            held.ranges.clear(solo.range);
+        }
+        Ok(())
+    }
+
+    /// Locks the table with this handle's holding in it.
+    fn table(&self, key: InodeKey) -> MutexGuard<'static, Table> {
+        inode_table::table_with(key)
+    }
+
+    /// After a call through the table: checks the holding out again if the handle is
+    /// alone on its inode.
+    fn check_out(&self, inode: &mut Inode) {
+        if let Some(s) = &self.solo {
+            inode.check_out(self.id, self.backend, &s.cell);
         }
     }
 
@@ -310,7 +463,27 @@ impl KernelLock {
 
     /// Takes `mode` on `range` before `deadline`, as [`crate::Lock::lock`] describes;
     /// `call` is the handle's call state (cancel, the wake-up descriptor).
+    #[inline(always)]
     pub(crate) fn lock(
+        &self,
+        call: &CallState,
+        mode: Mode,
+        range: ByteRange,
+        deadline: &Deadline,
+    ) -> Result<()> {
+        // The solo path, with its system call made here: see `SoloCall`.
+        if let Some(solo) = self.solo_lock(mode, range) {
+            let result = solo.call.run(solo.fd);
+            if let Some(done) = self.solo_locked(solo, mode, result, deadline) {
+                return done;
+            }
+        }
+        self.lock_table(call, mode, range, deadline)
+    }
+
+    /// [`KernelLock::lock`] through the table.
+    #[inline(never)]
+    fn lock_table(
         &self,
         call: &CallState,
         mode: Mode,
@@ -421,7 +594,7 @@ impl KernelLock {
         }
         table.settle(old_key);
         table.forget_if_unused(old_key);
-        table.inode(key).open_handles += 1;
+        table.inode(key).add_handle();
         Ok(())
     }
 
@@ -472,7 +645,7 @@ impl KernelLock {
         };
         let fd = file.fd();
         let mut backoff = BACKOFF_FIRST;
-        let mut table = inode_table::table();
+        let mut table = self.table(key);
         loop {
             let inode = table.inode(key);
             let conflicts = inode.conflicts(self.id, family, range, mode);
@@ -505,10 +678,7 @@ impl KernelLock {
             }
             self.restore_flock(file, &mut table, held_before)?;
             if deadline.is_try() {
-                return Err(Error::new(
-                    libc::EAGAIN,
-                    format!("{}: the lock is held by another process", self.name),
-                ));
+                return Err(self.held_elsewhere());
             }
             call.check(deadline, &self.name)?;
             let posix = self.backend == Backend::Posix;
@@ -590,6 +760,13 @@ impl KernelLock {
         )
     }
 
+    fn held_elsewhere(&self) -> Error {
+        Error::new(
+            libc::EAGAIN,
+            format!("{}: the lock is held by another process", self.name),
+        )
+    }
+
     fn kernel_error(&self, e: i32) -> Error {
         let call = match self.backend {
             Backend::Flock => "flock",
@@ -640,19 +817,29 @@ impl KernelLock {
     }
 
     fn record(&self, inode: &mut Inode, range: ByteRange, mode: Mode, me: ThreadId) {
-        let h = inode.holding_or_new(self.id, self.backend);
-        h.ranges.set(range, mode);
-        h.thread = me;
-        h.fork_gen = fork_generation();
-        h.pending = None;
+        record_in(inode.holding_or_new(self.id, self.backend), range, mode, me);
+        self.check_out(inode);
     }
 
     /// Releases `range`, as [`crate::Lock::unlock`] describes.
+    #[inline(always)]
     pub(crate) fn unlock(&self, range: ByteRange) -> Result<()> {
+        if let Some(solo) = self.solo_unlock(range) {
+            let result = solo.call.run(solo.fd);
+            return self.solo_unlocked(solo, result);
+        }
+        self.unlock_table(range)
+    }
+
+    /// [`KernelLock::unlock`] through the table.
+    #[inline(never)]
+    fn unlock_table(&self, range: ByteRange) -> Result<()> {
         self.check_owner()?;
         let file = self.file();
-        let mut table = inode_table::table();
-        self.release(&file, &mut table, range)
+        let mut table = self.table(file.key);
+        let result = self.release(&file, &mut table, range);
+        self.check_out(table.inode(file.key));
+        result
     }
 
     /// Releases `range`; under UNLINK, deletes the file first when this is the
@@ -730,31 +917,47 @@ impl KernelLock {
     fn release_range(&self, file: &OpenFile, table: &mut Table, range: ByteRange) -> Result<()> {
         let key = file.key;
         let fd = file.fd();
-        if self.backend == Backend::Posix {
+        if self.backend == Backend::Posix && table.others_hold_posix(key, self.id) {
             let Some(h) = table.holding(key, self.id) else {
                 return Ok(());
             };
-            if !table.others_hold_posix(key, self.id) {
-                // The common case: the process's kernel lock is this handle's alone.
-                for (piece, _) in h.ranges.overlapping(range) {
-                    backend::apply(fd, self.backend, piece, None)
-                        .map_err(|e| self.kernel_error(e))?;
-                }
-            } else {
-                let others = table.others_strongest(key, self.id, range);
-                for (piece, mode) in backend::posix::release_ops(&h.ranges, range, &others) {
-                    backend::apply(fd, self.backend, piece, mode)
-                        .map_err(|e| self.kernel_error(e))?;
-                }
+            let others = table.others_strongest(key, self.id, range);
+            for (piece, mode) in backend::posix::release_ops(&h.ranges, range, &others) {
+                backend::apply(fd, self.backend, piece, mode).map_err(|e| self.kernel_error(e))?;
+            }
+            if let Some(h) = table.inode(key).holding_mut(self.id) {
+                h.ranges.clear(range);
+            }
+        } else {
+            let mut none = RangeMap::new();
+            let inode = table.inode(key);
+            let held = match inode.holding_mut(self.id) {
+                Some(h) => &mut h.ranges,
+                None => &mut none,
+            };
+            self.release_alone(fd, held, range)?;
+        }
+        table.inode(key).settle();
+        Ok(())
+    }
+
+    /// Releases `range` of what the handle holds (`held`), in the kernel and then in
+    /// `held`, when no other handle of this process holds a POSIX lock on the file
+    /// (the process's POSIX lock is then the handle's alone).
+    fn release_alone(
+        &self,
+        fd: BorrowedFd<'_>,
+        held: &mut RangeMap,
+        range: ByteRange,
+    ) -> Result<()> {
+        if self.backend == Backend::Posix {
+            for (piece, _) in held.overlapping(range) {
+                backend::apply(fd, self.backend, piece, None).map_err(|e| self.kernel_error(e))?;
             }
         } else {
             backend::apply(fd, self.backend, range, None).map_err(|e| self.kernel_error(e))?;
         }
-        let inode = table.inode(key);
-        if let Some(h) = inode.holding_mut(self.id) {
-            h.ranges.clear(range);
-        }
-        inode.settle();
+        held.clear(range);
         Ok(())
     }
 
@@ -766,7 +969,7 @@ impl KernelLock {
         let family = Family::from(self.backend);
         let me = sys::getpid();
         let (here, own_flocks) = {
-            let table = inode_table::table();
+            let table = self.table(key);
             let here = table
                 .conflicts(key, self.id, family, range, mode)
                 .first()
@@ -876,13 +1079,14 @@ impl KernelLock {
         // open file description: then it stays with the child. Only when a fork happened
         // since the lock was taken is /proc searched for such a process (outside the
         // table's lock: it reads other processes' descriptor lists).
-        let forked_since = inode_table::table()
+        let forked_since = self
+            .table(key)
             .holding(key, self.id)
             .is_some_and(|h| !h.ranges.is_empty() && h.fork_gen != fork_generation());
         let shared_by_fork = forked_since
             && self.backend != Backend::Posix
             && holders::description_shared_elsewhere(file.fd(), key);
-        let mut table = inode_table::table();
+        let mut table = self.table(key);
         let mut result = Ok(());
         if table
             .holding(key, self.id)
@@ -929,4 +1133,12 @@ impl std::fmt::Debug for KernelLock {
             .field("fd", &self.file().fd.as_ref().map(|f| f.as_raw_fd()))
             .finish()
     }
+}
+
+/// Records in `h` that thread `me` took `mode` on `range`.
+fn record_in(h: &mut Holding, range: ByteRange, mode: Mode, me: ThreadId) {
+    h.ranges.set(range, mode);
+    h.thread = me;
+    h.fork_gen = fork_generation();
+    h.pending = None;
 }

@@ -263,6 +263,7 @@ impl Lock {
     /// range into the reserved offsets at or above 2^62), `EACCES` (an exclusive fcntl
     /// lock on a file opened read-only). [`flags::FAIR`]: the call queues behind earlier
     /// fair callers (see there).
+    #[inline(always)]
     pub fn lock(&self, mode: Mode, start: u64, len: u64, timeout: Option<Duration>) -> Result<()> {
         let range = self.range(start, len)?;
         if mode == Mode::Shared && self.dot.is_some() {
@@ -273,15 +274,21 @@ impl Lock {
         }
         let _call = self.call.begin(true)?;
         let deadline = Deadline::after(timeout);
-        if let Some(k) = self.single() {
-            return k.lock(&self.call, mode, range, &deadline);
+        match self.single() {
+            Some(k) => k.lock(&self.call, mode, range, &deadline),
+            None => self.lock_set(mode, range, &deadline),
         }
+    }
+
+    /// [`Lock::lock`] of a set, or of a DOTLOCK alone.
+    #[inline(never)]
+    fn lock_set(&self, mode: Mode, range: ByteRange, deadline: &Deadline) -> Result<()> {
         let before = self.held.load(Ordering::Relaxed);
         if let Some(d) = &self.dot {
-            d.lock(&self.call, &deadline)?;
+            d.lock(&self.call, deadline)?;
         }
         for (i, k) in self.kernel.iter().enumerate() {
-            if let Err(e) = k.lock(&self.call, mode, range, &deadline) {
+            if let Err(e) = k.lock(&self.call, mode, range, deadline) {
                 self.restore(i, before);
                 return Err(e);
             }
@@ -322,12 +329,19 @@ impl Lock {
     /// DOTLOCK: removes the lock file if it is still this handle's; `ENOLCK` when
     /// another process removed it meanwhile, judging it stale (see
     /// [`Options::stale_after_s`] and [`Lock::touch`]).
+    #[inline(always)]
     pub fn unlock(&self, start: u64, len: u64) -> Result<()> {
         let range = self.range(start, len)?;
         let _call = self.call.begin(false)?;
-        if let Some(k) = self.single() {
-            return k.unlock(range);
+        match self.single() {
+            Some(k) => k.unlock(range),
+            None => self.unlock_set(range),
         }
+    }
+
+    /// [`Lock::unlock`] of a set, or of a DOTLOCK alone.
+    #[inline(never)]
+    fn unlock_set(&self, range: ByteRange) -> Result<()> {
         let mut result = Ok(());
         for k in self.kernel.iter().rev() {
             let r = k.unlock(range);

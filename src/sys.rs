@@ -22,6 +22,7 @@ fn errno() -> Errno {
 }
 
 /// Runs `f` until it does not fail with `EINTR`.
+#[inline(always)]
 fn retry<T: PartialEq + From<i8>>(mut f: impl FnMut() -> T) -> Result<T, Errno> {
     loop {
         let r = f();
@@ -122,6 +123,7 @@ pub(crate) fn clear_nonblock(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 }
 
 /// `flock(2)` with `op` (`LOCK_SH`, `LOCK_EX`, `LOCK_UN`, with `LOCK_NB`).
+#[inline(always)]
 pub(crate) fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> Result<(), Errno> {
     // SAFETY: flock takes an open descriptor and an integer.
     retry(|| unsafe { libc::flock(fd.as_raw_fd(), op) })?;
@@ -129,6 +131,7 @@ pub(crate) fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> Result<(), Errno> {
 }
 
 /// `fcntl(2)` with a record-lock command (`F_SETLK`, `F_GETLK`, `F_OFD_*`).
+#[inline(always)]
 pub(crate) fn fcntl_lock(
     fd: BorrowedFd<'_>,
     cmd: libc::c_int,

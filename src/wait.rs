@@ -102,12 +102,13 @@ pub(crate) struct CallGuard<'a>(&'a CallState);
 
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
-        self.0.bits.store(0, Ordering::SeqCst);
+        self.0.bits.store(0, Ordering::Release);
     }
 }
 
 impl CallState {
     /// Starts a lock (`locking`) or unlock call; `EBUSY` when one is in progress.
+    #[inline]
     pub(crate) fn begin(&self, locking: bool) -> Result<CallGuard<'_>> {
         let bits = if locking { BUSY | LOCKING } else { BUSY };
         self.bits

@@ -42,6 +42,44 @@ fn second_handle_in_the_same_thread_gets_eagain_then_edeadlk() {
     }
 }
 
+/// A handle alone on its file keeps its locks outside the process table (the solo
+/// path); a handle opened later on the file, a query, and the first handle's closing
+/// all see them, and the first handle goes back to the solo path once alone again.
+#[test]
+fn a_lone_handles_locks_are_seen_by_handles_opened_later() {
+    let dir = TempDir::new("solo");
+    for b in ALL {
+        let path = dir.file(&format!("solo-{}", name(b)));
+        let first = Lock::open(&path, &opts(b)).unwrap();
+        for round in 0..3 {
+            // Alone: taken and converted on the solo path.
+            first.lock(Mode::Shared, 0, 0, TRY).unwrap();
+            first.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+            assert_eq!(first.query(Mode::Exclusive, 0, 0).unwrap(), None, "{b:?}");
+            let second = Lock::open(&path, &opts(b)).unwrap();
+            let e = second.lock(Mode::Shared, 0, 0, TRY).unwrap_err();
+            assert_eq!(e.errno(), libc::EAGAIN, "{b:?} round {round}: {e}");
+            assert!(
+                e.to_string().contains("another handle of this process"),
+                "{b:?} round {round}: {e}"
+            );
+            let e = second.lock(Mode::Shared, 0, 0, None).unwrap_err();
+            assert_eq!(e.errno(), libc::EDEADLK, "{b:?} round {round}: {e}");
+            let holder = second.query(Mode::Shared, 0, 0).unwrap().expect("a holder");
+            assert!(holder.is_self, "{b:?}: {holder:?}");
+            // Joined: the first handle's release goes through the table.
+            first.unlock(0, 0).unwrap();
+            second.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+            let e = first.lock(Mode::Shared, 0, 0, TRY).unwrap_err();
+            assert_eq!(e.errno(), libc::EAGAIN, "{b:?} round {round}: {e}");
+            second.close().unwrap();
+            // Alone again: the lock the second handle held went with it.
+            first.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+            first.unlock(0, 0).unwrap();
+        }
+    }
+}
+
 #[test]
 fn raw_flock_on_two_descriptors_conflicts_in_one_process() {
     // What the seed scenario guards against: the kernel treats the two descriptors as

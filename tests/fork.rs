@@ -153,6 +153,57 @@ fn peer_on(path: &Path, b: Backend) -> Peer {
     peer
 }
 
+/// A fork while another thread locks and unlocks a handle alone on its file (the solo
+/// path, whose holding lives outside the process table): the child never hangs on the
+/// library's state, and a handle it opens on the file is arbitrated against the
+/// inherited one, whose locks the child's table knows.
+#[test]
+fn a_fork_during_lock_calls_of_another_thread_leaves_the_child_working() {
+    let _one = serial();
+    let dir = TempDir::new("fork-solo");
+    for b in [Backend::Flock, Backend::Ofd] {
+        let path = dir.file(&format!("solo-{}", name(b)));
+        let lock = std::sync::Arc::new(Lock::open(&path, &opts(b)).unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let worker = {
+            let (lock, stop) = (lock.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut pairs = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // A child holds the lock for a moment now and then.
+                    match lock.lock(Mode::Exclusive, 0, 0, TRY) {
+                        Ok(()) => pairs += 1,
+                        Err(e) => assert_eq!(e.errno(), libc::EAGAIN, "{e}"),
+                    }
+                    lock.unlock(0, 0).unwrap();
+                }
+                pairs
+            })
+        };
+        for _ in 0..40 {
+            let pid = fork();
+            if pid == 0 {
+                in_child(|| {
+                    // The inherited handle's lock state at the fork is unknown; a new
+                    // handle either gets the lock or is told who holds it.
+                    let other = match Lock::open(&path, &opts(b)) {
+                        Ok(l) => l,
+                        Err(e) => return e.errno(),
+                    };
+                    match other.lock(Mode::Exclusive, 0, 0, TRY) {
+                        Ok(()) => code(other.unlock(0, 0)),
+                        Err(e) if e.errno() == libc::EAGAIN => 0,
+                        Err(e) => e.errno(),
+                    }
+                });
+            }
+            assert_eq!(wait_exit(pid), 0, "{b:?}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(worker.join().unwrap() > 0, "{b:?}: the worker made no pair");
+    }
+}
+
 /// (a) The child closes its copy of the handle and exits: the lock stays with the
 /// parent.
 #[test]

@@ -6,6 +6,9 @@
 //! section 1). The reference model keeps, per handle, each byte's mode; after every
 //! operation the library's answer must equal the model's, and the kernel's lock state
 //! of this process (from /proc/locks) must equal the union of the handles' modes.
+//! Handles are closed and opened again along the way, so that a handle is sometimes
+//! alone on the file (the solo path, whose holding lives outside the process table)
+//! and sometimes joined by others (its holding checked back in).
 
 mod common;
 
@@ -52,6 +55,10 @@ enum Op {
         start: u64,
         len: u64,
     },
+    /// Closes the handle when it is open, else opens it again.
+    Reopen {
+        h: usize,
+    },
 }
 
 fn mode() -> impl Strategy<Value = Mode> {
@@ -73,6 +80,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(h, mode, (start, len))| Op::Lock { h, mode, start, len }),
         2 => (0..HANDLES, mode()).prop_map(|(h, mode)| Op::Relock { h, mode }),
         3 => (0..HANDLES, range()).prop_map(|(h, (start, len))| Op::Unlock { h, start, len }),
+        2 => (0..HANDLES).prop_map(|h| Op::Reopen { h }),
     ]
 }
 
@@ -265,6 +273,24 @@ fn show(cells: &Cells) -> String {
         .collect()
 }
 
+/// The kernel's lock state of this process on `file` is the union of the handles'
+/// modes in `model`, with no lock outside the model's cells.
+fn check_kernel(file: FileId, model: &[Cells; HANDLES], when: &str) -> Result<(), TestCaseError> {
+    let kernel = kernel_state(file)?;
+    prop_assert!(
+        kernel.stray.is_empty(),
+        "{when}: stray locks {:?}",
+        kernel.stray
+    );
+    prop_assert_eq!(
+        kernel.cells,
+        show(&union(model)),
+        "{}: kernel (left) differs from the union of the handles (right)",
+        when
+    );
+    Ok(())
+}
+
 fn run_case(dir: &TempDir, ops: &[Op], close_order: &[usize]) -> Result<(), TestCaseError> {
     static CASE: AtomicU32 = AtomicU32::new(0);
     let path = dir
@@ -286,8 +312,22 @@ fn run_case(dir: &TempDir, ops: &[Op], close_order: &[usize]) -> Result<(), Test
             } => (h, Some(mode), start, len),
             Op::Relock { h, mode } => (h, Some(mode), last[h].0, last[h].1),
             Op::Unlock { h, start, len } => (h, None, start, len),
+            Op::Reopen { h } => {
+                match handles[h].take() {
+                    Some(lock) => {
+                        let result = lock.close();
+                        prop_assert!(result.is_ok(), "step {step} close {h}: {result:?}");
+                        model[h] = [None; CELLS];
+                    }
+                    None => handles[h] = Some(Lock::open(&path, &opts(Backend::Posix)).unwrap()),
+                }
+                check_kernel(file, &model, &format!("step {step} {op:?}"))?;
+                continue;
+            }
         };
-        let lock = handles[h].as_ref().unwrap();
+        let Some(lock) = handles[h].as_ref() else {
+            continue;
+        };
         match wanted {
             Some(mode) => {
                 last[h] = (start, len);
@@ -316,45 +356,26 @@ fn run_case(dir: &TempDir, ops: &[Op], close_order: &[usize]) -> Result<(), Test
                 }
             }
         }
-        let kernel = kernel_state(file)?;
-        prop_assert!(
-            kernel.stray.is_empty(),
-            "step {step} {op:?}: stray locks {:?}",
-            kernel.stray
-        );
-        prop_assert_eq!(
-            kernel.cells,
-            show(&union(&model)),
-            "step {} {:?}: kernel (left) differs from the union of the handles (right)",
-            step,
-            op
-        );
+        check_kernel(file, &model, &format!("step {step} {op:?}"))?;
     }
     // Closing one handle keeps the others' locks; closing the last leaves nothing.
     for &h in close_order {
-        let result = handles[h].take().unwrap().close();
+        let Some(lock) = handles[h].take() else {
+            continue;
+        };
+        let result = lock.close();
         prop_assert!(result.is_ok(), "close {h}: {result:?}");
         model[h] = [None; CELLS];
-        let kernel = kernel_state(file)?;
-        prop_assert!(
-            kernel.stray.is_empty(),
-            "after close {h}: stray locks {:?}",
-            kernel.stray
-        );
-        prop_assert_eq!(
-            kernel.cells,
-            show(&union(&model)),
-            "after closing handle {}: kernel (left) differs from the rest (right)",
-            h
-        );
+        check_kernel(file, &model, &format!("after closing handle {h}"))?;
     }
     prop_assert_eq!(kernel_state(file)?.cells, show(&[None; CELLS]));
     let _ = std::fs::remove_file(&path);
     Ok(())
 }
 
-/// Three POSIX handles of one thread, try-only: each answer is the model's, and the
-/// process's kernel lock is always the union of what the handles hold.
+/// Three POSIX handles of one thread, try-only, closed and opened again along the way:
+/// each answer is the model's, and the process's kernel lock is always the union of
+/// what the handles hold.
 #[test]
 fn posix_handles_of_one_process_arbitrate_like_the_model() {
     let dir = TempDir::new("model-posix");

@@ -21,6 +21,15 @@ pub(crate) fn lock_call(backend: Backend, range: ByteRange, mode: Mode, wait: bo
     }
 }
 
+/// The non-blocking call that releases `range`.
+pub(crate) fn unlock_call(backend: Backend, range: ByteRange) -> KernelCall {
+    match backend {
+        Backend::Flock => flock::call(None, false),
+        Backend::Ofd => ofd::call(range, None, false),
+        _ => posix::call(range, None, false),
+    }
+}
+
 /// Makes a non-blocking call: sets `mode` on `range`, or releases it when `None`.
 pub(crate) fn apply(
     fd: BorrowedFd<'_>,
@@ -37,7 +46,8 @@ pub(crate) fn apply(
 }
 
 impl KernelCall {
-    /// Makes the call in this thread.
+    /// Makes the call in this thread (inlined: see [`crate::kernel_lock::SoloCall`]).
+    #[inline(always)]
     pub(crate) fn run(self, fd: BorrowedFd<'_>) -> Result<(), Errno> {
         match self {
             KernelCall::Flock { op } => crate::sys::flock(fd, op),
@@ -47,8 +57,19 @@ impl KernelCall {
 }
 
 /// A `struct flock` for `range` (clamped below the reserved offsets) and `mode`.
+///
+/// A release that reaches the reserved offsets is made to the end of the file
+/// (`l_len` 0): the same for the handle's owner, which never holds locks there (the
+/// library's own locks at those offsets, [`crate::fair`], are held through private
+/// descriptions), and cheaper for the kernel, which allocates nothing for a release
+/// of everything from 0 on.
 pub(crate) fn record(range: ByteRange, mode: Option<Mode>) -> libc::flock {
-    raw_record(range.start, range.end.min(RESERVED) - range.start, mode)
+    let len = if mode.is_none() && range.end >= RESERVED {
+        0
+    } else {
+        range.end.min(RESERVED) - range.start
+    };
+    raw_record(range.start, len, mode)
 }
 
 /// A `struct flock` for `len` bytes from `start`, taken as they are: the library's own
