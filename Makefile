@@ -106,11 +106,12 @@ uninstall:
 	    rm -f $(DESTDIR)$(MANDIR)/man$$section/$${page##*/}; \
 	done
 
-# One release build; clippy checks, and `cargo test --release` reuses the
-# release artifacts. scripts/check-c.sh installs into a temporary DESTDIR.
+# One release build; clippy and rustdoc (broken links in the docs fail) check, and
+# `cargo test --release` reuses the release artifacts. scripts/check-c.sh installs into a temporary DESTDIR.
 check: all
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets $(CARGOFLAGS) -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items $(CARGOFLAGS)
 	$(CARGO) test --release $(CARGOFLAGS)
 	MAKE="$(MAKE)" CARGO="$(CARGO)" scripts/check-c.sh
 	bindings/python/run-tests.sh

@@ -38,10 +38,10 @@ use crate::{Backend, Error, Holder, Mode, Options, Result, flags};
 /// process's waiting threads) fails with `EDEADLK`. Methods take `&self` and are
 /// thread-safe; one lock or unlock runs at a time per handle (`EBUSY` otherwise).
 ///
-/// Dropping the handle closes it: see [`Lock::close`].
+/// Dropping the handle closes it: see [`crate::Lock::close`].
 pub(crate) struct KernelLock {
     /// The descriptor and the inode it names. Only an UNLINK handle changes them (in
-    /// [`Lock::lock`], when the file it opened was deleted or replaced): lock calls
+    /// [`crate::Lock::lock`], when the file it opened was deleted or replaced): lock calls
     /// read them under the read lock, the change takes the write lock. Lock order:
     /// this lock before the table's.
     file: RwLock<OpenFile>,
@@ -143,7 +143,7 @@ fn key_of(st: &libc::stat) -> InodeKey {
     }
 }
 
-/// Opens the path as [`Lock::open`] describes: the descriptor, whether it is writable,
+/// Opens the path as [`crate::Lock::open`] describes: the descriptor, whether it is writable,
 /// and its inode.
 fn open_path(
     cpath: &CString,
