@@ -34,6 +34,14 @@ QUICK=${QUICK:-0}
 work=target/bench
 mkdir -p "$work"
 
+# The code measured: the commit, and whether the tree differs from it (read before
+# the run writes its own outputs, which are left out).
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no -- . ':!BENCHMARKS.md' \
+        ':!docs/bench-*.svg' 2>/dev/null)" ]; then
+    commit="$commit (with uncommitted changes)"
+fi
+
 # The command a reader would type to produce the same file.
 if [ -n "${MAKELEVEL:-}" ]; then
     command="make bench"
@@ -115,10 +123,6 @@ fi
 container=$(systemd-detect-virt --container 2>/dev/null || true)
 if [ -n "$container" ] && [ "$container" != none ]; then
     virt="$virt; container: $container"
-fi
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-    commit="$commit (with uncommitted changes)"
 fi
 tmpfs=$(df -T "${TMPDIR:-/tmp}" 2>/dev/null | awk 'NR == 2 { print $2 }')
 
