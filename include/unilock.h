@@ -327,7 +327,9 @@ int unilock_lock(struct unilock *l,
 
 /**
  * Releases `len` bytes from `start` (`(0, 0)`: everything). Bytes not held are
- * ignored.
+ * ignored. A release that reaches the reserved offsets (2^62 and up) is made to the
+ * end of the file: locks the lock's owner (the open file description; for POSIX,
+ * the process) took there outside the library go too.
  */
 int unilock_unlock(struct unilock *l, uint64_t start, uint64_t len);
 

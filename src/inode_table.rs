@@ -251,11 +251,17 @@ impl Inode {
         }
     }
 
-    /// True when any handle holds or reserves a POSIX lock here.
+    /// True when any handle holds or reserves a POSIX lock here, a checked-out
+    /// holding included (a descriptor closed now would drop it).
     fn has_posix_locks(&self) -> bool {
-        self.holdings
-            .iter()
-            .any(|h| h.backend == Backend::Posix && (!h.ranges.is_empty() || h.pending.is_some()))
+        let posix = |h: &Holding| {
+            h.backend == Backend::Posix && (!h.ranges.is_empty() || h.pending.is_some())
+        };
+        self.holdings.iter().any(posix)
+            || self
+                .solo
+                .as_ref()
+                .is_some_and(|cell| lock_cell(cell).as_ref().is_some_and(posix))
     }
 }
 
@@ -378,11 +384,14 @@ thread_local! {
 }
 
 unsafe extern "C" fn before_fork() {
-    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
     let mut guard = table();
     for inode in guard.inodes.values_mut() {
         inode.check_in();
     }
+    // Counted once no lock can be recorded until the fork is done (the table is held
+    // and every holding is in it): a lock recorded with the old count was taken
+    // before the fork, so the child may share it.
+    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
     FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
     crate::fair::before_fork();
 }

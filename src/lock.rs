@@ -315,7 +315,10 @@ impl Lock {
     }
 
     /// Releases `len` bytes from `start` (`(0, 0)`: everything this handle holds).
-    /// Bytes the handle does not hold are ignored. For POSIX, bytes another handle of
+    /// Bytes the handle does not hold are ignored. A release that reaches the reserved
+    /// offsets (2^62 and up) is made to the end of the file: locks the owner (the open
+    /// file description; for POSIX, the process) took there outside the library go
+    /// too. For POSIX, bytes another handle of
     /// this process holds keep that handle's lock in the kernel. A set releases its
     /// backends in reverse order.
     ///

@@ -922,3 +922,56 @@ fn a_fair_handle_from_a_descriptor_keeps_its_place() {
     mine.unlock(0, 0).unwrap();
     assert_eq!(behind.recv(), "ok");
 }
+
+/// The POSIX locks this process holds on inode `ino`, as /proc/locks shows them.
+fn own_posix_locks_on(ino: u64) -> usize {
+    let pid = format!(" {} ", std::process::id());
+    let inode = format!(":{ino} ");
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("POSIX") && l.contains(&pid) && l.contains(&inode))
+        .count()
+}
+
+/// A FAIR|UNLINK handle that moved to a new file closes its queue description on the
+/// old one only while no POSIX lock of the process is held there, also when the POSIX
+/// handle holding it is alone on the old file (its holding kept outside the table).
+#[test]
+fn a_queue_description_left_on_a_replaced_file_keeps_posix_locks_there() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("fair-stale-queue");
+    let path = dir.file("f");
+    let fair_unlink = Options::new()
+        .backend(Backend::Ofd)
+        .flags(flags::CREATE | flags::UNLINK | flags::FAIR);
+    let fair = Lock::open(&path, &fair_unlink).unwrap();
+    let posix = Lock::open(&path, &opts(Backend::Posix)).unwrap();
+    let old = std::fs::metadata(&path).unwrap().ino();
+    // The fair handle opens its queue description on the old file.
+    fair.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    fair.unlock(0, 0).unwrap();
+    // The file is replaced (the release above may have deleted it already); this
+    // thread holds a lock on the new one through another handle, so the fair handle's
+    // next lock moves to the new file without queueing.
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, b"").unwrap();
+    let other = Lock::open(&path, &opts(Backend::Ofd)).unwrap();
+    other.lock(Mode::Shared, 0, 10, TRY).unwrap();
+    fair.lock(Mode::Shared, 20, 10, TRY).unwrap();
+    // The POSIX handle, now alone on the old file, locks it.
+    posix.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    assert_eq!(own_posix_locks_on(old), 1, "the POSIX lock before");
+    fair.close().unwrap();
+    assert_eq!(
+        own_posix_locks_on(old),
+        1,
+        "closing the queue description on the old file dropped the POSIX lock"
+    );
+    posix.unlock(0, 0).unwrap();
+    assert_eq!(
+        own_posix_locks_on(old),
+        0,
+        "the POSIX lock after its release"
+    );
+}

@@ -379,7 +379,9 @@ pub extern "C" fn unilock_lock(
 }
 
 /// Releases `len` bytes from `start` (`(0, 0)`: everything). Bytes not held are
-/// ignored.
+/// ignored. A release that reaches the reserved offsets (2^62 and up) is made to the
+/// end of the file: locks the lock's owner (the open file description; for POSIX,
+/// the process) took there outside the library go too.
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_unlock(l: *mut unilock, start: u64, len: u64) -> c_int {
     guard(|| {
