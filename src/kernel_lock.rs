@@ -344,7 +344,7 @@ impl KernelLock {
     /// atomic), the file is read-only for an exclusive fcntl lock (the table path
     /// explains), or it is a POSIX handle in a forked child.
     fn solo_lock(&self, mode: Mode, range: ByteRange) -> Option<SoloCall<'_>> {
-        if self.backend == Backend::Posix && sys::getpid() != self.opener {
+        if self.posix_in_child() {
             return None;
         }
         let call = backend::lock_call(self.backend, range, mode, false);
@@ -387,7 +387,7 @@ impl KernelLock {
     /// goes through the table (also a POSIX release of other than one held piece:
     /// the process's POSIX lock elsewhere may be the host's own).
     fn solo_unlock(&self, range: ByteRange) -> Option<SoloCall<'_>> {
-        if self.backend == Backend::Posix && sys::getpid() != self.opener {
+        if self.posix_in_child() {
             return None;
         }
         let mut solo = self.solo_call(backend::unlock_call(self.backend, range), range)?;
@@ -446,9 +446,14 @@ impl KernelLock {
         self.backend
     }
 
+    /// True for a POSIX handle used in a process forked after it was opened.
+    fn posix_in_child(&self) -> bool {
+        self.backend == Backend::Posix && sys::getpid() != self.opener
+    }
+
     /// POSIX locks belong to the process that took them: a forked child gets none.
     fn check_owner(&self) -> Result<()> {
-        if self.backend == Backend::Posix && sys::getpid() != self.opener {
+        if self.posix_in_child() {
             return Err(Error::new(
                 libc::ENOLCK,
                 format!(
