@@ -696,15 +696,20 @@ impl KernelLock {
             let outcome = wait::in_kernel(fd, kernel_call, posix, deadline, call);
             table = inode_table::table();
             table.done_waiting(me);
+            // A granted POSIX lock is recorded before the reservation ends: in between,
+            // the table would see no POSIX lock here and close a deferred descriptor,
+            // which drops every POSIX lock of the process on the file.
+            if let Ok(Some(Outcome::Granted)) = outcome {
+                self.record(table.inode(key), range, mode, me);
+                table.settle(key);
+                return Ok(());
+            }
             if posix {
                 table.holding_mut(key, self.id, self.backend).pending = None;
                 table.settle(key);
             }
             let failure = match outcome? {
-                Some(Outcome::Granted) => {
-                    self.record(table.inode(key), range, mode, me);
-                    return Ok(());
-                }
+                Some(Outcome::Granted) => return Ok(()), // recorded above
                 Some(Outcome::Failed(e)) => {
                     self.restore_flock(file, &mut table, held_before)?;
                     return Err(self.kernel_error(e));

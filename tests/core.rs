@@ -153,6 +153,46 @@ fn closing_one_posix_handle_keeps_anothers_lock() {
     assert_eq!(peer.cmd("lock p ex 0 100 0"), "ok");
 }
 
+/// A handle closed while another handle of the process waits for a POSIX lock has its
+/// descriptor's close deferred; the waiter's grant must be recorded before that close
+/// can happen, or the close drops the lock the waiter was just granted.
+#[test]
+fn a_posix_grant_survives_a_deferred_close() {
+    let dir = TempDir::new("posixgrant");
+    let path = dir.file("f");
+    let mut peer = Peer::spawn();
+    assert_eq!(peer.cmd(&format!("open p {} posix", path.display())), "ok");
+    assert_eq!(peer.cmd("lock p ex 0 10 0"), "ok");
+    let waiter = Arc::new(Lock::open(&path, &opts(Backend::Posix)).unwrap());
+    let w = waiter.clone();
+    let t = thread::spawn(move || w.lock(Mode::Exclusive, 0, 10, Some(Duration::from_secs(20))));
+    // Let the waiter reach its kernel wait (its pending lock defers the next close):
+    // /proc/locks shows a blocked request as "->".
+    let start = Instant::now();
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("->"))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no waiter blocked"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    let other = Lock::open(&path, &opts(Backend::Posix)).unwrap();
+    other.close().unwrap();
+    assert_eq!(peer.cmd("unlock p 0 0"), "ok");
+    t.join().unwrap().unwrap();
+    assert_eq!(
+        peer.cmd("lock p ex 0 10 0"),
+        format!("err {}", libc::EAGAIN),
+        "the granted lock was dropped"
+    );
+    waiter.unlock(0, 0).unwrap();
+    assert_eq!(peer.cmd("lock p ex 0 10 0"), "ok");
+}
+
 #[test]
 fn posix_unlock_changes_only_the_bytes_no_other_handle_holds() {
     let dir = TempDir::new("posixsplit");
