@@ -14,7 +14,9 @@
  *   success, a negative errno on failure. unilock_strerror(rc) names it;
  *   unilock_last_error() gives this thread's detail (the call, the path, the reason).
  *   No call aborts or unwinds into the caller: an internal panic is -ENOTRECOVERABLE.
- * - NULL where a pointer is required gives -EINVAL; a closed or foreign handle -EBADF.
+ * - NULL where a pointer is required gives -EINVAL; a closed or foreign handle -EBADF
+ *   (see unilock_close for how far a closed handle is detected).
+ * - Every failure of unilock_open and unilock_open_fd leaves *out NULL.
  * - Ranges are (start, len) in bytes; len 0 means to the end of the file and beyond;
  *   (0, 0) is the whole file. Offsets at or above 2^62 are reserved: -EINVAL.
  * - Every call is thread-safe. One handle runs one lock or unlock at a time (-EBUSY);
@@ -283,12 +285,23 @@ int unilock_open(const char *path, const struct unilock_options *o, struct unilo
 int unilock_open_fd(int fd, const struct unilock_options *o, struct unilock **out);
 
 /**
- * Closes the handle and frees it. It releases what the handle holds, except FLOCK and
- * OFD locks whose open file description a child shares since a `fork()` after they
- * were taken (they stay with the child). With `UNILOCK_UNLINK` the release may delete
- * the file first (see there). NULL is a no-op returning 0. Must not race
- * with other calls on the same handle. Returns the error of the release, if any (the
- * handle is freed all the same).
+ * Closes the handle. It releases what the handle holds, except FLOCK and OFD locks
+ * whose open file description a child shares since a `fork()` after they were taken
+ * (they stay with the child). With `UNILOCK_UNLINK` the release may delete the file
+ * first (see there). NULL is a no-op returning 0. Returns the error of the release,
+ * if any (the handle is closed all the same).
+ *
+ * Another thread may be inside a call on the handle: a lock call waiting there
+ * returns `-ECANCELED`, and `unilock_close` returns only after every call in progress
+ * on the handle has returned, so no call is left waiting on a closed handle and no
+ * lock is left held by it. A call that starts after the close began returns `-EBADF`.
+ *
+ * Using a handle after its close is the caller's bug, detected as far as this
+ * design allows: a closed handle's memory is never freed, and it is given to a new
+ * handle only after more than 4096 other handles have been closed since. Until then
+ * every call on the stale pointer, a second close included, returns `-EBADF` and
+ * touches nothing; after that it may act on the newer handle. A pointer that no
+ * `unilock_open` returned gives `-EBADF` without being read.
  */
 int unilock_close(struct unilock *l);
 

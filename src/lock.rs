@@ -402,14 +402,39 @@ impl Lock {
         if !self.call.cancel() {
             return false;
         }
-        // Wake a thread waiting for another handle of this process.
+        self.wake_waiters();
+        true
+    }
+
+    /// Ends the lock call in progress with `ECANCELED`, and any wait that a call
+    /// already under way would start from now on: for a close that must wait until
+    /// every call on the handle has returned (the C API's `unilock_close`).
+    pub(crate) fn shut_down(&self) {
+        self.call.shut_down();
+        self.wake_waiters();
+    }
+
+    /// Waits until no lock or unlock call runs on the handle, then refuses every later
+    /// one with `EBADF` (after [`Lock::shut_down`], for a close).
+    pub(crate) fn seal(&self, recheck: Duration) {
+        self.call.seal(recheck);
+    }
+
+    /// Releases what the handle holds and closes its descriptors, as [`Lock::close`]
+    /// does, leaving the (sealed) handle in place: for a C handle, whose memory
+    /// outlives its close.
+    pub(crate) fn close_in_place(&mut self) -> Result<()> {
+        self.close_inner()
+    }
+
+    /// Wakes a thread of this handle waiting for another handle of this process.
+    fn wake_waiters(&self) {
         for k in &self.kernel {
             k.wake_waiters();
         }
         if let Some(d) = &self.dot {
             d.wake_waiters();
         }
-        true
     }
 
     /// DOTLOCK: refreshes the lock file's modification time, so that processes using

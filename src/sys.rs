@@ -530,8 +530,15 @@ pub(crate) fn spawn_forked_waiter(job: &WaiterJob) -> Result<Waiter, Errno> {
         // The child ends by SIGKILL whatever the call's result: tools such as valgrind
         // run the C library's cleanup (flushing the parent's copied stdio buffers) even
         // on _exit. The parent learns the result by trying again without blocking.
-        // SAFETY: the lock call on the inherited descriptor, then a signal to itself.
+        // SAFETY: prctl and getppid take integers; then the lock call on the inherited
+        // descriptor, then a signal to itself.
         unsafe {
+            // Die with the thread that made it (it waits for this child until it
+            // exits): a killed host leaves no waiter behind holding its descriptors.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            if libc::getppid() != job.parent {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
             let call = |fd: RawFd, call: KernelCall| match call {
                 KernelCall::Flock { op } => libc::flock(fd, op),
                 KernelCall::Fcntl { cmd, mut fl } => {
@@ -756,4 +763,38 @@ pub(crate) fn fs_type(fd: BorrowedFd<'_>) -> Result<i64, Errno> {
     let kind = unsafe { st.assume_init() }.f_type;
     #[allow(clippy::unnecessary_cast)] // its type differs between architectures
     Ok(kind as i64)
+}
+
+/// `futex(FUTEX_WAIT_PRIVATE)`: sleeps while `word` holds `expected`, until a
+/// [`futex_wake`] on it or `timeout` (or a spurious wake-up: callers re-check their
+/// condition).
+pub(crate) fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a live, aligned 32-bit atomic and `ts` a live timespec for the
+    // duration of the call; EAGAIN, EINTR and ETIMEDOUT are returns the caller re-checks.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            &ts as *const libc::timespec,
+        )
+    };
+}
+
+/// `futex(FUTEX_WAKE_PRIVATE)`: wakes every thread in [`futex_wait`] on `word`.
+pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: `word` is a live, aligned 32-bit atomic; waking has no other effect.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        )
+    };
 }

@@ -15,12 +15,13 @@
 //! Where such a child is refused (seccomp filters; valgrind, detected by its preloaded
 //! library because it aborts on such a clone), flock and OFD waits use a child made by
 //! `fork()` instead (it shares the open file descriptions; its exit is seen through a
-//! pipe), and POSIX waits
-//! fall back to retrying with a bounded backoff (1 ms doubling to 25 ms), still
-//! cancellable and still ending on time.
+//! pipe; it dies with the thread that made it), and POSIX waits fall back to retrying
+//! with a bounded backoff (1 ms doubling to 25 ms), still cancellable and still ending
+//! on time. Every wait falls back to that backoff when no child can be made at all
+//! (`fork()` refused as well, `RLIMIT_NPROC` reached, no memory).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -76,6 +77,7 @@ impl Deadline {
 const BUSY: u32 = 1;
 const LOCKING: u32 = 2;
 const CANCELLED: u32 = 4;
+const SEALED: u32 = 8;
 
 /// The per-handle state that makes one lock or unlock run at a time and lets
 /// `cancel` reach the lock call in progress.
@@ -90,9 +92,15 @@ const CANCELLED: u32 = 4;
 /// `after_grant` is set by the fair queue ([`crate::fair`]) around the call's wait for
 /// the lock itself: the waiter child makes that call as soon as it gets the lock. It is
 /// only touched by the lock call in progress, under its mutex.
+///
+/// `shut` is set once, by [`CallState::shut_down`], and counts as a cancel of every
+/// call from then on; SEALED, set by [`CallState::seal`] once no call runs, then
+/// refuses every new call (`EBADF`): the two make a close that waits for the calls in
+/// progress on the handle.
 #[derive(Default)]
 pub(crate) struct CallState {
     bits: AtomicU32,
+    shut: AtomicBool,
     wake: OnceLock<OwnedFd>,
     after_grant: Mutex<Option<(RawFd, KernelCall)>>,
 }
@@ -101,8 +109,12 @@ pub(crate) struct CallState {
 pub(crate) struct CallGuard<'a>(&'a CallState);
 
 impl Drop for CallGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.0.bits.store(0, Ordering::Release);
+        if self.0.shut.load(Ordering::Relaxed) {
+            sys::futex_wake(&self.0.bits);
+        }
     }
 }
 
@@ -113,11 +125,15 @@ impl CallState {
         let bits = if locking { BUSY | LOCKING } else { BUSY };
         self.bits
             .compare_exchange(0, bits, Ordering::SeqCst, Ordering::SeqCst)
-            .map_err(|_| {
-                Error::new(
-                    libc::EBUSY,
-                    "another lock or unlock call is in progress on this handle",
-                )
+            .map_err(|now| {
+                if now & SEALED != 0 {
+                    Error::new(libc::EBADF, "the handle is closed")
+                } else {
+                    Error::new(
+                        libc::EBUSY,
+                        "another lock or unlock call is in progress on this handle",
+                    )
+                }
             })?;
         Ok(CallGuard(self))
     }
@@ -148,9 +164,33 @@ impl CallState {
         true
     }
 
-    /// True once the call in progress was cancelled.
+    /// Cancels the call in progress and every later one, for good: the handle is
+    /// being closed.
+    pub(crate) fn shut_down(&self) {
+        self.shut.store(true, Ordering::SeqCst);
+        if let Some(fd) = self.wake.get() {
+            sys::eventfd_signal(fd.as_fd());
+        }
+    }
+
+    /// Waits until no lock or unlock call runs, then refuses every later one
+    /// (`EBADF`); looks again at least every `recheck` (a call's end wakes it).
+    pub(crate) fn seal(&self, recheck: Duration) {
+        loop {
+            match self
+                .bits
+                .compare_exchange(0, SEALED, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return,
+                Err(now) if now & SEALED != 0 => return,
+                Err(now) => sys::futex_wait(&self.bits, now, recheck),
+            }
+        }
+    }
+
+    /// True once the call in progress was cancelled, or the handle shut down.
     pub(crate) fn cancelled(&self) -> bool {
-        self.bits.load(Ordering::SeqCst) & CANCELLED != 0
+        self.bits.load(Ordering::SeqCst) & CANCELLED != 0 || self.shut.load(Ordering::SeqCst)
     }
 
     /// Fails with `ECANCELED` once the call was cancelled, `ETIMEDOUT` once `deadline`
@@ -312,13 +352,17 @@ fn spawn(
             Err(libc::EINVAL | libc::ENOSYS | libc::EPERM) => {
                 MECHANISM.store(FORKED, Ordering::Relaxed);
             }
+            // No process can be made now (RLIMIT_NPROC, memory): this wait retries
+            // with backoff; the next one tries again.
+            Err(libc::EAGAIN | libc::ENOMEM) => return Ok(None),
             Err(e) => return Err(e),
         }
     }
     if owner_is_process {
         return Ok(None);
     }
-    sys::spawn_forked_waiter(job).map(Some)
+    // fork() refused too (seccomp, RLIMIT_NPROC, memory): retry with backoff.
+    Ok(sys::spawn_forked_waiter(job).ok())
 }
 
 /// Sleeps up to `d` or until `state` is cancelled (for the backoff fallback).

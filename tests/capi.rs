@@ -11,7 +11,7 @@ use std::path::Path;
 use std::ptr::{null, null_mut};
 
 use ::unilock::capi::*;
-use common::TempDir;
+use common::{Peer, TempDir};
 
 fn text(p: *const c_char) -> String {
     assert!(!p.is_null(), "a C string entry point returned NULL");
@@ -110,6 +110,13 @@ fn null_arguments_give_einval_and_a_message() {
         unilock_list(h, null_mut(), 4, &mut count)
     });
     assert_eq!(unilock_close(h), 0);
+}
+
+#[test]
+fn peer_main() {
+    if std::env::var_os(common::PEER_ENV).is_some() {
+        common::peer_loop();
+    }
 }
 
 #[test]
@@ -443,4 +450,145 @@ fn open_fd_duplicates_the_callers_descriptor() {
     assert_eq!(unilock_lock(other, UNILOCK_SHARED, 0, 0, 0), -libc::EAGAIN);
     assert_eq!(unilock_close(other), 0);
     assert_eq!(unilock_close(l), 0);
+}
+
+#[test]
+fn a_failed_open_leaves_out_null() {
+    let dir = TempDir::new("capi-outnull");
+    let missing = dir.0.join("no/such/dir");
+    let o = options(0, UNILOCK_CREATE);
+    let mut l = std::ptr::dangling_mut::<unilock>();
+    assert_eq!(
+        unilock_open(cpath(&missing).as_ptr(), &o, &mut l),
+        -libc::ENOENT
+    );
+    assert!(l.is_null(), "unilock_open left {l:?} in *out");
+    let mut l = std::ptr::dangling_mut::<unilock>();
+    assert_eq!(unilock_open_fd(-1, null(), &mut l), -libc::EBADF);
+    assert!(l.is_null(), "unilock_open_fd left {l:?} in *out");
+    // A closed (NULL) handle is then safe to close.
+    assert_eq!(unilock_close(l), 0);
+}
+
+/// A pointer used after its close is refused, even once the library has made many
+/// handles since, and never acts on a newer handle.
+#[test]
+fn a_closed_handle_gives_ebadf_and_never_acts_on_a_newer_one() {
+    let dir = TempDir::new("capi-stale");
+    let path = dir.file("f");
+    let o = options(UNILOCK_BACKEND_OFD, UNILOCK_CREATE);
+    let (rc, stale) = open(&path, &o);
+    assert_eq!(rc, 0, "{}", last_error());
+    assert_eq!(unilock_close(stale), 0);
+    assert_eq!(unilock_close(stale), -libc::EBADF, "a second close");
+    assert!(last_error().contains("closed"), "{}", last_error());
+    for _ in 0..2000 {
+        let (rc, l) = open(&path, &o);
+        assert_eq!(rc, 0, "{}", last_error());
+        assert_ne!(l, stale, "a new handle got a closed handle's address");
+        assert_eq!(unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
+        let mut count = 0usize;
+        let mut who = blank_holder();
+        for (what, rc) in [
+            ("lock", unilock_lock(stale, UNILOCK_EXCLUSIVE, 0, 0, 0)),
+            ("unlock", unilock_unlock(stale, 0, 0)),
+            (
+                "query",
+                unilock_query(stale, UNILOCK_EXCLUSIVE, 0, 0, &mut who),
+            ),
+            ("list", unilock_list(stale, null_mut(), 0, &mut count)),
+            ("cancel", unilock_cancel(stale)),
+            ("fd", unilock_fd(stale)),
+        ] {
+            assert_eq!(rc, -libc::EBADF, "{what} on a closed handle");
+        }
+        // The new handle still holds its lock.
+        let (rc, probe) = open(&path, &o);
+        assert_eq!(rc, 0);
+        assert_eq!(unilock_lock(probe, UNILOCK_SHARED, 0, 0, 0), -libc::EAGAIN);
+        assert_eq!(unilock_close(probe), 0);
+        assert_eq!(unilock_close(l), 0);
+    }
+}
+
+/// A handle pointer that can cross threads in a test.
+#[derive(Clone, Copy)]
+struct Shared(*mut unilock);
+// SAFETY: the C API is thread-safe; the tests only pass the pointer along.
+unsafe impl Send for Shared {}
+
+/// `unilock_close` while another thread waits on the handle ends that wait with
+/// `-ECANCELED`, returns once it has returned, and leaves nothing held or waiting.
+#[test]
+fn close_ends_a_wait_on_the_handle_in_every_backend() {
+    let dir = TempDir::new("capi-closewait");
+    for (name, bits) in [
+        ("flock", UNILOCK_BACKEND_FLOCK),
+        ("ofd", UNILOCK_BACKEND_OFD),
+        ("posix", UNILOCK_BACKEND_POSIX),
+        ("dotlock", UNILOCK_BACKEND_DOTLOCK),
+    ] {
+        // Not created here: a DOTLOCK path is the lock file itself.
+        let path = dir.0.join(name);
+        let mut peer = Peer::spawn();
+        assert_eq!(
+            peer.cmd(&format!("open_bits p {} {bits}", path.display())),
+            "ok"
+        );
+        assert_eq!(peer.cmd("lock p ex 0 0 0"), "ok");
+        let o = options(bits, UNILOCK_CREATE);
+        let (rc, l) = open(&path, &o);
+        assert_eq!(rc, 0, "{name}: {}", last_error());
+        let h = Shared(l);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let h = h;
+            tx.send(unilock_lock(h.0, UNILOCK_EXCLUSIVE, 0, 0, -1))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let start = std::time::Instant::now();
+        assert_eq!(unilock_close(l), 0, "{name}: {}", last_error());
+        let took = start.elapsed();
+        let rc = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(rc, Ok(-libc::ECANCELED), "{name}: the wait did not end");
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{name}: close took {took:?}"
+        );
+        // Nothing of the closed handle is left: once the peer lets go, the lock is free.
+        assert_eq!(peer.cmd("unlock p 0 0"), "ok");
+        assert_eq!(peer.cmd("lock p ex 0 0 0"), "ok", "{name}");
+    }
+}
+
+/// A close that races the start of a lock call on another thread: the call either
+/// never starts (`-EBADF`) or is ended (`-ECANCELED`); nothing hangs.
+#[test]
+fn close_racing_the_start_of_a_wait_never_hangs() {
+    let dir = TempDir::new("capi-closerace");
+    let path = dir.file("f");
+    let mut peer = Peer::spawn();
+    assert_eq!(peer.cmd(&format!("open p {} ofd", path.display())), "ok");
+    assert_eq!(peer.cmd("lock p ex 0 0 0"), "ok");
+    let o = options(UNILOCK_BACKEND_OFD, UNILOCK_CREATE);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let (rc, l) = open(&path, &o);
+        assert_eq!(rc, 0);
+        let h = Shared(l);
+        let waiter = std::thread::spawn(move || {
+            let h = h;
+            unilock_lock(h.0, UNILOCK_EXCLUSIVE, 0, 0, -1)
+        });
+        assert_eq!(unilock_close(l), 0);
+        let rc = waiter.join().unwrap();
+        assert!(
+            rc == -libc::ECANCELED || rc == -libc::EBADF,
+            "the lock call returned {rc}"
+        );
+        seen.insert(rc);
+    }
+    assert_eq!(peer.cmd("unlock p 0 0"), "ok");
+    assert_eq!(peer.cmd("lock p ex 0 0 0"), "ok");
+    eprintln!("outcomes seen: {seen:?}");
 }

@@ -12,6 +12,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use super::boundary::{guard, null_argument};
+pub use super::registry::unilock;
+use super::registry::{self, Entered};
 use crate::{Error, Holder, Lock, Mode, Options, Result};
 
 /// A backend bit (`UNILOCK_BACKEND_*`). A plain integer type rather than a C enum, so
@@ -126,37 +128,6 @@ pub struct unilock_holder {
     pub command: [c_char; 16],
 }
 
-/// An open lock handle: one lock owner on one file. Opaque.
-pub struct unilock {
-    tag: u64,
-    lock: Lock,
-}
-
-const LIVE: u64 = 0x756e_696c_6f63_6b21; // "unilock!"
-const DEAD: u64 = 0x6465_6164_6c6f_636b; // "deadlock"
-
-/// Borrows the handle behind `l`: `-EINVAL` for NULL, `-EBADF` when the tag says it
-/// is not a live handle (closed, or not made by this library).
-///
-/// # Safety
-/// `l` is NULL or points to readable memory of at least a handle's size.
-unsafe fn handle<'a>(l: *const unilock) -> Result<&'a Lock> {
-    if l.is_null() {
-        return Err(null_argument("the handle"));
-    }
-    // SAFETY: non-null, and the caller passes a pointer from unilock_open (or memory
-    // at least that large): reading the tag first tells a live handle from others.
-    let tag = unsafe { std::ptr::read_volatile(&(*l).tag) };
-    if tag != LIVE {
-        return Err(Error::new(
-            libc::EBADF,
-            "not an open unilock handle (closed, or foreign)",
-        ));
-    }
-    // SAFETY: the tag says this is a live handle made by Box::into_raw.
-    Ok(unsafe { &(*l).lock })
-}
-
 fn timeout(ms: i64) -> Option<Duration> {
     (ms >= 0).then(|| Duration::from_millis(ms as u64))
 }
@@ -218,11 +189,11 @@ unsafe fn read_options(o: *const unilock_options) -> Result<Options> {
 ///
 /// # Safety
 /// `out` is a valid pointer to a `unilock *`.
-unsafe fn publish(out: *mut *mut unilock, lock: Lock) -> c_int {
-    let raw = Box::into_raw(Box::new(unilock { tag: LIVE, lock }));
+unsafe fn publish(out: *mut *mut unilock, lock: Lock) -> Result<c_int> {
+    let raw = registry::publish(lock)?;
     // SAFETY: checked non-null by the caller; writing a pointer.
     unsafe { out.write(raw) };
-    0
+    Ok(0)
 }
 
 /// Fills `*o` with the defaults (FLOCK, no flags, mode 0600) and the right `size`.
@@ -265,6 +236,9 @@ pub extern "C" fn unilock_open(
         if out.is_null() {
             return Err(null_argument("out"));
         }
+        // SAFETY: non-null pointer to the caller's `unilock *`: NULL until a handle
+        // is made, so that every failure leaves it NULL.
+        unsafe { out.write(std::ptr::null_mut()) };
         if path.is_null() {
             return Err(null_argument("path"));
         }
@@ -274,7 +248,7 @@ pub extern "C" fn unilock_open(
         let options = unsafe { read_options(o) }?;
         let lock = Lock::open(std::ffi::OsStr::from_bytes(path.to_bytes()), &options)?;
         // SAFETY: `out` checked non-null above.
-        Ok(unsafe { publish(out, lock) })
+        unsafe { publish(out, lock) }
     })
 }
 
@@ -295,6 +269,9 @@ pub extern "C" fn unilock_open_fd(
         if out.is_null() {
             return Err(null_argument("out"));
         }
+        // SAFETY: non-null pointer to the caller's `unilock *`: NULL until a handle
+        // is made, so that every failure leaves it NULL.
+        unsafe { out.write(std::ptr::null_mut()) };
         if fd < 0 {
             return Err(Error::new(
                 libc::EBADF,
@@ -308,31 +285,34 @@ pub extern "C" fn unilock_open_fd(
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let lock = Lock::from_fd(borrowed, &options)?;
         // SAFETY: `out` checked non-null above.
-        Ok(unsafe { publish(out, lock) })
+        unsafe { publish(out, lock) }
     })
 }
 
-/// Closes the handle and frees it. It releases what the handle holds, except FLOCK and
-/// OFD locks whose open file description a child shares since a `fork()` after they
-/// were taken (they stay with the child). With `UNILOCK_UNLINK` the release may delete
-/// the file first (see there). NULL is a no-op returning 0. Must not race
-/// with other calls on the same handle. Returns the error of the release, if any (the
-/// handle is freed all the same).
+/// Closes the handle. It releases what the handle holds, except FLOCK and OFD locks
+/// whose open file description a child shares since a `fork()` after they were taken
+/// (they stay with the child). With `UNILOCK_UNLINK` the release may delete the file
+/// first (see there). NULL is a no-op returning 0. Returns the error of the release,
+/// if any (the handle is closed all the same).
+///
+/// Another thread may be inside a call on the handle: a lock call waiting there
+/// returns `-ECANCELED`, and `unilock_close` returns only after every call in progress
+/// on the handle has returned, so no call is left waiting on a closed handle and no
+/// lock is left held by it. A call that starts after the close began returns `-EBADF`.
+///
+/// Using a handle after its close is the caller's bug, detected as far as this
+/// design allows: a closed handle's memory is never freed, and it is given to a new
+/// handle only after more than 4096 other handles have been closed since. Until then
+/// every call on the stale pointer, a second close included, returns `-EBADF` and
+/// touches nothing; after that it may act on the newer handle. A pointer that no
+/// `unilock_open` returned gives `-EBADF` without being read.
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_close(l: *mut unilock) -> c_int {
     guard(|| {
         if l.is_null() {
             return Ok(0);
         }
-        // SAFETY: checks the tag of a caller's handle.
-        unsafe { handle(l) }?;
-        // SAFETY: the tag says `l` came from Box::into_raw; mark it dead first so a
-        // second close of the same pointer is caught while the memory is still ours.
-        let boxed = unsafe {
-            std::ptr::write_volatile(&mut (*l).tag, DEAD);
-            Box::from_raw(l)
-        };
-        boxed.lock.close()?;
+        registry::close(l)?;
         Ok(0)
     })
 }
@@ -371,8 +351,7 @@ pub extern "C" fn unilock_lock(
     timeout_ms: i64,
 ) -> c_int {
     guard(|| {
-        // SAFETY: checks the tag of a caller's handle.
-        let lock = unsafe { handle(l) }?;
+        let lock = registry::lock_of(l)?;
         lock.lock(self::mode(mode)?, start, len, timeout(timeout_ms))?;
         Ok(0)
     })
@@ -385,8 +364,7 @@ pub extern "C" fn unilock_lock(
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_unlock(l: *mut unilock, start: u64, len: u64) -> c_int {
     guard(|| {
-        // SAFETY: checks the tag of a caller's handle.
-        unsafe { handle(l) }?.unlock(start, len)?;
+        registry::lock_of(l)?.unlock(start, len)?;
         Ok(0)
     })
 }
@@ -422,8 +400,8 @@ pub extern "C" fn unilock_query(
     who: *mut unilock_holder,
 ) -> c_int {
     guard(|| {
-        // SAFETY: checks the tag of a caller's handle.
-        let lock = unsafe { handle(l) }?;
+        let entered = Entered::new(l)?;
+        let lock = entered.lock();
         match lock.query(self::mode(mode)?, start, len)? {
             None => Ok(0),
             Some(h) => {
@@ -448,8 +426,8 @@ pub extern "C" fn unilock_list(
     count: *mut usize,
 ) -> c_int {
     guard(|| {
-        // SAFETY: checks the tag of a caller's handle.
-        let lock = unsafe { handle(l) }?;
+        let entered = Entered::new(l)?;
+        let lock = entered.lock();
         if count.is_null() {
             return Err(null_argument("count"));
         }
@@ -477,10 +455,7 @@ pub extern "C" fn unilock_list(
 /// it returns 0 and the call has not returned.
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_cancel(l: *mut unilock) -> c_int {
-    guard(|| {
-        // SAFETY: checks the tag of a caller's handle.
-        Ok(unsafe { handle(l) }?.cancel() as c_int)
-    })
+    guard(|| Ok(Entered::new(l)?.lock().cancel() as c_int))
 }
 
 /// DOTLOCK: refreshes the lock file's modification time so that it is not judged
@@ -491,8 +466,7 @@ pub extern "C" fn unilock_cancel(l: *mut unilock) -> c_int {
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_touch(l: *mut unilock) -> c_int {
     guard(|| {
-        // SAFETY: checks the tag of a caller's handle.
-        unsafe { handle(l) }?.touch()?;
+        Entered::new(l)?.lock().touch()?;
         Ok(0)
     })
 }
@@ -503,8 +477,5 @@ pub extern "C" fn unilock_touch(l: *mut unilock) -> c_int {
 /// none: `-EOPNOTSUPP`.
 #[unsafe(no_mangle)]
 pub extern "C" fn unilock_fd(l: *const unilock) -> c_int {
-    guard(|| {
-        // SAFETY: checks the tag of a caller's handle.
-        unsafe { handle(l) }?.fd()
-    })
+    guard(|| Entered::new(l)?.lock().fd())
 }
