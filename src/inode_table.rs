@@ -99,6 +99,17 @@ pub(crate) struct Holding {
 }
 
 impl Holding {
+    /// True for a flock or OFD holding taken before a `fork()`: the child shares the
+    /// open file description and may have released the lock (an unlock there is an
+    /// unlock here). The kernel, which knows, arbitrates such locks: they are not
+    /// in-process conflicts, and a lock the kernel grants against them removes them
+    /// ([`Inode::drop_released_by_fork`]).
+    pub(crate) fn shared_by_fork(&self) -> bool {
+        self.backend != Backend::Posix
+            && !self.ranges.is_empty()
+            && self.fork_gen != fork_generation()
+    }
+
     /// An empty holding of `handle`.
     pub(crate) fn new(handle: HandleId, backend: Backend) -> Self {
         Holding {
@@ -158,7 +169,7 @@ impl Inode {
     ) -> Vec<Conflict> {
         let mut out = Vec::new();
         for h in self.holdings.iter().filter(|h| h.handle != me) {
-            if Family::from(h.backend) != family {
+            if Family::from(h.backend) != family || h.shared_by_fork() {
                 continue;
             }
             let pending = h
@@ -178,6 +189,31 @@ impl Inode {
             }
         }
         out
+    }
+
+    /// After the kernel granted `handle` a `mode` lock on `range` in `family`: what
+    /// holdings shared by fork (see [`Holding::shared_by_fork`]) held there in conflict
+    /// with it was released by a child meanwhile.
+    pub(crate) fn drop_released_by_fork(
+        &mut self,
+        handle: HandleId,
+        family: Family,
+        range: ByteRange,
+        mode: Mode,
+    ) {
+        for h in self.holdings.iter_mut().filter(|h| {
+            h.handle != handle && Family::from(h.backend) == family && h.shared_by_fork()
+        }) {
+            let released: Vec<ByteRange> = h
+                .ranges
+                .overlapping(range)
+                .filter(|&(_, m)| m == Mode::Exclusive || mode == Mode::Exclusive)
+                .map(|(r, _)| r)
+                .collect();
+            for r in released {
+                h.ranges.clear(r);
+            }
+        }
     }
 
     /// Counts a handle opened here. A handle that was alone here gets its holding
@@ -390,8 +426,11 @@ unsafe extern "C" fn before_fork() {
     }
     // Counted once no lock can be recorded until the fork is done (the table is held
     // and every holding is in it): a lock recorded with the old count was taken
-    // before the fork, so the child may share it.
-    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+    // before the fork, so the child may share it. A forked waiter child only ever
+    // takes a lock and exits: it shares nothing that way.
+    if !crate::sys::forking_waiter() {
+        FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+    }
     FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
     crate::fair::before_fork();
 }

@@ -827,6 +827,9 @@ impl KernelLock {
     }
 
     fn record(&self, inode: &mut Inode, range: ByteRange, mode: Mode, me: ThreadId) {
+        if self.backend != Backend::Posix {
+            inode.drop_released_by_fork(self.id, Family::from(self.backend), range, mode);
+        }
         record_in(inode.holding_or_new(self.id, self.backend), range, mode, me);
         self.check_out(inode);
     }

@@ -477,3 +477,32 @@ fn closing_after_the_forked_child_is_gone_releases_the_lock() {
         drop(file);
     }
 }
+
+/// A child's unlock of a FLOCK or OFD lock shared through fork releases it for the
+/// parent too: a new handle of the parent then gets it (the parent's bookkeeping of
+/// the old handle does not stand in the way), and the old handle, locking again, is
+/// refused while the new one holds it.
+#[test]
+fn a_lock_the_child_released_can_be_taken_by_a_new_handle_of_the_parent() {
+    let _one = serial();
+    let dir = TempDir::new("fork-child-unlocks");
+    for b in [Backend::Flock, Backend::Ofd] {
+        let path = dir.file(name(b));
+        let old = Lock::open(&path, &opts(b)).unwrap();
+        old.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+        let pid = fork();
+        if pid == 0 {
+            in_child(|| code(old.unlock(0, 0)));
+        }
+        assert_eq!(wait_exit(pid), 0, "{b:?}: the child's unlock failed");
+        let new = Lock::open(&path, &opts(b)).unwrap();
+        new.lock(Mode::Exclusive, 0, 0, TRY)
+            .unwrap_or_else(|e| panic!("{b:?}: {e}"));
+        let mut peer = peer_on(&path, b);
+        assert_eq!(peer.cmd("lock p sh 0 0 0"), err(libc::EAGAIN), "{b:?}");
+        let e = old.lock(Mode::Exclusive, 0, 0, TRY).unwrap_err();
+        assert_eq!(e.errno(), libc::EAGAIN, "{b:?}: {e}");
+        new.unlock(0, 0).unwrap();
+        old.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    }
+}
