@@ -124,7 +124,9 @@ typedef struct unilock_options {
      */
     uint32_t flags;
     /**
-     * Permission bits of a created file; 0 means 0600 (the umask applies).
+     * Permission bits of a created file; 0 means 0600 (the umask applies). Only the
+     * permission bits (0777; at most 0666 makes sense for a lock file): setuid,
+     * setgid, sticky or higher bits give `-EINVAL`.
      */
     uint32_t mode;
     /**

@@ -174,7 +174,9 @@ pub struct Options {
     pub backends: u32,
     /// [`flags`] bits.
     pub flags: u32,
-    /// Permission bits for a created file; 0 means 0600 (the umask applies).
+    /// Permission bits for a created file; 0 means 0600 (the umask applies). Only
+    /// the permission bits (0777) are accepted: setuid, setgid, sticky or higher bits
+    /// are `EINVAL`.
     pub create_mode: u32,
     /// DOTLOCK: a lock file not refreshed for this many seconds is stale. 0: only a
     /// dead owner makes it stale, so a lock file whose owner cannot be checked

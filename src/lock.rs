@@ -62,6 +62,16 @@ fn backend_bits(options: &Options) -> Result<u32> {
             format!("unknown flag bits {:#x}", options.flags),
         ));
     }
+    if options.create_mode & !0o777 != 0 {
+        return Err(Error::new(
+            libc::EINVAL,
+            format!(
+                "creation mode {:#o} has bits beyond the permission bits 0777 (setuid, \
+                 setgid, sticky or unknown); a lock file needs at most 0666",
+                options.create_mode
+            ),
+        ));
+    }
     let fcntl = Backend::Ofd as u32 | Backend::Posix as u32;
     if options.backends & fcntl == fcntl {
         return Err(Error::new(

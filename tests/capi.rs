@@ -592,3 +592,39 @@ fn close_racing_the_start_of_a_wait_never_hangs() {
     assert_eq!(peer.cmd("lock p ex 0 0 0"), "ok");
     eprintln!("outcomes seen: {seen:?}");
 }
+
+/// A creation mode holds permission bits only: setuid, setgid, sticky and unknown
+/// bits are refused before anything is created.
+#[test]
+fn a_mode_beyond_the_permission_bits_gives_einval() {
+    let dir = TempDir::new("capi-mode");
+    for (i, bits) in [
+        UNILOCK_BACKEND_FLOCK,
+        UNILOCK_BACKEND_OFD,
+        UNILOCK_BACKEND_POSIX,
+        UNILOCK_BACKEND_DOTLOCK,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for mode in [0o4600u32, 0o2600, 0o1600, 0o7777, 0o10600, 0xFFFF_FFFF] {
+            let path = dir.0.join(format!("f{i}-{mode:o}"));
+            let mut o = options(bits, UNILOCK_CREATE);
+            o.mode = mode;
+            let (rc, l) = open(&path, &o);
+            assert_eq!(rc, -libc::EINVAL, "backends {bits}, mode {mode:#o}");
+            assert!(l.is_null());
+            assert!(last_error().contains("mode"), "{}", last_error());
+            assert!(!path.exists(), "mode {mode:#o} created {}", path.display());
+        }
+        let path = dir.0.join(format!("ok{i}"));
+        let mut o = options(bits, UNILOCK_CREATE);
+        o.mode = 0o640;
+        let (rc, l) = open(&path, &o);
+        assert_eq!(rc, 0, "{}", last_error());
+        assert_eq!(unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
+        let st = std::fs::metadata(&path).unwrap();
+        assert_eq!(st.mode() & 0o7777 & !0o640, 0, "{:o}", st.mode());
+        assert_eq!(unilock_close(l), 0);
+    }
+}

@@ -100,7 +100,9 @@ pub struct unilock_options {
     pub backends: u32,
     /// `UNILOCK_CREATE`, `UNILOCK_FOLLOW`, `UNILOCK_INHERIT`, ... bits.
     pub flags: u32,
-    /// Permission bits of a created file; 0 means 0600 (the umask applies).
+    /// Permission bits of a created file; 0 means 0600 (the umask applies). Only the
+    /// permission bits (0777; at most 0666 makes sense for a lock file): setuid,
+    /// setgid, sticky or higher bits give `-EINVAL`.
     pub mode: u32,
     /// DOTLOCK: a lock file not refreshed this many seconds is stale; 0 = only a
     /// dead owner makes it stale.
