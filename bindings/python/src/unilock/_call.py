@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import _thread
 import errno
+import itertools
 import threading
 import time
 
@@ -83,10 +84,29 @@ def cancel(handle: int) -> bool:
 
 def _direct(handle: int, mode: int, start: int, length: int, timeout_ms: int) -> Result:
     L = _lib.lib()
-    rc = L.unilock_lock(handle, mode, start, length, timeout_ms)
+    return _result(L.unilock_lock(handle, mode, start, length, timeout_ms))
+
+
+def _result(rc: int) -> Result:
     if rc < 0:
-        return Result(rc, L.unilock_last_error().decode(errors="replace"))
+        return Result(rc, _lib.lib().unilock_last_error().decode(errors="replace"))
     return Result(rc)
+
+
+def _direct_in_main(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo) -> Result:
+    """:func:`_direct` in the main thread, where the interpreter raises a pending
+    KeyboardInterrupt as soon as a call returns, before its value is stored: the call
+    is made from C (``starmap`` drained by ``list.extend``), so that its return code is
+    in ``out`` before the interpreter looks at signals, and a grant is undone before
+    the exception propagates."""
+    out: "list[int]" = []
+    try:
+        out.extend(itertools.starmap(_lib.lib().unilock_lock, ((handle, mode, start, length, timeout_ms),)))
+    except BaseException:
+        if out and out[0] == 0:
+            undo(handle)
+        raise
+    return _result(out[0])
 
 
 def lock(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo) -> Result:
@@ -112,14 +132,16 @@ def lock(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo)
 
 
 def _lock(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo, call: _Call) -> Result:
-    if timeout_ms == 0 or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         return _direct(handle, mode, start, length, timeout_ms)
+    if timeout_ms == 0:
+        return _direct_in_main(handle, mode, start, length, 0, undo)
     # Main thread. A first, short wait here: the uncontended case needs no helper
     # thread, and a wait that only this thread could end gets EDEADLK (the library
     # attributes locks to threads; the helper thread holds nothing).
     began = time.monotonic()
     probe = timeout_ms if 0 < timeout_ms <= PROBE_MS else PROBE_MS
-    first = _direct(handle, mode, start, length, probe)
+    first = _direct_in_main(handle, mode, start, length, probe, undo)
     if first.rc != -errno.ETIMEDOUT or probe == timeout_ms or call.cancelled:
         return first
     remaining = -1
@@ -131,7 +153,11 @@ def _lock(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo
     if result.rc == 0:
         # Taken by the helper thread: take it again (a no-op conversion) so that the
         # library attributes it to this thread, as if this thread had waited.
-        _direct(handle, mode, start, length, 0)
+        try:
+            _direct_in_main(handle, mode, start, length, 0, undo)
+        except BaseException:
+            undo(handle)
+            raise
     return result
 
 
