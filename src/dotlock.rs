@@ -144,23 +144,32 @@ fn table_key(dir: &libc::stat, file: &CStr) -> InodeKey {
     }
 }
 
-/// This host's name.
-fn host() -> &'static str {
-    static HOST: OnceLock<String> = OnceLock::new();
-    HOST.get_or_init(|| {
-        sys::read_small(Path::new("/proc/sys/kernel/hostname"))
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default()
-    })
+/// A value of this process read on the first call that succeeds: a failure (no
+/// descriptor left, /proc unreadable) is not remembered, the next call tries again.
+fn read_once(
+    cell: &'static OnceLock<String>,
+    read: impl FnOnce() -> Option<String>,
+) -> Option<&'static str> {
+    if let Some(v) = cell.get() {
+        return Some(v);
+    }
+    let v = read()?;
+    Some(cell.get_or_init(|| v))
 }
 
-/// This boot's id.
-fn boot_id() -> &'static str {
+/// This host's name (`uname(2)`, which needs no descriptor); `None` while unknown.
+fn host() -> Option<&'static str> {
+    static HOST: OnceLock<String> = OnceLock::new();
+    read_once(&HOST, || sys::host_name().filter(|h| !h.is_empty()))
+}
+
+/// This boot's id; `None` while it cannot be read.
+fn boot_id() -> Option<&'static str> {
     static BOOT: OnceLock<String> = OnceLock::new();
-    BOOT.get_or_init(|| {
+    read_once(&BOOT, || {
         sys::read_small(Path::new("/proc/sys/kernel/random/boot_id"))
             .map(|s| s.trim().to_owned())
-            .unwrap_or_default()
+            .filter(|s| !s.is_empty())
     })
 }
 
@@ -181,7 +190,8 @@ fn process_state(pid: i32) -> Option<(char, Option<u64>)> {
 }
 
 /// The record written into a lock file: made once per process (a forked child makes
-/// its own), as reading /proc/self/stat can take milliseconds in a large process.
+/// its own), as reading /proc/self/stat can take milliseconds in a large process. A
+/// record that lacks a field because it could not be read then is made again next time.
 fn record() -> String {
     static CACHE: Mutex<Option<(i32, String)>> = Mutex::new(None);
     let pid = sys::getpid();
@@ -189,25 +199,30 @@ fn record() -> String {
     match cache.as_ref() {
         Some((p, r)) if *p == pid => r.clone(),
         _ => {
-            let r = make_record(pid);
-            *cache = Some((pid, r.clone()));
+            let (r, complete) = make_record(pid);
+            if complete {
+                *cache = Some((pid, r.clone()));
+            }
             r
         }
     }
 }
 
-fn make_record(pid: i32) -> String {
+/// The record of process `pid`, and whether every field could be had.
+fn make_record(pid: i32) -> (String, bool) {
     let mut out = format!("{pid}\n");
-    if let Some(t) = start_time(pid) {
+    let start = start_time(pid);
+    if let Some(t) = start {
         out.push_str(&format!("start={t}\n"));
     }
-    if !host().is_empty() {
-        out.push_str(&format!("host={}\n", host()));
+    if let Some(h) = host() {
+        out.push_str(&format!("host={h}\n"));
     }
-    if !boot_id().is_empty() {
-        out.push_str(&format!("boot={}\n", boot_id()));
+    if let Some(b) = boot_id() {
+        out.push_str(&format!("boot={b}\n"));
     }
-    out
+    let complete = start.is_some() && host().is_some() && boot_id().is_some();
+    (out, complete)
 }
 
 /// A parsed lock file record. Fields a tool did not write are `None`.
@@ -243,11 +258,22 @@ fn parse_record(text: &str) -> Record {
 /// Why the owner of `r` is provably dead on this host, if it is; `None` when it may
 /// be alive or cannot be checked. Also returns the pid to watch when it is alive here.
 fn dead_owner(r: &Record) -> (Option<String>, Option<i32>) {
-    if r.host.as_deref().is_some_and(|h| h != host()) {
+    dead_owner_on(r, host(), boot_id())
+}
+
+/// [`dead_owner`] on the host named `here`, booted as `boot` (`None`: unknown).
+fn dead_owner_on(
+    r: &Record,
+    here: Option<&str>,
+    boot: Option<&str>,
+) -> (Option<String>, Option<i32>) {
+    // A record naming a host proves nothing unless it is this host, which is not known
+    // while this host's name is unknown.
+    if r.host.as_deref().is_some_and(|h| Some(h) != here) {
         return (None, None);
     }
-    if let Some(b) = &r.boot {
-        if !boot_id().is_empty() && b != boot_id() {
+    if let (Some(b), Some(now)) = (r.boot.as_deref(), boot) {
+        if b != now {
             return (
                 Some("it was made before this host last booted".into()),
                 None,
@@ -526,7 +552,7 @@ impl DotLock {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let base = self.file.to_bytes();
         let base = String::from_utf8_lossy(&base[..base.len().min(120)]).into_owned();
-        let mut host = host().to_owned();
+        let mut host = host().unwrap_or_default().to_owned();
         host.truncate(64);
         let name = CString::new(format!(".{base}.{}.{n:x}.{host}.tmp", sys::getpid()))
             .map_err(|_| Error::new(libc::EINVAL, "the host name contains a NUL byte"))?;
@@ -781,7 +807,7 @@ impl DotLock {
             return Ok(Vec::new());
         };
         let r = self.read_record(fd.as_fd());
-        let here = r.host.as_deref().is_none_or(|h| h == host());
+        let here = r.host.as_deref().is_none_or(|h| Some(h) == host());
         let pid = match r.pid {
             Some(p) if here => p,
             _ => -1,
@@ -849,8 +875,8 @@ mod tests {
         let r = parse_record(&record());
         assert_eq!(r.pid, Some(sys::getpid()));
         assert_eq!(r.start, start_time(sys::getpid()));
-        assert_eq!(r.host.as_deref(), Some(host()));
-        assert_eq!(r.boot.as_deref(), Some(boot_id()));
+        assert_eq!(r.host.as_deref(), host());
+        assert_eq!(r.boot.as_deref(), boot_id());
     }
 
     #[test]
@@ -869,8 +895,8 @@ mod tests {
         let alive = Record {
             pid: Some(me),
             start: start_time(me),
-            host: Some(host().to_owned()),
-            boot: Some(boot_id().to_owned()),
+            host: host().map(str::to_owned),
+            boot: boot_id().map(str::to_owned),
         };
         assert!(dead_owner(&alive).0.is_none());
         let reused = Record {
@@ -885,7 +911,7 @@ mod tests {
         assert!(dead_owner(&rebooted).0.is_some());
         let elsewhere = Record {
             pid: Some(i32::MAX),
-            host: Some(format!("{}-elsewhere", host())),
+            host: Some(format!("{}-elsewhere", host().unwrap())),
             ..Record::default()
         };
         assert_eq!(dead_owner(&elsewhere), (None, None));
@@ -894,6 +920,54 @@ mod tests {
             ..Record::default()
         };
         assert!(dead_owner(&gone).0.is_some());
+    }
+
+    #[test]
+    fn a_failed_read_is_tried_again() {
+        static CELL: OnceLock<String> = OnceLock::new();
+        assert_eq!(read_once(&CELL, || None), None);
+        assert_eq!(
+            read_once(&CELL, || Some("mailhost".into())),
+            Some("mailhost")
+        );
+        assert_eq!(read_once(&CELL, || None), Some("mailhost"));
+    }
+
+    #[test]
+    fn a_record_naming_a_host_proves_nothing_while_this_hosts_name_is_unknown() {
+        let dead_here = Record {
+            pid: Some(i32::MAX),
+            host: Some("mailhost".into()),
+            ..Record::default()
+        };
+        assert!(
+            dead_owner_on(&dead_here, Some("mailhost"), None)
+                .0
+                .is_some()
+        );
+        assert_eq!(dead_owner_on(&dead_here, None, None), (None, None));
+        assert_eq!(dead_owner_on(&dead_here, Some(""), None), (None, None));
+        let rebooted = Record {
+            boot: Some("another-boot".into()),
+            ..alive_clone(&dead_here)
+        };
+        assert_eq!(
+            dead_owner_on(&rebooted, None, Some("this-boot")),
+            (None, None)
+        );
+        // Without a host in the record (liblockfile's), the pid alone decides.
+        let pid_only = Record {
+            pid: Some(i32::MAX),
+            ..Record::default()
+        };
+        assert!(dead_owner_on(&pid_only, None, None).0.is_some());
+        // An unknown boot id skips the boot test, it does not fail it.
+        let me = Record {
+            pid: Some(sys::getpid()),
+            boot: Some("another-boot".into()),
+            ..Record::default()
+        };
+        assert_eq!(dead_owner_on(&me, None, None), (None, Some(sys::getpid())));
     }
 
     fn alive_clone(r: &Record) -> Record {

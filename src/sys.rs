@@ -757,3 +757,22 @@ pub(crate) fn fs_type(fd: BorrowedFd<'_>) -> Result<i64, Errno> {
     #[allow(clippy::unnecessary_cast)] // its type differs between architectures
     Ok(kind as i64)
 }
+
+/// This host's name: the node name of `uname(2)` (no descriptor needed); `None` when
+/// the call fails or the name is not UTF-8.
+pub(crate) fn host_name() -> Option<String> {
+    let mut u = MaybeUninit::<libc::utsname>::zeroed();
+    // SAFETY: `u` is writable memory of the right size; uname only fills it.
+    if unsafe { libc::uname(u.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: uname succeeded, so it filled the struct (zeroed before: NUL-terminated).
+    let u = unsafe { u.assume_init() };
+    let name: Vec<u8> = u
+        .nodename
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8(name).ok()
+}

@@ -611,3 +611,65 @@ fn the_c_api_takes_dotlock_handles() {
     assert_eq!(unilock_close(l), 0);
     assert!(!dir.0.join("app.lock").exists());
 }
+
+const EMFILE_ENV: &str = "UNILOCK_DOT_EMFILE";
+
+/// The RLIMIT_NOFILE soft limit, set to `limit` (returns the old one).
+fn set_nofile(limit: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
+        let new = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: old.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &new), 0);
+    }
+    old.rlim_cur
+}
+
+/// A worker for the EMFILE test, run in a fresh process (the host name and boot id are
+/// read once per process): a lock attempt made while no descriptor can be opened fails,
+/// and afterwards a lock file left by a dead process of this host is still broken.
+#[test]
+fn emfile_worker_main() {
+    let Some(dir) = std::env::var_os(EMFILE_ENV) else {
+        return;
+    };
+    use std::os::fd::AsRawFd;
+    let path = PathBuf::from(dir).join("app.lock");
+    let l = Lock::open(&path, &opts(DOT)).unwrap();
+    // The lowest free descriptor becomes the limit: every open now fails with EMFILE.
+    let lowest = std::fs::File::open("/dev/null").unwrap().as_raw_fd();
+    let old = set_nofile(lowest as u64);
+    let e = l.lock(Mode::Exclusive, 0, 0, TRY).unwrap_err();
+    set_nofile(old);
+    assert_eq!(e.errno(), libc::EMFILE, "{e}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    std::fs::write(&path, format!("{}\nhost={}\n", i32::MAX, host.trim())).unwrap();
+    l.lock(Mode::Exclusive, 0, 0, TRY)
+        .unwrap_or_else(|e| panic!("the dead owner's lock file was not broken: {e}"));
+    l.unlock(0, 0).unwrap();
+    assert!(!path.exists());
+    std::process::exit(0);
+}
+
+#[test]
+fn a_lock_attempt_without_descriptors_does_not_stop_stale_breaking_later() {
+    let dir = TempDir::new("dot-emfile");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "emfile_worker_main", "--nocapture"])
+        .env(EMFILE_ENV, &dir.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
