@@ -17,6 +17,12 @@
 //! boot=4f8e...         (/proc/sys/kernel/random/boot_id)
 //! ```
 //!
+//! The lock file's name must name a regular file or nothing: a FIFO, a device, a
+//! socket or a directory there is refused with `EINVAL` naming its type (and a symbolic
+//! link with `ELOOP`), by the open when it is there already, else by the lock call that
+//! finds it; it is looked at with `fstatat` and never opened (a FIFO would block a
+//! reader, a device may act on an open).
+//!
 //! # Staleness
 //!
 //! A lock file is stale when its owner is provably dead on this host: its record
@@ -318,6 +324,37 @@ fn same_file(a: &libc::stat, b: &libc::stat) -> bool {
     a.st_dev == b.st_dev && a.st_ino == b.st_ino
 }
 
+/// Refuses a lock file path that names something other than a regular file (`st` as
+/// `fstatat` without following a symbolic link gives it): a FIFO, a device, a socket or
+/// a directory is `EINVAL` naming its type, a symbolic link `ELOOP`, as the kernel
+/// backends word it. Such a file is never opened (a FIFO could block, a device act).
+fn check_type(st: &libc::stat, name: &str) -> Result<()> {
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => return Ok(()),
+        libc::S_IFLNK => return Err(symbolic_link(name)),
+        libc::S_IFDIR => "a directory",
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        _ => "not a regular file",
+    };
+    Err(Error::new(
+        libc::EINVAL,
+        format!("{name} is {kind}: a DOTLOCK lock file can only be a regular file"),
+    ))
+}
+
+fn symbolic_link(name: &str) -> Error {
+    Error::new(
+        libc::ELOOP,
+        format!(
+            "{name} is a symbolic link: a DOTLOCK lock file can only be a regular file \
+             (a link is never followed)"
+        ),
+    )
+}
+
 /// A temporary file with the owner's record, removed when dropped.
 struct TempFile<'a> {
     dir: BorrowedFd<'a>,
@@ -357,6 +394,11 @@ impl DotLock {
         let dir = sys::open(&cdir, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)
             .map_err(|e| Error::sys(e, "open the directory of", &name))?;
         let st = sys::fstat(dir.as_fd()).map_err(|e| Error::sys(e, "fstat", &name))?;
+        // Something there already that can never be a lock file is refused now (any
+        // other failure to look is left to the lock call, which will meet it).
+        if let Ok(there) = sys::statat(dir.as_fd(), &file) {
+            check_type(&there, &name)?;
+        }
         let local = sys::fs_type(dir.as_fd()) != Ok(NFS_SUPER_MAGIC);
         let key = table_key(&st, &file);
         inode_table::install_fork_handlers();
@@ -603,30 +645,36 @@ impl DotLock {
         Ok(true)
     }
 
-    /// Opens the lock file at the name for reading; `None` when there is none.
-    fn open_lock_file(&self) -> Result<Option<OwnedFd>> {
-        match sys::openat(
+    /// Opens the lock file at the name for reading, with its status; `None` when there
+    /// is none. Anything but a regular file is refused (see [`check_type`]) before it
+    /// is opened, and again after, should it have been replaced in between.
+    fn open_lock_file(&self) -> Result<Option<(OwnedFd, libc::stat)>> {
+        match sys::statat(self.dir.as_fd(), &self.file) {
+            Ok(st) => check_type(&st, &self.name)?,
+            Err(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(Error::sys(e, "stat", &self.name)),
+        }
+        let fd = match sys::openat(
             self.dir.as_fd(),
             &self.file,
             libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY,
             0,
         ) {
-            Ok(fd) => Ok(Some(fd)),
-            Err(libc::ENOENT) => Ok(None),
-            Err(libc::ELOOP) => Err(Error::new(
-                libc::ELOOP,
-                format!("{}: the lock file is a symbolic link", self.name),
-            )),
-            Err(e) => Err(Error::sys(e, "open", &self.name)),
-        }
+            Ok(fd) => fd,
+            Err(libc::ENOENT) => return Ok(None),
+            Err(libc::ELOOP) => return Err(symbolic_link(&self.name)),
+            Err(e) => return Err(Error::sys(e, "open", &self.name)),
+        };
+        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", &self.name))?;
+        check_type(&st, &self.name)?;
+        Ok(Some((fd, st)))
     }
 
     /// Looks at the lock file at the name.
     fn inspect(&self) -> Result<Found> {
-        let Some(fd) = self.open_lock_file()? else {
+        let Some((fd, st)) = self.open_lock_file()? else {
             return Ok(Found::Absent);
         };
-        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", &self.name))?;
         if st.st_nlink == 0 {
             return Ok(Found::Absent);
         }
@@ -803,7 +851,7 @@ impl DotLock {
 
     /// The lock file's holder, stale or not, as a list of zero or one.
     pub(crate) fn list(&self) -> Result<Vec<Holder>> {
-        let Some(fd) = self.open_lock_file()? else {
+        let Some((fd, _)) = self.open_lock_file()? else {
             return Ok(Vec::new());
         };
         let r = self.read_record(fd.as_fd());

@@ -673,3 +673,102 @@ fn a_lock_attempt_without_descriptors_does_not_stop_stale_breaking_later() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Waits up to `limit` for `child` to exit: its exit status, or `None` (then it is
+/// killed) when it was still running.
+fn wait_at_most(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let began = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if began.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+#[test]
+fn a_lock_file_path_that_is_not_a_regular_file_is_refused_at_once() {
+    let dir = TempDir::new("dot-types");
+    let fifo = dir.0.join("fifo");
+    mkfifo(&fifo);
+    let sub = dir.0.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let link = dir.0.join("link");
+    std::os::unix::fs::symlink("elsewhere", &link).unwrap();
+    let cases = [
+        (fifo.as_path(), libc::EINVAL, "a FIFO"),
+        (Path::new("/dev/null"), libc::EINVAL, "a character device"),
+        (sub.as_path(), libc::EINVAL, "a directory"),
+        (link.as_path(), libc::ELOOP, "a symbolic link"),
+    ];
+    // At open, when it is there already.
+    for (path, errno, kind) in cases {
+        let e = Lock::open(path, &opts(DOT)).unwrap_err();
+        assert_eq!(e.errno(), errno, "{}: {e}", path.display());
+        assert!(e.to_string().contains(kind), "{}: {e}", path.display());
+        assert!(e.to_string().contains("regular file"), "{e}");
+    }
+    // At lock time, when it appears later: a prompt error, not a wait.
+    let later = dir.0.join("later");
+    let l = Lock::open(&later, &opts(DOT)).unwrap();
+    let appear: [(&dyn Fn(), i32, &str); 3] = [
+        (&|| mkfifo(&later), libc::EINVAL, "a FIFO"),
+        (
+            &|| std::fs::create_dir(&later).unwrap(),
+            libc::EINVAL,
+            "a directory",
+        ),
+        (
+            &|| std::os::unix::fs::symlink("elsewhere", &later).unwrap(),
+            libc::ELOOP,
+            "a symbolic link",
+        ),
+    ];
+    for (make, errno, kind) in appear {
+        make();
+        let began = Instant::now();
+        let e = l
+            .lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(10)))
+            .unwrap_err();
+        assert!(began.elapsed() < Duration::from_secs(2), "{e}");
+        assert_eq!(e.errno(), errno, "{e}");
+        assert!(e.to_string().contains(kind), "{e}");
+        assert_eq!(l.query(Mode::Exclusive, 0, 0).unwrap_err().errno(), errno);
+        let _ = std::fs::remove_file(&later);
+        let _ = std::fs::remove_dir(&later);
+    }
+    assert_eq!(
+        leftovers(&dir.0, &["fifo", "sub", "link"]),
+        Vec::<String>::new()
+    );
+    // The command refuses /dev/null as a lock file instead of waiting forever.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_unilock"))
+        .args(["-b", "dotlock", "/dev/null", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_at_most(&mut cmd, Duration::from_secs(5))
+        .expect("unilock -b dotlock /dev/null true did not return");
+    assert!(!status.success());
+    let mut stderr = String::new();
+    use std::io::Read;
+    cmd.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("character device"), "{stderr}");
+}
