@@ -35,6 +35,15 @@
 //! lockfile-progs and procmail's lockfile do by default) is never broken: liblockfile
 //! breaks such files after 5 minutes, and a user who wants the same passes 300.
 //!
+//! Only a file that a lock tool could have made is ever judged stale: a regular file
+//! of at most 256 bytes of text, empty or with a first line that is empty or a pid in
+//! ASCII (what liblockfile, lockfile-progs and procmail's lockfile write: "PID\n",
+//! "0\n", "0"; padded with spaces or NULs as UUCP-style tools do), then `key=value`
+//! lines with lowercase keys (this record). Anything else at the name (a user's data
+//! file passed as the lock file, say) holds the lock for as long as it is there: a try
+//! fails with `EAGAIN`, a wait times out, both saying that it is not a lock file, and
+//! it is never removed, whatever its first line or its age.
+//!
 //! # Breaking a stale lock, and releasing: one protocol
 //!
 //! Every unilock process removes a lock file only this way, whether it releases its
@@ -126,6 +135,17 @@ enum Found {
     Stale(OwnedFd),
     /// A live lock: its owner as far as known, and when to look again at the latest.
     Live(Owner, Option<Duration>),
+    /// A file that no lock tool could have made (why): held while it exists, never
+    /// removed.
+    NotLockFile(String),
+}
+
+/// Why the lock cannot be taken now.
+enum Busy {
+    /// A live lock file: its owner, and when it becomes stale by age at the latest.
+    Live(Owner, Option<Duration>),
+    /// A file that is not a lock file, and why not.
+    NotLockFile(String),
 }
 
 /// The owner a lock file names.
@@ -259,6 +279,49 @@ fn parse_record(text: &str) -> Record {
         }
     }
     r
+}
+
+/// The size of the largest lock file: a unilock record is under 200 bytes (a host name
+/// has at most 64), liblockfile's and procmail's under 12.
+const MAX_LOCK_FILE: usize = 256;
+
+/// Why `text`, a whole file, is not one a lock tool could have made; `None` when it
+/// is. A lock file is at most [`MAX_LOCK_FILE`] bytes of text: empty, or a first line
+/// that is empty or a pid in ASCII (liblockfile and lockfile-progs write "PID\n" or
+/// "0\n", procmail's lockfile "0", UUCP-style tools pad it with spaces or NULs), then
+/// `key=value` lines with lowercase keys (unilock's record).
+fn not_a_lock_record(text: &[u8]) -> Option<String> {
+    if text.len() > MAX_LOCK_FILE {
+        return Some(format!(
+            "it is larger than the {MAX_LOCK_FILE} bytes of a lock file"
+        ));
+    }
+    let texty = |b: &u8| b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0);
+    if !text.iter().all(texty) {
+        return Some("it holds bytes that are not text".into());
+    }
+    let blank = |c: char| c.is_ascii_whitespace() || c == '\0';
+    let text = String::from_utf8_lossy(text);
+    let mut lines = text.split('\n');
+    let first = lines.next().unwrap_or_default().trim_matches(blank);
+    if first.len() > 10 || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return Some("its first line is not a process id".into());
+    }
+    let key_value = |line: &str| {
+        line.split_once('=').is_some_and(|(key, _)| {
+            (1..=32).contains(&key.len())
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+    };
+    let other = lines
+        .map(|l| l.trim_matches(blank))
+        .filter(|l| !l.is_empty());
+    if !other.into_iter().all(key_value) {
+        return Some("a line after the first is not a key=value line of a lock record".into());
+    }
+    None
 }
 
 /// Why the owner of `r` is provably dead on this host, if it is; `None` when it may
@@ -514,7 +577,7 @@ impl DotLock {
                 return Ok(());
             }
             drop(temp);
-            let (owner, recheck) = match self.inspect()? {
+            let busy = match self.inspect()? {
                 Found::Absent => continue,
                 Found::Stale(fd) => {
                     if !self.break_stale(fd)? {
@@ -523,12 +586,18 @@ impl DotLock {
                     }
                     continue;
                 }
-                Found::Live(owner, recheck) => (owner, recheck),
+                Found::Live(owner, recheck) => Busy::Live(owner, recheck),
+                Found::NotLockFile(why) => Busy::NotLockFile(why),
             };
             if deadline.is_try() {
-                return Err(self.held_error(&owner));
+                return Err(self.held_error(&busy));
             }
-            call.check(deadline, &self.name)?;
+            call.check(deadline, &self.name)
+                .map_err(|e| self.explain(e, &busy))?;
+            let (owner, recheck) = match busy {
+                Busy::Live(owner, recheck) => (owner, recheck),
+                Busy::NotLockFile(_) => (Owner { pid: -1 }, None),
+            };
             // Watch before looking again, so that no removal falls between the two.
             if watch.is_none() && can_watch {
                 match sys::inotify_dir(
@@ -678,17 +747,35 @@ impl DotLock {
         if st.st_nlink == 0 {
             return Ok(Found::Absent);
         }
-        let record = self.read_record(fd.as_fd());
+        let record = match self.read_lock_file(fd.as_fd(), &st) {
+            Ok(r) => r,
+            Err(why) => return Ok(Found::NotLockFile(why)),
+        };
         Ok(match self.judge(&record, &st) {
             Ok(_why) => Found::Stale(fd),
             Err((owner, recheck)) => Found::Live(owner, recheck),
         })
     }
 
-    fn read_record(&self, fd: BorrowedFd<'_>) -> Record {
-        let mut buf = [0u8; 512];
-        let n = sys::read_start(fd, &mut buf).unwrap_or(0);
-        parse_record(&String::from_utf8_lossy(&buf[..n]))
+    /// The record of the lock file open on `fd` (`st` its status), or why it is not a
+    /// lock file (see [`not_a_lock_record`]).
+    fn read_lock_file(
+        &self,
+        fd: BorrowedFd<'_>,
+        st: &libc::stat,
+    ) -> std::result::Result<Record, String> {
+        if st.st_size > MAX_LOCK_FILE as i64 {
+            return Err(format!(
+                "it is larger than the {MAX_LOCK_FILE} bytes of a lock file"
+            ));
+        }
+        let mut buf = [0u8; MAX_LOCK_FILE + 1];
+        let n = sys::read_start(fd, &mut buf)
+            .map_err(|e| format!("it cannot be read: {}", crate::error::describe(e)))?;
+        if let Some(why) = not_a_lock_record(&buf[..n]) {
+            return Err(why);
+        }
+        Ok(parse_record(&String::from_utf8_lossy(&buf[..n])))
     }
 
     /// `Ok(reason)` when the lock file is stale; else its owner and the time after
@@ -735,7 +822,9 @@ impl DotLock {
         if st.st_nlink == 0 || !same_file(&st, &at_name) {
             return Ok(true);
         }
-        let record = self.read_record(fd.as_fd());
+        let Ok(record) = self.read_lock_file(fd.as_fd(), &st) else {
+            return Ok(true); // rewritten meanwhile into something that is not a lock file
+        };
         if self.judge(&record, &st).is_ok() {
             match sys::unlinkat(self.dir.as_fd(), &self.file) {
                 Ok(()) | Err(libc::ENOENT) => {}
@@ -745,19 +834,42 @@ impl DotLock {
         Ok(true)
     }
 
-    fn held_error(&self, owner: &Owner) -> Error {
-        let by = if owner.pid > 0 {
-            format!("process {}", owner.pid)
-        } else {
-            "another process".to_owned()
+    /// The `EAGAIN` of a try that found the lock held.
+    fn held_error(&self, busy: &Busy) -> Error {
+        let detail = match busy {
+            Busy::Live(owner, _) => {
+                let by = if owner.pid > 0 {
+                    format!("process {}", owner.pid)
+                } else {
+                    "another process".to_owned()
+                };
+                format!(
+                    "{}: the lock file exists: the lock is held by {by}",
+                    self.name
+                )
+            }
+            Busy::NotLockFile(why) => self.not_lock_file(why),
         };
-        Error::new(
-            libc::EAGAIN,
-            format!(
-                "{}: the lock file exists: the lock is held by {by}",
-                self.name
-            ),
+        Error::new(libc::EAGAIN, detail)
+    }
+
+    fn not_lock_file(&self, why: &str) -> String {
+        format!(
+            "{} exists and is not a lock file ({why}): DOTLOCK never removes it, so the \
+             lock is held for as long as it is there",
+            self.name
         )
+    }
+
+    /// Adds to a timeout what held the lock when that was not an ordinary lock file.
+    fn explain(&self, e: Error, busy: &Busy) -> Error {
+        match busy {
+            Busy::NotLockFile(why) if e.errno() == libc::ETIMEDOUT => Error::new(
+                libc::ETIMEDOUT,
+                format!("{}: {}", e.detail(), self.not_lock_file(why)),
+            ),
+            _ => e,
+        }
     }
 
     /// Releases the lock: removes the lock file if it is still this handle's (see the
@@ -846,15 +958,16 @@ impl DotLock {
         Ok(match self.inspect()? {
             Found::Absent | Found::Stale(..) => None,
             Found::Live(owner, _) => Some(holder(owner.pid, owner.pid == sys::getpid())),
+            Found::NotLockFile(_) => Some(holder(-1, false)),
         })
     }
 
     /// The lock file's holder, stale or not, as a list of zero or one.
     pub(crate) fn list(&self) -> Result<Vec<Holder>> {
-        let Some((fd, _)) = self.open_lock_file()? else {
+        let Some((fd, st)) = self.open_lock_file()? else {
             return Ok(Vec::new());
         };
-        let r = self.read_record(fd.as_fd());
+        let r = self.read_lock_file(fd.as_fd(), &st).unwrap_or_default();
         let here = r.host.as_deref().is_none_or(|h| Some(h) == host());
         let pid = match r.pid {
             Some(p) if here => p,
@@ -968,6 +1081,42 @@ mod tests {
             ..Record::default()
         };
         assert!(dead_owner(&gone).0.is_some());
+    }
+
+    #[test]
+    fn lock_records_are_told_from_other_files() {
+        for lock in [
+            "",
+            "\n",
+            "0",
+            "0\n",
+            "12345\n",
+            "  17\0",
+            "     4242\n",
+            "12345\r\n",
+            "12345\nstart=99\nhost=mail.example.org\nboot=4f8e-11\n",
+            "12345\nstart=99\n\nreleased=1\n",
+        ] {
+            assert_eq!(not_a_lock_record(lock.as_bytes()), None, "{lock:?}");
+        }
+        for other in [
+            "123999999\nimportant data...\n",
+            "2147483647 is not a pid\n",
+            "-5\n",
+            "12345678901\n",
+            "pid=12\n",
+            "12\nStart=5\n",
+            "12\n=5\n",
+            "12\ncaf\u{e9}=5\n",
+        ] {
+            assert!(not_a_lock_record(other.as_bytes()).is_some(), "{other:?}");
+        }
+        assert!(not_a_lock_record(&[b'1', b'\n', 0xff]).is_some());
+        let mut big = b"12\n".to_vec();
+        big.resize(MAX_LOCK_FILE + 1, b' ');
+        assert!(not_a_lock_record(&big).is_some());
+        big.truncate(MAX_LOCK_FILE);
+        assert_eq!(not_a_lock_record(&big), None);
     }
 
     #[test]

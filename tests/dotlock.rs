@@ -772,3 +772,60 @@ fn a_lock_file_path_that_is_not_a_regular_file_is_refused_at_once() {
         .unwrap();
     assert!(stderr.contains("character device"), "{stderr}");
 }
+
+#[test]
+fn a_file_that_is_not_a_lock_file_is_held_and_never_removed() {
+    let dir = TempDir::new("dot-data");
+    let dead = i32::MAX; // above pid_max: no process has it
+    let mut big = format!("{dead}\nstart=1\n");
+    while big.len() < 4096 {
+        big.push_str("note=a line of a file that only looks like a lock record\n");
+    }
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("data.txt", b"123999999\nimportant data...\n".to_vec()),
+        ("big.lock", big.into_bytes()),
+        (
+            "binary.lock",
+            [b"7\n".as_slice(), &[0xde, 0xad, 0xbe, 0xef]].concat(),
+        ),
+        ("words.lock", b"2147483647 is not a pid\n".to_vec()),
+        ("negative.lock", b"-5\n".to_vec()),
+    ];
+    for (name, content) in &cases {
+        let path = dir.0.join(name);
+        std::fs::write(&path, content).unwrap();
+        age(&path, 3600);
+        // Neither a dead pid nor the age makes it stale: it is not a lock file.
+        for stale in [0, 1] {
+            let l = Lock::open(&path, &stale_opts(stale)).unwrap();
+            let e = l.lock(Mode::Exclusive, 0, 0, TRY).unwrap_err();
+            assert_eq!(e.errno(), libc::EAGAIN, "{name}: {e}");
+            assert!(e.to_string().contains("not a lock file"), "{name}: {e}");
+            let e = l
+                .lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(50)))
+                .unwrap_err();
+            assert_eq!(e.errno(), libc::ETIMEDOUT, "{name}: {e}");
+            assert!(e.to_string().contains("not a lock file"), "{name}: {e}");
+            let who = l.query(Mode::Exclusive, 0, 0).unwrap().expect("held");
+            assert_eq!(who.pid, -1, "{name}");
+            assert_eq!(l.list().unwrap()[0].pid, -1, "{name}");
+        }
+        assert_eq!(&std::fs::read(&path).unwrap(), content, "{name} changed");
+    }
+    // The formats of the lock tools with a dead owner are still lock files, and broken.
+    for record in [
+        format!("{dead}\n"),
+        format!("{dead}"),
+        format!("  {dead}\0\n"),
+        format!("{dead}\nstart=12\n"),
+    ] {
+        let path = dir.0.join("tool.lock");
+        std::fs::write(&path, &record).unwrap();
+        let l = Lock::open(&path, &opts(DOT)).unwrap();
+        l.lock(Mode::Exclusive, 0, 0, TRY)
+            .unwrap_or_else(|e| panic!("{record:?}: {e}"));
+        l.unlock(0, 0).unwrap();
+    }
+    let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
+    assert_eq!(leftovers(&dir.0, &names), Vec::<String>::new());
+}
