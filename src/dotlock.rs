@@ -49,25 +49,59 @@
 //! Every unilock process removes a lock file only this way, whether it releases its
 //! own lock or breaks a stale one:
 //!
-//! 1. open the lock file (keeping the descriptor: it names the inode, whatever happens
-//!    to the name) and take `flock(LOCK_EX)` on it;
+//! 1. hold a descriptor of the lock file (it names the inode, whatever happens to the
+//!    name: the owner keeps the one it made the file with, a breaker opens the name)
+//!    and take a flock on it without blocking: a breaker takes `LOCK_EX`, the owner
+//!    releasing its own lock `LOCK_SH`;
 //! 2. check that the name still names that inode (`fstatat` against `fstat`), and,
-//!    when breaking, that the inode is still stale (a touch may have refreshed it);
+//!    when breaking, that the inode is still a stale lock file (a touch may have
+//!    refreshed it);
 //! 3. unlink the name; close the descriptor (which drops the flock).
 //!
 //! Why no live lock is ever removed: a lock file's name is removed only by step 3, and
 //! a name that names inode I can only stop naming it by an unlink of I (link never
-//! replaces a name). Every unlink of I by a unilock process happens while holding the
-//! flock of I, after checking that the name names I. Two processes that judge the same
-//! inode stale are serialized by its flock: the second finds, in step 2, that the name
-//! no longer names I (it is gone, or names the first one's fresh lock) and removes
-//! nothing. An owner releasing while another process breaks its lock as stale (it was
-//! not refreshed in time) is serialized the same way: whichever goes second removes
-//! nothing. Exactly one of many processes that break a stale lock at once therefore
-//! removes it, and a fresh lock created in between is never removed; they then race
-//! with `link()`, which exactly one wins. Tools that do not follow the protocol
-//! (liblockfile removes a stale lock with a plain unlink) keep a window as wide as
-//! their own check-then-unlink.
+//! replaces a name). Every unlink of I by a unilock process happens after checking
+//! that the name names I, while holding a flock of I that excludes every other remover
+//! of I: a breaker's exclusive flock excludes everyone; the owner's shared one excludes
+//! every breaker, and the owner is the only remover that takes it shared (one handle,
+//! in the process that made I: a forked child's copy of the handle never removes it,
+//! and a handle releases once). Two processes that judge the same inode stale are
+//! serialized by its flock: the second finds, in step 2, that the name no longer names
+//! I (it is gone, or names the first one's fresh lock) and removes nothing. An owner
+//! releasing while another process breaks its lock as stale (it was not refreshed in
+//! time) is serialized the same way: whichever goes second removes nothing. Exactly one
+//! of many processes that break a stale lock at once therefore removes it, and a fresh
+//! lock created in between is never removed; they then race with `link()`, which
+//! exactly one wins. Tools that do not follow the protocol (liblockfile removes a stale
+//! lock with a plain unlink) keep a window as wide as their own check-then-unlink.
+//!
+//! The owner's flock is shared so that readers do not hold up a release: anyone who
+//! can read the lock file can flock it (`flock -s FILE.lock`, or another handle of the
+//! owner's own process).
+//!
+//! # No flock is waited for without bound
+//!
+//! Anyone who can read a lock file can also hold an exclusive flock on it for as long
+//! as they like, so neither a release nor a break blocks on the flock: each tries
+//! without blocking, and again with short naps for a little while (a breaker holds it
+//! for a few system calls), then:
+//!
+//! - a breaker that has not got it within 20 ms counts the lock as held: a try fails
+//!   with `EAGAIN`, a wait looks again after a growing nap (up to 0.5 s; no event tells
+//!   when a flock goes), both saying that a flock holds up the stale lock file;
+//! - an owner that has not got it within 0.5 s (someone holds it exclusively) does not
+//!   unlink without it: the holder may be a breaker that judged the lock stale (not
+//!   refreshed in time) and stopped between its check and its unlink, which would then
+//!   remove whatever lock file was made at the name after the owner's unlink. The
+//!   owner appends `released=1` to its record instead, through the descriptor it made
+//!   the lock file with (so it writes only its own inode, wherever the name points), and
+//!   the release returns `ENOLCK` saying so. A record marked released is stale to every
+//!   unilock process: the first to get the flock after the holder lets go removes it,
+//!   by the protocol. Tools that check the pid (liblockfile with `--use-pid`) see the
+//!   lock held until the owner exits; the others apply their age rules as always.
+//!
+//! A release therefore returns within about half a second whatever others hold, and
+//! the guarantee above holds without exception.
 //!
 //! # Waiting
 //!
@@ -96,6 +130,15 @@ const NFS_SUPER_MAGIC: i64 = 0x6969;
 const BACKOFF_FIRST: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 const SAFETY_NET: Duration = Duration::from_secs(1);
+/// How long a release tries for the flock of its lock file: a breaker holds it for a
+/// few system calls, so only a process outside the protocol holds it this long.
+const RELEASE_PATIENCE: Duration = Duration::from_millis(500);
+/// How long a breaker tries for the flock of a stale lock file before it counts the
+/// lock as held for now.
+const BREAK_PATIENCE: Duration = Duration::from_millis(20);
+/// The line an owner appends to its record when it releases the lock but cannot
+/// remove the lock file (see the module documentation).
+const RELEASED: &str = "released=1\n";
 
 /// A DOTLOCK handle: the lock file's directory and name, and the lock file while held.
 pub(crate) struct DotLock {
@@ -146,6 +189,8 @@ enum Busy {
     Live(Owner, Option<Duration>),
     /// A file that is not a lock file, and why not.
     NotLockFile(String),
+    /// A stale lock file (this inode) that another process holds a flock on.
+    Flocked(InodeKey),
 }
 
 /// The owner a lock file names.
@@ -258,6 +303,8 @@ struct Record {
     start: Option<u64>,
     host: Option<String>,
     boot: Option<String>,
+    /// Its owner released the lock but could not remove the file.
+    released: bool,
 }
 
 fn parse_record(text: &str) -> Record {
@@ -275,6 +322,7 @@ fn parse_record(text: &str) -> Record {
             Some(("start", v)) => r.start = v.trim().parse().ok(),
             Some(("host", v)) => r.host = Some(v.trim().to_owned()),
             Some(("boot", v)) => r.boot = Some(v.trim().to_owned()),
+            Some(("released", _)) => r.released = true,
             _ => {}
         }
     }
@@ -336,6 +384,9 @@ fn dead_owner_on(
     here: Option<&str>,
     boot: Option<&str>,
 ) -> (Option<String>, Option<i32>) {
+    if r.released {
+        return (Some("its owner released it".into()), None);
+    }
     // A record naming a host proves nothing unless it is this host, which is not known
     // while this host's name is unknown.
     if r.host.as_deref().is_some_and(|h| Some(h) != here) {
@@ -579,13 +630,10 @@ impl DotLock {
             drop(temp);
             let busy = match self.inspect()? {
                 Found::Absent => continue,
-                Found::Stale(fd) => {
-                    if !self.break_stale(fd)? {
-                        // Another process is breaking it: give it a moment.
-                        std::thread::yield_now();
-                    }
-                    continue;
-                }
+                Found::Stale(fd) => match self.break_stale(fd)? {
+                    Break::Done => continue,
+                    Break::Flocked(by) => Busy::Flocked(by),
+                },
                 Found::Live(owner, recheck) => Busy::Live(owner, recheck),
                 Found::NotLockFile(why) => Busy::NotLockFile(why),
             };
@@ -597,6 +645,12 @@ impl DotLock {
             let (owner, recheck) = match busy {
                 Busy::Live(owner, recheck) => (owner, recheck),
                 Busy::NotLockFile(_) => (Owner { pid: -1 }, None),
+                // No event tells when a flock goes: look again after a growing nap.
+                Busy::Flocked(_) => {
+                    let n = backoff;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    (Owner { pid: -1 }, Some(n))
+                }
             };
             // Watch before looking again, so that no removal falls between the two.
             if watch.is_none() && can_watch {
@@ -670,7 +724,14 @@ impl DotLock {
         let fd = sys::openat(
             self.dir.as_fd(),
             &name,
-            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            // Read-write: flock on NFS is a POSIX lock, and a shared one needs a readable
+            // descriptor; appending: a later mark (see `abandon`) goes at the end.
+            libc::O_CREAT
+                | libc::O_EXCL
+                | libc::O_RDWR
+                | libc::O_APPEND
+                | libc::O_CLOEXEC
+                | libc::O_NOFOLLOW,
             self.create_mode,
         )
         .map_err(|e| Error::sys(e, "create a temporary file for", &self.name))?;
@@ -804,26 +865,62 @@ impl DotLock {
         ))
     }
 
-    /// Removes the lock file open on `fd` if it is still at the name and still
-    /// stale (the protocol in the module documentation). False when another process is
-    /// breaking it at this moment.
-    fn break_stale(&self, fd: OwnedFd) -> Result<bool> {
-        match sys::flock(fd.as_fd(), libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => {}
-            Err(libc::EWOULDBLOCK) => return Ok(false),
-            Err(e) => return Err(Error::sys(e, "flock", &self.name)),
+    /// Tries `op` (`LOCK_SH` or `LOCK_EX`) on `fd` without blocking, again for up to
+    /// `patience` with short naps; false when it is still refused then.
+    fn flock_within(
+        &self,
+        fd: BorrowedFd<'_>,
+        op: libc::c_int,
+        patience: Duration,
+    ) -> Result<bool> {
+        let began = Instant::now();
+        let mut nap = Duration::from_micros(100);
+        loop {
+            match sys::flock(fd, op | libc::LOCK_NB) {
+                Ok(()) => return Ok(true),
+                Err(libc::EWOULDBLOCK) => {}
+                Err(e) => return Err(Error::sys(e, "flock", &self.name)),
+            }
+            let left = patience.saturating_sub(began.elapsed());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            std::thread::sleep(nap.min(left));
+            nap = (nap * 2).min(Duration::from_millis(20));
         }
+    }
+
+    /// The process that has an exclusive flock on the inode `key`, as far as /proc
+    /// tells (for messages: it may scan every process).
+    fn flock_holder(key: InodeKey) -> Option<i32> {
+        let lock = crate::holders::proc_locks(key)
+            .ok()?
+            .into_iter()
+            .find(|l| l.backend == Backend::Flock && l.mode == Mode::Exclusive)?;
+        Some(crate::holders::Resolver::new(key).pid_of(&lock)).filter(|&p| p > 0)
+    }
+
+    /// Removes the lock file open on `fd` if it is still at the name and still
+    /// stale (the protocol in the module documentation).
+    fn break_stale(&self, fd: OwnedFd) -> Result<Break> {
         let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", &self.name))?;
+        if !self.flock_within(fd.as_fd(), libc::LOCK_EX, BREAK_PATIENCE)? {
+            return Ok(Break::Flocked(InodeKey {
+                dev: st.st_dev,
+                ino: st.st_ino,
+            }));
+        }
         let at_name = match sys::statat(self.dir.as_fd(), &self.file) {
             Ok(s) => s,
-            Err(libc::ENOENT) => return Ok(true),
+            Err(libc::ENOENT) => return Ok(Break::Done),
             Err(e) => return Err(Error::sys(e, "stat", &self.name)),
         };
         if st.st_nlink == 0 || !same_file(&st, &at_name) {
-            return Ok(true);
+            return Ok(Break::Done);
         }
         let Ok(record) = self.read_lock_file(fd.as_fd(), &st) else {
-            return Ok(true); // rewritten meanwhile into something that is not a lock file
+            // Rewritten meanwhile into something that is not a lock file.
+            return Ok(Break::Done);
         };
         if self.judge(&record, &st).is_ok() {
             match sys::unlinkat(self.dir.as_fd(), &self.file) {
@@ -831,7 +928,7 @@ impl DotLock {
                 Err(e) => return Err(Error::sys(e, "remove the stale lock file", &self.name)),
             }
         }
-        Ok(true)
+        Ok(Break::Done)
     }
 
     /// The `EAGAIN` of a try that found the lock held.
@@ -849,8 +946,18 @@ impl DotLock {
                 )
             }
             Busy::NotLockFile(why) => self.not_lock_file(why),
+            Busy::Flocked(key) => self.flocked(*key),
         };
         Error::new(libc::EAGAIN, detail)
+    }
+
+    fn flocked(&self, key: InodeKey) -> String {
+        format!(
+            "{}: the lock file is stale, but {} holds a flock(2) lock on it, without which \
+             it cannot be removed safely: the lock is held until that flock is released",
+            self.name,
+            who(Self::flock_holder(key))
+        )
     }
 
     fn not_lock_file(&self, why: &str) -> String {
@@ -868,18 +975,24 @@ impl DotLock {
                 libc::ETIMEDOUT,
                 format!("{}: {}", e.detail(), self.not_lock_file(why)),
             ),
+            Busy::Flocked(key) if e.errno() == libc::ETIMEDOUT => Error::new(
+                libc::ETIMEDOUT,
+                format!("{}: {}", e.detail(), self.flocked(*key)),
+            ),
             _ => e,
         }
     }
 
     /// Releases the lock: removes the lock file if it is still this handle's (see the
-    /// protocol in the module documentation). `ENOLCK` when it was broken as stale by
-    /// another process meanwhile (nothing is removed then).
+    /// protocol in the module documentation), in bounded time. `ENOLCK` when it was
+    /// broken as stale by another process meanwhile (nothing is removed then), or when
+    /// another process holds a flock on it (it is left, marked released). In a forked
+    /// child the handle's copy releases nothing: the lock file is the parent's.
     pub(crate) fn unlock(&self) -> Result<()> {
         let held = self.held().take();
         let result = match held {
-            Some(h) => self.remove(h),
-            None => Ok(()),
+            Some(h) if h.taker == sys::getpid() => self.remove(h),
+            _ => Ok(()),
         };
         self.forget_holding();
         result
@@ -894,9 +1007,13 @@ impl DotLock {
         inode.settle();
     }
 
+    /// Removes the lock file this process made, by the protocol: under a shared flock,
+    /// which excludes every breaker but no other reader; when that cannot be had in
+    /// [`RELEASE_PATIENCE`], it is left marked released (see [`DotLock::abandon`]).
     fn remove(&self, h: Held) -> Result<()> {
-        // Blocking: a breaker holds it for a few system calls at most.
-        sys::flock(h.fd.as_fd(), libc::LOCK_EX).map_err(|e| Error::sys(e, "flock", &self.name))?;
+        if !self.flock_within(h.fd.as_fd(), libc::LOCK_SH, RELEASE_PATIENCE)? {
+            return Err(self.abandon(&h));
+        }
         match sys::statat(self.dir.as_fd(), &self.file) {
             Ok(st) if st.st_dev == h.dev && st.st_ino == h.ino => {
                 sys::unlinkat(self.dir.as_fd(), &self.file)
@@ -905,6 +1022,46 @@ impl DotLock {
             Ok(_) | Err(libc::ENOENT) => Err(self.broken()),
             Err(e) => Err(Error::sys(e, "stat", &self.name)),
         }
+    }
+
+    /// Gives up the lock file `h` without removing it, when another process holds an
+    /// exclusive flock on it: appends [`RELEASED`] to the record through the
+    /// descriptor that made it (so only this inode is written, wherever the name
+    /// points), which makes it stale to every unilock process; the next one to get the
+    /// flock removes it. Returns the error that says so (or that it was broken).
+    fn abandon(&self, h: &Held) -> Error {
+        let marked = sys::write_all(h.fd.as_fd(), RELEASED.as_bytes());
+        match sys::statat(self.dir.as_fd(), &self.file) {
+            Ok(st) if st.st_dev == h.dev && st.st_ino == h.ino => {}
+            _ => return self.broken(),
+        }
+        let by = Self::flock_holder(InodeKey {
+            dev: h.dev,
+            ino: h.ino,
+        });
+        let by = match by {
+            Some(pid) if pid == sys::getpid() => "another handle of this process".to_owned(),
+            other => who(other),
+        };
+        let fate = match marked {
+            Ok(()) => "it is marked released, so unilock lock calls remove it once that \
+                       flock is gone; tools that check the pid in it see it held until \
+                       this process exits"
+                .to_owned(),
+            Err(e) => format!(
+                "it could not be marked released either ({}): it stays until this \
+                 process exits, then it is stale",
+                crate::error::describe(e)
+            ),
+        };
+        Error::new(
+            libc::ENOLCK,
+            format!(
+                "{}: the lock file was left in place: {by} holds a flock(2) lock on it, \
+                 without which unilock never removes a lock file; {fate}",
+                self.name
+            ),
+        )
     }
 
     fn broken(&self) -> Error {
@@ -1005,6 +1162,22 @@ impl DotLock {
     }
 }
 
+/// What became of a stale lock file that a lock call tried to break.
+enum Break {
+    /// Removed, or found gone, replaced or no longer stale: look again now.
+    Done,
+    /// Another process holds a flock on it (this inode): held for now.
+    Flocked(InodeKey),
+}
+
+/// "process N", or "another process" when the pid is unknown.
+fn who(pid: Option<i32>) -> String {
+    match pid {
+        Some(p) => format!("process {p}"),
+        None => "another process".to_owned(),
+    }
+}
+
 fn holder(pid: i32, is_self: bool) -> Holder {
     Holder {
         backend: Backend::Dotlock,
@@ -1058,6 +1231,7 @@ mod tests {
             start: start_time(me),
             host: host().map(str::to_owned),
             boot: boot_id().map(str::to_owned),
+            released: false,
         };
         assert!(dead_owner(&alive).0.is_none());
         let reused = Record {
@@ -1081,6 +1255,9 @@ mod tests {
             ..Record::default()
         };
         assert!(dead_owner(&gone).0.is_some());
+        let released = parse_record(&format!("{}{RELEASED}", record()));
+        assert!(released.released);
+        assert!(dead_owner(&released).0.is_some());
     }
 
     #[test]
@@ -1173,6 +1350,7 @@ mod tests {
             start: r.start,
             host: r.host.clone(),
             boot: r.boot.clone(),
+            released: r.released,
         }
     }
 }

@@ -829,3 +829,182 @@ fn a_file_that_is_not_a_lock_file_is_held_and_never_removed() {
     let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
     assert_eq!(leftovers(&dir.0, &names), Vec::<String>::new());
 }
+
+/// A process that holds a flock(2) lock on a file (flock(1) on a descriptor of a shell
+/// that then becomes `sleep`, the only process with the lock) until dropped.
+struct FlockHolder(std::process::Child);
+
+impl FlockHolder {
+    fn start(path: &Path, shared: bool) -> FlockHolder {
+        let mode = if shared { "-s" } else { "-x" };
+        let script = format!("exec 9<\"$0\" && flock {mode} 9 && echo ready && exec sleep 60");
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .arg(path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        common::expect_ready(&mut child, "flock(1)");
+        FlockHolder(child)
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for FlockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `call` in a thread and fails unless it returns within `limit`; past the limit
+/// `unblock` is run first, so that a call blocked forever still ends the test. Returns
+/// the call's result and how long it took.
+fn returns_within<T: Send>(
+    limit: Duration,
+    call: impl FnOnce() -> T + Send,
+    unblock: impl FnOnce(),
+) -> (T, Duration) {
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let began = Instant::now();
+        let t = s.spawn(move || {
+            let r = call();
+            let _ = tx.send(began.elapsed());
+            r
+        });
+        let took = rx.recv_timeout(limit);
+        if took.is_err() {
+            unblock();
+        }
+        let r = t.join().unwrap();
+        let took = took.unwrap_or_else(|_| panic!("the call did not return within {limit:?}"));
+        (r, took)
+    })
+}
+
+#[test]
+fn a_release_does_not_wait_for_shared_flocks_on_the_lock_file() {
+    let dir = TempDir::new("dot-release-sh");
+    let path = dir.0.join("app.lock");
+    // Another process (flock -s app.lock), for unlock and for close.
+    for close in [false, true] {
+        let l = Lock::open(&path, &opts(DOT)).unwrap();
+        l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+        let mut holder = Some(FlockHolder::start(&path, true));
+        let (r, took) = returns_within(
+            Duration::from_secs(5),
+            || if close { l.close() } else { l.unlock(0, 0) },
+            || drop(holder.take()),
+        );
+        r.unwrap();
+        assert!(took < Duration::from_millis(400), "{took:?}");
+        assert!(!path.exists(), "the released lock file is still there");
+    }
+    // Another handle of this process.
+    let l = Lock::open(&path, &opts(DOT)).unwrap();
+    l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    let reader = Lock::open(&path, &opts(FLOCK)).unwrap();
+    reader.lock(Mode::Shared, 0, 0, TRY).unwrap();
+    let (r, took) = returns_within(
+        Duration::from_secs(5),
+        || l.unlock(0, 0),
+        || reader.unlock(0, 0).unwrap(),
+    );
+    r.unwrap();
+    assert!(took < Duration::from_millis(400), "{took:?}");
+    assert!(!path.exists(), "the released lock file is still there");
+    assert_eq!(leftovers(&dir.0, &[]), Vec::<String>::new());
+}
+
+#[test]
+fn a_release_against_an_exclusive_flock_returns_and_leaves_the_file_marked_released() {
+    let dir = TempDir::new("dot-release-ex");
+    let path = dir.0.join("app.lock");
+    let other = Lock::open(&path, &opts(DOT)).unwrap();
+    for close in [false, true] {
+        let l = Lock::open(&path, &opts(DOT)).unwrap();
+        l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+        let mut holder = Some(FlockHolder::start(&path, false));
+        let pid = holder.as_ref().unwrap().pid();
+        let (r, took) = returns_within(
+            Duration::from_secs(5),
+            || if close { l.close() } else { l.unlock(0, 0) },
+            || drop(holder.take()),
+        );
+        let e = r.unwrap_err();
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(e.errno(), libc::ENOLCK, "{e}");
+        assert!(e.to_string().contains("flock"), "{e}");
+        assert!(e.to_string().contains(&pid.to_string()), "{e}");
+        // Left in place, marked released: stale to unilock, but not removed while the
+        // flock is held.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with(&format!("{}\n", std::process::id())),
+            "{text}"
+        );
+        assert!(text.lines().any(|l| l == "released=1"), "{text}");
+        let (r, _) = returns_within(
+            Duration::from_secs(5),
+            || other.lock(Mode::Exclusive, 0, 0, TRY),
+            || drop(holder.take()),
+        );
+        let e = r.unwrap_err();
+        assert_eq!(e.errno(), libc::EAGAIN, "{e}");
+        assert!(e.to_string().contains("flock"), "{e}");
+        // Once the flock is gone, the next lock call removes it.
+        drop(holder);
+        other.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+        other.unlock(0, 0).unwrap();
+        assert!(!path.exists());
+    }
+    assert_eq!(leftovers(&dir.0, &[]), Vec::<String>::new());
+}
+
+#[test]
+fn a_stale_lock_file_that_another_process_flocks_is_held_not_spun_on() {
+    let dir = TempDir::new("dot-break-flocked");
+    let path = dir.0.join("app.lock");
+    std::fs::write(&path, format!("{}\n", i32::MAX)).unwrap();
+    let mut holder = Some(FlockHolder::start(&path, false));
+    let l = Lock::open(&path, &opts(DOT)).unwrap();
+    let (r, took) = returns_within(
+        Duration::from_secs(5),
+        || l.lock(Mode::Exclusive, 0, 0, TRY),
+        || drop(holder.take()),
+    );
+    let e = r.unwrap_err();
+    assert_eq!(e.errno(), libc::EAGAIN, "{e}");
+    assert!(e.to_string().contains("flock"), "{e}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let (r, took) = returns_within(
+        Duration::from_secs(5),
+        || l.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(200))),
+        || drop(holder.take()),
+    );
+    let e = r.unwrap_err();
+    assert_eq!(e.errno(), libc::ETIMEDOUT, "{e}");
+    assert!(e.to_string().contains("flock"), "{e}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // A waiter gets it soon after the flock goes.
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            l.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(10)))
+                .map(|()| Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let released = Instant::now();
+        drop(holder.take());
+        let got = waiter.join().unwrap().unwrap();
+        let lag = got.duration_since(released);
+        assert!(
+            lag < Duration::from_secs(1),
+            "took {lag:?} after the flock went"
+        );
+    });
+    l.unlock(0, 0).unwrap();
+    assert!(!path.exists());
+}
