@@ -8,7 +8,16 @@
 //! of the temporary file (2 after a successful link) decides, not link's return value,
 //! which NFS may lose (the technique of liblockfile and the Linux open(2) manual; a bare
 //! `O_EXCL` create is not atomic on old NFS). The temporary file is removed on every
-//! path. The record is text, first line the pid in ASCII as liblockfile writes it:
+//! path; only a process killed in the middle of an attempt leaves one, so its name
+//! says whose it is: `.ulk~HOST~BOOT~PID~START~N~LOCKNAME.tmp` (the host name, or `#`
+//! and a hash of it when it has other characters than letters, digits, `.`, `-` and
+//! `_`; the first 8 hex digits of the boot id; the pid and start time; a counter; the
+//! lock file's name, cut to 100 bytes). A lock attempt that fails to link removes the
+//! temporary files of that pattern in the directory, whatever lock file they were
+//! for, whose maker was of this host and is provably dead (another boot, a pid that no
+//! process has, or one another process has now); it looks at most once per 10 minutes
+//! per directory and process, as a mail spool may hold many thousands of names. The
+//! record is text, first line the pid in ASCII as liblockfile writes it:
 //!
 //! ```text
 //! 12345
@@ -139,10 +148,15 @@ const BREAK_PATIENCE: Duration = Duration::from_millis(20);
 /// The line an owner appends to its record when it releases the lock but cannot
 /// remove the lock file (see the module documentation).
 const RELEASED: &str = "released=1\n";
+/// How often, at most, a process looks for temporary files of dead processes in one
+/// directory.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
 /// A DOTLOCK handle: the lock file's directory and name, and the lock file while held.
 pub(crate) struct DotLock {
     dir: OwnedFd,
+    /// The directory's device and inode.
+    dir_id: (u64, u64),
     file: CString,
     /// The lock file's path, for messages.
     name: String,
@@ -203,16 +217,25 @@ struct Owner {
 /// A process table key for a lock file name: the directory's device with the top bit
 /// set (no real device has it) and a hash of the directory's inode and the name.
 fn table_key(dir: &libc::stat, file: &CStr) -> InodeKey {
-    // FNV-1a: stable, and enough for a handful of lock names per process.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in dir.st_ino.to_le_bytes().iter().chain(file.to_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let bytes = dir
+        .st_ino
+        .to_le_bytes()
+        .into_iter()
+        .chain(file.to_bytes().iter().copied());
     InodeKey {
         dev: dir.st_dev | 1 << 63,
-        ino: h,
+        ino: fnv1a(bytes),
     }
+}
+
+/// FNV-1a: stable, and enough for a handful of lock names per process.
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// A value of this process read on the first call that succeeds: a failure (no
@@ -260,40 +283,42 @@ fn process_state(pid: i32) -> Option<(char, Option<u64>)> {
     Some((state, fields.nth(18).and_then(|t| t.parse().ok())))
 }
 
-/// The record written into a lock file: made once per process (a forked child makes
-/// its own), as reading /proc/self/stat can take milliseconds in a large process. A
-/// record that lacks a field because it could not be read then is made again next time.
-fn record() -> String {
-    static CACHE: Mutex<Option<(i32, String)>> = Mutex::new(None);
-    let pid = sys::getpid();
-    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    match cache.as_ref() {
-        Some((p, r)) if *p == pid => r.clone(),
-        _ => {
-            let (r, complete) = make_record(pid);
-            if complete {
-                *cache = Some((pid, r.clone()));
-            }
-            r
-        }
-    }
+/// This process as its lock files and temporary files describe it.
+#[derive(Clone)]
+struct Me {
+    pid: i32,
+    /// Its start time (see [`start_time`]), `None` when it cannot be read.
+    start: Option<u64>,
+    /// The record written into its lock files.
+    record: String,
 }
 
-/// The record of process `pid`, and whether every field could be had.
-fn make_record(pid: i32) -> (String, bool) {
-    let mut out = format!("{pid}\n");
+/// This process's [`Me`]: made once per process (a forked child makes its own), as
+/// reading /proc/self/stat can take milliseconds in a large process. One that lacks a
+/// field because it could not be read then is made again next time.
+fn me() -> Me {
+    static CACHE: Mutex<Option<Me>> = Mutex::new(None);
+    let pid = sys::getpid();
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(m) = cache.as_ref().filter(|m| m.pid == pid) {
+        return m.clone();
+    }
     let start = start_time(pid);
+    let mut record = format!("{pid}\n");
     if let Some(t) = start {
-        out.push_str(&format!("start={t}\n"));
+        record.push_str(&format!("start={t}\n"));
     }
     if let Some(h) = host() {
-        out.push_str(&format!("host={h}\n"));
+        record.push_str(&format!("host={h}\n"));
     }
     if let Some(b) = boot_id() {
-        out.push_str(&format!("boot={b}\n"));
+        record.push_str(&format!("boot={b}\n"));
     }
-    let complete = start.is_some() && host().is_some() && boot_id().is_some();
-    (out, complete)
+    let m = Me { pid, start, record };
+    if start.is_some() && host().is_some() && boot_id().is_some() {
+        *cache = Some(m.clone());
+    }
+    m
 }
 
 /// A parsed lock file record. Fields a tool did not write are `None`.
@@ -482,6 +507,141 @@ impl Drop for TempFile<'_> {
     }
 }
 
+/// The start of every temporary file name (see [`temp_name`]).
+const TEMP_PREFIX: &str = ".ulk~";
+
+/// This host's name as temporary file names carry it: as it is when it is made of
+/// letters, digits, `.`, `-` and `_` (as host names are), else `#` and a hash of it;
+/// `None` while unknown.
+fn host_tag() -> Option<String> {
+    host().map(tag_of_host)
+}
+
+/// [`host_tag`] of the host name `h`.
+fn tag_of_host(h: &str) -> String {
+    let plain = h.len() <= 64
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if plain {
+        h.to_owned()
+    } else {
+        format!("#{:016x}", fnv1a(h.bytes()))
+    }
+}
+
+/// This boot's id as temporary file names carry it: its first 8 hex digits.
+fn boot_tag() -> Option<String> {
+    let tag: String = boot_id()?
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(8)
+        .collect();
+    (tag.len() == 8).then_some(tag)
+}
+
+/// The name of a temporary file, which says whose it is:
+/// `.ulk~HOST~BOOT~PID~START~N~LOCKNAME.tmp`, with the host ([`host_tag`]), boot
+/// ([`boot_tag`]), pid and start time (see [`start_time`]) of the process that made it
+/// (empty for what it could not read), a counter of that process in hex, and the lock
+/// file's name (its first 100 bytes), for people. At most 232 bytes.
+fn temp_name(me: &Me, n: u64, lock_name: &[u8]) -> String {
+    let mut len = 0;
+    let base: String = String::from_utf8_lossy(lock_name)
+        .chars()
+        .take_while(|c| {
+            len += c.len_utf8();
+            len <= 100
+        })
+        .collect();
+    format!(
+        "{TEMP_PREFIX}{}~{}~{}~{}~{n:x}~{base}.tmp",
+        host_tag().unwrap_or_default(),
+        boot_tag().unwrap_or_default(),
+        me.pid,
+        me.start.map(|t| t.to_string()).unwrap_or_default()
+    )
+}
+
+/// Whose a temporary file is, from its name (see [`temp_name`]).
+#[derive(Debug, PartialEq)]
+struct TempOwner<'a> {
+    /// As [`host_tag`] gives it; empty when its maker did not know it.
+    host: &'a str,
+    /// As [`boot_tag`] gives it, or empty.
+    boot: &'a str,
+    pid: i32,
+    start: Option<u64>,
+}
+
+/// The owner a name of the [`temp_name`] pattern says; `None` for any other name.
+fn parse_temp_name(name: &[u8]) -> Option<TempOwner<'_>> {
+    let name = std::str::from_utf8(name).ok()?;
+    let rest = name.strip_prefix(TEMP_PREFIX)?.strip_suffix(".tmp")?;
+    let mut f = rest.splitn(6, '~');
+    let (host, boot, pid, start, n, _lock_name) = (
+        f.next()?,
+        f.next()?,
+        f.next()?,
+        f.next()?,
+        f.next()?,
+        f.next()?,
+    );
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let well_formed = (boot.is_empty() || boot.len() == 8 && hex(boot))
+        && digits(pid)
+        && (start.is_empty() || digits(start))
+        && hex(n);
+    if !well_formed {
+        return None;
+    }
+    Some(TempOwner {
+        host,
+        boot,
+        pid: pid.parse().ok().filter(|&p| p > 0)?,
+        start: if start.is_empty() {
+            None
+        } else {
+            Some(start.parse().ok()?)
+        },
+    })
+}
+
+/// True when the process that made a temporary file is provably dead: it was of this
+/// host (`here`, as [`host_tag`] gives it), and of an earlier boot (`boot`, as
+/// [`boot_tag`] gives it, when known), or its pid is gone or another process's now.
+fn temp_owner_dead(t: &TempOwner<'_>, here: &str, boot: Option<&str>) -> bool {
+    if t.host.is_empty() || t.host != here {
+        return false;
+    }
+    if boot.is_some_and(|b| !t.boot.is_empty() && t.boot != b) {
+        return true;
+    }
+    let r = Record {
+        pid: Some(t.pid),
+        start: t.start,
+        ..Record::default()
+    };
+    dead_owner_on(&r, None, None).0.is_some()
+}
+
+/// True when this process has not looked for temporary files of dead processes in the
+/// directory `dir` (device, inode) for [`SWEEP_INTERVAL`]; it counts as looking now.
+fn due_for_sweep(dir: (u64, u64)) -> bool {
+    static SWEPT: Mutex<Vec<((u64, u64), Instant)>> = Mutex::new(Vec::new());
+    let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    swept.retain(|(_, at)| now.duration_since(*at) < SWEEP_INTERVAL);
+    if swept.iter().any(|(d, _)| *d == dir) {
+        return false;
+    }
+    if swept.len() >= 64 {
+        swept.remove(0);
+    }
+    swept.push((dir, now));
+    true
+}
+
 impl DotLock {
     /// A handle for the lock file at `path` (nothing is created: the file exists only
     /// while the lock is held). The directory must exist.
@@ -519,6 +679,7 @@ impl DotLock {
         inode_table::table().inode(key).add_handle();
         Ok(DotLock {
             dir,
+            dir_id: (st.st_dev, st.st_ino),
             file,
             name,
             key,
@@ -620,6 +781,7 @@ impl DotLock {
         // On NFS, or with no inotify watch left, the waits back off instead.
         let mut can_watch = self.local;
         let mut backoff = BACKOFF_FIRST;
+        let mut swept = false;
         loop {
             // A fresh temporary file for each attempt, removed right after it: a
             // waiter killed while it waits leaves nothing behind.
@@ -628,6 +790,9 @@ impl DotLock {
                 return Ok(());
             }
             drop(temp);
+            if !std::mem::replace(&mut swept, true) {
+                self.sweep();
+            }
             let busy = match self.inspect()? {
                 Found::Absent => continue,
                 Found::Stale(fd) => match self.break_stale(fd)? {
@@ -711,16 +876,43 @@ impl DotLock {
         }
     }
 
+    /// Removes the temporary files that dead processes of this host left in the
+    /// directory (killed between making one and removing it): only names of the
+    /// [`temp_name`] pattern, only regular files, only when their maker is provably
+    /// dead ([`temp_owner_dead`]). Called when a lock attempt fails to link, at most
+    /// once per [`SWEEP_INTERVAL`] per directory and process: reading a mail spool of
+    /// many thousands of names costs milliseconds. Failures are ignored: it is tidying.
+    fn sweep(&self) {
+        if !due_for_sweep(self.dir_id) {
+            return;
+        }
+        let Some(here) = host_tag() else {
+            return;
+        };
+        let boot = boot_tag();
+        let mut dead = Vec::new();
+        let _ = sys::for_each_name(self.dir.as_fd(), |name| {
+            let owner = parse_temp_name(name.to_bytes());
+            if owner.is_some_and(|t| temp_owner_dead(&t, &here, boot.as_deref())) {
+                dead.push(name.to_owned());
+            }
+        });
+        for name in dead {
+            let regular = sys::statat(self.dir.as_fd(), &name)
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+            if regular {
+                let _ = sys::unlinkat(self.dir.as_fd(), &name);
+            }
+        }
+    }
+
     /// Creates the temporary file with this process's record.
     fn temp_file(&self) -> Result<TempFile<'_>> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let base = self.file.to_bytes();
-        let base = String::from_utf8_lossy(&base[..base.len().min(120)]).into_owned();
-        let mut host = host().unwrap_or_default().to_owned();
-        host.truncate(64);
-        let name = CString::new(format!(".{base}.{}.{n:x}.{host}.tmp", sys::getpid()))
-            .map_err(|_| Error::new(libc::EINVAL, "the host name contains a NUL byte"))?;
+        let me = me();
+        let name = CString::new(temp_name(&me, n, self.file.to_bytes()))
+            .expect("no NUL in a file name, a host tag or numbers");
         let fd = sys::openat(
             self.dir.as_fd(),
             &name,
@@ -741,7 +933,7 @@ impl DotLock {
             fd: Some(fd),
         };
         let fd = temp.fd.as_ref().expect("just set").as_fd();
-        sys::write_all(fd, record().as_bytes()).map_err(|e| Error::sys(e, "write", &self.name))?;
+        sys::write_all(fd, me.record.as_bytes()).map_err(|e| Error::sys(e, "write", &self.name))?;
         Ok(temp)
     }
 
@@ -1206,7 +1398,7 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let r = parse_record(&record());
+        let r = parse_record(&me().record);
         assert_eq!(r.pid, Some(sys::getpid()));
         assert_eq!(r.start, start_time(sys::getpid()));
         assert_eq!(r.host.as_deref(), host());
@@ -1255,7 +1447,7 @@ mod tests {
             ..Record::default()
         };
         assert!(dead_owner(&gone).0.is_some());
-        let released = parse_record(&format!("{}{RELEASED}", record()));
+        let released = parse_record(&format!("{}{RELEASED}", super::me().record));
         assert!(released.released);
         assert!(dead_owner(&released).0.is_some());
     }
@@ -1294,6 +1486,66 @@ mod tests {
         assert!(not_a_lock_record(&big).is_some());
         big.truncate(MAX_LOCK_FILE);
         assert_eq!(not_a_lock_record(&big), None);
+    }
+
+    #[test]
+    fn temporary_file_names_say_whose_they_are() {
+        let me = me();
+        let name = temp_name(&me, 0x2a, b"app.lock");
+        let owner = parse_temp_name(name.as_bytes()).expect("our own pattern");
+        assert_eq!(
+            owner,
+            TempOwner {
+                host: &host_tag().unwrap(),
+                boot: &boot_tag().unwrap(),
+                pid: me.pid,
+                start: me.start,
+            }
+        );
+        assert!(!temp_owner_dead(
+            &owner,
+            &host_tag().unwrap(),
+            boot_tag().as_deref()
+        ));
+        // The lock file's name may hold anything a name can, '~' too, and is cut.
+        let long = [b'~'; 300];
+        let name = temp_name(&me, u64::MAX, &long);
+        assert!(name.len() <= 232, "{}", name.len());
+        assert_eq!(parse_temp_name(name.as_bytes()).unwrap().pid, me.pid);
+        let name = temp_name(&me, 1, &[0xff, b'.', b'l']);
+        assert!(parse_temp_name(name.as_bytes()).is_some(), "{name}");
+        for other in [
+            ".ulk~h~~12~~1~a.lock",
+            ".ulk~h~~12~~1.tmp",
+            ".ulk~h~~0~~1~a.tmp",
+            ".ulk~h~~-3~~1~a.tmp",
+            ".ulk~h~abc~12~~1~a.tmp",
+            ".ulk~h~~12~x~1~a.tmp",
+            ".ulk~h~~12~~~a.tmp",
+            "ulk~h~~12~~1~a.tmp",
+            ".app.lock.12.0.h.tmp",
+        ] {
+            assert_eq!(parse_temp_name(other.as_bytes()), None, "{other}");
+        }
+        let dead = TempOwner {
+            host: "h",
+            boot: "",
+            pid: i32::MAX,
+            start: None,
+        };
+        assert!(temp_owner_dead(&dead, "h", None));
+        assert!(!temp_owner_dead(&dead, "g", None));
+        assert!(!temp_owner_dead(&TempOwner { host: "", ..dead }, "", None));
+    }
+
+    #[test]
+    fn an_unusual_host_name_is_hashed_in_temporary_file_names() {
+        assert_eq!(tag_of_host("mail-1.example_org"), "mail-1.example_org");
+        for odd in ["a~b", "a b", "a/b", "caf\u{e9}", &"h".repeat(65)] {
+            let tag = tag_of_host(odd);
+            assert!(tag.starts_with('#') && tag.len() == 17, "{odd}: {tag}");
+        }
+        assert_ne!(tag_of_host("a b"), tag_of_host("a_b"));
     }
 
     #[test]

@@ -1008,3 +1008,98 @@ fn a_stale_lock_file_that_another_process_flocks_is_held_not_spun_on() {
     l.unlock(0, 0).unwrap();
     assert!(!path.exists());
 }
+
+/// The first 8 hex digits of this boot's id, as temporary file names carry it.
+fn boot_tag() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    boot.trim().replace('-', "")[..8].to_owned()
+}
+
+#[test]
+fn a_failed_attempt_removes_the_temporary_files_of_dead_processes_of_this_host() {
+    let dir = TempDir::new("dot-temps");
+    let path = dir.0.join("app.lock");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim();
+    let boot = boot_tag();
+    let other_boot = if boot == "00000000" {
+        "11111111"
+    } else {
+        "00000000"
+    };
+    let sleeper = Sleeper::new();
+    let (live, start) = (sleeper.pid(), start_time(sleeper.pid()));
+    let dead = i32::MAX; // above pid_max: no process has it
+    let me = std::process::id();
+    // .ulk~HOST~BOOT~PID~START~N~LOCKNAME.tmp
+    let temp = |host: &str, boot: &str, pid: String, start: String, name: &str| {
+        format!(".ulk~{host}~{boot}~{pid}~{start}~1f~{name}.tmp")
+    };
+    let removed = [
+        temp(host, &boot, dead.to_string(), "7".into(), "app.lock"),
+        temp(host, &boot, dead.to_string(), String::new(), "app.lock"),
+        temp(host, "", dead.to_string(), String::new(), "app.lock"),
+        // pid reused by another process
+        temp(
+            host,
+            &boot,
+            live.to_string(),
+            (start + 1).to_string(),
+            "app.lock",
+        ),
+        // made before this host last booted
+        temp(
+            host,
+            other_boot,
+            live.to_string(),
+            start.to_string(),
+            "app.lock",
+        ),
+        // another lock file's, in the same directory
+        temp(host, &boot, dead.to_string(), "7".into(), "mbox.lock"),
+    ];
+    let kept = [
+        temp(host, &boot, live.to_string(), start.to_string(), "app.lock"),
+        temp(host, &boot, live.to_string(), String::new(), "app.lock"),
+        temp(
+            host,
+            &boot,
+            me.to_string(),
+            start_time(me).to_string(),
+            "app.lock",
+        ),
+        temp(
+            &format!("{host}-elsewhere"),
+            &boot,
+            dead.to_string(),
+            "7".into(),
+            "app.lock",
+        ),
+        temp("", &boot, dead.to_string(), "7".into(), "app.lock"),
+        format!(".app.lock.{dead}.0.{host}.tmp"),
+        format!(".ulk~{host}~{boot}~{dead}~7.tmp"),
+        format!(".ulk~{host}~{boot}~x{dead}~7~1f~app.lock.tmp"),
+        "notes.txt".to_owned(),
+    ];
+    for name in removed.iter().chain(&kept) {
+        std::fs::write(dir.0.join(name), format!("{dead}\n")).unwrap();
+    }
+    // A directory with a dead process's name is not a temporary file either.
+    let dir_named = temp(host, &boot, dead.to_string(), "8".into(), "app.lock");
+    std::fs::create_dir(dir.0.join(&dir_named)).unwrap();
+    std::fs::write(&path, format!("{live}\n")).unwrap();
+    let mut all_kept: Vec<&str> = kept.iter().map(String::as_str).collect();
+    all_kept.extend([dir_named.as_str(), "app.lock"]);
+    let l = Lock::open(&path, &opts(DOT)).unwrap();
+    assert_eq!(errno(l.lock(Mode::Exclusive, 0, 0, TRY)), libc::EAGAIN);
+    let mut left = leftovers(&dir.0, &[]);
+    left.sort();
+    let mut want: Vec<String> = all_kept.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(left, want);
+    // Once per directory and process for a while: a large spool is not read each time.
+    let later = temp(host, &boot, dead.to_string(), "9".into(), "app.lock");
+    std::fs::write(dir.0.join(&later), "").unwrap();
+    assert_eq!(errno(l.lock(Mode::Exclusive, 0, 0, TRY)), libc::EAGAIN);
+    assert!(dir.0.join(&later).exists());
+}
