@@ -359,7 +359,8 @@ fn parse_record(text: &str) -> Record {
 const MAX_LOCK_FILE: usize = 256;
 
 /// Why `text`, a whole file, is not one a lock tool could have made; `None` when it
-/// is. A lock file is at most [`MAX_LOCK_FILE`] bytes of text: empty, or a first line
+/// is. A lock file is at most [`MAX_LOCK_FILE`] bytes of text (UTF-8 without control
+/// characters other than tab, CR, LF and NUL): empty, or a first line
 /// that is empty or a pid in ASCII (liblockfile and lockfile-progs write "PID\n" or
 /// "0\n", procmail's lockfile "0", UUCP-style tools pad it with spaces or NULs), then
 /// `key=value` lines with lowercase keys (unilock's record).
@@ -369,12 +370,14 @@ fn not_a_lock_record(text: &[u8]) -> Option<String> {
             "it is larger than the {MAX_LOCK_FILE} bytes of a lock file"
         ));
     }
-    let texty = |b: &u8| b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0);
-    if !text.iter().all(texty) {
+    let control = |c: char| c.is_control() && !matches!(c, '\t' | '\r' | '\n' | '\0');
+    let Some(text) = std::str::from_utf8(text)
+        .ok()
+        .filter(|t| !t.contains(control))
+    else {
         return Some("it holds bytes that are not text".into());
-    }
+    };
     let blank = |c: char| c.is_ascii_whitespace() || c == '\0';
-    let text = String::from_utf8_lossy(text);
     let mut lines = text.split('\n');
     let first = lines.next().unwrap_or_default().trim_matches(blank);
     if first.len() > 10 || !first.bytes().all(|b| b.is_ascii_digit()) {
@@ -1465,6 +1468,7 @@ mod tests {
             "12345\r\n",
             "12345\nstart=99\nhost=mail.example.org\nboot=4f8e-11\n",
             "12345\nstart=99\n\nreleased=1\n",
+            "12345\nhost=caf\u{e9}.example\n",
         ] {
             assert_eq!(not_a_lock_record(lock.as_bytes()), None, "{lock:?}");
         }
@@ -1477,6 +1481,7 @@ mod tests {
             "12\nStart=5\n",
             "12\n=5\n",
             "12\ncaf\u{e9}=5\n",
+            "12\nstart=5\u{7}\n",
         ] {
             assert!(not_a_lock_record(other.as_bytes()).is_some(), "{other:?}");
         }
