@@ -43,6 +43,10 @@
 //! owner cannot be checked (another host's, or one written without a pid, as
 //! lockfile-progs and procmail's lockfile do by default) is never broken: liblockfile
 //! breaks such files after 5 minutes, and a user who wants the same passes 300.
+//! While this host's own name cannot be had, a record naming a host proves nothing
+//! either (the host name comes from `uname(2)`, which needs no descriptor; neither it
+//! nor the boot id is remembered after a failure to get it). A record that its owner
+//! marked `released=1` (see below) is stale whoever wrote it.
 //!
 //! Only a file that a lock tool could have made is ever judged stale: a regular file
 //! of at most 256 bytes of text, empty or with a first line that is empty or a pid in
@@ -180,7 +184,8 @@ struct Held {
     fd: OwnedFd,
     dev: u64,
     ino: u64,
-    /// The process that made it: only it removes the file when closing.
+    /// The process that made it: only it removes the file (a forked child's copy of
+    /// the handle releases nothing).
     taker: i32,
 }
 
@@ -800,7 +805,7 @@ impl DotLock {
                 Found::Absent => continue,
                 Found::Stale(fd) => match self.break_stale(fd)? {
                     Break::Done => continue,
-                    Break::Flocked(by) => Busy::Flocked(by),
+                    Break::Flocked(key) => Busy::Flocked(key),
                 },
                 Found::Live(owner, recheck) => Busy::Live(owner, recheck),
                 Found::NotLockFile(why) => Busy::NotLockFile(why),
@@ -1206,8 +1211,19 @@ impl DotLock {
     /// which excludes every breaker but no other reader; when that cannot be had in
     /// [`RELEASE_PATIENCE`], it is left marked released (see [`DotLock::abandon`]).
     fn remove(&self, h: Held) -> Result<()> {
-        if !self.flock_within(h.fd.as_fd(), libc::LOCK_SH, RELEASE_PATIENCE)? {
-            return Err(self.abandon(&h));
+        match self.flock_within(h.fd.as_fd(), libc::LOCK_SH, RELEASE_PATIENCE) {
+            Ok(true) => {}
+            Ok(false) => return Err(self.abandon(&h)),
+            Err(e) => {
+                // The flock call itself failed (NFS without a lock manager, say).
+                let marked = sys::write_all(h.fd.as_fd(), RELEASED.as_bytes());
+                let fate = if marked.is_ok() {
+                    "the lock file is left, marked released"
+                } else {
+                    "the lock file is left"
+                };
+                return Err(Error::new(e.errno(), format!("{}: {fate}", e.detail())));
+            }
         }
         match sys::statat(self.dir.as_fd(), &self.file) {
             Ok(st) if st.st_dev == h.dev && st.st_ino == h.ino => {
