@@ -64,8 +64,10 @@
 //!
 //! 1. hold a descriptor of the lock file (it names the inode, whatever happens to the
 //!    name: the owner keeps the one it made the file with, a breaker opens the name)
-//!    and take a flock on it without blocking: a breaker takes `LOCK_EX`, the owner
-//!    releasing its own lock `LOCK_SH`;
+//!    and take a flock on it without blocking: the owner releasing its own lock takes
+//!    `LOCK_SH` on the descriptor it made the file with; a breaker, and a forked child
+//!    releasing its copy of the owner's lock, take `LOCK_EX` on a descriptor of their
+//!    own (the child shares the owner's descriptor, and so its flock);
 //! 2. check that the name still names that inode (`fstatat` against `fstat`), and,
 //!    when breaking, that the inode is still a stale lock file (a touch may have
 //!    refreshed it);
@@ -75,10 +77,9 @@
 //! a name that names inode I can only stop naming it by an unlink of I (link never
 //! replaces a name). Every unlink of I by a unilock process happens after checking
 //! that the name names I, while holding a flock of I that excludes every other remover
-//! of I: a breaker's exclusive flock excludes everyone; the owner's shared one excludes
-//! every breaker, and the owner is the only remover that takes it shared (one handle,
-//! in the process that made I: a forked child's copy of the handle never removes it,
-//! and a handle releases once). Two processes that judge the same inode stale are
+//! of I: an exclusive flock on a descriptor of one's own excludes everyone; the owner's
+//! shared one excludes all of those, and the owner is the only remover that takes it
+//! shared (one handle, in the process that made I, which releases once). Two processes that judge the same inode stale are
 //! serialized by its flock: the second finds, in step 2, that the name no longer names
 //! I (it is gone, or names the first one's fresh lock) and removes nothing. An owner
 //! releasing while another process breaks its lock as stale (it was not refreshed in
@@ -102,8 +103,8 @@
 //! - a breaker that has not got it within 20 ms counts the lock as held: a try fails
 //!   with `EAGAIN`, a wait looks again after a growing nap (up to 0.5 s; no event tells
 //!   when a flock goes), both saying that a flock holds up the stale lock file;
-//! - an owner that has not got it within 0.5 s (someone holds it exclusively) does not
-//!   unlink without it: the holder may be a breaker that judged the lock stale (not
+//! - an owner that has not got it within 0.5 s (someone holds it exclusively; for a
+//!   forked child's release, anyone holds it) does not unlink without it: the holder may be a breaker that judged the lock stale (not
 //!   refreshed in time) and stopped between its check and its unlink, which would then
 //!   remove whatever lock file was made at the name after the owner's unlink. The
 //!   owner appends `released=1` to its record instead, through the descriptor it made
@@ -1184,15 +1185,16 @@ impl DotLock {
     }
 
     /// Releases the lock: removes the lock file if it is still this handle's (see the
-    /// protocol in the module documentation), in bounded time. `ENOLCK` when it was
-    /// broken as stale by another process meanwhile (nothing is removed then), or when
-    /// another process holds a flock on it (it is left, marked released). In a forked
-    /// child the handle's copy releases nothing: the lock file is the parent's.
+    /// protocol in the module documentation), in bounded time, in the process that made
+    /// it or a forked child (as a FLOCK lock's unlock in either process releases it).
+    /// `ENOLCK` when it was broken as stale by another process meanwhile (nothing is
+    /// removed then), or when another process holds a flock on it (it is left, marked
+    /// released).
     pub(crate) fn unlock(&self) -> Result<()> {
         let held = self.held().take();
         let result = match held {
-            Some(h) if h.taker == sys::getpid() => self.remove(h),
-            _ => Ok(()),
+            Some(h) => self.remove(h),
+            None => Ok(()),
         };
         self.forget_holding();
         result
@@ -1207,11 +1209,26 @@ impl DotLock {
         inode.settle();
     }
 
-    /// Removes the lock file this process made, by the protocol: under a shared flock,
-    /// which excludes every breaker but no other reader; when that cannot be had in
-    /// [`RELEASE_PATIENCE`], it is left marked released (see [`DotLock::abandon`]).
+    /// Removes the lock file `h`, by the protocol: in the process that made it, under a
+    /// shared flock on the descriptor it made it with, which excludes every breaker but
+    /// no reader; in a forked child, which shares that descriptor and so its flock,
+    /// under an exclusive flock on a descriptor of its own. When that cannot be had in
+    /// [`RELEASE_PATIENCE`], the file is left marked released (see
+    /// [`DotLock::abandon`]).
     fn remove(&self, h: Held) -> Result<()> {
-        match self.flock_within(h.fd.as_fd(), libc::LOCK_SH, RELEASE_PATIENCE) {
+        let own;
+        let (fd, op) = if h.taker == sys::getpid() {
+            (h.fd.as_fd(), libc::LOCK_SH)
+        } else {
+            match self.open_lock_file() {
+                Ok(Some((fd, st))) if st.st_dev == h.dev && st.st_ino == h.ino => {
+                    own = fd;
+                    (own.as_fd(), libc::LOCK_EX)
+                }
+                _ => return Err(self.broken()),
+            }
+        };
+        match self.flock_within(fd, op, RELEASE_PATIENCE) {
             Ok(true) => {}
             Ok(false) => return Err(self.abandon(&h)),
             Err(e) => {
@@ -1235,8 +1252,8 @@ impl DotLock {
         }
     }
 
-    /// Gives up the lock file `h` without removing it, when another process holds an
-    /// exclusive flock on it: appends [`RELEASED`] to the record through the
+    /// Gives up the lock file `h` without removing it, when another process holds a
+    /// flock on it that excludes the release's: appends [`RELEASED`] to the record through the
     /// descriptor that made it (so only this inode is written, wherever the name
     /// points), which makes it stale to every unilock process; the next one to get the
     /// flock removes it. Returns the error that says so (or that it was broken).

@@ -1,42 +1,32 @@
-//! DOTLOCK across fork(): the lock file belongs to the process that made it, so a
-//! forked child's copy of the handle neither removes it by unlock nor by close. (Alone
-//! in its test binary: the child of a fork inherits every descriptor of the process.)
+//! DOTLOCK across fork(), as the README documents it: a held lock file is shared like
+//! a FLOCK lock, so an unlock in the forked child removes it, a close in the child does
+//! not (only the process that made it removes it on close). The child's release takes
+//! its own path (an exclusive flock on a descriptor of its own, as the parent's is
+//! shared with it). Alone in its test binary: the child of a fork inherits every
+//! descriptor of the process.
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{TRY, TempDir};
 use unilock::{Backend, Lock, Mode, Options};
 
-/// The child's exit code for each way it can fail.
-const UNLOCK_FAILED: i32 = 10;
-const REMOVED_BY_UNLOCK: i32 = 11;
-const CLOSE_FAILED: i32 = 12;
-const REMOVED_BY_CLOSE: i32 = 13;
+/// The child's exit codes.
+const CLOSE_FAILED: i32 = 10;
+const REMOVED_BY_CLOSE: i32 = 11;
+const UNLOCK_FAILED: i32 = 12;
+const LEFT_BY_UNLOCK: i32 = 13;
 
-#[test]
-fn a_forked_child_neither_unlocks_nor_closes_away_the_parents_lock_file() {
-    let dir = TempDir::new("dot-fork");
-    let path = dir.0.join("app.lock");
-    let l = Lock::open(&path, &Options::new().backend(Backend::Dotlock)).unwrap();
-    l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+/// Forks; the child runs `child` and exits with its code; the parent returns that code.
+fn in_child(child: impl FnOnce() -> i32) -> i32 {
     // SAFETY: the child makes library calls and file checks only, then _exit; this
-    // test binary runs this one test, so no other thread holds a lock at the fork.
+    // test binary runs one test, so no other thread holds a lock at the fork.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
-        let code = if l.unlock(0, 0).is_err() {
-            UNLOCK_FAILED
-        } else if !path.exists() {
-            REMOVED_BY_UNLOCK
-        } else if l.close().is_err() {
-            CLOSE_FAILED
-        } else if !path.exists() {
-            REMOVED_BY_CLOSE
-        } else {
-            0
-        };
+        let code = child();
         // SAFETY: ends the child without running the parent's exit handlers.
         unsafe { libc::_exit(code) };
     }
@@ -53,12 +43,42 @@ fn a_forked_child_neither_unlocks_nor_closes_away_the_parents_lock_file() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(libc::WIFEXITED(status), "the child died: {status:#x}");
-    assert_eq!(libc::WEXITSTATUS(status), 0, "see the child's exit codes");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(
-        text.lines().next(),
-        Some(std::process::id().to_string().as_str())
-    );
-    l.unlock(0, 0).unwrap();
+    libc::WEXITSTATUS(status)
+}
+
+fn owner(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_forked_childs_unlock_removes_the_lock_file_and_its_close_does_not() {
+    let dir = TempDir::new("dot-fork");
+    let path = dir.0.join("app.lock");
+    let options = Options::new().backend(Backend::Dotlock);
+    let l = Lock::open(&path, &options).unwrap();
+    l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    let code = in_child(|| {
+        // SAFETY: the child's memory is its own copy: taking the handle out of it (the
+        // child never touches `l` again) leaves the parent's handle as it is.
+        let copy = unsafe { std::ptr::read(&l) };
+        if copy.close().is_err() {
+            CLOSE_FAILED
+        } else if !path.exists() {
+            REMOVED_BY_CLOSE
+        } else {
+            0
+        }
+    });
+    assert_eq!(code, 0, "see the child's exit codes");
+    assert_eq!(owner(&path), std::process::id().to_string());
+    let code = in_child(|| match l.unlock(0, 0) {
+        Err(_) => UNLOCK_FAILED,
+        Ok(()) if path.exists() => LEFT_BY_UNLOCK,
+        Ok(()) => 0,
+    });
+    assert_eq!(code, 0, "see the child's exit codes");
     assert!(!path.exists());
+    // The parent's own release then finds its lock file gone.
+    assert_eq!(l.unlock(0, 0).unwrap_err().errno(), libc::ENOLCK);
 }
