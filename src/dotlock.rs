@@ -8,7 +8,16 @@
 //! of the temporary file (2 after a successful link) decides, not link's return value,
 //! which NFS may lose (the technique of liblockfile and the Linux open(2) manual; a bare
 //! `O_EXCL` create is not atomic on old NFS). The temporary file is removed on every
-//! path. The record is text, first line the pid in ASCII as liblockfile writes it:
+//! path; only a process killed in the middle of an attempt leaves one, so its name
+//! says whose it is: `.ulk~HOST~BOOT~PID~START~N~LOCKNAME.tmp` (the host name, or `#`
+//! and a hash of it when it has other characters than letters, digits, `.`, `-` and
+//! `_`; the first 8 hex digits of the boot id; the pid and start time; a counter; the
+//! lock file's name, cut to 100 bytes). A lock attempt that fails to link removes the
+//! temporary files of that pattern in the directory, whatever lock file they were
+//! for, whose maker was of this host and is provably dead (another boot, a pid that no
+//! process has, or one another process has now); it looks at most once per 10 minutes
+//! per directory and process, as a mail spool may hold many thousands of names. The
+//! record is text, first line the pid in ASCII as liblockfile writes it:
 //!
 //! ```text
 //! 12345
@@ -16,6 +25,12 @@
 //! host=mailhost
 //! boot=4f8e...         (/proc/sys/kernel/random/boot_id)
 //! ```
+//!
+//! The lock file's name must name a regular file or nothing: a FIFO, a device, a
+//! socket or a directory there is refused with `EINVAL` naming its type (and a symbolic
+//! link with `ELOOP`), by the open when it is there already, else by the lock call that
+//! finds it; it is looked at with `fstatat` and never opened (a FIFO would block a
+//! reader, a device may act on an open).
 //!
 //! # Staleness
 //!
@@ -28,31 +43,79 @@
 //! owner cannot be checked (another host's, or one written without a pid, as
 //! lockfile-progs and procmail's lockfile do by default) is never broken: liblockfile
 //! breaks such files after 5 minutes, and a user who wants the same passes 300.
+//! While this host's own name cannot be had, a record naming a host proves nothing
+//! either (the host name comes from `uname(2)`, which needs no descriptor; neither it
+//! nor the boot id is remembered after a failure to get it). A record that its owner
+//! marked `released=1` (see below) is stale whoever wrote it.
+//!
+//! Only a file that a lock tool could have made is ever judged stale: a regular file
+//! of at most 256 bytes of text, empty or with a first line that is empty or a pid in
+//! ASCII (what liblockfile, lockfile-progs and procmail's lockfile write: "PID\n",
+//! "0\n", "0"; padded with spaces or NULs as UUCP-style tools do), then `key=value`
+//! lines with lowercase keys (this record). Anything else at the name (a user's data
+//! file passed as the lock file, say) holds the lock for as long as it is there: a try
+//! fails with `EAGAIN`, a wait times out, both saying that it is not a lock file, and
+//! it is never removed, whatever its first line or its age.
 //!
 //! # Breaking a stale lock, and releasing: one protocol
 //!
 //! Every unilock process removes a lock file only this way, whether it releases its
 //! own lock or breaks a stale one:
 //!
-//! 1. open the lock file (keeping the descriptor: it names the inode, whatever happens
-//!    to the name) and take `flock(LOCK_EX)` on it;
+//! 1. hold a descriptor of the lock file (it names the inode, whatever happens to the
+//!    name: the owner keeps the one it made the file with, a breaker opens the name)
+//!    and take a flock on it without blocking: the owner releasing its own lock takes
+//!    `LOCK_SH` on the descriptor it made the file with; a breaker, and a forked child
+//!    releasing its copy of the owner's lock, take `LOCK_EX` on a descriptor of their
+//!    own (the child shares the owner's descriptor, and so its flock);
 //! 2. check that the name still names that inode (`fstatat` against `fstat`), and,
-//!    when breaking, that the inode is still stale (a touch may have refreshed it);
+//!    when breaking, that the inode is still a stale lock file (a touch may have
+//!    refreshed it);
 //! 3. unlink the name; close the descriptor (which drops the flock).
 //!
 //! Why no live lock is ever removed: a lock file's name is removed only by step 3, and
 //! a name that names inode I can only stop naming it by an unlink of I (link never
-//! replaces a name). Every unlink of I by a unilock process happens while holding the
-//! flock of I, after checking that the name names I. Two processes that judge the same
-//! inode stale are serialized by its flock: the second finds, in step 2, that the name
-//! no longer names I (it is gone, or names the first one's fresh lock) and removes
-//! nothing. An owner releasing while another process breaks its lock as stale (it was
-//! not refreshed in time) is serialized the same way: whichever goes second removes
-//! nothing. Exactly one of many processes that break a stale lock at once therefore
-//! removes it, and a fresh lock created in between is never removed; they then race
-//! with `link()`, which exactly one wins. Tools that do not follow the protocol
-//! (liblockfile removes a stale lock with a plain unlink) keep a window as wide as
-//! their own check-then-unlink.
+//! replaces a name). Every unlink of I by a unilock process happens after checking
+//! that the name names I, while holding a flock of I that excludes every other remover
+//! of I: an exclusive flock on a descriptor of one's own excludes everyone; the owner's
+//! shared one excludes all of those, and the owner is the only remover that takes it
+//! shared (one handle, in the process that made I, which releases once). Two processes that judge the same inode stale are
+//! serialized by its flock: the second finds, in step 2, that the name no longer names
+//! I (it is gone, or names the first one's fresh lock) and removes nothing. An owner
+//! releasing while another process breaks its lock as stale (it was not refreshed in
+//! time) is serialized the same way: whichever goes second removes nothing. Exactly one
+//! of many processes that break a stale lock at once therefore removes it, and a fresh
+//! lock created in between is never removed; they then race with `link()`, which
+//! exactly one wins. Tools that do not follow the protocol (liblockfile removes a stale
+//! lock with a plain unlink) keep a window as wide as their own check-then-unlink.
+//!
+//! The owner's flock is shared so that readers do not hold up a release: anyone who
+//! can read the lock file can flock it (`flock -s FILE.lock`, or another handle of the
+//! owner's own process).
+//!
+//! # No flock is waited for without bound
+//!
+//! Anyone who can read a lock file can also hold an exclusive flock on it for as long
+//! as they like, so neither a release nor a break blocks on the flock: each tries
+//! without blocking, and again with short naps for a little while (a breaker holds it
+//! for a few system calls), then:
+//!
+//! - a breaker that has not got it within 20 ms counts the lock as held: a try fails
+//!   with `EAGAIN`, a wait looks again after a growing nap (up to 0.5 s; no event tells
+//!   when a flock goes), both saying that a flock holds up the stale lock file;
+//! - an owner that has not got it within 0.5 s (someone holds it exclusively; for a
+//!   forked child's release, anyone holds it) does not unlink without it: the holder may be a breaker that judged the lock stale (not
+//!   refreshed in time) and stopped between its check and its unlink, which would then
+//!   remove whatever lock file was made at the name after the owner's unlink. The
+//!   owner appends `released=1` to its record instead, through the descriptor it made
+//!   the lock file with (so it writes only its own inode, wherever the name points), and
+//!   the release returns `ENOLCK` saying so. A record marked released is stale to every
+//!   unilock process: the first to get the flock after the holder lets go removes it,
+//!   by the protocol. Tools that check the pid (liblockfile with `--use-pid`) see the
+//!   lock held until the owner exits; the others apply their age rules as always.
+//!
+//! A release therefore returns within about half a second whatever others hold, and
+//! the guarantee above holds without exception.
 //!
 //! # Waiting
 //!
@@ -81,10 +144,24 @@ const NFS_SUPER_MAGIC: i64 = 0x6969;
 const BACKOFF_FIRST: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 const SAFETY_NET: Duration = Duration::from_secs(1);
+/// How long a release tries for the flock of its lock file: a breaker holds it for a
+/// few system calls, so only a process outside the protocol holds it this long.
+const RELEASE_PATIENCE: Duration = Duration::from_millis(500);
+/// How long a breaker tries for the flock of a stale lock file before it counts the
+/// lock as held for now.
+const BREAK_PATIENCE: Duration = Duration::from_millis(20);
+/// The line an owner appends to its record when it releases the lock but cannot
+/// remove the lock file (see the module documentation).
+const RELEASED: &str = "released=1\n";
+/// How often, at most, a process looks for temporary files of dead processes in one
+/// directory.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
 /// A DOTLOCK handle: the lock file's directory and name, and the lock file while held.
 pub(crate) struct DotLock {
     dir: OwnedFd,
+    /// The directory's device and inode.
+    dir_id: (u64, u64),
     file: CString,
     /// The lock file's path, for messages.
     name: String,
@@ -108,7 +185,8 @@ struct Held {
     fd: OwnedFd,
     dev: u64,
     ino: u64,
-    /// The process that made it: only it removes the file when closing.
+    /// The process that made it: only it removes the file (a forked child's copy of
+    /// the handle releases nothing).
     taker: i32,
 }
 
@@ -120,6 +198,19 @@ enum Found {
     Stale(OwnedFd),
     /// A live lock: its owner as far as known, and when to look again at the latest.
     Live(Owner, Option<Duration>),
+    /// A file that no lock tool could have made (why): held while it exists, never
+    /// removed.
+    NotLockFile(String),
+}
+
+/// Why the lock cannot be taken now.
+enum Busy {
+    /// A live lock file: its owner, and when it becomes stale by age at the latest.
+    Live(Owner, Option<Duration>),
+    /// A file that is not a lock file, and why not.
+    NotLockFile(String),
+    /// A stale lock file (this inode) that another process holds a flock on.
+    Flocked(InodeKey),
 }
 
 /// The owner a lock file names.
@@ -132,35 +223,53 @@ struct Owner {
 /// A process table key for a lock file name: the directory's device with the top bit
 /// set (no real device has it) and a hash of the directory's inode and the name.
 fn table_key(dir: &libc::stat, file: &CStr) -> InodeKey {
-    // FNV-1a: stable, and enough for a handful of lock names per process.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in dir.st_ino.to_le_bytes().iter().chain(file.to_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let bytes = dir
+        .st_ino
+        .to_le_bytes()
+        .into_iter()
+        .chain(file.to_bytes().iter().copied());
     InodeKey {
         dev: dir.st_dev | 1 << 63,
-        ino: h,
+        ino: fnv1a(bytes),
     }
 }
 
-/// This host's name.
-fn host() -> &'static str {
-    static HOST: OnceLock<String> = OnceLock::new();
-    HOST.get_or_init(|| {
-        sys::read_small(Path::new("/proc/sys/kernel/hostname"))
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default()
-    })
+/// FNV-1a: stable, and enough for a handful of lock names per process.
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
-/// This boot's id.
-fn boot_id() -> &'static str {
+/// A value of this process read on the first call that succeeds: a failure (no
+/// descriptor left, /proc unreadable) is not remembered, the next call tries again.
+fn read_once(
+    cell: &'static OnceLock<String>,
+    read: impl FnOnce() -> Option<String>,
+) -> Option<&'static str> {
+    if let Some(v) = cell.get() {
+        return Some(v);
+    }
+    let v = read()?;
+    Some(cell.get_or_init(|| v))
+}
+
+/// This host's name (`uname(2)`, which needs no descriptor); `None` while unknown.
+fn host() -> Option<&'static str> {
+    static HOST: OnceLock<String> = OnceLock::new();
+    read_once(&HOST, || sys::host_name().filter(|h| !h.is_empty()))
+}
+
+/// This boot's id; `None` while it cannot be read.
+fn boot_id() -> Option<&'static str> {
     static BOOT: OnceLock<String> = OnceLock::new();
-    BOOT.get_or_init(|| {
+    read_once(&BOOT, || {
         sys::read_small(Path::new("/proc/sys/kernel/random/boot_id"))
             .map(|s| s.trim().to_owned())
-            .unwrap_or_default()
+            .filter(|s| !s.is_empty())
     })
 }
 
@@ -180,34 +289,42 @@ fn process_state(pid: i32) -> Option<(char, Option<u64>)> {
     Some((state, fields.nth(18).and_then(|t| t.parse().ok())))
 }
 
-/// The record written into a lock file: made once per process (a forked child makes
-/// its own), as reading /proc/self/stat can take milliseconds in a large process.
-fn record() -> String {
-    static CACHE: Mutex<Option<(i32, String)>> = Mutex::new(None);
-    let pid = sys::getpid();
-    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    match cache.as_ref() {
-        Some((p, r)) if *p == pid => r.clone(),
-        _ => {
-            let r = make_record(pid);
-            *cache = Some((pid, r.clone()));
-            r
-        }
-    }
+/// This process as its lock files and temporary files describe it.
+#[derive(Clone)]
+struct Me {
+    pid: i32,
+    /// Its start time (see [`start_time`]), `None` when it cannot be read.
+    start: Option<u64>,
+    /// The record written into its lock files.
+    record: String,
 }
 
-fn make_record(pid: i32) -> String {
-    let mut out = format!("{pid}\n");
-    if let Some(t) = start_time(pid) {
-        out.push_str(&format!("start={t}\n"));
+/// This process's [`Me`]: made once per process (a forked child makes its own), as
+/// reading /proc/self/stat can take milliseconds in a large process. One that lacks a
+/// field because it could not be read then is made again next time.
+fn me() -> Me {
+    static CACHE: Mutex<Option<Me>> = Mutex::new(None);
+    let pid = sys::getpid();
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(m) = cache.as_ref().filter(|m| m.pid == pid) {
+        return m.clone();
     }
-    if !host().is_empty() {
-        out.push_str(&format!("host={}\n", host()));
+    let start = start_time(pid);
+    let mut record = format!("{pid}\n");
+    if let Some(t) = start {
+        record.push_str(&format!("start={t}\n"));
     }
-    if !boot_id().is_empty() {
-        out.push_str(&format!("boot={}\n", boot_id()));
+    if let Some(h) = host() {
+        record.push_str(&format!("host={h}\n"));
     }
-    out
+    if let Some(b) = boot_id() {
+        record.push_str(&format!("boot={b}\n"));
+    }
+    let m = Me { pid, start, record };
+    if start.is_some() && host().is_some() && boot_id().is_some() {
+        *cache = Some(m.clone());
+    }
+    m
 }
 
 /// A parsed lock file record. Fields a tool did not write are `None`.
@@ -217,6 +334,8 @@ struct Record {
     start: Option<u64>,
     host: Option<String>,
     boot: Option<String>,
+    /// Its owner released the lock but could not remove the file.
+    released: bool,
 }
 
 fn parse_record(text: &str) -> Record {
@@ -234,20 +353,81 @@ fn parse_record(text: &str) -> Record {
             Some(("start", v)) => r.start = v.trim().parse().ok(),
             Some(("host", v)) => r.host = Some(v.trim().to_owned()),
             Some(("boot", v)) => r.boot = Some(v.trim().to_owned()),
+            Some(("released", _)) => r.released = true,
             _ => {}
         }
     }
     r
 }
 
+/// The size of the largest lock file: a unilock record is under 200 bytes (a host name
+/// has at most 64), liblockfile's and procmail's under 12.
+const MAX_LOCK_FILE: usize = 256;
+
+/// Why `text`, a whole file, is not one a lock tool could have made; `None` when it
+/// is. A lock file is at most [`MAX_LOCK_FILE`] bytes of text (UTF-8 without control
+/// characters other than tab, CR, LF and NUL): empty, or a first line
+/// that is empty or a pid in ASCII (liblockfile and lockfile-progs write "PID\n" or
+/// "0\n", procmail's lockfile "0", UUCP-style tools pad it with spaces or NULs), then
+/// `key=value` lines with lowercase keys (unilock's record).
+fn not_a_lock_record(text: &[u8]) -> Option<String> {
+    if text.len() > MAX_LOCK_FILE {
+        return Some(format!(
+            "it is larger than the {MAX_LOCK_FILE} bytes of a lock file"
+        ));
+    }
+    let control = |c: char| c.is_control() && !matches!(c, '\t' | '\r' | '\n' | '\0');
+    let Some(text) = std::str::from_utf8(text)
+        .ok()
+        .filter(|t| !t.contains(control))
+    else {
+        return Some("it holds bytes that are not text".into());
+    };
+    let blank = |c: char| c.is_ascii_whitespace() || c == '\0';
+    let mut lines = text.split('\n');
+    let first = lines.next().unwrap_or_default().trim_matches(blank);
+    if first.len() > 10 || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return Some("its first line is not a process id".into());
+    }
+    let key_value = |line: &str| {
+        line.split_once('=').is_some_and(|(key, _)| {
+            (1..=32).contains(&key.len())
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+    };
+    let other = lines
+        .map(|l| l.trim_matches(blank))
+        .filter(|l| !l.is_empty());
+    if !other.into_iter().all(key_value) {
+        return Some("a line after the first is not a key=value line of a lock record".into());
+    }
+    None
+}
+
 /// Why the owner of `r` is provably dead on this host, if it is; `None` when it may
 /// be alive or cannot be checked. Also returns the pid to watch when it is alive here.
 fn dead_owner(r: &Record) -> (Option<String>, Option<i32>) {
-    if r.host.as_deref().is_some_and(|h| h != host()) {
+    dead_owner_on(r, host(), boot_id())
+}
+
+/// [`dead_owner`] on the host named `here`, booted as `boot` (`None`: unknown).
+fn dead_owner_on(
+    r: &Record,
+    here: Option<&str>,
+    boot: Option<&str>,
+) -> (Option<String>, Option<i32>) {
+    if r.released {
+        return (Some("its owner released it".into()), None);
+    }
+    // A record naming a host proves nothing unless it is this host, which is not known
+    // while this host's name is unknown.
+    if r.host.as_deref().is_some_and(|h| Some(h) != here) {
         return (None, None);
     }
-    if let Some(b) = &r.boot {
-        if !boot_id().is_empty() && b != boot_id() {
+    if let (Some(b), Some(now)) = (r.boot.as_deref(), boot) {
+        if b != now {
             return (
                 Some("it was made before this host last booted".into()),
                 None,
@@ -292,6 +472,37 @@ fn same_file(a: &libc::stat, b: &libc::stat) -> bool {
     a.st_dev == b.st_dev && a.st_ino == b.st_ino
 }
 
+/// Refuses a lock file path that names something other than a regular file (`st` as
+/// `fstatat` without following a symbolic link gives it): a FIFO, a device, a socket or
+/// a directory is `EINVAL` naming its type, a symbolic link `ELOOP`, as the kernel
+/// backends word it. Such a file is never opened (a FIFO could block, a device act).
+fn check_type(st: &libc::stat, name: &str) -> Result<()> {
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => return Ok(()),
+        libc::S_IFLNK => return Err(symbolic_link(name)),
+        libc::S_IFDIR => "a directory",
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        _ => "not a regular file",
+    };
+    Err(Error::new(
+        libc::EINVAL,
+        format!("{name} is {kind}: a DOTLOCK lock file can only be a regular file"),
+    ))
+}
+
+fn symbolic_link(name: &str) -> Error {
+    Error::new(
+        libc::ELOOP,
+        format!(
+            "{name} is a symbolic link: a DOTLOCK lock file can only be a regular file \
+             (a link is never followed)"
+        ),
+    )
+}
+
 /// A temporary file with the owner's record, removed when dropped.
 struct TempFile<'a> {
     dir: BorrowedFd<'a>,
@@ -303,6 +514,141 @@ impl Drop for TempFile<'_> {
     fn drop(&mut self) {
         let _ = sys::unlinkat(self.dir, &self.name);
     }
+}
+
+/// The start of every temporary file name (see [`temp_name`]).
+const TEMP_PREFIX: &str = ".ulk~";
+
+/// This host's name as temporary file names carry it: as it is when it is made of
+/// letters, digits, `.`, `-` and `_` (as host names are), else `#` and a hash of it;
+/// `None` while unknown.
+fn host_tag() -> Option<String> {
+    host().map(tag_of_host)
+}
+
+/// [`host_tag`] of the host name `h`.
+fn tag_of_host(h: &str) -> String {
+    let plain = h.len() <= 64
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if plain {
+        h.to_owned()
+    } else {
+        format!("#{:016x}", fnv1a(h.bytes()))
+    }
+}
+
+/// This boot's id as temporary file names carry it: its first 8 hex digits.
+fn boot_tag() -> Option<String> {
+    let tag: String = boot_id()?
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(8)
+        .collect();
+    (tag.len() == 8).then_some(tag)
+}
+
+/// The name of a temporary file, which says whose it is:
+/// `.ulk~HOST~BOOT~PID~START~N~LOCKNAME.tmp`, with the host ([`host_tag`]), boot
+/// ([`boot_tag`]), pid and start time (see [`start_time`]) of the process that made it
+/// (empty for what it could not read), a counter of that process in hex, and the lock
+/// file's name (its first 100 bytes), for people. At most 232 bytes.
+fn temp_name(me: &Me, n: u64, lock_name: &[u8]) -> String {
+    let mut len = 0;
+    let base: String = String::from_utf8_lossy(lock_name)
+        .chars()
+        .take_while(|c| {
+            len += c.len_utf8();
+            len <= 100
+        })
+        .collect();
+    format!(
+        "{TEMP_PREFIX}{}~{}~{}~{}~{n:x}~{base}.tmp",
+        host_tag().unwrap_or_default(),
+        boot_tag().unwrap_or_default(),
+        me.pid,
+        me.start.map(|t| t.to_string()).unwrap_or_default()
+    )
+}
+
+/// Whose a temporary file is, from its name (see [`temp_name`]).
+#[derive(Debug, PartialEq)]
+struct TempOwner<'a> {
+    /// As [`host_tag`] gives it; empty when its maker did not know it.
+    host: &'a str,
+    /// As [`boot_tag`] gives it, or empty.
+    boot: &'a str,
+    pid: i32,
+    start: Option<u64>,
+}
+
+/// The owner a name of the [`temp_name`] pattern says; `None` for any other name.
+fn parse_temp_name(name: &[u8]) -> Option<TempOwner<'_>> {
+    let name = std::str::from_utf8(name).ok()?;
+    let rest = name.strip_prefix(TEMP_PREFIX)?.strip_suffix(".tmp")?;
+    let mut f = rest.splitn(6, '~');
+    let (host, boot, pid, start, n, _lock_name) = (
+        f.next()?,
+        f.next()?,
+        f.next()?,
+        f.next()?,
+        f.next()?,
+        f.next()?,
+    );
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let well_formed = (boot.is_empty() || boot.len() == 8 && hex(boot))
+        && digits(pid)
+        && (start.is_empty() || digits(start))
+        && hex(n);
+    if !well_formed {
+        return None;
+    }
+    Some(TempOwner {
+        host,
+        boot,
+        pid: pid.parse().ok().filter(|&p| p > 0)?,
+        start: if start.is_empty() {
+            None
+        } else {
+            Some(start.parse().ok()?)
+        },
+    })
+}
+
+/// True when the process that made a temporary file is provably dead: it was of this
+/// host (`here`, as [`host_tag`] gives it), and of an earlier boot (`boot`, as
+/// [`boot_tag`] gives it, when known), or its pid is gone or another process's now.
+fn temp_owner_dead(t: &TempOwner<'_>, here: &str, boot: Option<&str>) -> bool {
+    if t.host.is_empty() || t.host != here {
+        return false;
+    }
+    if boot.is_some_and(|b| !t.boot.is_empty() && t.boot != b) {
+        return true;
+    }
+    let r = Record {
+        pid: Some(t.pid),
+        start: t.start,
+        ..Record::default()
+    };
+    dead_owner_on(&r, None, None).0.is_some()
+}
+
+/// True when this process has not looked for temporary files of dead processes in the
+/// directory `dir` (device, inode) for [`SWEEP_INTERVAL`]; it counts as looking now.
+fn due_for_sweep(dir: (u64, u64)) -> bool {
+    static SWEPT: Mutex<Vec<((u64, u64), Instant)>> = Mutex::new(Vec::new());
+    let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    swept.retain(|(_, at)| now.duration_since(*at) < SWEEP_INTERVAL);
+    if swept.iter().any(|(d, _)| *d == dir) {
+        return false;
+    }
+    if swept.len() >= 64 {
+        swept.remove(0);
+    }
+    swept.push((dir, now));
+    true
 }
 
 impl DotLock {
@@ -331,12 +677,18 @@ impl DotLock {
         let dir = sys::open(&cdir, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)
             .map_err(|e| Error::sys(e, "open the directory of", &name))?;
         let st = sys::fstat(dir.as_fd()).map_err(|e| Error::sys(e, "fstat", &name))?;
+        // Something there already that can never be a lock file is refused now (any
+        // other failure to look is left to the lock call, which will meet it).
+        if let Ok(there) = sys::statat(dir.as_fd(), &file) {
+            check_type(&there, &name)?;
+        }
         let local = sys::fs_type(dir.as_fd()) != Ok(NFS_SUPER_MAGIC);
         let key = table_key(&st, &file);
         inode_table::install_fork_handlers();
         inode_table::table().inode(key).add_handle();
         Ok(DotLock {
             dir,
+            dir_id: (st.st_dev, st.st_ino),
             file,
             name,
             key,
@@ -438,6 +790,7 @@ impl DotLock {
         // On NFS, or with no inotify watch left, the waits back off instead.
         let mut can_watch = self.local;
         let mut backoff = BACKOFF_FIRST;
+        let mut swept = false;
         loop {
             // A fresh temporary file for each attempt, removed right after it: a
             // waiter killed while it waits leaves nothing behind.
@@ -446,21 +799,33 @@ impl DotLock {
                 return Ok(());
             }
             drop(temp);
-            let (owner, recheck) = match self.inspect()? {
+            if !std::mem::replace(&mut swept, true) {
+                self.sweep();
+            }
+            let busy = match self.inspect()? {
                 Found::Absent => continue,
-                Found::Stale(fd) => {
-                    if !self.break_stale(fd)? {
-                        // Another process is breaking it: give it a moment.
-                        std::thread::yield_now();
-                    }
-                    continue;
-                }
-                Found::Live(owner, recheck) => (owner, recheck),
+                Found::Stale(fd) => match self.break_stale(fd)? {
+                    Break::Done => continue,
+                    Break::Flocked(key) => Busy::Flocked(key),
+                },
+                Found::Live(owner, recheck) => Busy::Live(owner, recheck),
+                Found::NotLockFile(why) => Busy::NotLockFile(why),
             };
             if deadline.is_try() {
-                return Err(self.held_error(&owner));
+                return Err(self.held_error(&busy));
             }
-            call.check(deadline, &self.name)?;
+            call.check(deadline, &self.name)
+                .map_err(|e| self.explain(e, &busy))?;
+            let (owner, recheck) = match busy {
+                Busy::Live(owner, recheck) => (owner, recheck),
+                Busy::NotLockFile(_) => (Owner { pid: -1 }, None),
+                // No event tells when a flock goes: look again after a growing nap.
+                Busy::Flocked(_) => {
+                    let n = backoff;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    (Owner { pid: -1 }, Some(n))
+                }
+            };
             // Watch before looking again, so that no removal falls between the two.
             if watch.is_none() && can_watch {
                 match sys::inotify_dir(
@@ -520,20 +885,54 @@ impl DotLock {
         }
     }
 
+    /// Removes the temporary files that dead processes of this host left in the
+    /// directory (killed between making one and removing it): only names of the
+    /// [`temp_name`] pattern, only regular files, only when their maker is provably
+    /// dead ([`temp_owner_dead`]). Called when a lock attempt fails to link, at most
+    /// once per [`SWEEP_INTERVAL`] per directory and process: reading a mail spool of
+    /// many thousands of names costs milliseconds. Failures are ignored: it is tidying.
+    fn sweep(&self) {
+        if !due_for_sweep(self.dir_id) {
+            return;
+        }
+        let Some(here) = host_tag() else {
+            return;
+        };
+        let boot = boot_tag();
+        let mut dead = Vec::new();
+        let _ = sys::for_each_name(self.dir.as_fd(), |name| {
+            let owner = parse_temp_name(name.to_bytes());
+            if owner.is_some_and(|t| temp_owner_dead(&t, &here, boot.as_deref())) {
+                dead.push(name.to_owned());
+            }
+        });
+        for name in dead {
+            let regular = sys::statat(self.dir.as_fd(), &name)
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+            if regular {
+                let _ = sys::unlinkat(self.dir.as_fd(), &name);
+            }
+        }
+    }
+
     /// Creates the temporary file with this process's record.
     fn temp_file(&self) -> Result<TempFile<'_>> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let base = self.file.to_bytes();
-        let base = String::from_utf8_lossy(&base[..base.len().min(120)]).into_owned();
-        let mut host = host().to_owned();
-        host.truncate(64);
-        let name = CString::new(format!(".{base}.{}.{n:x}.{host}.tmp", sys::getpid()))
-            .map_err(|_| Error::new(libc::EINVAL, "the host name contains a NUL byte"))?;
+        let me = me();
+        let name = CString::new(temp_name(&me, n, self.file.to_bytes()))
+            .expect("no NUL in a file name, a host tag or numbers");
         let fd = sys::openat(
             self.dir.as_fd(),
             &name,
-            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            // Read-write: flock on NFS is a POSIX lock, and a shared one needs a readable
+            // descriptor; appending: a later mark (see `abandon`) goes at the end.
+            libc::O_CREAT
+                | libc::O_EXCL
+                | libc::O_RDWR
+                | libc::O_APPEND
+                | libc::O_CLOEXEC
+                | libc::O_NOFOLLOW,
             self.create_mode,
         )
         .map_err(|e| Error::sys(e, "create a temporary file for", &self.name))?;
@@ -543,7 +942,7 @@ impl DotLock {
             fd: Some(fd),
         };
         let fd = temp.fd.as_ref().expect("just set").as_fd();
-        sys::write_all(fd, record().as_bytes()).map_err(|e| Error::sys(e, "write", &self.name))?;
+        sys::write_all(fd, me.record.as_bytes()).map_err(|e| Error::sys(e, "write", &self.name))?;
         Ok(temp)
     }
 
@@ -577,44 +976,68 @@ impl DotLock {
         Ok(true)
     }
 
-    /// Opens the lock file at the name for reading; `None` when there is none.
-    fn open_lock_file(&self) -> Result<Option<OwnedFd>> {
-        match sys::openat(
+    /// Opens the lock file at the name for reading, with its status; `None` when there
+    /// is none. Anything but a regular file is refused (see [`check_type`]) before it
+    /// is opened, and again after, should it have been replaced in between.
+    fn open_lock_file(&self) -> Result<Option<(OwnedFd, libc::stat)>> {
+        match sys::statat(self.dir.as_fd(), &self.file) {
+            Ok(st) => check_type(&st, &self.name)?,
+            Err(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(Error::sys(e, "stat", &self.name)),
+        }
+        let fd = match sys::openat(
             self.dir.as_fd(),
             &self.file,
             libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY,
             0,
         ) {
-            Ok(fd) => Ok(Some(fd)),
-            Err(libc::ENOENT) => Ok(None),
-            Err(libc::ELOOP) => Err(Error::new(
-                libc::ELOOP,
-                format!("{}: the lock file is a symbolic link", self.name),
-            )),
-            Err(e) => Err(Error::sys(e, "open", &self.name)),
-        }
+            Ok(fd) => fd,
+            Err(libc::ENOENT) => return Ok(None),
+            Err(libc::ELOOP) => return Err(symbolic_link(&self.name)),
+            Err(e) => return Err(Error::sys(e, "open", &self.name)),
+        };
+        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", &self.name))?;
+        check_type(&st, &self.name)?;
+        Ok(Some((fd, st)))
     }
 
     /// Looks at the lock file at the name.
     fn inspect(&self) -> Result<Found> {
-        let Some(fd) = self.open_lock_file()? else {
+        let Some((fd, st)) = self.open_lock_file()? else {
             return Ok(Found::Absent);
         };
-        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", &self.name))?;
         if st.st_nlink == 0 {
             return Ok(Found::Absent);
         }
-        let record = self.read_record(fd.as_fd());
+        let record = match self.read_lock_file(fd.as_fd(), &st) {
+            Ok(r) => r,
+            Err(why) => return Ok(Found::NotLockFile(why)),
+        };
         Ok(match self.judge(&record, &st) {
             Ok(_why) => Found::Stale(fd),
             Err((owner, recheck)) => Found::Live(owner, recheck),
         })
     }
 
-    fn read_record(&self, fd: BorrowedFd<'_>) -> Record {
-        let mut buf = [0u8; 512];
-        let n = sys::read_start(fd, &mut buf).unwrap_or(0);
-        parse_record(&String::from_utf8_lossy(&buf[..n]))
+    /// The record of the lock file open on `fd` (`st` its status), or why it is not a
+    /// lock file (see [`not_a_lock_record`]).
+    fn read_lock_file(
+        &self,
+        fd: BorrowedFd<'_>,
+        st: &libc::stat,
+    ) -> std::result::Result<Record, String> {
+        if st.st_size > MAX_LOCK_FILE as i64 {
+            return Err(format!(
+                "it is larger than the {MAX_LOCK_FILE} bytes of a lock file"
+            ));
+        }
+        let mut buf = [0u8; MAX_LOCK_FILE + 1];
+        let n = sys::read_start(fd, &mut buf)
+            .map_err(|e| format!("it cannot be read: {}", crate::error::describe(e)))?;
+        if let Some(why) = not_a_lock_record(&buf[..n]) {
+            return Err(why);
+        }
+        Ok(parse_record(&String::from_utf8_lossy(&buf[..n])))
     }
 
     /// `Ok(reason)` when the lock file is stale; else its owner and the time after
@@ -643,52 +1066,130 @@ impl DotLock {
         ))
     }
 
-    /// Removes the lock file open on `fd` if it is still at the name and still
-    /// stale (the protocol in the module documentation). False when another process is
-    /// breaking it at this moment.
-    fn break_stale(&self, fd: OwnedFd) -> Result<bool> {
-        match sys::flock(fd.as_fd(), libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => {}
-            Err(libc::EWOULDBLOCK) => return Ok(false),
-            Err(e) => return Err(Error::sys(e, "flock", &self.name)),
+    /// Tries `op` (`LOCK_SH` or `LOCK_EX`) on `fd` without blocking, again for up to
+    /// `patience` with short naps; false when it is still refused then.
+    fn flock_within(
+        &self,
+        fd: BorrowedFd<'_>,
+        op: libc::c_int,
+        patience: Duration,
+    ) -> Result<bool> {
+        let began = Instant::now();
+        let mut nap = Duration::from_micros(100);
+        loop {
+            match sys::flock(fd, op | libc::LOCK_NB) {
+                Ok(()) => return Ok(true),
+                Err(libc::EWOULDBLOCK) => {}
+                Err(e) => return Err(Error::sys(e, "flock", &self.name)),
+            }
+            let left = patience.saturating_sub(began.elapsed());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            std::thread::sleep(nap.min(left));
+            nap = (nap * 2).min(Duration::from_millis(20));
         }
+    }
+
+    /// The process that has an exclusive flock on the inode `key`, as far as /proc
+    /// tells (for messages: it may scan every process).
+    fn flock_holder(key: InodeKey) -> Option<i32> {
+        let lock = crate::holders::proc_locks(key)
+            .ok()?
+            .into_iter()
+            .find(|l| l.backend == Backend::Flock && l.mode == Mode::Exclusive)?;
+        Some(crate::holders::Resolver::new(key).pid_of(&lock)).filter(|&p| p > 0)
+    }
+
+    /// Removes the lock file open on `fd` if it is still at the name and still
+    /// stale (the protocol in the module documentation).
+    fn break_stale(&self, fd: OwnedFd) -> Result<Break> {
         let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", &self.name))?;
+        if !self.flock_within(fd.as_fd(), libc::LOCK_EX, BREAK_PATIENCE)? {
+            return Ok(Break::Flocked(InodeKey {
+                dev: st.st_dev,
+                ino: st.st_ino,
+            }));
+        }
         let at_name = match sys::statat(self.dir.as_fd(), &self.file) {
             Ok(s) => s,
-            Err(libc::ENOENT) => return Ok(true),
+            Err(libc::ENOENT) => return Ok(Break::Done),
             Err(e) => return Err(Error::sys(e, "stat", &self.name)),
         };
         if st.st_nlink == 0 || !same_file(&st, &at_name) {
-            return Ok(true);
+            return Ok(Break::Done);
         }
-        let record = self.read_record(fd.as_fd());
+        let Ok(record) = self.read_lock_file(fd.as_fd(), &st) else {
+            // Rewritten meanwhile into something that is not a lock file.
+            return Ok(Break::Done);
+        };
         if self.judge(&record, &st).is_ok() {
             match sys::unlinkat(self.dir.as_fd(), &self.file) {
                 Ok(()) | Err(libc::ENOENT) => {}
                 Err(e) => return Err(Error::sys(e, "remove the stale lock file", &self.name)),
             }
         }
-        Ok(true)
+        Ok(Break::Done)
     }
 
-    fn held_error(&self, owner: &Owner) -> Error {
-        let by = if owner.pid > 0 {
-            format!("process {}", owner.pid)
-        } else {
-            "another process".to_owned()
+    /// The `EAGAIN` of a try that found the lock held.
+    fn held_error(&self, busy: &Busy) -> Error {
+        let detail = match busy {
+            Busy::Live(owner, _) => {
+                let by = if owner.pid > 0 {
+                    format!("process {}", owner.pid)
+                } else {
+                    "another process".to_owned()
+                };
+                format!(
+                    "{}: the lock file exists: the lock is held by {by}",
+                    self.name
+                )
+            }
+            Busy::NotLockFile(why) => self.not_lock_file(why),
+            Busy::Flocked(key) => self.flocked(*key),
         };
-        Error::new(
-            libc::EAGAIN,
-            format!(
-                "{}: the lock file exists: the lock is held by {by}",
-                self.name
-            ),
+        Error::new(libc::EAGAIN, detail)
+    }
+
+    fn flocked(&self, key: InodeKey) -> String {
+        format!(
+            "{}: the lock file is stale, but {} holds a flock(2) lock on it, without which \
+             it cannot be removed safely: the lock is held until that flock is released",
+            self.name,
+            who(Self::flock_holder(key))
         )
     }
 
+    fn not_lock_file(&self, why: &str) -> String {
+        format!(
+            "{} exists and is not a lock file ({why}): DOTLOCK never removes it, so the \
+             lock is held for as long as it is there",
+            self.name
+        )
+    }
+
+    /// Adds to a timeout what held the lock when that was not an ordinary lock file.
+    fn explain(&self, e: Error, busy: &Busy) -> Error {
+        match busy {
+            Busy::NotLockFile(why) if e.errno() == libc::ETIMEDOUT => Error::new(
+                libc::ETIMEDOUT,
+                format!("{}: {}", e.detail(), self.not_lock_file(why)),
+            ),
+            Busy::Flocked(key) if e.errno() == libc::ETIMEDOUT => Error::new(
+                libc::ETIMEDOUT,
+                format!("{}: {}", e.detail(), self.flocked(*key)),
+            ),
+            _ => e,
+        }
+    }
+
     /// Releases the lock: removes the lock file if it is still this handle's (see the
-    /// protocol in the module documentation). `ENOLCK` when it was broken as stale by
-    /// another process meanwhile (nothing is removed then).
+    /// protocol in the module documentation), in bounded time, in the process that made
+    /// it or a forked child (as a FLOCK lock's unlock in either process releases it).
+    /// `ENOLCK` when it was broken as stale by another process meanwhile (nothing is
+    /// removed then), or when another process holds a flock on it (it is left, marked
+    /// released).
     pub(crate) fn unlock(&self) -> Result<()> {
         let held = self.held().take();
         let result = match held {
@@ -708,9 +1209,39 @@ impl DotLock {
         inode.settle();
     }
 
+    /// Removes the lock file `h`, by the protocol: in the process that made it, under a
+    /// shared flock on the descriptor it made it with, which excludes every breaker but
+    /// no reader; in a forked child, which shares that descriptor and so its flock,
+    /// under an exclusive flock on a descriptor of its own. When that cannot be had in
+    /// [`RELEASE_PATIENCE`], the file is left marked released (see
+    /// [`DotLock::abandon`]).
     fn remove(&self, h: Held) -> Result<()> {
-        // Blocking: a breaker holds it for a few system calls at most.
-        sys::flock(h.fd.as_fd(), libc::LOCK_EX).map_err(|e| Error::sys(e, "flock", &self.name))?;
+        let own;
+        let (fd, op) = if h.taker == sys::getpid() {
+            (h.fd.as_fd(), libc::LOCK_SH)
+        } else {
+            match self.open_lock_file() {
+                Ok(Some((fd, st))) if st.st_dev == h.dev && st.st_ino == h.ino => {
+                    own = fd;
+                    (own.as_fd(), libc::LOCK_EX)
+                }
+                _ => return Err(self.broken()),
+            }
+        };
+        match self.flock_within(fd, op, RELEASE_PATIENCE) {
+            Ok(true) => {}
+            Ok(false) => return Err(self.abandon(&h)),
+            Err(e) => {
+                // The flock call itself failed (NFS without a lock manager, say).
+                let marked = sys::write_all(h.fd.as_fd(), RELEASED.as_bytes());
+                let fate = if marked.is_ok() {
+                    "the lock file is left, marked released"
+                } else {
+                    "the lock file is left"
+                };
+                return Err(Error::new(e.errno(), format!("{}: {fate}", e.detail())));
+            }
+        }
         match sys::statat(self.dir.as_fd(), &self.file) {
             Ok(st) if st.st_dev == h.dev && st.st_ino == h.ino => {
                 sys::unlinkat(self.dir.as_fd(), &self.file)
@@ -719,6 +1250,46 @@ impl DotLock {
             Ok(_) | Err(libc::ENOENT) => Err(self.broken()),
             Err(e) => Err(Error::sys(e, "stat", &self.name)),
         }
+    }
+
+    /// Gives up the lock file `h` without removing it, when another process holds a
+    /// flock on it that excludes the release's: appends [`RELEASED`] to the record through the
+    /// descriptor that made it (so only this inode is written, wherever the name
+    /// points), which makes it stale to every unilock process; the next one to get the
+    /// flock removes it. Returns the error that says so (or that it was broken).
+    fn abandon(&self, h: &Held) -> Error {
+        let marked = sys::write_all(h.fd.as_fd(), RELEASED.as_bytes());
+        match sys::statat(self.dir.as_fd(), &self.file) {
+            Ok(st) if st.st_dev == h.dev && st.st_ino == h.ino => {}
+            _ => return self.broken(),
+        }
+        let by = Self::flock_holder(InodeKey {
+            dev: h.dev,
+            ino: h.ino,
+        });
+        let by = match by {
+            Some(pid) if pid == sys::getpid() => "another handle of this process".to_owned(),
+            other => who(other),
+        };
+        let fate = match marked {
+            Ok(()) => "it is marked released, so unilock lock calls remove it once that \
+                       flock is gone; tools that check the pid in it see it held until \
+                       this process exits"
+                .to_owned(),
+            Err(e) => format!(
+                "it could not be marked released either ({}): it stays until this \
+                 process exits, then it is stale",
+                crate::error::describe(e)
+            ),
+        };
+        Error::new(
+            libc::ENOLCK,
+            format!(
+                "{}: the lock file was left in place: {by} holds a flock(2) lock on it, \
+                 without which unilock never removes a lock file; {fate}",
+                self.name
+            ),
+        )
     }
 
     fn broken(&self) -> Error {
@@ -772,16 +1343,17 @@ impl DotLock {
         Ok(match self.inspect()? {
             Found::Absent | Found::Stale(..) => None,
             Found::Live(owner, _) => Some(holder(owner.pid, owner.pid == sys::getpid())),
+            Found::NotLockFile(_) => Some(holder(-1, false)),
         })
     }
 
     /// The lock file's holder, stale or not, as a list of zero or one.
     pub(crate) fn list(&self) -> Result<Vec<Holder>> {
-        let Some(fd) = self.open_lock_file()? else {
+        let Some((fd, st)) = self.open_lock_file()? else {
             return Ok(Vec::new());
         };
-        let r = self.read_record(fd.as_fd());
-        let here = r.host.as_deref().is_none_or(|h| h == host());
+        let r = self.read_lock_file(fd.as_fd(), &st).unwrap_or_default();
+        let here = r.host.as_deref().is_none_or(|h| Some(h) == host());
         let pid = match r.pid {
             Some(p) if here => p,
             _ => -1,
@@ -818,6 +1390,22 @@ impl DotLock {
     }
 }
 
+/// What became of a stale lock file that a lock call tried to break.
+enum Break {
+    /// Removed, or found gone, replaced or no longer stale: look again now.
+    Done,
+    /// Another process holds a flock on it (this inode): held for now.
+    Flocked(InodeKey),
+}
+
+/// "process N", or "another process" when the pid is unknown.
+fn who(pid: Option<i32>) -> String {
+    match pid {
+        Some(p) => format!("process {p}"),
+        None => "another process".to_owned(),
+    }
+}
+
 fn holder(pid: i32, is_self: bool) -> Holder {
     Holder {
         backend: Backend::Dotlock,
@@ -846,11 +1434,11 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let r = parse_record(&record());
+        let r = parse_record(&me().record);
         assert_eq!(r.pid, Some(sys::getpid()));
         assert_eq!(r.start, start_time(sys::getpid()));
-        assert_eq!(r.host.as_deref(), Some(host()));
-        assert_eq!(r.boot.as_deref(), Some(boot_id()));
+        assert_eq!(r.host.as_deref(), host());
+        assert_eq!(r.boot.as_deref(), boot_id());
     }
 
     #[test]
@@ -869,8 +1457,9 @@ mod tests {
         let alive = Record {
             pid: Some(me),
             start: start_time(me),
-            host: Some(host().to_owned()),
-            boot: Some(boot_id().to_owned()),
+            host: host().map(str::to_owned),
+            boot: boot_id().map(str::to_owned),
+            released: false,
         };
         assert!(dead_owner(&alive).0.is_none());
         let reused = Record {
@@ -885,7 +1474,7 @@ mod tests {
         assert!(dead_owner(&rebooted).0.is_some());
         let elsewhere = Record {
             pid: Some(i32::MAX),
-            host: Some(format!("{}-elsewhere", host())),
+            host: Some(format!("{}-elsewhere", host().unwrap())),
             ..Record::default()
         };
         assert_eq!(dead_owner(&elsewhere), (None, None));
@@ -894,6 +1483,155 @@ mod tests {
             ..Record::default()
         };
         assert!(dead_owner(&gone).0.is_some());
+        let released = parse_record(&format!("{}{RELEASED}", super::me().record));
+        assert!(released.released);
+        assert!(dead_owner(&released).0.is_some());
+    }
+
+    #[test]
+    fn lock_records_are_told_from_other_files() {
+        for lock in [
+            "",
+            "\n",
+            "0",
+            "0\n",
+            "12345\n",
+            "  17\0",
+            "     4242\n",
+            "12345\r\n",
+            "12345\nstart=99\nhost=mail.example.org\nboot=4f8e-11\n",
+            "12345\nstart=99\n\nreleased=1\n",
+            "12345\nhost=caf\u{e9}.example\n",
+        ] {
+            assert_eq!(not_a_lock_record(lock.as_bytes()), None, "{lock:?}");
+        }
+        for other in [
+            "123999999\nimportant data...\n",
+            "2147483647 is not a pid\n",
+            "-5\n",
+            "12345678901\n",
+            "pid=12\n",
+            "12\nStart=5\n",
+            "12\n=5\n",
+            "12\ncaf\u{e9}=5\n",
+            "12\nstart=5\u{7}\n",
+        ] {
+            assert!(not_a_lock_record(other.as_bytes()).is_some(), "{other:?}");
+        }
+        assert!(not_a_lock_record(&[b'1', b'\n', 0xff]).is_some());
+        let mut big = b"12\n".to_vec();
+        big.resize(MAX_LOCK_FILE + 1, b' ');
+        assert!(not_a_lock_record(&big).is_some());
+        big.truncate(MAX_LOCK_FILE);
+        assert_eq!(not_a_lock_record(&big), None);
+    }
+
+    #[test]
+    fn temporary_file_names_say_whose_they_are() {
+        let me = me();
+        let name = temp_name(&me, 0x2a, b"app.lock");
+        let owner = parse_temp_name(name.as_bytes()).expect("our own pattern");
+        assert_eq!(
+            owner,
+            TempOwner {
+                host: &host_tag().unwrap(),
+                boot: &boot_tag().unwrap(),
+                pid: me.pid,
+                start: me.start,
+            }
+        );
+        assert!(!temp_owner_dead(
+            &owner,
+            &host_tag().unwrap(),
+            boot_tag().as_deref()
+        ));
+        // The lock file's name may hold anything a name can, '~' too, and is cut.
+        let long = [b'~'; 300];
+        let name = temp_name(&me, u64::MAX, &long);
+        assert!(name.len() <= 232, "{}", name.len());
+        assert_eq!(parse_temp_name(name.as_bytes()).unwrap().pid, me.pid);
+        let name = temp_name(&me, 1, &[0xff, b'.', b'l']);
+        assert!(parse_temp_name(name.as_bytes()).is_some(), "{name}");
+        for other in [
+            ".ulk~h~~12~~1~a.lock",
+            ".ulk~h~~12~~1.tmp",
+            ".ulk~h~~0~~1~a.tmp",
+            ".ulk~h~~-3~~1~a.tmp",
+            ".ulk~h~abc~12~~1~a.tmp",
+            ".ulk~h~~12~x~1~a.tmp",
+            ".ulk~h~~12~~~a.tmp",
+            "ulk~h~~12~~1~a.tmp",
+            ".app.lock.12.0.h.tmp",
+        ] {
+            assert_eq!(parse_temp_name(other.as_bytes()), None, "{other}");
+        }
+        let dead = TempOwner {
+            host: "h",
+            boot: "",
+            pid: i32::MAX,
+            start: None,
+        };
+        assert!(temp_owner_dead(&dead, "h", None));
+        assert!(!temp_owner_dead(&dead, "g", None));
+        assert!(!temp_owner_dead(&TempOwner { host: "", ..dead }, "", None));
+    }
+
+    #[test]
+    fn an_unusual_host_name_is_hashed_in_temporary_file_names() {
+        assert_eq!(tag_of_host("mail-1.example_org"), "mail-1.example_org");
+        for odd in ["a~b", "a b", "a/b", "caf\u{e9}", &"h".repeat(65)] {
+            let tag = tag_of_host(odd);
+            assert!(tag.starts_with('#') && tag.len() == 17, "{odd}: {tag}");
+        }
+        assert_ne!(tag_of_host("a b"), tag_of_host("a_b"));
+    }
+
+    #[test]
+    fn a_failed_read_is_tried_again() {
+        static CELL: OnceLock<String> = OnceLock::new();
+        assert_eq!(read_once(&CELL, || None), None);
+        assert_eq!(
+            read_once(&CELL, || Some("mailhost".into())),
+            Some("mailhost")
+        );
+        assert_eq!(read_once(&CELL, || None), Some("mailhost"));
+    }
+
+    #[test]
+    fn a_record_naming_a_host_proves_nothing_while_this_hosts_name_is_unknown() {
+        let dead_here = Record {
+            pid: Some(i32::MAX),
+            host: Some("mailhost".into()),
+            ..Record::default()
+        };
+        assert!(
+            dead_owner_on(&dead_here, Some("mailhost"), None)
+                .0
+                .is_some()
+        );
+        assert_eq!(dead_owner_on(&dead_here, None, None), (None, None));
+        assert_eq!(dead_owner_on(&dead_here, Some(""), None), (None, None));
+        let rebooted = Record {
+            boot: Some("another-boot".into()),
+            ..alive_clone(&dead_here)
+        };
+        assert_eq!(
+            dead_owner_on(&rebooted, None, Some("this-boot")),
+            (None, None)
+        );
+        // Without a host in the record (liblockfile's), the pid alone decides.
+        let pid_only = Record {
+            pid: Some(i32::MAX),
+            ..Record::default()
+        };
+        assert!(dead_owner_on(&pid_only, None, None).0.is_some());
+        // An unknown boot id skips the boot test, it does not fail it.
+        let me = Record {
+            pid: Some(sys::getpid()),
+            boot: Some("another-boot".into()),
+            ..Record::default()
+        };
+        assert_eq!(dead_owner_on(&me, None, None), (None, Some(sys::getpid())));
     }
 
     fn alive_clone(r: &Record) -> Record {
@@ -902,6 +1640,7 @@ mod tests {
             start: r.start,
             host: r.host.clone(),
             boot: r.boot.clone(),
+            released: r.released,
         }
     }
 }

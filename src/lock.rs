@@ -341,7 +341,9 @@ impl Lock {
     ///
     /// DOTLOCK: removes the lock file if it is still this handle's; `ENOLCK` when
     /// another process removed it meanwhile, judging it stale (see
-    /// [`Options::stale_after_s`] and [`Lock::touch`]).
+    /// [`Options::stale_after_s`] and [`Lock::touch`]), or when it could not be removed
+    /// because another process holds an exclusive flock on it for more than about
+    /// 0.5 s (it is left marked released, and unilock lockers remove it later).
     #[inline(always)]
     pub fn unlock(&self, start: u64, len: u64) -> Result<()> {
         let range = self.range(start, len)?;

@@ -798,3 +798,67 @@ pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32) {
         )
     };
 }
+
+/// This host's name: the node name of `uname(2)` (no descriptor needed); `None` when
+/// the call fails or the name is not UTF-8.
+pub(crate) fn host_name() -> Option<String> {
+    let mut u = MaybeUninit::<libc::utsname>::zeroed();
+    // SAFETY: `u` is writable memory of the right size; uname only fills it.
+    if unsafe { libc::uname(u.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: uname succeeded, so it filled the struct (zeroed before: NUL-terminated).
+    let u = unsafe { u.assume_init() };
+    let name: Vec<u8> = u
+        .nodename
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8(name).ok()
+}
+
+/// Calls `each` with the name of every entry of the directory `dir` (an `O_PATH`
+/// descriptor will do: the directory is opened again for reading), with `getdents64(2)`.
+pub(crate) fn for_each_name(dir: BorrowedFd<'_>, mut each: impl FnMut(&CStr)) -> Result<(), Errno> {
+    let fd = openat(
+        dir,
+        c".",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    )?;
+    // u64s: the kernel lays out 8-byte-aligned records from the start of the buffer.
+    let mut words = vec![0u64; 4096];
+    let len = words.len() * 8;
+    loop {
+        // SAFETY: getdents64 writes at most `len` bytes into the buffer, which is that
+        // large, and does not keep the pointer.
+        let n = retry(|| unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                words.as_mut_ptr(),
+                len,
+            )
+        })?;
+        if n <= 0 {
+            return Ok(());
+        }
+        // SAFETY: the u64 buffer is `len` bytes long, of which the kernel filled `n`;
+        // viewing initialized u64s as bytes is always valid.
+        let bytes = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), n as usize) };
+        // Each record: d_ino (8 bytes), d_off (8), d_reclen (2), d_type (1), the name
+        // ending with a NUL, padding.
+        let mut at = 0;
+        while at + 19 <= bytes.len() {
+            let reclen = u16::from_ne_bytes([bytes[at + 16], bytes[at + 17]]) as usize;
+            if reclen == 0 || at + reclen > bytes.len() {
+                break;
+            }
+            if let Ok(name) = CStr::from_bytes_until_nul(&bytes[at + 19..at + reclen]) {
+                each(name);
+            }
+            at += reclen;
+        }
+    }
+}

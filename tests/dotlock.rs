@@ -611,3 +611,495 @@ fn the_c_api_takes_dotlock_handles() {
     assert_eq!(unilock_close(l), 0);
     assert!(!dir.0.join("app.lock").exists());
 }
+
+const EMFILE_ENV: &str = "UNILOCK_DOT_EMFILE";
+
+/// The RLIMIT_NOFILE soft limit, set to `limit` (returns the old one).
+fn set_nofile(limit: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
+        let new = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: old.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &new), 0);
+    }
+    old.rlim_cur
+}
+
+/// A worker for the EMFILE test, run in a fresh process (the host name and boot id are
+/// read once per process): a lock attempt made while no descriptor can be opened fails,
+/// and afterwards a lock file left by a dead process of this host is still broken.
+#[test]
+fn emfile_worker_main() {
+    let Some(dir) = std::env::var_os(EMFILE_ENV) else {
+        return;
+    };
+    use std::os::fd::AsRawFd;
+    let path = PathBuf::from(dir).join("app.lock");
+    let l = Lock::open(&path, &opts(DOT)).unwrap();
+    // The lowest free descriptor becomes the limit: every open now fails with EMFILE.
+    let lowest = std::fs::File::open("/dev/null").unwrap().as_raw_fd();
+    let old = set_nofile(lowest as u64);
+    let e = l.lock(Mode::Exclusive, 0, 0, TRY).unwrap_err();
+    set_nofile(old);
+    assert_eq!(e.errno(), libc::EMFILE, "{e}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    std::fs::write(&path, format!("{}\nhost={}\n", i32::MAX, host.trim())).unwrap();
+    l.lock(Mode::Exclusive, 0, 0, TRY)
+        .unwrap_or_else(|e| panic!("the dead owner's lock file was not broken: {e}"));
+    l.unlock(0, 0).unwrap();
+    assert!(!path.exists());
+    std::process::exit(0);
+}
+
+#[test]
+fn a_lock_attempt_without_descriptors_does_not_stop_stale_breaking_later() {
+    let dir = TempDir::new("dot-emfile");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "emfile_worker_main", "--nocapture"])
+        .env(EMFILE_ENV, &dir.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits up to `limit` for `child` to exit: its exit status, or `None` (then it is
+/// killed) when it was still running.
+fn wait_at_most(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let began = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if began.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+#[test]
+fn a_lock_file_path_that_is_not_a_regular_file_is_refused_at_once() {
+    let dir = TempDir::new("dot-types");
+    let fifo = dir.0.join("fifo");
+    mkfifo(&fifo);
+    let sub = dir.0.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let link = dir.0.join("link");
+    std::os::unix::fs::symlink("elsewhere", &link).unwrap();
+    let cases = [
+        (fifo.as_path(), libc::EINVAL, "a FIFO"),
+        (Path::new("/dev/null"), libc::EINVAL, "a character device"),
+        (sub.as_path(), libc::EINVAL, "a directory"),
+        (link.as_path(), libc::ELOOP, "a symbolic link"),
+    ];
+    // At open, when it is there already.
+    for (path, errno, kind) in cases {
+        let e = Lock::open(path, &opts(DOT)).unwrap_err();
+        assert_eq!(e.errno(), errno, "{}: {e}", path.display());
+        assert!(e.to_string().contains(kind), "{}: {e}", path.display());
+        assert!(e.to_string().contains("regular file"), "{e}");
+    }
+    // At lock time, when it appears later: a prompt error, not a wait.
+    let later = dir.0.join("later");
+    let l = Lock::open(&later, &opts(DOT)).unwrap();
+    let appear: [(&dyn Fn(), i32, &str); 3] = [
+        (&|| mkfifo(&later), libc::EINVAL, "a FIFO"),
+        (
+            &|| std::fs::create_dir(&later).unwrap(),
+            libc::EINVAL,
+            "a directory",
+        ),
+        (
+            &|| std::os::unix::fs::symlink("elsewhere", &later).unwrap(),
+            libc::ELOOP,
+            "a symbolic link",
+        ),
+    ];
+    for (make, errno, kind) in appear {
+        make();
+        let began = Instant::now();
+        let e = l
+            .lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(10)))
+            .unwrap_err();
+        assert!(began.elapsed() < Duration::from_secs(2), "{e}");
+        assert_eq!(e.errno(), errno, "{e}");
+        assert!(e.to_string().contains(kind), "{e}");
+        assert_eq!(l.query(Mode::Exclusive, 0, 0).unwrap_err().errno(), errno);
+        let _ = std::fs::remove_file(&later);
+        let _ = std::fs::remove_dir(&later);
+    }
+    assert_eq!(
+        leftovers(&dir.0, &["fifo", "sub", "link"]),
+        Vec::<String>::new()
+    );
+    // The command refuses /dev/null as a lock file instead of waiting forever.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_unilock"))
+        .args(["-b", "dotlock", "/dev/null", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_at_most(&mut cmd, Duration::from_secs(5))
+        .expect("unilock -b dotlock /dev/null true did not return");
+    assert!(!status.success());
+    let mut stderr = String::new();
+    use std::io::Read;
+    cmd.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("character device"), "{stderr}");
+}
+
+#[test]
+fn a_file_that_is_not_a_lock_file_is_held_and_never_removed() {
+    let dir = TempDir::new("dot-data");
+    let dead = i32::MAX; // above pid_max: no process has it
+    let mut big = format!("{dead}\nstart=1\n");
+    while big.len() < 4096 {
+        big.push_str("note=a line of a file that only looks like a lock record\n");
+    }
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("data.txt", b"123999999\nimportant data...\n".to_vec()),
+        ("big.lock", big.into_bytes()),
+        (
+            "binary.lock",
+            [b"7\n".as_slice(), &[0xde, 0xad, 0xbe, 0xef]].concat(),
+        ),
+        ("words.lock", b"2147483647 is not a pid\n".to_vec()),
+        ("negative.lock", b"-5\n".to_vec()),
+    ];
+    for (name, content) in &cases {
+        let path = dir.0.join(name);
+        std::fs::write(&path, content).unwrap();
+        age(&path, 3600);
+        // Neither a dead pid nor the age makes it stale: it is not a lock file.
+        for stale in [0, 1] {
+            let l = Lock::open(&path, &stale_opts(stale)).unwrap();
+            let e = l.lock(Mode::Exclusive, 0, 0, TRY).unwrap_err();
+            assert_eq!(e.errno(), libc::EAGAIN, "{name}: {e}");
+            assert!(e.to_string().contains("not a lock file"), "{name}: {e}");
+            let e = l
+                .lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(50)))
+                .unwrap_err();
+            assert_eq!(e.errno(), libc::ETIMEDOUT, "{name}: {e}");
+            assert!(e.to_string().contains("not a lock file"), "{name}: {e}");
+            let who = l.query(Mode::Exclusive, 0, 0).unwrap().expect("held");
+            assert_eq!(who.pid, -1, "{name}");
+            assert_eq!(l.list().unwrap()[0].pid, -1, "{name}");
+        }
+        assert_eq!(&std::fs::read(&path).unwrap(), content, "{name} changed");
+    }
+    // The formats of the lock tools with a dead owner are still lock files, and broken.
+    for record in [
+        format!("{dead}\n"),
+        format!("{dead}"),
+        format!("  {dead}\0\n"),
+        format!("{dead}\nstart=12\n"),
+    ] {
+        let path = dir.0.join("tool.lock");
+        std::fs::write(&path, &record).unwrap();
+        let l = Lock::open(&path, &opts(DOT)).unwrap();
+        l.lock(Mode::Exclusive, 0, 0, TRY)
+            .unwrap_or_else(|e| panic!("{record:?}: {e}"));
+        l.unlock(0, 0).unwrap();
+    }
+    let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
+    assert_eq!(leftovers(&dir.0, &names), Vec::<String>::new());
+}
+
+/// A process that holds a flock(2) lock on a file (flock(1) on a descriptor of a shell
+/// that then becomes `sleep`, the only process with the lock) until dropped.
+struct FlockHolder(std::process::Child);
+
+impl FlockHolder {
+    fn start(path: &Path, shared: bool) -> FlockHolder {
+        let mode = if shared { "-s" } else { "-x" };
+        let script = format!("exec 9<\"$0\" && flock {mode} 9 && echo ready && exec sleep 60");
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .arg(path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        common::expect_ready(&mut child, "flock(1)");
+        FlockHolder(child)
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for FlockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `call` in a thread and fails unless it returns within `limit`; past the limit
+/// `unblock` is run first, so that a call blocked forever still ends the test. Returns
+/// the call's result and how long it took.
+fn returns_within<T: Send>(
+    limit: Duration,
+    call: impl FnOnce() -> T + Send,
+    unblock: impl FnOnce(),
+) -> (T, Duration) {
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let began = Instant::now();
+        let t = s.spawn(move || {
+            let r = call();
+            let _ = tx.send(began.elapsed());
+            r
+        });
+        let took = rx.recv_timeout(limit);
+        if took.is_err() {
+            unblock();
+        }
+        let r = t.join().unwrap();
+        let took = took.unwrap_or_else(|_| panic!("the call did not return within {limit:?}"));
+        (r, took)
+    })
+}
+
+#[test]
+fn a_release_does_not_wait_for_shared_flocks_on_the_lock_file() {
+    let dir = TempDir::new("dot-release-sh");
+    let path = dir.0.join("app.lock");
+    // Another process (flock -s app.lock), for unlock and for close.
+    for close in [false, true] {
+        let l = Lock::open(&path, &opts(DOT)).unwrap();
+        l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+        let mut holder = Some(FlockHolder::start(&path, true));
+        let (r, took) = returns_within(
+            Duration::from_secs(5),
+            || if close { l.close() } else { l.unlock(0, 0) },
+            || drop(holder.take()),
+        );
+        r.unwrap();
+        assert!(took < Duration::from_millis(400), "{took:?}");
+        assert!(!path.exists(), "the released lock file is still there");
+    }
+    // Another handle of this process.
+    let l = Lock::open(&path, &opts(DOT)).unwrap();
+    l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    let reader = Lock::open(&path, &opts(FLOCK)).unwrap();
+    reader.lock(Mode::Shared, 0, 0, TRY).unwrap();
+    let (r, took) = returns_within(
+        Duration::from_secs(5),
+        || l.unlock(0, 0),
+        || reader.unlock(0, 0).unwrap(),
+    );
+    r.unwrap();
+    assert!(took < Duration::from_millis(400), "{took:?}");
+    assert!(!path.exists(), "the released lock file is still there");
+    assert_eq!(leftovers(&dir.0, &[]), Vec::<String>::new());
+}
+
+#[test]
+fn a_release_against_an_exclusive_flock_returns_and_leaves_the_file_marked_released() {
+    let dir = TempDir::new("dot-release-ex");
+    let path = dir.0.join("app.lock");
+    let other = Lock::open(&path, &opts(DOT)).unwrap();
+    for close in [false, true] {
+        let l = Lock::open(&path, &opts(DOT)).unwrap();
+        l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+        let mut holder = Some(FlockHolder::start(&path, false));
+        let pid = holder.as_ref().unwrap().pid();
+        let (r, took) = returns_within(
+            Duration::from_secs(5),
+            || if close { l.close() } else { l.unlock(0, 0) },
+            || drop(holder.take()),
+        );
+        let e = r.unwrap_err();
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(e.errno(), libc::ENOLCK, "{e}");
+        assert!(e.to_string().contains("flock"), "{e}");
+        assert!(e.to_string().contains(&pid.to_string()), "{e}");
+        // Left in place, marked released: stale to unilock, but not removed while the
+        // flock is held.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with(&format!("{}\n", std::process::id())),
+            "{text}"
+        );
+        assert!(text.lines().any(|l| l == "released=1"), "{text}");
+        let (r, _) = returns_within(
+            Duration::from_secs(5),
+            || other.lock(Mode::Exclusive, 0, 0, TRY),
+            || drop(holder.take()),
+        );
+        let e = r.unwrap_err();
+        assert_eq!(e.errno(), libc::EAGAIN, "{e}");
+        assert!(e.to_string().contains("flock"), "{e}");
+        // Once the flock is gone, the next lock call removes it.
+        drop(holder);
+        other.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+        other.unlock(0, 0).unwrap();
+        assert!(!path.exists());
+    }
+    assert_eq!(leftovers(&dir.0, &[]), Vec::<String>::new());
+}
+
+#[test]
+fn a_stale_lock_file_that_another_process_flocks_is_held_not_spun_on() {
+    let dir = TempDir::new("dot-break-flocked");
+    let path = dir.0.join("app.lock");
+    std::fs::write(&path, format!("{}\n", i32::MAX)).unwrap();
+    let mut holder = Some(FlockHolder::start(&path, false));
+    let l = Lock::open(&path, &opts(DOT)).unwrap();
+    let (r, took) = returns_within(
+        Duration::from_secs(5),
+        || l.lock(Mode::Exclusive, 0, 0, TRY),
+        || drop(holder.take()),
+    );
+    let e = r.unwrap_err();
+    assert_eq!(e.errno(), libc::EAGAIN, "{e}");
+    assert!(e.to_string().contains("flock"), "{e}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let (r, took) = returns_within(
+        Duration::from_secs(5),
+        || l.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(200))),
+        || drop(holder.take()),
+    );
+    let e = r.unwrap_err();
+    assert_eq!(e.errno(), libc::ETIMEDOUT, "{e}");
+    assert!(e.to_string().contains("flock"), "{e}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // A waiter gets it soon after the flock goes.
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            l.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(10)))
+                .map(|()| Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let released = Instant::now();
+        drop(holder.take());
+        let got = waiter.join().unwrap().unwrap();
+        let lag = got.duration_since(released);
+        assert!(
+            lag < Duration::from_secs(1),
+            "took {lag:?} after the flock went"
+        );
+    });
+    l.unlock(0, 0).unwrap();
+    assert!(!path.exists());
+}
+
+/// The first 8 hex digits of this boot's id, as temporary file names carry it.
+fn boot_tag() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    boot.trim().replace('-', "")[..8].to_owned()
+}
+
+#[test]
+fn a_failed_attempt_removes_the_temporary_files_of_dead_processes_of_this_host() {
+    let dir = TempDir::new("dot-temps");
+    let path = dir.0.join("app.lock");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim();
+    let boot = boot_tag();
+    let other_boot = if boot == "00000000" {
+        "11111111"
+    } else {
+        "00000000"
+    };
+    let sleeper = Sleeper::new();
+    let (live, start) = (sleeper.pid(), start_time(sleeper.pid()));
+    let dead = i32::MAX; // above pid_max: no process has it
+    let me = std::process::id();
+    // .ulk~HOST~BOOT~PID~START~N~LOCKNAME.tmp
+    let temp = |host: &str, boot: &str, pid: String, start: String, name: &str| {
+        format!(".ulk~{host}~{boot}~{pid}~{start}~1f~{name}.tmp")
+    };
+    let removed = [
+        temp(host, &boot, dead.to_string(), "7".into(), "app.lock"),
+        temp(host, &boot, dead.to_string(), String::new(), "app.lock"),
+        temp(host, "", dead.to_string(), String::new(), "app.lock"),
+        // pid reused by another process
+        temp(
+            host,
+            &boot,
+            live.to_string(),
+            (start + 1).to_string(),
+            "app.lock",
+        ),
+        // made before this host last booted
+        temp(
+            host,
+            other_boot,
+            live.to_string(),
+            start.to_string(),
+            "app.lock",
+        ),
+        // another lock file's, in the same directory
+        temp(host, &boot, dead.to_string(), "7".into(), "mbox.lock"),
+    ];
+    let kept = [
+        temp(host, &boot, live.to_string(), start.to_string(), "app.lock"),
+        temp(host, &boot, live.to_string(), String::new(), "app.lock"),
+        temp(
+            host,
+            &boot,
+            me.to_string(),
+            start_time(me).to_string(),
+            "app.lock",
+        ),
+        temp(
+            &format!("{host}-elsewhere"),
+            &boot,
+            dead.to_string(),
+            "7".into(),
+            "app.lock",
+        ),
+        temp("", &boot, dead.to_string(), "7".into(), "app.lock"),
+        format!(".app.lock.{dead}.0.{host}.tmp"),
+        format!(".ulk~{host}~{boot}~{dead}~7.tmp"),
+        format!(".ulk~{host}~{boot}~x{dead}~7~1f~app.lock.tmp"),
+        "notes.txt".to_owned(),
+    ];
+    for name in removed.iter().chain(&kept) {
+        std::fs::write(dir.0.join(name), format!("{dead}\n")).unwrap();
+    }
+    // A directory with a dead process's name is not a temporary file either.
+    let dir_named = temp(host, &boot, dead.to_string(), "8".into(), "app.lock");
+    std::fs::create_dir(dir.0.join(&dir_named)).unwrap();
+    std::fs::write(&path, format!("{live}\n")).unwrap();
+    let mut all_kept: Vec<&str> = kept.iter().map(String::as_str).collect();
+    all_kept.extend([dir_named.as_str(), "app.lock"]);
+    let l = Lock::open(&path, &opts(DOT)).unwrap();
+    assert_eq!(errno(l.lock(Mode::Exclusive, 0, 0, TRY)), libc::EAGAIN);
+    let mut left = leftovers(&dir.0, &[]);
+    left.sort();
+    let mut want: Vec<String> = all_kept.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(left, want);
+    // Once per directory and process for a while: a large spool is not read each time.
+    let later = temp(host, &boot, dead.to_string(), "9".into(), "app.lock");
+    std::fs::write(dir.0.join(&later), "").unwrap();
+    assert_eq!(errno(l.lock(Mode::Exclusive, 0, 0, TRY)), libc::EAGAIN);
+    assert!(dir.0.join(&later).exists());
+}
