@@ -267,9 +267,23 @@ impl Hammer {
 
     /// Lets the workers go for `d`, then stops them and waits for them.
     fn run(&mut self, d: Duration) -> Duration {
+        self.run_until(d, d, |_| true)
+    }
+
+    /// Runs at least `min` and at most `max`, until `enough` says the shared counters
+    /// hold enough observations (a loaded machine gets through fewer rounds).
+    fn run_until(
+        &mut self,
+        min: Duration,
+        max: Duration,
+        enough: impl Fn(&Shm) -> bool,
+    ) -> Duration {
         let start = Instant::now();
         self.shm.set(GO, 1);
-        thread::sleep(d);
+        thread::sleep(min);
+        while start.elapsed() < max && !enough(&self.shm) {
+            thread::sleep(Duration::from_millis(20));
+        }
         self.shm.set(STOP, 1);
         let took = start.elapsed();
         self.join();
@@ -320,7 +334,9 @@ fn jain(shares: &[f64]) -> f64 {
 fn two_processes_alternate_strictly() {
     for b in ALL {
         let mut h = Hammer::new("fair-alternate", b, true, 2, 50);
-        h.run(Duration::from_millis(500));
+        h.run_until(Duration::from_millis(500), Duration::from_secs(10), |shm| {
+            shm.get(OBSERVED) >= 100
+        });
         let (grants, barges, observed) =
             (h.shm.get(GRANTS), h.shm.get(BARGES), h.shm.get(OBSERVED));
         let retakes = h.shm.get(RETAKES);
