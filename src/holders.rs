@@ -6,8 +6,13 @@
 //! lock shows it on a `lock:` line of the fdinfo of a descriptor of that file, so the
 //! holder's pid is resolved there: the taker first (cheap), else a scan of every
 //! process this user may inspect.
+//!
+//! A listing resolves every lock on the file, possibly tens of thousands: each
+//! process's fdinfo is read at most once per [`Resolver`] and kept as a set, the scan
+//! is made once into a map from lock to holder, and each command name is read once,
+//! so a listing costs time in proportion to the locks and descriptors it reads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 
@@ -152,8 +157,9 @@ fn read_whole(path: &str) -> std::io::Result<(String, bool)> {
 /// The locks on `key` in a /proc/locks text, without repeated exclusive lines.
 fn parse_all(text: &str, key: InodeKey) -> Vec<ProcLock> {
     let mut locks: Vec<ProcLock> = Vec::new();
+    let mut exclusive: HashSet<ProcLock> = HashSet::new();
     for lock in text.lines().filter_map(|l| parse(l, key)) {
-        if lock.mode == Mode::Exclusive && locks.contains(&lock) {
+        if lock.mode == Mode::Exclusive && !exclusive.insert(lock) {
             continue;
         }
         locks.push(lock);
@@ -161,8 +167,26 @@ fn parse_all(text: &str, key: InodeKey) -> Vec<ProcLock> {
     locks
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Reads of files and directories under /proc made by this thread, by path: lets
+    /// the unit tests check that a listing reads each of them at most once.
+    static PROC_READS: std::cell::RefCell<HashMap<std::path::PathBuf, usize>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// Counts a read of `path` (a no-op outside the unit tests).
+#[inline]
+fn count_read(path: &Path) {
+    #[cfg(test)]
+    PROC_READS.with(|r| *r.borrow_mut().entry(path.to_path_buf()).or_default() += 1);
+    #[cfg(not(test))]
+    let _ = path;
+}
+
 /// The pids of the processes in /proc.
 fn processes() -> impl Iterator<Item = i32> {
+    count_read(Path::new("/proc"));
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -173,7 +197,9 @@ fn processes() -> impl Iterator<Item = i32> {
 /// The descriptors of `pid` whose fdinfo shows locks on `key`, with those locks, or
 /// `None` when its fdinfo cannot be read.
 fn fd_locks(pid: i32, key: InodeKey) -> Option<Vec<(i32, Vec<ProcLock>)>> {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?;
+    let path = format!("/proc/{pid}/fdinfo");
+    count_read(Path::new(&path));
+    let dir = std::fs::read_dir(path).ok()?;
     let mut out = Vec::new();
     for entry in dir.flatten() {
         let Some(fd) = entry
@@ -183,7 +209,9 @@ fn fd_locks(pid: i32, key: InodeKey) -> Option<Vec<(i32, Vec<ProcLock>)>> {
         else {
             continue;
         };
-        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+        let path = entry.path();
+        count_read(&path);
+        let Ok(text) = std::fs::read_to_string(path) else {
             continue;
         };
         let locks: Vec<ProcLock> = text
@@ -198,22 +226,40 @@ fn fd_locks(pid: i32, key: InodeKey) -> Option<Vec<(i32, Vec<ProcLock>)>> {
     Some(out)
 }
 
+/// What identifies a lock for its holder's search: the taker's pid aside, a lock in
+/// /proc/locks and the same lock on a `lock:` line of a holder's fdinfo agree on it.
+type LockId = (Backend, Mode, ByteRange);
+
+/// The [`LockId`] of a lock line.
+fn lock_id(lock: &ProcLock) -> LockId {
+    (lock.backend, lock.mode, lock.range)
+}
+
 /// The locks on `key` that `pid` has through one of its descriptors, or `None` when
 /// its fdinfo cannot be read.
-fn locks_of_process(pid: i32, key: InodeKey) -> Option<Vec<ProcLock>> {
-    fd_locks(pid, key).map(|fds| fds.into_iter().flat_map(|(_, locks)| locks).collect())
+fn locks_of_process(pid: i32, key: InodeKey) -> Option<HashSet<LockId>> {
+    fd_locks(pid, key).map(|fds| {
+        fds.iter()
+            .flat_map(|(_, locks)| locks.iter().map(lock_id))
+            .collect()
+    })
 }
 
-fn same_lock(a: &ProcLock, b: &ProcLock) -> bool {
-    a.backend == b.backend && a.mode == b.mode && a.range == b.range
-}
-
-/// Finds the processes that have locks, caching one scan of /proc per resolver.
+/// Finds the processes that have locks. Every /proc file it reads is read once: each
+/// process's locks (its fdinfo), the scan of every process (made the first time a lock
+/// is neither its taker's nor this process's), command names and liveness are kept
+/// for the resolver's life, one listing or query.
 pub(crate) struct Resolver {
     key: InodeKey,
     me: i32,
-    scanned: Option<HashMap<i32, Vec<ProcLock>>>,
-    by_pid: HashMap<i32, Option<Vec<ProcLock>>>,
+    /// For each lock some process has, the lowest such pid (the whole scan of /proc).
+    scanned: Option<HashMap<LockId, i32>>,
+    /// Each process's locks on the file, `None` when its fdinfo cannot be read.
+    by_pid: HashMap<i32, Option<HashSet<LockId>>>,
+    /// Command names (`/proc/PID/comm`) read so far.
+    commands: HashMap<i32, String>,
+    /// Whether a taker that has none of the file's locks is still alive.
+    alive: HashMap<i32, bool>,
 }
 
 impl Resolver {
@@ -223,18 +269,51 @@ impl Resolver {
             me: crate::sys::getpid(),
             scanned: None,
             by_pid: HashMap::new(),
+            commands: HashMap::new(),
+            alive: HashMap::new(),
         }
     }
 
-    fn has(&mut self, pid: i32, lock: &ProcLock) -> bool {
+    /// `pid`'s locks on the file, its fdinfo read the first time.
+    fn locks_of(&mut self, pid: i32) -> Option<&HashSet<LockId>> {
         let key = self.key;
-        let locks = self
-            .by_pid
+        self.by_pid
             .entry(pid)
-            .or_insert_with(|| locks_of_process(pid, key));
-        locks
+            .or_insert_with(|| locks_of_process(pid, key))
             .as_ref()
-            .is_some_and(|l| l.iter().any(|x| same_lock(x, lock)))
+    }
+
+    /// True when `pid` has `lock` (a map lookup once its fdinfo was read).
+    fn has(&mut self, pid: i32, lock: &ProcLock) -> bool {
+        self.locks_of(pid)
+            .is_some_and(|locks| locks.contains(&lock_id(lock)))
+    }
+
+    /// The scan of every process: each lock any of them has, with the lowest pid that
+    /// has it. Processes already read are not read again.
+    fn scan(&mut self) -> &HashMap<LockId, i32> {
+        if self.scanned.is_none() {
+            let mut holders: HashMap<LockId, i32> = HashMap::new();
+            for pid in processes() {
+                for id in self.locks_of(pid).into_iter().flatten() {
+                    holders
+                        .entry(*id)
+                        .and_modify(|p| *p = (*p).min(pid))
+                        .or_insert(pid);
+                }
+            }
+            self.scanned = Some(holders);
+        }
+        self.scanned.as_ref().expect("filled above")
+    }
+
+    /// True when `pid` is a live process (`/proc/PID` looked up once).
+    fn alive(&mut self, pid: i32) -> bool {
+        *self.alive.entry(pid).or_insert_with(|| {
+            let path = format!("/proc/{pid}");
+            count_read(Path::new(&path));
+            Path::new(&path).exists()
+        })
     }
 
     /// A live pid that has `lock`, or -1 when none can be found.
@@ -245,22 +324,14 @@ impl Resolver {
         if self.has(self.me, lock) {
             return self.me;
         }
-        let key = self.key;
-        let scanned = self.scanned.get_or_insert_with(|| scan_all(key));
-        let mut found: Vec<i32> = scanned
-            .iter()
-            .filter(|(_, locks)| locks.iter().any(|x| same_lock(x, lock)))
-            .map(|(pid, _)| *pid)
-            .collect();
-        found.sort_unstable();
-        found
-            .first()
-            .copied()
-            .unwrap_or(if lock.pid > 0 && alive(lock.pid) {
-                lock.pid
-            } else {
-                -1
-            })
+        if let Some(&pid) = self.scan().get(&lock_id(lock)) {
+            return pid;
+        }
+        if lock.pid > 0 && self.alive(lock.pid) {
+            lock.pid
+        } else {
+            -1
+        }
     }
 
     /// A [`Holder`] for `lock`, with its pid, command and whether it is this process.
@@ -270,7 +341,7 @@ impl Resolver {
     }
 
     /// A [`Holder`] for `lock` held by `pid`.
-    pub(crate) fn holder_with_pid(&self, lock: &ProcLock, pid: i32) -> Holder {
+    pub(crate) fn holder_with_pid(&mut self, lock: &ProcLock, pid: i32) -> Holder {
         Holder {
             backend: lock.backend,
             mode: lock.mode,
@@ -278,20 +349,13 @@ impl Resolver {
             len: lock.range.api_len(),
             pid,
             is_self: pid == self.me,
-            command: command(pid),
+            command: self
+                .commands
+                .entry(pid)
+                .or_insert_with(|| command(pid))
+                .clone(),
         }
     }
-}
-
-fn alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn scan_all(key: InodeKey) -> HashMap<i32, Vec<ProcLock>> {
-    processes()
-        .filter_map(|pid| Some((pid, locks_of_process(pid, key)?)))
-        .filter(|(_, locks)| !locks.is_empty())
-        .collect()
 }
 
 /// True when another process has the open file description behind `fd` with a lock
@@ -319,7 +383,9 @@ pub(crate) fn command(pid: i32) -> String {
     if pid <= 0 {
         return String::new();
     }
-    crate::sys::read_small(Path::new(&format!("/proc/{pid}/comm")))
+    let path = format!("/proc/{pid}/comm");
+    count_read(Path::new(&path));
+    crate::sys::read_small(Path::new(&path))
         .map(|s| s.trim_end_matches('\n').chars().take(15).collect())
         .unwrap_or_default()
 }
@@ -360,5 +426,109 @@ mod tests {
                     4: FLOCK  ADVISORY  READ  5 fd:01:7 0 EOF\n";
         let locks = parse_all(text, key);
         assert_eq!(locks.len(), 3, "{locks:?}");
+    }
+
+    /// Takes the reads of /proc files this thread made since the last call.
+    fn take_reads() -> HashMap<std::path::PathBuf, usize> {
+        PROC_READS.with(|r| std::mem::take(&mut *r.borrow_mut()))
+    }
+
+    /// Fails unless every /proc file or directory but /proc/locks was read at most
+    /// once.
+    fn assert_read_once(reads: &HashMap<std::path::PathBuf, usize>, what: &str) {
+        let mut again: Vec<_> = reads
+            .iter()
+            .filter(|(path, n)| **n > 1 && path.as_path() != Path::new("/proc/locks"))
+            .collect();
+        again.sort();
+        assert!(
+            again.is_empty(),
+            "{what} read these more than once: {again:?}"
+        );
+    }
+
+    #[test]
+    fn a_listing_reads_each_proc_file_once_however_many_locks_it_resolves() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("unilock-holders-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = crate::sys::getpid();
+        // A lister that is not the holder: the parent of this test process.
+        let other = std::os::unix::process::parent_id() as i32;
+        let n = 100u64;
+        for backend in [Backend::Ofd, Backend::Posix] {
+            let path = dir.join(format!("{backend:?}"));
+            let options = crate::Options::new()
+                .backend(backend)
+                .flags(crate::flags::CREATE);
+            let lock = crate::Lock::open(&path, &options).unwrap();
+            for i in 0..n {
+                lock.lock(Mode::Exclusive, 2 * i, 1, Some(std::time::Duration::ZERO))
+                    .unwrap();
+            }
+            let meta = std::fs::metadata(&path).unwrap();
+            let key = InodeKey {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            };
+
+            // The whole listing. A /proc/locks longer than a page comes in several
+            // reads, and a line can be missed while other processes of the machine
+            // lock and unlock meanwhile: how many locks it shows is not checked here.
+            take_reads();
+            let listed = lock.list().unwrap();
+            let reads = take_reads();
+            assert!(
+                listed.iter().all(|h| h.pid == me && h.is_self),
+                "{backend:?}"
+            );
+            assert_read_once(&reads, &format!("{backend:?}: Lock::list"));
+
+            // The resolution of the locks held, as /proc/locks shows them (an OFD lock
+            // without its taker's pid), in this process and as another process lists
+            // them: there an OFD lock's holder is found by the scan of every process.
+            let held: Vec<ProcLock> = (0..n)
+                .map(|i| ProcLock {
+                    backend,
+                    mode: Mode::Exclusive,
+                    range: ByteRange {
+                        start: 2 * i,
+                        end: 2 * i + 1,
+                    },
+                    pid: if backend == Backend::Ofd { -1 } else { me },
+                })
+                .collect();
+            for lister in [me, other] {
+                let what = format!("{backend:?} listed by pid {lister} (the holder is {me})");
+                take_reads();
+                let mut resolver = Resolver::new(key);
+                resolver.me = lister;
+                let holders: Vec<Holder> = held.iter().map(|l| resolver.holder(l)).collect();
+                let reads = take_reads();
+                assert!(
+                    holders
+                        .iter()
+                        .all(|h| h.pid == me && h.is_self == (lister == me)),
+                    "{what}: {:?}",
+                    holders.iter().find(|h| h.pid != me)
+                );
+                assert!(held.iter().all(|l| resolver.has(me, l)), "{what}");
+                assert_read_once(&reads, &what);
+                assert_eq!(
+                    reads.get(Path::new(&format!("/proc/{me}/comm"))),
+                    Some(&1),
+                    "{what}: the holder's command name is read once"
+                );
+                assert_eq!(
+                    reads.get(Path::new(&format!("/proc/{me}/fdinfo"))),
+                    Some(&1),
+                    "{what}: the holder's descriptors are listed once"
+                );
+                if backend == Backend::Ofd && lister != me {
+                    assert_eq!(reads.get(Path::new("/proc")), Some(&1), "{what}");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

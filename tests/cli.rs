@@ -981,3 +981,259 @@ fn help_and_version() {
         )
     );
 }
+
+/// The backends a signal sent to `unilock` must not take the lock from: POSIX locks
+/// and DOTLOCK lock files are `unilock`'s own, flock and OFD locks the command's too.
+const SIGNAL_BACKENDS: [&str; 4] = ["posix", "dotlock", "flock", "ofd"];
+
+/// Sends `signal` (a name: "TERM") to `pid` alone.
+fn send_signal(pid: u32, signal: &str) {
+    let out = sh(&format!("kill -s {signal} {pid}"));
+    assert_eq!(out.code, 0, "kill -s {signal} {pid}: {}", out.stderr);
+}
+
+/// Polls `ready` every millisecond; fails, naming `what`, after 10 seconds.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// How `child` ended, waiting up to 10 seconds for it.
+fn ending(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    let mut status = None;
+    wait_until(&format!("{what} to exit"), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
+}
+
+/// True when another process holds `backend`'s lock on `file`: `unilock -n` fails
+/// with the conflict code.
+fn held_elsewhere(backend: &str, file: &str) -> bool {
+    let out = run(UNILOCK, &["-n", "-b", backend, file, "true"]);
+    assert!(
+        out.code == 0 || out.code == 1,
+        "{backend}: unilock -n: {}",
+        out.stderr
+    );
+    out.code == 1
+}
+
+/// True once `pid` blocks `signal` (the SigBlk mask of /proc/PID/status): `unilock`
+/// has set up its handling of the signals that would end it.
+fn blocks(pid: u32, signal: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
+}
+
+/// A SIGTERM sent to `unilock` alone while its command runs reaches the command, and
+/// `unilock` keeps the lock until the command has ended: here the command catches the
+/// signal, keeps running until told to stop, and exits 5, which `unilock` passes on.
+#[test]
+fn a_signal_to_unilock_goes_to_the_command_and_the_lock_is_kept_until_it_ends() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new("sig-forward");
+    for backend in SIGNAL_BACKENDS {
+        let file = dir.path(&format!("lock-{backend}"));
+        let marker = dir.path(&format!("got-{backend}"));
+        let release = dir.path(&format!("release-{backend}"));
+        // Every loop gives up after about ten seconds, so that a command left behind
+        // by a failure does not run forever.
+        let script = format!(
+            "trap 'echo TERM > {marker}; n=0; until [ -e {release} ] || [ $n = 1000 ]; do \
+             sleep 0.01; n=$((n+1)); done; exit 5' TERM; echo ready; n=0; \
+             while [ $n != 1000 ]; do sleep 0.01; n=$((n+1)); done"
+        );
+        let mut child = Command::new(UNILOCK)
+            .args(["-b", backend, &file, "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        common::expect_ready(&mut child, backend);
+        assert!(held_elsewhere(backend, &file), "{backend}: not held at all");
+
+        send_signal(child.id(), "TERM");
+        wait_until(&format!("{backend}: the command to get SIGTERM"), || {
+            Path::new(&marker).exists()
+        });
+        assert!(
+            held_elsewhere(backend, &file),
+            "{backend}: the lock was freed while the command runs"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{backend}: unilock exited before its command"
+        );
+
+        std::fs::write(&release, b"").unwrap();
+        let status = ending(&mut child, backend);
+        assert_eq!(
+            (status.code(), status.signal()),
+            (Some(5), None),
+            "{backend}: the command's own status after it caught the signal"
+        );
+        assert!(!held_elsewhere(backend, &file), "{backend}: still held");
+    }
+}
+
+/// A command that dies of the SIGTERM sent to `unilock` alone ends it: `unilock`
+/// releases the lock and then dies of SIGTERM itself, as flock(1) would have (a shell
+/// sees 143), instead of leaving the command running.
+#[test]
+fn a_command_killed_by_the_forwarded_signal_ends_unilock_by_that_signal() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new("sig-kill");
+    for backend in SIGNAL_BACKENDS {
+        let file = dir.path(&format!("lock-{backend}"));
+        let mut child = Command::new(UNILOCK)
+            .args(["-b", backend, &file, "sh", "-c", "echo $$; exec sleep 30"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let command: u32 = line.trim().parse().unwrap();
+        let comm = format!("/proc/{command}/comm");
+        wait_until(&format!("{backend}: the command to exec sleep"), || {
+            std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep")
+        });
+
+        let began = Instant::now();
+        send_signal(child.id(), "TERM");
+        let status = ending(&mut child, backend);
+        assert_eq!(
+            (status.code(), status.signal()),
+            (None, Some(libc::SIGTERM)),
+            "{backend}"
+        );
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "{backend}: unilock waited for sleep 30 to end by itself"
+        );
+        assert!(
+            !Path::new(&format!("/proc/{command}")).exists(),
+            "{backend}: the command outlived unilock"
+        );
+        assert!(!held_elsewhere(backend, &file), "{backend}: still held");
+    }
+}
+
+/// SIGTERM or SIGINT while `unilock` waits for the lock ends it at once, by that
+/// signal, without running the command and without taking or leaving anything.
+#[test]
+fn a_signal_while_waiting_for_the_lock_ends_unilock_holding_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    for backend in SIGNAL_BACKENDS {
+        for (signal, number) in [("TERM", libc::SIGTERM), ("INT", libc::SIGINT)] {
+            let dir = TempDir::new(&format!("sig-wait-{backend}-{signal}"));
+            let file = dir.path("lock");
+            let marker = dir.path("ran");
+            let holder = Holder::start(UNILOCK, &["-b", backend], &file);
+            let mut waiter = Command::new(UNILOCK)
+                .args([
+                    "-b",
+                    backend,
+                    &file,
+                    "sh",
+                    "-c",
+                    &format!("echo > {marker}"),
+                ])
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap();
+            wait_until(&format!("{backend}: unilock to block {signal}"), || {
+                blocks(waiter.id(), number)
+            });
+            let began = Instant::now();
+            send_signal(waiter.id(), signal);
+            let status = ending(&mut waiter, backend);
+            assert_eq!(
+                (status.code(), status.signal()),
+                (None, Some(number)),
+                "{backend} {signal}"
+            );
+            assert!(
+                began.elapsed() < Duration::from_secs(2),
+                "{backend} {signal}: took {:?}",
+                began.elapsed()
+            );
+            assert!(!Path::new(&marker).exists(), "{backend}: the command ran");
+            assert!(held_elsewhere(backend, &file), "{backend}: holder lost it");
+            drop(holder);
+            assert!(!held_elsewhere(backend, &file), "{backend}: left held");
+            let mut left: Vec<String> = std::fs::read_dir(&dir.0)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name != "lock")
+                .collect();
+            left.sort();
+            assert!(left.is_empty(), "{backend} {signal}: files left: {left:?}");
+        }
+    }
+}
+
+/// A signal ignored when `unilock` starts (SIGINT in a background job of a script)
+/// stays ignored while it waits, and the command starts with no signal blocked.
+#[test]
+fn ignored_signals_stay_ignored_and_the_command_starts_with_none_blocked() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new("sig-ignored");
+    let file = dir.file("f");
+    let holder = Holder::start(UNILOCK, &[], &file);
+    let mut waiter = Command::new("/bin/sh")
+        .args(["-c", &format!("trap '' INT; exec {UNILOCK} {file} true")])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("unilock to block SIGTERM", || {
+        blocks(waiter.id(), libc::SIGTERM)
+    });
+    // SIGINT is ignored, so only SIGTERM ends the wait.
+    send_signal(waiter.id(), "INT");
+    send_signal(waiter.id(), "TERM");
+    let status = ending(&mut waiter, "the waiter");
+    assert_eq!(status.signal(), Some(libc::SIGTERM));
+    drop(holder);
+
+    // The command's own masks (grep reads its own status).
+    let show_mask = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"];
+    for options in [&[][..], &["-F"], &["-b", "posix"]] {
+        let mut args = options.to_vec();
+        args.push(file.as_str());
+        args.extend(show_mask);
+        let out = run(UNILOCK, &args);
+        assert_eq!(out.code, 0, "{options:?}: {}", out.stderr);
+        assert!(
+            out.stdout.contains("SigBlk:\t0000000000000000\n"),
+            "{options:?}: {}",
+            out.stdout
+        );
+        let ignored = sh(&format!(
+            "trap '' INT; exec {UNILOCK} {} {file} grep -E '^SigIgn' /proc/self/status",
+            options.join(" ")
+        ));
+        let mask = ignored
+            .stdout
+            .strip_prefix("SigIgn:\t")
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("{options:?}: {}", ignored.stdout));
+        assert_ne!(
+            mask & (1 << (libc::SIGINT - 1)),
+            0,
+            "{options:?}: SIGINT is ignored"
+        );
+    }
+}

@@ -8,10 +8,13 @@
 //! process's at exit, and those the command and its children inherited.
 //!
 //! Modules: `args` (the command line, getopt-compatible), `report` (holder sentences,
-//! the `--list` table, JSON, the help), `sys` (fork, exec, wait: the only `unsafe`).
+//! the `--list` table, JSON, the help), `signals` (keeping the lock until the command
+//! has ended, whatever signal `unilock` gets), `sys` (fork, exec, wait, signal masks:
+//! the only `unsafe`).
 
 mod args;
 mod report;
+mod signals;
 mod sys;
 
 use std::ffi::OsString;
@@ -53,11 +56,15 @@ fn main() {
             ));
             0
         }
-        Ok(Parsed::Run(invocation)) => Cli {
+        Ok(Parsed::Run(invocation)) => match (Cli {
             name,
             inv: *invocation,
-        }
-        .run(),
+        })
+        .run()
+        {
+            End::Code(code) => code,
+            End::Signal(signal) => sys::die_by(signal),
+        },
         Err(usage) => {
             if let Some(message) = usage.message {
                 let prefix = match argv.first() {
@@ -98,6 +105,14 @@ struct Cli {
 /// An early end: the exit code, the message already printed.
 struct Exit(i32);
 
+/// How `unilock` ends, once everything it holds is released.
+enum End {
+    /// Exits with this status.
+    Code(i32),
+    /// Dies of this signal, which it received itself (as flock(1) would have died).
+    Signal(i32),
+}
+
 impl Cli {
     fn warn(&self, message: &str) {
         warn(&self.name, message);
@@ -108,13 +123,13 @@ impl Cli {
         Exit(code)
     }
 
-    fn run(&self) -> i32 {
+    fn run(&self) -> End {
         let result = match &self.inv.target {
             Target::File { path, command } => self.lock_file(path, command),
-            Target::Descriptor(fd) => self.lock_descriptor(*fd),
-            Target::Report { path, kind } => self.report(path, *kind),
+            Target::Descriptor(fd) => self.lock_descriptor(*fd).map(End::Code),
+            Target::Report { path, kind } => self.report(path, *kind).map(End::Code),
         };
-        result.unwrap_or_else(|Exit(code)| code)
+        result.unwrap_or_else(|Exit(code)| End::Code(code))
     }
 
     fn options(&self, extra_flags: u32) -> Options {
@@ -276,27 +291,38 @@ impl Cli {
         }
     }
 
-    /// `FILE COMMAND...` and `FILE -c COMMAND`.
-    fn lock_file(&self, path: &OsString, command: &[OsString]) -> Result<i32, Exit> {
+    /// `FILE COMMAND...` and `FILE -c COMMAND`. The signals that would end `unilock`
+    /// are taken over first (see `signals`): one that comes before the command starts
+    /// ends `unilock` holding nothing; one that comes while it runs goes to the command.
+    fn lock_file(&self, path: &OsString, command: &[OsString]) -> Result<End, Exit> {
         let shown = path.to_string_lossy();
+        let signals = signals::Signals::take_over();
         // The descriptor goes to the command unless -o: with flags::INHERIT it is
         // opened without close-on-exec, as flock(1)'s.
         let inherit = if self.inv.close { 0 } else { flags::INHERIT };
         let lock = Lock::open(path, &self.options(flags::CREATE | inherit))
             .map_err(|e| self.open_failed(&shown, &e))?;
-        self.operate(&lock, &shown, EX_NOINPUT)?;
+        let taken = signals.during(&lock, || {
+            self.operate(&lock, &shown, EX_NOINPUT, Some(&signals))
+        });
+        if let Some(signal) = signals.caught() {
+            // Whatever the wait took is released as the handle is dropped here.
+            return Ok(End::Signal(signal));
+        }
+        taken?;
         if self.inv.unlink || lock.backends() & Backend::Dotlock as u32 != 0 {
             // Closed after the command: the file is deleted while still held, unless
             // a process the command left behind shares the lock (then it stays). A
             // DOTLOCK lock file is removed here too (with -F it names the command,
             // which keeps this pid, and is stale once the command has exited).
-            let status = self.execute(command);
+            let end = self.execute(command, &signals);
             drop(lock);
-            return status;
+            return end;
         }
-        // Held until every copy of the descriptor is closed (see the module comment).
+        // Held until every copy of the descriptor is closed (see the module comment);
+        // a POSIX lock until this process exits.
         std::mem::forget(lock);
-        self.execute(command)
+        self.execute(command, &signals)
     }
 
     /// `FD`: the lock is the open file description's, so it outlives this process
@@ -314,18 +340,27 @@ impl Cli {
             }
             errno => self.fail(EX_DATAERR, &format!("{subject}: {}", sys::strerror(errno))),
         })?;
-        self.operate(&lock, &subject, EX_DATAERR)?;
+        self.operate(&lock, &subject, EX_DATAERR, None)?;
         std::mem::forget(lock);
         Ok(0)
     }
 
     /// Takes or releases the lock; `--verbose` says how long it took (on stdout, as
-    /// flock's "getting lock took" line).
-    fn operate(&self, lock: &Lock, subject: &str, read_only_code: i32) -> Result<(), Exit> {
+    /// flock's "getting lock took" line). A wait that `signals` cancelled ends quietly:
+    /// the caller ends by the signal.
+    fn operate(
+        &self,
+        lock: &Lock,
+        subject: &str,
+        read_only_code: i32,
+        signals: Option<&signals::Signals>,
+    ) -> Result<(), Exit> {
         let began = Instant::now();
         let result = match self.inv.operation {
             Operation::Lock(mode) => self.acquire(lock, mode).map_err(|e| {
-                if e.is_would_block() || e.is_timeout() {
+                if let Some(signal) = signals.and_then(signals::Signals::caught) {
+                    Exit(128 + signal)
+                } else if e.is_would_block() || e.is_timeout() {
                     self.conflict(lock, mode, e.is_timeout())
                 } else {
                     self.lock_failed(subject, &e, read_only_code)
@@ -352,8 +387,10 @@ impl Cli {
 
     /// Runs the command as flock(1) does: SIGCHLD reset to its default, then fork and
     /// execvp in the child (or execvp alone with `-F`); the status is the command's,
-    /// 128+N when signal N killed it.
-    fn execute(&self, command: &[OsString]) -> Result<i32, Exit> {
+    /// 128+N when signal N killed it. `unilock` waits for the command through the
+    /// signals it receives meanwhile (passed on to the command), and when the command
+    /// died of a signal after `unilock` received one, it ends by the one it received.
+    fn execute(&self, command: &[OsString], signals: &signals::Signals) -> Result<End, Exit> {
         let argv = sys::Argv::new(command)
             .ok_or_else(|| self.fail(EX_USAGE, "an argument contains a NUL byte"))?;
         sys::default_action(libc::SIGCHLD);
@@ -361,26 +398,30 @@ impl Cli {
             print_out(&format!("{}: executing {}\n", self.name, argv.program()));
         }
         if self.inv.no_fork {
-            self.exec(&argv);
+            self.exec(&argv, signals);
         }
+        signals.before_fork();
         match sys::fork() {
             Err(e) => Err(self.fail(EX_OSERR, &format!("fork failed: {}", sys::strerror(e)))),
-            Ok(sys::Forked::Child) => self.exec(&argv),
-            Ok(sys::Forked::Parent(pid)) => Ok(match sys::wait(pid) {
-                Ok(sys::Status::Exited(code)) => code,
-                Ok(sys::Status::Killed(signal)) => 128 + signal,
-                Ok(sys::Status::Other) => EX_OSERR,
+            Ok(sys::Forked::Child) => self.exec(&argv, signals),
+            Ok(sys::Forked::Parent(pid)) => Ok(match signals.wait_for(pid) {
+                Ok((sys::Status::Exited(code), _)) => End::Code(code),
+                Ok((sys::Status::Killed(_), Some(received))) => End::Signal(received),
+                Ok((sys::Status::Killed(signal), None)) => End::Code(128 + signal),
+                Ok((sys::Status::Other, _)) => End::Code(EX_OSERR),
                 Err(e) => {
                     self.warn(&format!("waitpid failed: {}", sys::strerror(e)));
-                    1
+                    End::Code(1)
                 }
             }),
         }
     }
 
-    /// Replaces this process with the command; on failure, flock's message and code.
-    fn exec(&self, argv: &sys::Argv) -> ! {
+    /// Replaces this process with the command, which gets the signal mask `unilock`
+    /// started with; on failure, flock's message and code.
+    fn exec(&self, argv: &sys::Argv, signals: &signals::Signals) -> ! {
         sys::default_action(libc::SIGPIPE);
+        signals.for_command();
         let e = argv.exec();
         self.warn(&format!(
             "failed to execute {}: {}",

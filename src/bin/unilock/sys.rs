@@ -1,9 +1,13 @@
 //! The command's only raw system calls: running the command the way flock(1) does
-//! (`fork` then `execvp`, or `execvp` alone for `--no-fork`), waiting for it, and the
-//! signal dispositions around that. Each `unsafe` block is one libc call.
+//! (`fork` then `execvp`, or `execvp` alone for `--no-fork`), waiting for it, the
+//! signal dispositions around that, and the signal masks, `signalfd`, `eventfd` and
+//! `poll` with which `signals` keeps the lock while the command runs. Each `unsafe`
+//! block is one libc call.
 
 use std::ffi::{CString, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
 
 /// An errno.
 pub type Errno = i32;
@@ -72,7 +76,8 @@ pub enum Forked {
 }
 
 /// `fork(2)`. The process is single-threaded here (the library waits through
-/// child processes, never threads), so the child may run ordinary code until it execs.
+/// child processes, never threads, and the thread that watched for signals during the
+/// wait has been joined), so the child may run ordinary code until it execs.
 pub fn fork() -> Result<Forked, Errno> {
     // SAFETY: fork has no preconditions; the child of this single-threaded process
     // owns a consistent copy of its memory.
@@ -92,25 +97,41 @@ pub enum Status {
 
 /// `waitpid(2)` for `pid`, retried on `EINTR`.
 pub fn wait(pid: libc::pid_t) -> Result<Status, Errno> {
-    let mut status = 0;
     loop {
-        // SAFETY: `status` is a valid out-pointer for the call.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
-        }
-        let e = errno();
-        if r == -1 && e != libc::EINTR {
-            return Err(e);
+        match wait_with(pid, 0) {
+            Err(libc::EINTR) | Ok(None) => {}
+            Err(e) => return Err(e),
+            Ok(Some(status)) => return Ok(status),
         }
     }
-    Ok(if libc::WIFEXITED(status) {
+}
+
+/// `waitpid(2)` for `pid` without waiting: `None` while it runs.
+pub fn wait_nohang(pid: libc::pid_t) -> Result<Option<Status>, Errno> {
+    match wait_with(pid, libc::WNOHANG) {
+        Err(libc::EINTR) => Ok(None),
+        other => other,
+    }
+}
+
+/// `waitpid(pid, options)` once: `None` when it returned without a status (`WNOHANG`).
+fn wait_with(pid: libc::pid_t, options: libc::c_int) -> Result<Option<Status>, Errno> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer for the call.
+    let r = unsafe { libc::waitpid(pid, &mut status, options) };
+    if r == -1 {
+        return Err(errno());
+    }
+    if r != pid {
+        return Ok(None);
+    }
+    Ok(Some(if libc::WIFEXITED(status) {
         Status::Exited(libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {
         Status::Killed(libc::WTERMSIG(status))
     } else {
         Status::Other
-    })
+    }))
 }
 
 /// `_exit(2)`: ends a child whose exec failed without running the parent's exit-time
@@ -130,4 +151,168 @@ pub fn inherited_fd(fd: std::os::fd::RawFd) -> Result<std::os::fd::BorrowedFd<'s
     // SAFETY: the descriptor is open, and nothing in this process closes a descriptor
     // it inherited: it stays open until the process exits.
     Ok(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+}
+
+/// A set of signals (`sigset_t`).
+#[derive(Clone, Copy)]
+pub struct SigSet(libc::sigset_t);
+
+impl SigSet {
+    /// The set of `signals`.
+    pub fn of(signals: &[libc::c_int]) -> SigSet {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset initialises the set it is given.
+        unsafe { libc::sigemptyset(set.as_mut_ptr()) };
+        // SAFETY: initialised just above.
+        let mut set = SigSet(unsafe { set.assume_init() });
+        for &signal in signals {
+            // SAFETY: `signal` is a valid signal number and the set is initialised.
+            unsafe { libc::sigaddset(&mut set.0, signal) };
+        }
+        set
+    }
+
+    /// True when `signal` is in the set.
+    pub fn contains(&self, signal: libc::c_int) -> bool {
+        // SAFETY: the set is initialised; sigismember only reads it.
+        unsafe { libc::sigismember(&self.0, signal) == 1 }
+    }
+}
+
+/// Blocks `set` in the calling thread (`sigprocmask(SIG_BLOCK)`) and returns the mask
+/// it had.
+pub fn block(set: &SigSet) -> SigSet {
+    let mut old = SigSet::of(&[]);
+    // SAFETY: both pointers are to initialised sigset_t values.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set.0, &mut old.0) };
+    old
+}
+
+/// Sets the calling thread's signal mask to `set` (async-signal-safe: used in the
+/// child between `fork` and `exec`).
+pub fn set_mask(set: &SigSet) {
+    // SAFETY: `set` is an initialised sigset_t; the old mask is not wanted.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &set.0, std::ptr::null_mut()) };
+}
+
+/// True when `signal`'s disposition is "ignore" (as a shell leaves SIGINT and SIGQUIT
+/// for a background job, or nohup SIGHUP).
+pub fn ignored(signal: libc::c_int) -> bool {
+    let mut action = std::mem::MaybeUninit::<libc::sigaction>::uninit();
+    // SAFETY: a null new action only reads the current one into `action`.
+    let rc = unsafe { libc::sigaction(signal, std::ptr::null(), action.as_mut_ptr()) };
+    // SAFETY: sigaction filled `action` when it returned 0.
+    rc == 0 && unsafe { action.assume_init() }.sa_sigaction == libc::SIG_IGN
+}
+
+/// A signal taken from a [`SignalFd`].
+#[derive(Clone, Copy, Debug)]
+pub struct Caught {
+    /// The signal number.
+    pub signal: libc::c_int,
+    /// `si_code` `SI_KERNEL`: sent by the kernel (a terminal's SIGINT or SIGQUIT goes to
+    /// its whole foreground process group), not by a process with kill(2).
+    pub by_kernel: bool,
+}
+
+/// A `signalfd(2)` (non-blocking, close-on-exec): the blocked signals of its set are
+/// read from it instead of being delivered.
+pub struct SignalFd(OwnedFd);
+
+impl SignalFd {
+    /// A signalfd for the signals of `set` (which the caller blocks).
+    pub fn new(set: &SigSet) -> Result<SignalFd, Errno> {
+        // SAFETY: -1 asks for a new descriptor; `set` is an initialised sigset_t.
+        let fd = unsafe { libc::signalfd(-1, &set.0, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(errno());
+        }
+        // SAFETY: signalfd returned a fresh descriptor that nothing else owns.
+        Ok(SignalFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// A pending signal of the set, without waiting; `None` when there is none.
+    pub fn take(&self) -> Option<Caught> {
+        let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit();
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reads at most `size` bytes into `info`, which has room for them.
+        let n = unsafe { libc::read(self.0.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+        if n != size as isize {
+            return None;
+        }
+        // SAFETY: the kernel wrote a whole signalfd_siginfo.
+        let info = unsafe { info.assume_init() };
+        Some(Caught {
+            signal: info.ssi_signo as libc::c_int,
+            by_kernel: info.ssi_code == libc::SI_KERNEL,
+        })
+    }
+
+    /// The descriptor, for [`poll`].
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// An `eventfd(2)` that one thread sets to wake another out of [`poll`].
+pub struct Event(OwnedFd);
+
+impl Event {
+    /// A new event, not set.
+    pub fn new() -> Result<Event, Errno> {
+        // SAFETY: eventfd takes integers only.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(errno());
+        }
+        // SAFETY: eventfd returned a fresh descriptor that nothing else owns.
+        Ok(Event(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes the event readable (for good: it is never reset).
+    pub fn set(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of `one` to the eventfd.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// The descriptor, for [`poll`].
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// `poll(2)` for readability of `fds`, up to `timeout` (`None`: no limit); which of
+/// them are readable (none after the timeout, or when interrupted).
+pub fn poll<const N: usize>(fds: [BorrowedFd<'_>; N], timeout: Option<Duration>) -> [bool; N] {
+    let mut polled = fds.map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+    // SAFETY: `polled` is an array of N initialised pollfd structures.
+    let rc = unsafe { libc::poll(polled.as_mut_ptr(), N as libc::nfds_t, ms) };
+    polled.map(|p| rc > 0 && p.revents != 0)
+}
+
+/// `kill(2)`: sends `signal` to `pid` (a child not yet reaped, so the pid is its).
+pub fn kill(pid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: kill takes integers only.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// Ends this process by `signal`, as if it had not been caught: its default action
+/// (without a core dump, for SIGQUIT: the process is marked not dumpable), then
+/// delivered. Falls back to exiting with 128 + `signal`.
+pub fn die_by(signal: libc::c_int) -> ! {
+    default_action(signal);
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes integers only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // SAFETY: raise sends the signal to this thread; it is delivered when unblocked.
+    unsafe { libc::raise(signal) };
+    let set = SigSet::of(&[signal]);
+    // SAFETY: unblocks `signal`, whose pending instance then ends the process.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set.0, std::ptr::null_mut()) };
+    exit_now(128 + signal)
 }
