@@ -4,6 +4,7 @@
 #   make install              PREFIX, LIBDIR, INCLUDEDIR, BINDIR, MANDIR,
 #                             PKGCONFIGDIR and DESTDIR are honoured
 #   make check                fmt, clippy, cargo test, then the C checks
+#   make faults               every injected system call failure x every errno
 #   make bench                the benchmarks, into BENCHMARKS.md and docs/ (scripts/bench.sh)
 #
 # Cargo decides what is stale: every target that needs the library goes through
@@ -43,7 +44,7 @@ SO_NAME      := libunilock.so.$(MAJOR)
 # The .pc file says ${prefix}/... when a directory lies under PREFIX.
 pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
 
-.PHONY: all build install install-strip uninstall check check-python check-go bench bench-bindings clean FORCE
+.PHONY: all build install install-strip uninstall check check-python check-go faults bench bench-bindings clean FORCE
 
 all: build $(PC_FILE)
 
@@ -110,12 +111,18 @@ uninstall:
 # `cargo test --release` reuses the release artifacts. scripts/check-c.sh installs into a temporary DESTDIR.
 check: all
 	$(CARGO) fmt --check
-	$(CARGO) clippy --release --all-targets $(CARGOFLAGS) -- -D warnings
+	$(CARGO) clippy --release --all-targets --all-features $(CARGOFLAGS) -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items $(CARGOFLAGS)
 	$(CARGO) test --release $(CARGOFLAGS)
+	$(CARGO) test --features fault-injection --test faults $(CARGOFLAGS)
 	MAKE="$(MAKE)" CARGO="$(CARGO)" scripts/check-c.sh
 	bindings/python/run-tests.sh
 	bindings/go/run-tests.sh
+
+# Fault injection, every errno at every system call of the scenarios (the short form,
+# a rotating subset of errnos, runs in `make check`).
+faults:
+	UNILOCK_FAULT_ERRNOS=all $(CARGO) test --features fault-injection --test faults $(CARGOFLAGS) -- --nocapture
 
 # The bindings' tests alone (after a build).
 check-python: build

@@ -177,6 +177,9 @@ pub(crate) struct DotLock {
     /// waits for an RCU grace period (milliseconds), which belongs at close, not
     /// between a grant and the return of the lock call.
     watch: Mutex<Option<OwnedFd>>,
+    /// Temporary files of this handle whose removal failed (an I/O error, no memory):
+    /// removed again by the next lock call and by close.
+    strays: Mutex<Vec<CString>>,
     closed: bool,
 }
 
@@ -503,16 +506,23 @@ fn symbolic_link(name: &str) -> Error {
     )
 }
 
-/// A temporary file with the owner's record, removed when dropped.
+/// A temporary file with the owner's record, removed when dropped; a name whose
+/// removal failed goes to `strays`, to be removed again later.
 struct TempFile<'a> {
     dir: BorrowedFd<'a>,
     name: CString,
     fd: Option<OwnedFd>,
+    strays: &'a Mutex<Vec<CString>>,
 }
 
 impl Drop for TempFile<'_> {
     fn drop(&mut self) {
-        let _ = sys::unlinkat(self.dir, &self.name);
+        if let Err(e) = sys::unlinkat(self.dir, &self.name) {
+            if e != libc::ENOENT {
+                let mut strays = self.strays.lock().unwrap_or_else(|p| p.into_inner());
+                strays.push(std::mem::take(&mut self.name));
+            }
+        }
     }
 }
 
@@ -705,6 +715,7 @@ impl DotLock {
             local,
             held: Mutex::new(None),
             watch: Mutex::new(None),
+            strays: Mutex::new(Vec::new()),
             closed: false,
         })
     }
@@ -781,6 +792,7 @@ impl DotLock {
 
     /// The link protocol, with waits: see the module documentation.
     fn acquire(&self, call: &CallState, deadline: &Deadline) -> Result<()> {
+        self.remove_strays();
         let mut cached = self.watch.lock().unwrap_or_else(|p| p.into_inner());
         let watch = &mut *cached;
         if let Some(w) = watch.as_ref() {
@@ -940,6 +952,7 @@ impl DotLock {
             dir: self.dir.as_fd(),
             name,
             fd: Some(fd),
+            strays: &self.strays,
         };
         let fd = temp.fd.as_ref().expect("just set").as_fd();
         sys::write_all(fd, me.record.as_bytes()).map_err(|e| Error::sys(e, "write", &self.name))?;
@@ -952,7 +965,18 @@ impl DotLock {
     fn link(&self, temp: &mut TempFile<'_>) -> Result<bool> {
         let linked = sys::linkat(self.dir.as_fd(), &temp.name, &self.file);
         let fd = temp.fd.as_ref().expect("kept until the lock is made");
-        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::sys(e, "fstat", &self.name))?;
+        let st = match sys::fstat(fd.as_fd()) {
+            Ok(st) => st,
+            Err(e) => {
+                // A link that succeeded made a lock file this call cannot keep (its
+                // inode is unknown): remove the name at once, as it is this call's own
+                // (link never replaces a name, and a live owner's file is not broken).
+                if linked.is_ok() {
+                    let _ = sys::unlinkat(self.dir.as_fd(), &self.file);
+                }
+                return Err(Error::sys(e, "fstat", &self.name));
+            }
+        };
         if st.st_nlink < 2 {
             return match linked {
                 Ok(()) | Err(libc::EEXIST) => Ok(false),
@@ -1225,31 +1249,38 @@ impl DotLock {
                     own = fd;
                     (own.as_fd(), libc::LOCK_EX)
                 }
-                _ => return Err(self.broken()),
+                Ok(_) => return Err(self.broken()),
+                Err(e) => return Err(e),
             }
         };
         match self.flock_within(fd, op, RELEASE_PATIENCE) {
             Ok(true) => {}
             Ok(false) => return Err(self.abandon(&h)),
-            Err(e) => {
-                // The flock call itself failed (NFS without a lock manager, say).
-                let marked = sys::write_all(h.fd.as_fd(), RELEASED.as_bytes());
-                let fate = if marked.is_ok() {
-                    "the lock file is left, marked released"
-                } else {
-                    "the lock file is left"
-                };
-                return Err(Error::new(e.errno(), format!("{}: {fate}", e.detail())));
-            }
+            // The flock call itself failed (NFS without a lock manager, say).
+            Err(e) => return Err(self.leave_released(&h, e)),
         }
         match sys::statat(self.dir.as_fd(), &self.file) {
             Ok(st) if st.st_dev == h.dev && st.st_ino == h.ino => {
-                sys::unlinkat(self.dir.as_fd(), &self.file)
-                    .map_err(|e| Error::sys(e, "remove the lock file", &self.name))
+                sys::unlinkat(self.dir.as_fd(), &self.file).map_err(|e| {
+                    self.leave_released(&h, Error::sys(e, "remove the lock file", &self.name))
+                })
             }
             Ok(_) | Err(libc::ENOENT) => Err(self.broken()),
-            Err(e) => Err(Error::sys(e, "stat", &self.name)),
+            Err(e) => Err(self.leave_released(&h, Error::sys(e, "stat", &self.name))),
         }
+    }
+
+    /// After a release of the lock file `h` failed with `e` before it could remove
+    /// the file: marks it released (see [`DotLock::abandon`]), so that no one, this
+    /// handle included, takes it for a live lock, and returns `e` saying so.
+    fn leave_released(&self, h: &Held, e: Error) -> Error {
+        let marked = sys::write_all(h.fd.as_fd(), RELEASED.as_bytes());
+        let fate = if marked.is_ok() {
+            "the lock file is left, marked released: the next lock call removes it"
+        } else {
+            "the lock file is left; it turns stale when this process exits"
+        };
+        Error::new(e.errno(), format!("{}: {fate}", e.detail()))
     }
 
     /// Gives up the lock file `h` without removing it, when another process holds a
@@ -1369,12 +1400,22 @@ impl DotLock {
         }
     }
 
+    /// Removes the temporary files whose removal failed before (those that fail
+    /// again stay listed).
+    fn remove_strays(&self) {
+        let mut strays = self.strays.lock().unwrap_or_else(|p| p.into_inner());
+        strays.retain(
+            |name| matches!(sys::unlinkat(self.dir.as_fd(), name), Err(e) if e != libc::ENOENT),
+        );
+    }
+
     /// Releases the lock if this process made it (a forked child's copy of the handle
     /// leaves the parent's lock file alone), and leaves the process table.
     pub(crate) fn close(&mut self) -> Result<()> {
         if std::mem::replace(&mut self.closed, true) {
             return Ok(());
         }
+        self.remove_strays();
         let held = self.held().take();
         let result = match held {
             Some(h) if h.taker == sys::getpid() => self.remove(h),

@@ -36,11 +36,63 @@ fn retry<T: PartialEq + From<i8>>(mut f: impl FnMut() -> T) -> Result<T, Errno> 
     }
 }
 
+/// Sets this thread's `errno` (an injected failure looks like the kernel's).
+#[cfg(feature = "fault-injection")]
+fn set_errno(e: Errno) {
+    // SAFETY: __errno_location returns this thread's errno, valid for writes.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// The system call `$body` of kind `$call` ([`crate::fault::Call`]), or, in a build with
+/// the `fault-injection` feature, the failure a test injected for it: `-1` with `errno`
+/// set, as the failing call would return. Without the feature it is `$body` alone.
+#[cfg(feature = "fault-injection")]
+macro_rules! gate {
+    ($call:ident, $body:expr) => {
+        match crate::fault::check(crate::fault::Call::$call) {
+            Some(e) => {
+                set_errno(e);
+                -1
+            }
+            None => $body,
+        }
+    };
+}
+
+/// See the `fault-injection` version: without the feature, the call alone.
+#[cfg(not(feature = "fault-injection"))]
+macro_rules! gate {
+    ($call:ident, $body:expr) => {
+        $body
+    };
+}
+
+/// The errno a test injected for a call of kind `$call` (`fault-injection` builds),
+/// for calls that do not go through `gate!`; `None` without the feature.
+#[cfg(feature = "fault-injection")]
+macro_rules! injected {
+    ($call:ident) => {
+        crate::fault::check(crate::fault::Call::$call)
+    };
+}
+
+/// See the `fault-injection` version: without the feature, never.
+#[cfg(not(feature = "fault-injection"))]
+macro_rules! injected {
+    ($call:ident) => {
+        None::<Errno>
+    };
+}
+
 /// `open(2)` with `flags` and creation `mode`; never returns descriptor 0, 1 or 2
 /// (a descriptor there would be mistaken for a standard stream by the host).
 pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> Result<OwnedFd, Errno> {
     // SAFETY: `path` is a valid NUL-terminated string; open does not keep the pointer.
-    let fd = retry(|| unsafe { libc::open(path.as_ptr(), flags, mode as libc::c_uint) })?;
+    let fd = retry(|| {
+        gate!(Open, unsafe {
+            libc::open(path.as_ptr(), flags, mode as libc::c_uint)
+        })
+    })?;
     // SAFETY: open returned a fresh descriptor that nothing else owns.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     if fd > 2 {
@@ -52,7 +104,7 @@ pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> Resul
         libc::F_DUPFD
     };
     // SAFETY: F_DUPFD(_CLOEXEC) on a descriptor we own returns a new one or -1.
-    let high = retry(|| unsafe { libc::fcntl(owned.as_raw_fd(), cmd, 3) })?;
+    let high = retry(|| gate!(Fcntl, unsafe { libc::fcntl(owned.as_raw_fd(), cmd, 3) }))?;
     // SAFETY: the duplicate is fresh and owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(high) })
 }
@@ -60,7 +112,7 @@ pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> Resul
 /// `unlink(2)`.
 pub(crate) fn unlink(path: &CStr) -> Result<(), Errno> {
     // SAFETY: `path` is a valid NUL-terminated string; unlink does not keep the pointer.
-    retry(|| unsafe { libc::unlink(path.as_ptr()) })?;
+    retry(|| gate!(Unlink, unsafe { libc::unlink(path.as_ptr()) }))?;
     Ok(())
 }
 
@@ -68,13 +120,13 @@ pub(crate) fn unlink(path: &CStr) -> Result<(), Errno> {
 pub(crate) fn stat(path: &CStr, follow: bool) -> Result<libc::stat, Errno> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `path` is NUL-terminated and `st` is writable memory of the right size.
-    let rc = unsafe {
+    let rc = gate!(Stat, unsafe {
         if follow {
             libc::stat(path.as_ptr(), st.as_mut_ptr())
         } else {
             libc::lstat(path.as_ptr(), st.as_mut_ptr())
         }
-    };
+    });
     if rc != 0 {
         return Err(errno());
     }
@@ -86,7 +138,9 @@ pub(crate) fn stat(path: &CStr, follow: bool) -> Result<libc::stat, Errno> {
 pub(crate) fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat, Errno> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `fd` is open for the duration of the call and `st` is writable.
-    let rc = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
+    let rc = gate!(Stat, unsafe {
+        libc::fstat(fd.as_raw_fd(), st.as_mut_ptr())
+    });
     if rc != 0 {
         return Err(errno());
     }
@@ -103,7 +157,7 @@ pub(crate) fn dup(fd: BorrowedFd<'_>, cloexec: bool) -> Result<OwnedFd, Errno> {
         libc::F_DUPFD
     };
     // SAFETY: duplicating a borrowed, open descriptor.
-    let new = retry(|| unsafe { libc::fcntl(fd.as_raw_fd(), cmd, 3) })?;
+    let new = retry(|| gate!(Fcntl, unsafe { libc::fcntl(fd.as_raw_fd(), cmd, 3) }))?;
     // SAFETY: the duplicate is fresh and owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
@@ -111,14 +165,18 @@ pub(crate) fn dup(fd: BorrowedFd<'_>, cloexec: bool) -> Result<OwnedFd, Errno> {
 /// `fcntl(F_GETFL)`: the access mode and status flags of an open file description.
 pub(crate) fn status_flags(fd: BorrowedFd<'_>) -> Result<libc::c_int, Errno> {
     // SAFETY: F_GETFL reads flags of an open descriptor.
-    retry(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+    retry(|| gate!(Fcntl, unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) }))
 }
 
 /// `fcntl(F_SETFL)` without `O_NONBLOCK`.
 pub(crate) fn clear_nonblock(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     let flags = status_flags(fd)?;
     // SAFETY: F_SETFL on an open descriptor with flags it reported itself.
-    retry(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) })?;
+    retry(|| {
+        gate!(Fcntl, unsafe {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK)
+        })
+    })?;
     Ok(())
 }
 
@@ -126,7 +184,7 @@ pub(crate) fn clear_nonblock(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 #[inline(always)]
 pub(crate) fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> Result<(), Errno> {
     // SAFETY: flock takes an open descriptor and an integer.
-    retry(|| unsafe { libc::flock(fd.as_raw_fd(), op) })?;
+    retry(|| gate!(Flock, unsafe { libc::flock(fd.as_raw_fd(), op) }))?;
     Ok(())
 }
 
@@ -138,7 +196,11 @@ pub(crate) fn fcntl_lock(
     fl: &mut libc::flock,
 ) -> Result<(), Errno> {
     // SAFETY: `fl` is a valid, writable struct flock for the duration of the call.
-    retry(|| unsafe { libc::fcntl(fd.as_raw_fd(), cmd, fl as *mut libc::flock) })?;
+    retry(|| {
+        gate!(FcntlLock, unsafe {
+            libc::fcntl(fd.as_raw_fd(), cmd, fl as *mut libc::flock)
+        })
+    })?;
     Ok(())
 }
 
@@ -184,6 +246,9 @@ pub(crate) fn forget_ids() {
 /// `eventfd(2)`: non-blocking, close-on-exec, counter 0.
 pub(crate) fn eventfd() -> Result<OwnedFd, Errno> {
     use rustix::event::EventfdFlags;
+    if let Some(e) = injected!(Eventfd) {
+        return Err(e);
+    }
     rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
         .map_err(|e| e.raw_os_error())
 }
@@ -224,7 +289,9 @@ pub(crate) fn poll_readable<const N: usize>(
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: `pfd` holds N valid pollfd entries (fd -1 is ignored by the kernel),
     // `tsp` is null or points to a live timespec, and the sigmask is null.
-    let rc = unsafe { libc::ppoll(pfd.as_mut_ptr(), N as libc::nfds_t, tsp, std::ptr::null()) };
+    let rc = gate!(Poll, unsafe {
+        libc::ppoll(pfd.as_mut_ptr(), N as libc::nfds_t, tsp, std::ptr::null())
+    });
     if rc < 0 {
         let e = errno();
         return if e == libc::EINTR {
@@ -266,7 +333,7 @@ pub(crate) fn reap(pid: libc::pid_t) -> Result<ChildExit, Errno> {
     let mut status = 0;
     // SAFETY: waits for our own child by pid into a local; __WALL because a waiter
     // child may have no exit signal.
-    retry(|| unsafe { libc::waitpid(pid, &mut status, WALL) })?;
+    retry(|| gate!(Wait, unsafe { libc::waitpid(pid, &mut status, WALL) }))?;
     Ok(if libc::WIFEXITED(status) {
         ChildExit::Code(libc::WEXITSTATUS(status))
     } else {
@@ -277,7 +344,9 @@ pub(crate) fn reap(pid: libc::pid_t) -> Result<ChildExit, Errno> {
 /// `pidfd_open(2)`: a descriptor that becomes readable when process `pid` exits.
 pub(crate) fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = gate!(Pidfd, unsafe {
+        libc::syscall(libc::SYS_pidfd_open, pid, 0)
+    });
     if fd < 0 {
         return Err(errno());
     }
@@ -455,7 +524,7 @@ pub(crate) fn spawn_shared_waiter(job: &WaiterJob) -> Result<Waiter, Errno> {
     // child (the caller reaps it before dropping the job and the stack); CLONE_PIDFD
     // writes the pidfd to `pidfd`; no exit signal is requested, so the host's SIGCHLD
     // handling never sees this child.
-    let pid = unsafe {
+    let pid = gate!(Clone, unsafe {
         libc::clone(
             waiter_main,
             top,
@@ -463,7 +532,7 @@ pub(crate) fn spawn_shared_waiter(job: &WaiterJob) -> Result<Waiter, Errno> {
             job as *const WaiterJob as *mut libc::c_void,
             &mut pidfd as *mut libc::c_int,
         )
-    };
+    });
     let err = errno();
     restore_signals(&old);
     if pid < 0 {
@@ -516,7 +585,10 @@ pub(crate) fn close_inherited(fd: RawFd) {
 pub(crate) fn spawn_forked_waiter(job: &WaiterJob) -> Result<Waiter, Errno> {
     let mut ends = [-1 as libc::c_int; 2];
     // SAFETY: pipe2 fills two descriptors into a local array.
-    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    if gate!(Fork, unsafe {
+        libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC)
+    }) != 0
+    {
         return Err(errno());
     }
     // SAFETY: pipe2 succeeded: both descriptors are fresh and ours.
@@ -525,7 +597,7 @@ pub(crate) fn spawn_forked_waiter(job: &WaiterJob) -> Result<Waiter, Errno> {
     let old = block_all_signals();
     FORKING_WAITER.with(|f| f.set(true));
     // SAFETY: the child makes only async-signal-safe calls (the lock call, _exit).
-    let pid = unsafe { libc::fork() };
+    let pid = gate!(Fork, unsafe { libc::fork() });
     if pid == 0 {
         // The child ends by SIGKILL whatever the call's result: tools such as valgrind
         // run the C library's cleanup (flushing the parent's copied stdio buffers) even
@@ -583,12 +655,17 @@ pub(crate) fn kcmp_same(
     idx2: RawFd,
 ) -> Result<bool, Errno> {
     // SAFETY: kcmp takes integers only.
-    let rc = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) };
+    let rc = gate!(Kcmp, unsafe {
+        libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2)
+    });
     if rc < 0 { Err(errno()) } else { Ok(rc == 0) }
 }
 
 /// Reads a small text file whole (for /proc); `None` when it cannot be read.
 pub(crate) fn read_small(path: &std::path::Path) -> Option<String> {
+    if injected!(ProcRead).is_some() {
+        return None;
+    }
     std::fs::read_to_string(path).ok()
 }
 
@@ -619,8 +696,10 @@ pub(crate) fn openat(
     mode: libc::mode_t,
 ) -> Result<OwnedFd, Errno> {
     // SAFETY: `name` is NUL-terminated; openat does not keep the pointer.
-    let fd = retry(|| unsafe {
-        libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint)
+    let fd = retry(|| {
+        gate!(Open, unsafe {
+            libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint)
+        })
     })?;
     owned(fd)
 }
@@ -628,14 +707,16 @@ pub(crate) fn openat(
 /// `linkat(2)` of `from` to `to`, both in the directory `dir`, not following links.
 pub(crate) fn linkat(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> Result<(), Errno> {
     // SAFETY: both names are NUL-terminated; linkat does not keep the pointers.
-    retry(|| unsafe {
-        libc::linkat(
-            dir.as_raw_fd(),
-            from.as_ptr(),
-            dir.as_raw_fd(),
-            to.as_ptr(),
-            0,
-        )
+    retry(|| {
+        gate!(Link, unsafe {
+            libc::linkat(
+                dir.as_raw_fd(),
+                from.as_ptr(),
+                dir.as_raw_fd(),
+                to.as_ptr(),
+                0,
+            )
+        })
     })?;
     Ok(())
 }
@@ -643,7 +724,11 @@ pub(crate) fn linkat(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> Result<(), 
 /// `unlinkat(2)` of a file in the directory `dir`.
 pub(crate) fn unlinkat(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
     // SAFETY: `name` is NUL-terminated; unlinkat does not keep the pointer.
-    retry(|| unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })?;
+    retry(|| {
+        gate!(Unlink, unsafe {
+            libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0)
+        })
+    })?;
     Ok(())
 }
 
@@ -651,14 +736,14 @@ pub(crate) fn unlinkat(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
 pub(crate) fn statat(dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat, Errno> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `name` is NUL-terminated and `st` is writable memory of the right size.
-    let rc = unsafe {
+    let rc = gate!(Stat, unsafe {
         libc::fstatat(
             dir.as_raw_fd(),
             name.as_ptr(),
             st.as_mut_ptr(),
             libc::AT_SYMLINK_NOFOLLOW,
         )
-    };
+    });
     if rc != 0 {
         return Err(errno());
     }
@@ -669,7 +754,9 @@ pub(crate) fn statat(dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat, Err
 /// `futimens(2)` setting both times to now.
 pub(crate) fn touch_now(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     // SAFETY: a null `times` means "now" for both; the descriptor is valid.
-    let rc = unsafe { libc::futimens(fd.as_raw_fd(), std::ptr::null()) };
+    let rc = gate!(Utime, unsafe {
+        libc::futimens(fd.as_raw_fd(), std::ptr::null())
+    });
     if rc != 0 {
         return Err(errno());
     }
@@ -680,7 +767,11 @@ pub(crate) fn touch_now(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<(), Errno> {
     while !buf.is_empty() {
         // SAFETY: `buf` is valid for reads of its length.
-        let n = retry(|| unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })?;
+        let n = retry(|| {
+            gate!(Write, unsafe {
+                libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len())
+            })
+        })?;
         if n == 0 {
             return Err(libc::EIO);
         }
@@ -692,15 +783,22 @@ pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<(), Errno>
 /// `read(2)` of up to `buf.len()` bytes; returns how many.
 pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
     // SAFETY: `buf` is valid for writes of its length.
-    let n = retry(|| unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })?;
+    let n = retry(|| {
+        gate!(Read, unsafe {
+            libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+        })
+    })?;
     Ok(n as usize)
 }
 
 /// `pread(2)` of up to `buf.len()` bytes from the start of the file.
 pub(crate) fn read_start(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
     // SAFETY: `buf` is valid for writes of its length.
-    let n =
-        retry(|| unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) })?;
+    let n = retry(|| {
+        gate!(Read, unsafe {
+            libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+        })
+    })?;
     Ok(n as usize)
 }
 
@@ -708,11 +806,15 @@ pub(crate) fn read_start(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Er
 /// `mask` events.
 pub(crate) fn inotify_dir(dir: BorrowedFd<'_>, mask: u32) -> Result<OwnedFd, Errno> {
     // SAFETY: inotify_init1 takes flags only.
-    let ino = owned(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) })?;
+    let ino = owned(gate!(Inotify, unsafe {
+        libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC)
+    }))?;
     let path = std::ffi::CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd()))
         .expect("no NUL in a number");
     // SAFETY: `path` is NUL-terminated; the kernel copies it.
-    let rc = unsafe { libc::inotify_add_watch(ino.as_raw_fd(), path.as_ptr(), mask) };
+    let rc = gate!(Inotify, unsafe {
+        libc::inotify_add_watch(ino.as_raw_fd(), path.as_ptr(), mask)
+    });
     if rc < 0 {
         return Err(errno());
     }
@@ -755,7 +857,9 @@ pub(crate) fn process_exists(pid: libc::pid_t) -> bool {
 pub(crate) fn fs_type(fd: BorrowedFd<'_>) -> Result<i64, Errno> {
     let mut st = MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: `st` is writable memory of the right size.
-    let rc = unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) };
+    let rc = gate!(Stat, unsafe {
+        libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr())
+    });
     if rc != 0 {
         return Err(errno());
     }
@@ -804,7 +908,7 @@ pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32) {
 pub(crate) fn host_name() -> Option<String> {
     let mut u = MaybeUninit::<libc::utsname>::zeroed();
     // SAFETY: `u` is writable memory of the right size; uname only fills it.
-    if unsafe { libc::uname(u.as_mut_ptr()) } != 0 {
+    if gate!(Uname, unsafe { libc::uname(u.as_mut_ptr()) }) != 0 {
         return None;
     }
     // SAFETY: uname succeeded, so it filled the struct (zeroed before: NUL-terminated).
@@ -833,13 +937,15 @@ pub(crate) fn for_each_name(dir: BorrowedFd<'_>, mut each: impl FnMut(&CStr)) ->
     loop {
         // SAFETY: getdents64 writes at most `len` bytes into the buffer, which is that
         // large, and does not keep the pointer.
-        let n = retry(|| unsafe {
-            libc::syscall(
-                libc::SYS_getdents64,
-                fd.as_raw_fd(),
-                words.as_mut_ptr(),
-                len,
-            )
+        let n = retry(|| {
+            gate!(Read, unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    fd.as_raw_fd(),
+                    words.as_mut_ptr(),
+                    len,
+                )
+            })
         })?;
         if n <= 0 {
             return Ok(());
