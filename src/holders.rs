@@ -133,6 +133,7 @@ const LONGEST_LINE: usize = 512;
 fn read_whole(path: &str) -> std::io::Result<(String, bool)> {
     use std::io::Read;
     let page = 4096;
+    crate::sys::proc_read_fault()?;
     let mut file = std::fs::File::open(path)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -199,6 +200,7 @@ fn processes() -> impl Iterator<Item = i32> {
 fn fd_locks(pid: i32, key: InodeKey) -> Option<Vec<(i32, Vec<ProcLock>)>> {
     let path = format!("/proc/{pid}/fdinfo");
     count_read(Path::new(&path));
+    crate::sys::proc_read_fault().ok()?;
     let dir = std::fs::read_dir(path).ok()?;
     let mut out = Vec::new();
     for entry in dir.flatten() {
@@ -211,7 +213,8 @@ fn fd_locks(pid: i32, key: InodeKey) -> Option<Vec<(i32, Vec<ProcLock>)>> {
         };
         let path = entry.path();
         count_read(&path);
-        let Ok(text) = std::fs::read_to_string(path) else {
+        let Ok(text) = crate::sys::proc_read_fault().and_then(|()| std::fs::read_to_string(path))
+        else {
             continue;
         };
         let locks: Vec<ProcLock> = text

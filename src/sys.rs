@@ -663,10 +663,17 @@ pub(crate) fn kcmp_same(
 
 /// Reads a small text file whole (for /proc); `None` when it cannot be read.
 pub(crate) fn read_small(path: &std::path::Path) -> Option<String> {
-    if injected!(ProcRead).is_some() {
-        return None;
-    }
+    proc_read_fault().ok()?;
     std::fs::read_to_string(path).ok()
+}
+
+/// The gate of the reads of /proc files that go through `std::fs`: the failure a test
+/// injected for the next one (`fault-injection` builds), else `Ok`.
+pub(crate) fn proc_read_fault() -> std::io::Result<()> {
+    match injected!(ProcRead) {
+        Some(e) => Err(std::io::Error::from_raw_os_error(e)),
+        None => Ok(()),
+    }
 }
 
 /// Registers `prepare`, `parent` and `child` fork handlers (`pthread_atfork(3)`).
