@@ -126,6 +126,9 @@ const FINAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The test kills a worker every this many milliseconds (uniformly drawn).
 const KILL_EVERY_MS: (u64, u64) = (40, 240);
 
+/// Problems listed in a failure message (the rest are counted).
+const MAX_PROBLEMS: usize = 30;
+
 /// The environment variable that turns this test binary into a worker.
 const WORKER_ENV: &str = "UNILOCK_TORTURE_WORKER";
 
@@ -335,16 +338,50 @@ fn getpid() -> i32 {
     unsafe { libc::getpid() }
 }
 
-/// The state letter of `/proc/PID/stat`; None when the process is gone.
-fn proc_state(pid: i32) -> Option<char> {
+/// The state letter and the start time (in clock ticks since boot) of `/proc/PID/stat`;
+/// None when the process is gone.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().next()?.chars().next()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
 }
 
-/// Gone, or a zombie: its locks are released.
+/// Gone, or a zombie: its locks are released. Only for processes whose pid cannot be
+/// reused meanwhile (children not yet reaped).
 fn is_dead(pid: i32) -> bool {
-    pid <= 0 || matches!(proc_state(pid), None | Some('Z') | Some('X'))
+    pid <= 0 || matches!(proc_stat(pid), None | Some(('Z' | 'X', _)))
+}
+
+/// `pid` is still the process that started at `start`, and not a zombie (pids are
+/// reused quickly: every wait of the library starts a process).
+fn alive_as(pid: i32, start: u64) -> bool {
+    pid > 0
+        && matches!(proc_stat(pid), Some((state, s)) if s == start && state != 'Z' && state != 'X')
+}
+
+/// SIGKILLs `pid` if it is still the process that started at `start` (through a pidfd,
+/// so that the check and the kill name the same process).
+fn kill_if_same(pid: i32, start: u64) {
+    // SAFETY: pidfd_open returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: a descriptor we just opened.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if alive_as(pid, start) {
+        // SAFETY: pidfd_send_signal on our pidfd, without a siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
 }
 
 /// The processes whose parent is `pid`.
@@ -494,6 +531,9 @@ const R_OP_T: usize = 2;
 const R_SECTION: usize = 3;
 /// When the call whose violation was last logged started (one message per call).
 const R_VIOLATION_T: usize = 4;
+/// Fork rows: the start time of the child (`R_OWNER`), which tells it from a later
+/// process with the same pid.
+const R_OWNER_START: usize = 5;
 const R_REC: usize = 8;
 const ROW_WORDS: usize = R_REC + SLOTS;
 const ROW_BASE: usize = SLOT_LOCK_BASE + SLOTS;
@@ -782,12 +822,23 @@ impl Board {
     }
 
     /// True when `row`'s records may outlive its locks: its worker is being killed, or
-    /// its process is gone.
+    /// its process is gone (a crash).
     fn stale(&self, row: usize) -> bool {
-        self.worker(row / (THREADS + 1), W_KILL_PENDING)
+        if self
+            .worker(row / (THREADS + 1), W_KILL_PENDING)
             .load(SeqCst)
             != 0
-            || is_dead(self.row_pid(row))
+        {
+            return true;
+        }
+        if row % (THREADS + 1) == THREADS {
+            // A fork child is not the test process's child: its pid may be reused.
+            let start = self.row(row, R_OWNER_START).load(SeqCst);
+            !alive_as(self.row_pid(row), start)
+        } else {
+            // A worker's pid is not reused before the test process reaps it.
+            is_dead(self.row_pid(row))
+        }
     }
 
     /// Records that `row` now holds `new` on `slot`, after a grant: checks, with the
@@ -1737,6 +1788,8 @@ fn fork_child(ctx: &Ctx, row: usize, seed: u64) -> ! {
         }
     }
     let me = getpid();
+    let start = proc_stat(me).map_or(0, |(_, start)| start);
+    ctx.board.row(row, R_OWNER_START).store(start, SeqCst);
     let owner = ctx.board.row(row, R_OWNER);
     if owner
         .compare_exchange(RESERVED, me as u64, SeqCst, SeqCst)
@@ -1900,11 +1953,10 @@ fn final_check(board: &Board, sc: &Scenario, data: &Path) {
     };
     match h.list() {
         Ok(all) => {
-            for x in all {
-                let stale_dotlock = x.backend == Backend::Dotlock && is_dead(x.pid);
-                if !stale_dotlock {
-                    board.fail(&format!("final check: a lock outlived every worker: {x:?}"));
-                }
+            // A DOTLOCK lock file of a killed holder stays until the next lock breaks it
+            // (below); its pid may name another process by now.
+            for x in all.into_iter().filter(|x| x.backend != Backend::Dotlock) {
+                board.fail(&format!("final check: a lock outlived every worker: {x:?}"));
             }
         }
         Err(e) => board.fail(&format!("final check: list returned {e}")),
@@ -2054,16 +2106,16 @@ impl Parent {
         let owner = self.board.row(fork_row, R_OWNER);
         if owner.compare_exchange(RESERVED, 0, SeqCst, SeqCst).is_err() {
             let pid = owner.load(SeqCst) as i32;
+            let start = self.board.row(fork_row, R_OWNER_START).load(SeqCst);
             let started = Instant::now();
-            while pid > 0 && !is_dead(pid) {
+            while alive_as(pid, start) {
                 if started.elapsed() > FORK_BOUND {
                     self.problems.push(format!(
                         "the fork child {pid} of killed worker {w} did not die with it in \
                          {FORK_BOUND:?}: {}",
                         task_hint(pid)
                     ));
-                    // SAFETY: kill(2) of a process we know.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    kill_if_same(pid, start);
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(1));
@@ -2415,6 +2467,11 @@ fn torture(name: &str) {
         problems.push(format!(
             "stray files next to the lock after everyone is done: {stray:?}"
         ));
+    }
+    if problems.len() > MAX_PROBLEMS {
+        let more = problems.len() - MAX_PROBLEMS;
+        problems.truncate(MAX_PROBLEMS);
+        problems.push(format!("... and {more} more"));
     }
     let messages = b.messages();
     let summary = format!(
