@@ -1171,6 +1171,11 @@ impl<'a> Runner<'a> {
         self.board().fail(&format!("{}: {text}", self.who()));
     }
 
+    fn release_took(&self, what: &str, ns: u64) {
+        self.board()
+            .release_took(&format!("{}: {what}", self.who()), ns);
+    }
+
     fn set_op(&self, word: u64) {
         self.board().row(self.row, R_OP_T).store(now_ns(), SeqCst);
         self.board().row(self.row, R_OP).store(word, SeqCst);
@@ -1357,8 +1362,7 @@ impl<'a> Runner<'a> {
         self.lower_all();
         let t0 = now_ns();
         let r = self.h().unlock(0, 0);
-        self.board()
-            .release_took("unlock of the whole file", now_ns() - t0);
+        self.release_took("unlock of the whole file", now_ns() - t0);
         if let Err(e) = r {
             self.fail(&format!("unlock of the whole file returned {}", e.text));
         }
@@ -1376,7 +1380,7 @@ impl<'a> Runner<'a> {
         let took = now_ns() - t0;
         self.clear_op();
         self.board().bump(H_UNLOCKS);
-        self.board().release_took(&describe_op(word), took);
+        self.release_took(&describe_op(word), took);
         match r {
             Ok(()) => {
                 for s in slots_of(start, len) {
@@ -1542,7 +1546,7 @@ impl<'a> Runner<'a> {
                 .store(now_ns(), SeqCst);
         }
         self.board().bump(H_CLOSES);
-        self.board().release_took("close", took);
+        self.release_took("close", took);
         if let Err(e) = r {
             self.fail(&format!("close returned {}", e.text));
         }
@@ -1756,7 +1760,10 @@ fn close_while_waiting(board: &Board, h: CPtr, returned: &AtomicBool, delay: Dur
     let t0 = now_ns();
     let rc = capi::unilock_close(h.0);
     let took = now_ns() - t0;
-    board.release_took("unilock_close of a handle another thread waits on", took);
+    board.release_took(
+        &format!("{who}: unilock_close of a handle another thread waits on"),
+        took,
+    );
     if rc != 0 {
         board.fail(&format!(
             "{who}: unilock_close of a handle another thread waits on returned {rc}: {}",
