@@ -503,6 +503,9 @@ const H_CLOSES_DURING_WAIT: usize = 22;
 const H_STALE_WAITS: usize = 23;
 const H_FINAL_OK: usize = 24;
 const H_VIOLATING_CALLS: usize = 25;
+/// When the scenario started, and when the first violation was seen (CLOCK_MONOTONIC).
+const H_STARTED: usize = 26;
+const H_FIRST_VIOLATION: usize = 27;
 const HEADER: usize = 32;
 
 /// Logged messages: a length word (written last), then the text.
@@ -898,6 +901,9 @@ impl Board {
     fn violation(&self, row: usize, slot: usize, entry: (u8, u64, bool), other: usize, m: u8) {
         let (new, after, granted) = entry;
         self.bump(H_VIOLATIONS);
+        let _ = self
+            .at(H_FIRST_VIOLATION)
+            .compare_exchange(0, now_ns(), SeqCst, SeqCst);
         let call = self.row(row, R_OP_T).load(SeqCst);
         if self.row(row, R_VIOLATION_T).swap(call, SeqCst) == call {
             return;
@@ -2380,6 +2386,7 @@ fn torture(name: &str) {
     };
     let started = Instant::now();
     p.board.set(H_LAST_GRANT, now_ns());
+    p.board.set(H_STARTED, now_ns());
     for w in 0..WORKERS {
         p.spawn(w);
     }
@@ -2486,7 +2493,7 @@ fn torture(name: &str) {
          {} grants ({} conversions), {} EAGAIN, {} timeouts, {} cancelled, {} EDEADLK, {} \
          ENOLCK, {} unlocks, {} closes, {} closes during a wait, {} forks, {} queries, {} lists; \
          {} kills ({} holding, {} waiting, {} in the counter section), {} stale-record waits; \
-         {} increments; longest release {:.1} ms{}; {violations} violations",
+         {} increments; longest release {:.1} ms{}; {violations} violations{}",
         ran.as_secs_f64(),
         b.get(H_OPS),
         b.get(H_GRANTS),
@@ -2513,6 +2520,13 @@ fn torture(name: &str) {
             ", {} flocks on the lock file",
             i.holds
         )),
+        match b.get(H_FIRST_VIOLATION) {
+            0 => String::new(),
+            t => format!(
+                " (the first {:.2} s into the run)",
+                t.saturating_sub(b.get(H_STARTED)) as f64 / 1e9
+            ),
+        },
     );
     println!("{summary}");
     if b.get(H_OPS) < 100 {
