@@ -6,6 +6,7 @@
 #   make check                fmt, clippy, cargo test, then the C checks
 #   make faults               every injected system call failure x every errno
 #   make bench                the benchmarks, into BENCHMARKS.md and docs/ (scripts/bench.sh)
+#   make torture SECONDS=600  every torture scenario (tests/torture.rs) for that long each
 #
 # Cargo decides what is stale: every target that needs the library goes through
 # `cargo build --release`, which is a no-op when nothing changed.
@@ -44,7 +45,7 @@ SO_NAME      := libunilock.so.$(MAJOR)
 # The .pc file says ${prefix}/... when a directory lies under PREFIX.
 pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
 
-.PHONY: all build install install-strip uninstall check check-python check-go faults bench bench-bindings clean FORCE
+.PHONY: all build install install-strip uninstall check check-python check-go faults torture bench bench-bindings clean FORCE
 
 all: build $(PC_FILE)
 
@@ -140,6 +141,13 @@ bench-bindings: build
 bench:
 	@BENCH_STARTED_NS=$$(date +%s%N); export BENCH_STARTED_NS; \
 	$(MAKE) --no-print-directory build && bash scripts/bench.sh
+
+# Seconds per scenario: SECONDS on the command line only (bash exports its own SECONDS
+# when asked to), else UNILOCK_TORTURE_SECONDS, else 60. `make check` runs the short form.
+TORTURE_SECONDS = $(if $(filter command line,$(origin SECONDS)),$(SECONDS),$(or $(UNILOCK_TORTURE_SECONDS),60))
+
+torture:
+	UNILOCK_TORTURE_SECONDS=$(TORTURE_SECONDS) $(CARGO) test --release $(CARGOFLAGS) --test torture -- --test-threads=1 --nocapture
 
 clean:
 	$(CARGO) clean
