@@ -305,12 +305,15 @@ struct Me {
 /// This process's [`Me`]: made once per process (a forked child makes its own), as
 /// reading /proc/self/stat can take milliseconds in a large process. One that lacks a
 /// field because it could not be read then is made again next time.
+///
+/// The cache is only ever *tried* (`try_lock`), never waited for: a `fork()` while
+/// another thread holds it leaves it locked for good in the child, which then makes
+/// its record each time rather than hang.
 fn me() -> Me {
     static CACHE: Mutex<Option<Me>> = Mutex::new(None);
     let pid = sys::getpid();
-    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(m) = cache.as_ref().filter(|m| m.pid == pid) {
-        return m.clone();
+    if let Some(m) = try_cell(&CACHE).and_then(|c| c.as_ref().filter(|m| m.pid == pid).cloned()) {
+        return m;
     }
     let start = start_time(pid);
     let mut record = format!("{pid}\n");
@@ -325,9 +328,21 @@ fn me() -> Me {
     }
     let m = Me { pid, start, record };
     if start.is_some() && host().is_some() && boot_id().is_some() {
-        *cache = Some(m.clone());
+        if let Some(mut cache) = try_cell(&CACHE) {
+            *cache = Some(m.clone());
+        }
     }
     m
+}
+
+/// Locks a process-wide cache if it is free now (poisoning ignored): `None` when another
+/// thread has it, or when a `fork()` copied it locked into this process.
+fn try_cell<T>(cell: &'static Mutex<T>) -> Option<std::sync::MutexGuard<'static, T>> {
+    match cell.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 /// A parsed lock file record. Fields a tool did not write are `None`.
@@ -648,7 +663,10 @@ fn temp_owner_dead(t: &TempOwner<'_>, here: &str, boot: Option<&str>) -> bool {
 /// directory `dir` (device, inode) for [`SWEEP_INTERVAL`]; it counts as looking now.
 fn due_for_sweep(dir: (u64, u64)) -> bool {
     static SWEPT: Mutex<Vec<((u64, u64), Instant)>> = Mutex::new(Vec::new());
-    let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+    // Tried, never waited for (see `me`): busy means another thread sweeps now.
+    let Some(mut swept) = try_cell(&SWEPT) else {
+        return false;
+    };
     let now = Instant::now();
     swept.retain(|(_, at)| now.duration_since(*at) < SWEEP_INTERVAL);
     if swept.iter().any(|(d, _)| *d == dir) {

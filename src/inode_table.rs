@@ -433,15 +433,18 @@ unsafe extern "C" fn before_fork() {
     }
     FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
     crate::fair::before_fork();
+    crate::capi::registry::before_fork();
 }
 
 unsafe extern "C" fn after_fork_in_parent() {
+    crate::capi::registry::after_fork();
     crate::fair::after_fork_in_parent();
     FORK_GUARD.with(|g| g.borrow_mut().take());
 }
 
 unsafe extern "C" fn after_fork_in_child() {
     crate::sys::forget_ids();
+    crate::capi::registry::after_fork();
     crate::fair::after_fork_in_child();
     FORK_GUARD.with(|g| {
         if let Some(table) = g.borrow_mut().as_mut() {
@@ -452,9 +455,9 @@ unsafe extern "C" fn after_fork_in_child() {
 }
 
 /// Installs fork handlers once: the table (and then the registry of fair queue
-/// descriptions, [`crate::fair`]) is locked across `fork()`, with every checked-out
-/// holding back in it, so that a child never inherits it half-updated, locked by a
-/// thread it does not have, or missing a holding.
+/// descriptions, [`crate::fair`], and the C handles' registry) is locked across
+/// `fork()`, with every checked-out holding back in it, so that a child never inherits
+/// it half-updated, locked by a thread it does not have, or missing a holding.
 pub(crate) fn install_fork_handlers() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| crate::sys::at_fork(before_fork, after_fork_in_parent, after_fork_in_child));

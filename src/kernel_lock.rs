@@ -496,6 +496,10 @@ impl KernelLock {
         deadline: &Deadline,
     ) -> Result<()> {
         self.check_owner()?;
+        // UNLINK: set once what the handle held was let go of with a file that was
+        // deleted or replaced; a failure after that leaves the handle holding nothing.
+        let mut let_go = false;
+        let held_at_start = self.unlink.is_some() && self.holds_anything(self.file().key);
         loop {
             let file = self.file();
             self.check_writable(&file, mode)?;
@@ -511,12 +515,15 @@ impl KernelLock {
             if fresh && self.is_stale(&file)? {
                 // Not worth waiting for: start on the file now at the path at once
                 // (a flock handle lets go of what it held on the old file).
+                let_go |= self.holds_anything(file.key);
                 self.release_range(&file, &mut inode_table::table(), ByteRange::WHOLE)?;
                 drop(file);
                 self.reopen()?;
                 continue;
             }
-            self.lock_queued(call, &file, range, mode, deadline)?;
+            if let Err(e) = self.lock_queued(call, &file, range, mode, deadline) {
+                return Err(if let_go { self.lost_with_file(e) } else { e });
+            }
             if self.unlink.is_none() {
                 return Ok(());
             }
@@ -529,6 +536,7 @@ impl KernelLock {
                 return Ok(());
             }
             // Start again on the file now at the path: release, reopen, lock.
+            let_go |= held_at_start;
             let released = {
                 let mut table = inode_table::table();
                 self.release_range(&file, &mut table, ByteRange::WHOLE)
@@ -538,6 +546,28 @@ impl KernelLock {
             released?;
             self.reopen()?;
         }
+    }
+
+    /// True when the handle holds any lock on the inode `key`.
+    fn holds_anything(&self, key: InodeKey) -> bool {
+        inode_table::table_with(key)
+            .holding(key, self.id)
+            .is_some_and(|h| !h.ranges.is_empty())
+    }
+
+    /// UNLINK: the error of a lock call that failed with `e` after the handle let go
+    /// of what it held, because its file was deleted or replaced meanwhile.
+    fn lost_with_file(&self, e: Error) -> Error {
+        Error::new(
+            libc::ENOLCK,
+            format!(
+                "{}: the file was deleted or replaced while this handle held a lock on it, \
+                 which went with it, and the lock on the new file failed ({}): this handle \
+                 holds nothing",
+                self.name,
+                e.detail()
+            ),
+        )
     }
 
     fn check_writable(&self, file: &OpenFile, mode: Mode) -> Result<()> {

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{Peer, TRY, TempDir, err, name, opts};
-use unilock::{Backend, Lock, Mode};
+use unilock::{Backend, Lock, Mode, Options};
 
 /// How long the parent waits for a child before failing the test.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -504,5 +504,67 @@ fn a_lock_the_child_released_can_be_taken_by_a_new_handle_of_the_parent() {
         assert_eq!(e.errno(), libc::EAGAIN, "{b:?}: {e}");
         new.unlock(0, 0).unwrap();
         old.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+    }
+}
+
+/// A fork while other threads make DOTLOCK lock calls (whose per-process record is
+/// cached behind a mutex) and open and close C handles (whose registry is
+/// process-wide): the child's own DOTLOCK lock and C handles never hang on state that
+/// the fork copied locked.
+#[test]
+fn a_fork_during_dotlock_and_c_handle_calls_of_other_threads_leaves_the_child_working() {
+    use ::unilock::capi::{unilock, unilock_close, unilock_open};
+    let _one = serial();
+    let dir = TempDir::new("fork-caches");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dot = Options::new().backend(Backend::Dotlock);
+    let c_path = std::ffi::CString::new(dir.file("c").as_os_str().as_encoded_bytes()).unwrap();
+    let workers: Vec<_> = (0..2)
+        .map(|i| {
+            let (stop, dir, dot, c_path) =
+                (stop.clone(), dir.0.clone(), dot.clone(), c_path.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if i == 0 {
+                        let l = Lock::open(dir.join("w.lock"), &dot).unwrap();
+                        l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
+                        l.unlock(0, 0).unwrap();
+                    } else {
+                        let mut h: *mut unilock = std::ptr::null_mut();
+                        assert_eq!(unilock_open(c_path.as_ptr(), std::ptr::null(), &mut h), 0);
+                        assert_eq!(unilock_close(h), 0);
+                    }
+                }
+            })
+        })
+        .collect();
+    for n in 0..100 {
+        let pid = fork();
+        if pid == 0 {
+            let (dir, dot, c_path) = (dir.0.clone(), dot.clone(), c_path.clone());
+            in_child(move || {
+                let l = match Lock::open(dir.join(format!("child-{n}.lock")), &dot) {
+                    Ok(l) => l,
+                    Err(e) => return e.errno(),
+                };
+                if let Err(e) = l.lock(Mode::Exclusive, 0, 0, TRY) {
+                    return e.errno();
+                }
+                if let Err(e) = l.unlock(0, 0) {
+                    return e.errno();
+                }
+                let mut h: *mut unilock = std::ptr::null_mut();
+                let rc = unilock_open(c_path.as_ptr(), std::ptr::null(), &mut h);
+                if rc != 0 {
+                    return -rc;
+                }
+                -unilock_close(h)
+            });
+        }
+        assert_eq!(wait_exit(pid), 0, "fork {n}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
     }
 }

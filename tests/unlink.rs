@@ -390,3 +390,29 @@ fn threads_in_an_unlink_loop_never_overlap_and_leave_no_file() {
     // count is compared with a margin).
     assert!(open_fds() < before + 8, "{before} -> {}", open_fds());
 }
+
+/// A FLOCK upgrade (which lets go of the shared lock while it waits) that finds its
+/// file deleted and replaced, and then cannot get the new file in time: the handle
+/// no longer holds anything, and says so with `ENOLCK` rather than `ETIMEDOUT` (which
+/// would mean it still holds what it held).
+#[test]
+fn a_failed_flock_upgrade_after_the_file_was_replaced_reports_the_lost_lock() {
+    let dir = TempDir::new("unlink-upgrade-lost");
+    let path = dir.0.join("f");
+    let o = opts(Backend::Flock).flags(flags::UNLINK);
+    let lock = Lock::open(&path, &o).unwrap();
+    lock.lock(Mode::Shared, 0, 0, TRY).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"").unwrap();
+    let mut peer = Peer::spawn();
+    assert_eq!(peer.cmd(&format!("open p {} flock", path.display())), "ok");
+    assert_eq!(peer.cmd("lock p ex 0 0 0"), "ok");
+    let e = lock
+        .lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(100)))
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::ENOLCK, "{e}");
+    assert!(e.to_string().contains("holds nothing"), "{e}");
+    // It holds nothing indeed: once the peer lets go, another process gets the file.
+    assert_eq!(peer.cmd("unlock p 0 0"), "ok");
+    assert_eq!(peer.cmd("lock p ex 0 0 0"), "ok");
+}

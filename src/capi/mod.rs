@@ -8,7 +8,7 @@
 pub mod boundary;
 pub mod error;
 pub mod handle;
-mod registry;
+pub(crate) mod registry;
 pub mod version;
 
 pub use error::{unilock_last_error, unilock_strerror};

@@ -174,6 +174,23 @@ impl Entered {
     }
 }
 
+thread_local! {
+    static FORK_GUARD: std::cell::RefCell<Option<std::sync::MutexGuard<'static, Registry>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Fork handlers (called from [`crate::inode_table`]'s): the registry is held across
+/// `fork()`, so that a child never inherits it locked by a thread it does not have.
+pub(crate) fn before_fork() {
+    let guard = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
+}
+
+/// Releases what [`before_fork`] took, in the parent or the child.
+pub(crate) fn after_fork() {
+    FORK_GUARD.with(|g| g.borrow_mut().take());
+}
+
 /// Puts `lock` into a slot and returns the slot's address: a closed slot out of
 /// quarantine (freeing the handle it held), else a fresh one. `ENOMEM` when every
 /// chunk is in use.
