@@ -1045,8 +1045,13 @@ impl DotLock {
 
     /// Looks at the lock file at the name.
     fn inspect(&self) -> Result<Found> {
-        let Some((fd, st)) = self.open_lock_file()? else {
-            return Ok(Found::Absent);
+        let (fd, st) = match self.open_lock_file() {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(Found::Absent),
+            // Another user's lock file (0600): it holds the lock, its owner unknown;
+            // a file this process cannot open it never breaks.
+            Err(e) if e.errno() == libc::EACCES => return Ok(Found::Live(Owner { pid: -1 }, None)),
+            Err(e) => return Err(e),
         };
         if st.st_nlink == 0 {
             return Ok(Found::Absent);
@@ -1398,8 +1403,12 @@ impl DotLock {
 
     /// The lock file's holder, stale or not, as a list of zero or one.
     pub(crate) fn list(&self) -> Result<Vec<Holder>> {
-        let Some((fd, st)) = self.open_lock_file()? else {
-            return Ok(Vec::new());
+        let (fd, st) = match self.open_lock_file() {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(Vec::new()),
+            // Another user's lock file: held, by an owner this process cannot read.
+            Err(e) if e.errno() == libc::EACCES => return Ok(vec![holder(-1, false)]),
+            Err(e) => return Err(e),
         };
         let r = self.read_lock_file(fd.as_fd(), &st).unwrap_or_default();
         let here = r.host.as_deref().is_none_or(|h| Some(h) == host());
@@ -1433,6 +1442,8 @@ impl DotLock {
         if std::mem::replace(&mut self.closed, true) {
             return Ok(());
         }
+        // The inotify descriptor kept between waits goes with the handle.
+        *self.watch.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
         self.remove_strays();
         let held = self.held().take();
         let result = match held {

@@ -95,6 +95,38 @@ const PROC_LOCKS_READS: usize = 32;
 /// A file under a page comes whole in one read ([`read_whole`]); a longer one is read
 /// until two consecutive reads agree on the lines about `key` (at most a few dozen
 /// times; under constant churn the last read is used).
+/// `key` (from `fstat` of `fd`) with the device that /proc/locks and fdinfo name the
+/// file by: the superblock's, which is the mount's MAJ:MIN in /proc/self/mountinfo.
+/// `fstat`'s `st_dev` is not that on every filesystem (btrfs gives each subvolume a
+/// device of its own). `key` as it is when /proc cannot tell.
+pub(crate) fn proc_key(fd: BorrowedFd<'_>, key: InodeKey) -> InodeKey {
+    let fdinfo = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    let mount = crate::sys::read_small(Path::new(&fdinfo)).and_then(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("mnt_id:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    });
+    let Some(mount) = mount else {
+        return key;
+    };
+    let Some(mounts) = crate::sys::read_small(Path::new("/proc/self/mountinfo")) else {
+        return key;
+    };
+    mount_device(&mounts, mount).map_or(key, |dev| InodeKey { dev, ino: key.ino })
+}
+
+/// The device (MAJ:MIN, field 3) of mount `id` in a /proc/self/mountinfo text.
+fn mount_device(mounts: &str, id: u64) -> Option<u64> {
+    let line = mounts.lines().find(|l| {
+        l.split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            == Some(id)
+    })?;
+    let (major, minor) = line.split_whitespace().nth(2)?.split_once(':')?;
+    Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
+}
+
 pub(crate) fn proc_locks(key: InodeKey) -> Result<Vec<ProcLock>> {
     let read = || {
         read_whole("/proc/locks")

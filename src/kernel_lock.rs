@@ -1040,9 +1040,10 @@ impl KernelLock {
                 command: holders::command(me),
             }));
         }
-        let mut resolver = Resolver::new(key);
+        let proc_key = holders::proc_key(file.fd(), key);
+        let mut resolver = Resolver::new(proc_key);
         if self.backend == Backend::Flock {
-            let mut locks: Vec<ProcLock> = holders::proc_locks(key)?
+            let mut locks: Vec<ProcLock> = holders::proc_locks(proc_key)?
                 .into_iter()
                 .filter(|l| l.backend == Backend::Flock)
                 .collect();
@@ -1088,7 +1089,10 @@ impl KernelLock {
     /// Every lock on the file, from any process and any mechanism, as /proc/locks
     /// shows it (POSIX locks of this process appear once, as the kernel holds them).
     pub(crate) fn list(&self) -> Result<Vec<Holder>> {
-        let key = self.file().key;
+        let key = {
+            let file = self.file();
+            holders::proc_key(file.fd(), file.key)
+        };
         let locks = holders::proc_locks(key)?;
         let mut resolver = Resolver::new(key);
         Ok(locks.iter().map(|l| resolver.holder(l)).collect())
@@ -1128,7 +1132,7 @@ impl KernelLock {
             .is_some_and(|h| !h.ranges.is_empty() && h.fork_gen != fork_generation());
         let shared_by_fork = forked_since
             && self.backend != Backend::Posix
-            && holders::description_shared_elsewhere(file.fd(), key);
+            && holders::description_shared_elsewhere(file.fd(), holders::proc_key(file.fd(), key));
         let mut table = self.table(key);
         let mut result = Ok(());
         if table

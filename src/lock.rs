@@ -432,11 +432,13 @@ impl Lock {
         self.call.seal(recheck);
     }
 
-    /// Releases what the handle holds and closes its descriptors, as [`Lock::close`]
-    /// does, leaving the (sealed) handle in place: for a C handle, whose memory
-    /// outlives its close.
+    /// Closes the handle as [`Lock::close`] does (after [`Lock::seal`]), leaving in its
+    /// place an empty handle that refuses every call: for a C handle, whose memory
+    /// outlives its close. Every descriptor and allocation of the old one goes.
     pub(crate) fn close_in_place(&mut self) -> Result<()> {
-        self.close_inner()
+        let closed = Lock::assemble(Vec::new(), None, 0);
+        closed.call.seal(Duration::ZERO);
+        std::mem::replace(self, closed).close()
     }
 
     /// Wakes a thread of this handle waiting for another handle of this process.
