@@ -138,7 +138,8 @@ fn io_error(e: std::io::Error, what: &str) -> Error {
 
 /// The peer's command loop. Commands: `open H PATH BACKEND FLAGS`, `lock H sh|ex MS`
 /// (whole file; MS 0 tries once, -1 waits without limit), `unlock H`, `close H`,
-/// `count LOCK BACKEND COUNTER N`, `race PATH BACKEND FLAGS SHM N`. Replies, after
+/// `count LOCK BACKEND COUNTER N AT`, `race PATH BACKEND FLAGS SHM N AT` (both start at
+/// AT, milliseconds since the epoch, so that the workers overlap). Replies, after
 /// "@@ ": `ok`, or `err ERRNO DETAIL`.
 fn peer_loop() -> ! {
     let mut handles: HashMap<String, Lock> = HashMap::new();
@@ -167,15 +168,16 @@ fn peer_loop() -> ! {
             }
             ["unlock", h] => handles[*h].unlock(0, 0),
             ["close", h] => handles.remove(*h).map_or(Ok(()), Lock::close),
-            ["count", lock, b, counter, n] => {
-                count(Path::new(lock), backend_named(b), Path::new(counter), n)
+            ["count", lock, b, counter, n, at] => {
+                count(Path::new(lock), backend_named(b), Path::new(counter), n, at)
             }
-            ["race", path, b, bits, shm, n] => race(
+            ["race", path, b, bits, shm, n, at] => race(
                 Path::new(path),
                 backend_named(b),
                 bits.parse().unwrap(),
                 Path::new(shm),
                 n.parse().unwrap(),
+                at,
             ),
             ["fork_close", h] => {
                 let l = handles.remove(*h).unwrap();
@@ -221,7 +223,7 @@ fn fork_holder() {
 
 /// The torture's worker: `n` times, take the lock, read the counter, give up the CPU,
 /// write the counter plus one, release. A lost update shows in the final count.
-fn count(lock: &Path, b: Backend, counter: &Path, n: &str) -> unilock::Result<()> {
+fn count(lock: &Path, b: Backend, counter: &Path, n: &str, at: &str) -> unilock::Result<()> {
     let n: u64 = n.parse().unwrap();
     let l = Lock::open(lock, &Options::new().backend(b).flags(flags::CREATE))?;
     let f = std::fs::OpenOptions::new()
@@ -229,6 +231,7 @@ fn count(lock: &Path, b: Backend, counter: &Path, n: &str) -> unilock::Result<()
         .write(true)
         .open(counter)
         .map_err(|e| io_error(e, "open the counter"))?;
+    sleep_until(at);
     for _ in 0..n {
         l.lock(Mode::Exclusive, 0, 0, Some(LONG))?;
         let mut word = [0u8; 8];
@@ -240,6 +243,26 @@ fn count(lock: &Path, b: Backend, counter: &Path, n: &str) -> unilock::Result<()
         l.unlock(0, 0)?;
     }
     l.close()
+}
+
+fn epoch_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// A start time for workers, a little ahead.
+fn start_at() -> u128 {
+    epoch_ms() + 50
+}
+
+fn sleep_until(at: &str) {
+    let at: u128 = at.parse().unwrap();
+    let now = epoch_ms();
+    if at > now {
+        std::thread::sleep(Duration::from_millis((at - now) as u64));
+    }
 }
 
 /// Words of the race's shared memory.
@@ -257,8 +280,9 @@ fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
 /// record an overlap if another holder is inside, and a miss if the path does not name
 /// the locked file (for DOTLOCK: if the lock file is not there), then unlock and
 /// close.
-fn race(path: &Path, b: Backend, bits: u32, shm: &Path, n: u64) -> unilock::Result<()> {
+fn race(path: &Path, b: Backend, bits: u32, shm: &Path, n: u64, at: &str) -> unilock::Result<()> {
     let words = Shm::map(shm, RACE_WORDS);
+    sleep_until(at);
     for _ in 0..n {
         let l = Lock::open(path, &Options::new().backend(b).flags(bits))?;
         l.lock(Mode::Exclusive, 0, 0, Some(LONG))?;
@@ -579,7 +603,12 @@ fn removed_on_release(dir: &Path, b: Backend, peers: &mut Peers, shm_dir: &Path)
 
     let shm = shm_dir.join(format!("race-{n}"));
     let words = Shm::create(&shm, RACE_WORDS);
-    let line = format!("race {} {n} {bits} {} {RACE_ROUNDS}", p(&path), p(&shm));
+    let line = format!(
+        "race {} {n} {bits} {} {RACE_ROUNDS} {}",
+        p(&path),
+        p(&shm),
+        start_at()
+    );
     let racers = &mut peers.0[1..3];
     for r in racers.iter_mut() {
         r.send(&line);
@@ -689,7 +718,12 @@ fn torture(dir: &Path, b: Backend, peers: &mut Peers) {
     let lock = dir.join(format!("torture-{n}"));
     let counter = dir.join(format!("counter-{n}"));
     std::fs::write(&counter, 0u64.to_le_bytes()).unwrap();
-    let line = format!("count {} {n} {} {INCREMENTS}", p(&lock), p(&counter));
+    let line = format!(
+        "count {} {n} {} {INCREMENTS} {}",
+        p(&lock),
+        p(&counter),
+        start_at()
+    );
     let workers = &mut peers.0[1..=WORKERS];
     for w in workers.iter_mut() {
         w.send(&line);
