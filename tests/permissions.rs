@@ -499,8 +499,9 @@ fn a_dotlock_lock_file_of_another_user_holds_the_lock() {
 /// In a sticky, world-writable directory, nobody plants a symbolic link to a file of
 /// root's, a dangling one, and a FIFO, under the names root locks: every open by root
 /// is refused at once (ELOOP for the links, EINVAL naming the FIFO), with every kernel
-/// backend with and without CREATE (and UNLINK), and with DOTLOCK; nothing is
-/// created, followed, written or removed.
+/// backend with and without CREATE (and UNLINK), with DOTLOCK, and with a DOTLOCK and
+/// FLOCK set (whose lock file is the path plus ".lock"); nothing is created, followed,
+/// written or removed.
 #[test]
 fn planted_symlinks_and_fifos_in_a_sticky_directory_are_refused_without_blocking() {
     let test = "planted_symlinks_and_fifos_in_a_sticky_directory_are_refused_without_blocking";
@@ -546,6 +547,21 @@ fn planted_symlinks_and_fifos_in_a_sticky_directory_are_refused_without_blocking
         let (errno, detail) = open_promptly(&fifo, o, true);
         assert_eq!(errno, libc::EINVAL, "the FIFO with {o:?}: {detail}");
         assert!(detail.contains("FIFO"), "{detail}");
+    }
+    // A set's lock file is the path plus ".lock": planted there, it is refused too.
+    let set = Options {
+        backends: Backend::Dotlock as u32 | Backend::Flock as u32,
+        flags: flags::CREATE,
+        ..Options::default()
+    };
+    for (base, planted) in [("mbox-link", &link), ("mbox-fifo", &fifo)] {
+        let lock_file = world.at(&format!("{base}.lock"));
+        std::fs::rename(planted, &lock_file).unwrap();
+        let is_fifo = planted == &fifo;
+        let (errno, detail) = open_promptly(&world.at(base), &set, is_fifo);
+        let expected = if is_fifo { libc::EINVAL } else { libc::ELOOP };
+        assert_eq!(errno, expected, "a set with {base}.lock planted: {detail}");
+        std::fs::rename(&lock_file, planted).unwrap();
     }
     assert_eq!(snapshot(&precious), before, "the link's target changed");
     assert!(!missing.exists(), "the dangling link's target was created");
