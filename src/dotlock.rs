@@ -498,12 +498,7 @@ fn check_type(st: &libc::stat, name: &str) -> Result<()> {
     let kind = match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => return Ok(()),
         libc::S_IFLNK => return Err(symbolic_link(name)),
-        libc::S_IFDIR => "a directory",
-        libc::S_IFIFO => "a FIFO",
-        libc::S_IFSOCK => "a socket",
-        libc::S_IFCHR => "a character device",
-        libc::S_IFBLK => "a block device",
-        _ => "not a regular file",
+        other => crate::kernel_lock::file_type_name(other),
     };
     Err(Error::new(
         libc::EINVAL,

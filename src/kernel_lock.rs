@@ -124,16 +124,26 @@ fn check_file_type(st: &libc::stat, name: &str) -> Result<()> {
                 format!("{name} is a symbolic link; pass UNILOCK_FOLLOW to lock its target"),
             ));
         }
-        libc::S_IFIFO => "a FIFO",
-        libc::S_IFSOCK => "a socket",
-        libc::S_IFCHR => "a character device",
-        libc::S_IFBLK => "a block device",
-        _ => "not a regular file",
+        other => file_type_name(other),
     };
     Err(Error::new(
         libc::EINVAL,
         format!("{name} is {kind}: only regular files and directories can be locked"),
     ))
+}
+
+/// What a file of type `kind` (`st_mode & S_IFMT`) is, for messages: "a FIFO", ...
+pub(crate) fn file_type_name(kind: libc::mode_t) -> &'static str {
+    match kind {
+        libc::S_IFREG => "a regular file",
+        libc::S_IFDIR => "a directory",
+        libc::S_IFLNK => "a symbolic link",
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        _ => "not a regular file",
+    }
 }
 
 fn key_of(st: &libc::stat) -> InodeKey {

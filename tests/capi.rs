@@ -517,6 +517,18 @@ struct Shared(*mut unilock);
 // SAFETY: the C API is thread-safe; the tests only pass the pointer along.
 unsafe impl Send for Shared {}
 
+/// A peer process holding an exclusive lock on `path` through backends `bits`
+/// (handle `p`).
+fn peer_holding(path: &Path, bits: u32) -> Peer {
+    let mut peer = Peer::spawn();
+    assert_eq!(
+        peer.cmd(&format!("open_bits p {} {bits}", path.display())),
+        "ok"
+    );
+    assert_eq!(peer.cmd("lock p ex 0 0 0"), "ok");
+    peer
+}
+
 /// `unilock_close` while another thread waits on the handle ends that wait with
 /// `-ECANCELED`, returns once it has returned, and leaves nothing held or waiting.
 #[test]
@@ -530,12 +542,7 @@ fn close_ends_a_wait_on_the_handle_in_every_backend() {
     ] {
         // Not created here: a DOTLOCK path is the lock file itself.
         let path = dir.0.join(name);
-        let mut peer = Peer::spawn();
-        assert_eq!(
-            peer.cmd(&format!("open_bits p {} {bits}", path.display())),
-            "ok"
-        );
-        assert_eq!(peer.cmd("lock p ex 0 0 0"), "ok");
+        let mut peer = peer_holding(&path, bits);
         let o = options(bits, UNILOCK_CREATE);
         let (rc, l) = open(&path, &o);
         assert_eq!(rc, 0, "{name}: {}", last_error());
@@ -648,12 +655,7 @@ fn closed_handles_keep_no_descriptor() {
         ("dotlock", UNILOCK_BACKEND_DOTLOCK),
     ] {
         let path = dir.0.join(name);
-        let mut peer = Peer::spawn();
-        assert_eq!(
-            peer.cmd(&format!("open_bits p {} {bits}", path.display())),
-            "ok"
-        );
-        assert_eq!(peer.cmd("lock p ex 0 0 0"), "ok");
+        let _peer = peer_holding(&path, bits);
         let o = options(bits, UNILOCK_CREATE);
         // One round first: the library's own lasting descriptors, if any, are made.
         let round = || {

@@ -129,98 +129,6 @@ fn name_of(b: Backend) -> &'static str {
     }
 }
 
-fn io_error(e: std::io::Error, what: &str) -> Error {
-    Error::new(
-        e.raw_os_error().unwrap_or(libc::EIO),
-        format!("{what}: {e}"),
-    )
-}
-
-/// The peer's command loop. Commands: `open H PATH BACKEND FLAGS`, `lock H sh|ex MS`
-/// (whole file; MS 0 tries once, -1 waits without limit), `unlock H`, `close H`,
-/// `count LOCK BACKEND COUNTER N AT`, `race PATH BACKEND FLAGS SHM N AT` (both start at
-/// AT, milliseconds since the epoch, so that the workers overlap). Replies, after
-/// "@@ ": `ok`, or `err ERRNO DETAIL`.
-fn peer_loop() -> ! {
-    let mut handles: HashMap<String, Lock> = HashMap::new();
-    println!("@@ ready");
-    for line in std::io::stdin().lock().lines() {
-        let line = line.unwrap();
-        let w: Vec<&str> = line.split_whitespace().collect();
-        let reply = match w.as_slice() {
-            ["open", h, path, b, bits] => {
-                let o = Options::new()
-                    .backend(backend_named(b))
-                    .flags(bits.parse().unwrap());
-                Lock::open(path, &o).map(|l| {
-                    handles.insert(h.to_string(), l);
-                })
-            }
-            ["lock", h, mode, ms] => {
-                let ms: i64 = ms.parse().unwrap();
-                let mode = if *mode == "sh" {
-                    Mode::Shared
-                } else {
-                    Mode::Exclusive
-                };
-                let timeout = (ms >= 0).then(|| Duration::from_millis(ms as u64));
-                handles[*h].lock(mode, 0, 0, timeout)
-            }
-            ["unlock", h] => handles[*h].unlock(0, 0),
-            ["close", h] => handles.remove(*h).map_or(Ok(()), Lock::close),
-            ["count", lock, b, counter, n, at] => {
-                count(Path::new(lock), backend_named(b), Path::new(counter), n, at)
-            }
-            ["race", path, b, bits, shm, n, at] => race(
-                Path::new(path),
-                backend_named(b),
-                bits.parse().unwrap(),
-                Path::new(shm),
-                n.parse().unwrap(),
-                at,
-            ),
-            ["fork_close", h] => {
-                let l = handles.remove(*h).unwrap();
-                fork_holder();
-                l.close()
-            }
-            ["exit"] => std::process::exit(0),
-            _ => Err(Error::new(libc::EINVAL, format!("bad command {line}"))),
-        };
-        match reply {
-            Ok(()) => println!("@@ ok"),
-            Err(e) => println!("@@ err {} {}", e.errno(), e.detail()),
-        }
-    }
-    std::process::exit(0);
-}
-
-/// Forks a child that keeps this process's descriptors (and so the open file
-/// descriptions of its flock and OFD locks) until this process exits.
-fn fork_holder() {
-    let mut ends = [0; 2];
-    // SAFETY: pipe2 fills `ends` with two new descriptors.
-    assert_eq!(
-        unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) },
-        0
-    );
-    // SAFETY: the child only makes async-signal-safe calls (close, read, _exit).
-    match unsafe { libc::fork() } {
-        0 => unsafe {
-            libc::close(ends[1]);
-            let mut byte = 0u8;
-            // Returns at end of file: when this process (the pipe's writer) is gone.
-            libc::read(ends[0], (&mut byte as *mut u8).cast(), 1);
-            libc::_exit(0);
-        },
-        pid => {
-            assert!(pid > 0, "fork");
-            // SAFETY: the read end is the child's; the write end stays open until exit.
-            unsafe { libc::close(ends[0]) };
-        }
-    }
-}
-
 /// The torture's worker: `n` times, take the lock, read the counter, give up the CPU,
 /// write the counter plus one, release. A lost update shows in the final count.
 fn count(lock: &Path, b: Backend, counter: &Path, n: &str, at: &str) -> unilock::Result<()> {
@@ -230,16 +138,16 @@ fn count(lock: &Path, b: Backend, counter: &Path, n: &str, at: &str) -> unilock:
         .read(true)
         .write(true)
         .open(counter)
-        .map_err(|e| io_error(e, "open the counter"))?;
+        .map_err(|e| common::io_error(e, "open the counter"))?;
     sleep_until(at);
     for _ in 0..n {
         l.lock(Mode::Exclusive, 0, 0, Some(LONG))?;
         let mut word = [0u8; 8];
         f.read_exact_at(&mut word, 0)
-            .map_err(|e| io_error(e, "read the counter"))?;
+            .map_err(|e| common::io_error(e, "read the counter"))?;
         std::thread::yield_now();
         f.write_all_at(&(u64::from_le_bytes(word) + 1).to_le_bytes(), 0)
-            .map_err(|e| io_error(e, "write the counter"))?;
+            .map_err(|e| common::io_error(e, "write the counter"))?;
         l.unlock(0, 0)?;
     }
     l.close()

@@ -81,12 +81,7 @@ fn name_of(b: Backend) -> &'static str {
 }
 
 fn io_result(r: std::io::Result<()>, what: &str) -> unilock::Result<()> {
-    r.map_err(|e| {
-        Error::new(
-            e.raw_os_error().unwrap_or(libc::EIO),
-            format!("{what}: {e}"),
-        )
-    })
+    r.map_err(|e| common::io_error(e, what))
 }
 
 /// The peer's command loop. Commands: `open H PATH BACKEND FLAGS`, `lock H sh|ex MS`
@@ -94,31 +89,8 @@ fn io_result(r: std::io::Result<()>, what: &str) -> unilock::Result<()> {
 /// `mkfifo PATH`, `write PATH MODE` (a new file, mode in octal), `remove PATH`.
 /// Replies, after "@@ ": `ok`, or `err ERRNO DETAIL`.
 fn peer_loop() -> ! {
-    let mut handles: HashMap<String, Lock> = HashMap::new();
-    println!("@@ ready");
-    for line in std::io::stdin().lock().lines() {
-        let line = line.unwrap();
-        let w: Vec<&str> = line.split_whitespace().collect();
-        let reply = match w.as_slice() {
-            ["open", h, path, b, bits] => {
-                let o = Options::new()
-                    .backend(backend_named(b))
-                    .flags(bits.parse().unwrap());
-                Lock::open(path, &o).map(|l| {
-                    handles.insert(h.to_string(), l);
-                })
-            }
-            ["lock", h, mode, ms] => {
-                let mode = if *mode == "sh" {
-                    Mode::Shared
-                } else {
-                    Mode::Exclusive
-                };
-                let ms: u64 = ms.parse().unwrap();
-                handles[*h].lock(mode, 0, 0, Some(Duration::from_millis(ms)))
-            }
-            ["unlock", h] => handles[*h].unlock(0, 0),
-            ["close", h] => handles.remove(*h).map_or(Ok(()), Lock::close),
+    common::detailed_peer_loop(|w, _| {
+        Some(match w {
             ["symlink", target, path] => {
                 io_result(std::os::unix::fs::symlink(target, path), "symlink")
             }
@@ -148,15 +120,9 @@ fn peer_loop() -> ! {
                 io_result(made, "write")
             }
             ["remove", path] => io_result(std::fs::remove_file(path), "remove"),
-            ["exit"] => std::process::exit(0),
-            _ => Err(Error::new(libc::EINVAL, format!("bad command {line}"))),
-        };
-        match reply {
-            Ok(()) => println!("@@ ok"),
-            Err(e) => println!("@@ err {} {}", e.errno(), e.detail()),
-        }
-    }
-    std::process::exit(0);
+            _ => return None,
+        })
+    })
 }
 
 // ---------------------------------------------------------------------------------

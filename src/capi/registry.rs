@@ -119,7 +119,13 @@ fn closed_handle() -> Error {
 /// state refuses them (`EBADF`) once the handle is closed.
 #[inline]
 pub(crate) fn lock_of(l: *const unilock) -> Result<&'static Lock> {
-    let p = find(l)?.lock.load(Ordering::Acquire);
+    let slot = find(l)?;
+    // Checked first so that a closed handle is EBADF whatever the other arguments
+    // (the seal below is what keeps a call and a close apart).
+    if slot.closed.load(Ordering::Relaxed) {
+        return Err(closed_handle());
+    }
+    let p = slot.lock.load(Ordering::Acquire);
     if p.is_null() {
         return Err(not_a_handle(l));
     }

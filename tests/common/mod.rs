@@ -327,3 +327,59 @@ impl Shm {
         self.at(i).fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// An `Error` from an I/O error of a test's own file operation `what`.
+pub fn io_error(e: std::io::Error, what: &str) -> unilock::Error {
+    unilock::Error::new(
+        e.raw_os_error().unwrap_or(libc::EIO),
+        format!("{what}: {e}"),
+    )
+}
+
+/// The handles of a [`detailed_peer_loop`], by name.
+pub type Handles = std::collections::HashMap<String, Lock>;
+
+/// A peer's command loop over whole-file locks whose replies carry the error's
+/// detail: `open H PATH BACKEND FLAGS`, `lock H sh|ex MS` (MS 0 tries once, -1 waits
+/// without limit), `unlock H`, `close H`, `exit`; any other command goes to `extra`,
+/// which returns `None` for one it does not know either. Replies, after "@@ ": `ok`,
+/// or `err ERRNO DETAIL`.
+pub fn detailed_peer_loop(
+    mut extra: impl FnMut(&[&str], &mut Handles) -> Option<unilock::Result<()>>,
+) -> ! {
+    let mut handles = Handles::new();
+    println!("@@ ready");
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let reply = match w.as_slice() {
+            ["open", h, path, b, bits] => {
+                let o = Options::new()
+                    .backend(backend_named(b))
+                    .flags(bits.parse().unwrap());
+                Lock::open(path, &o).map(|l| {
+                    handles.insert(h.to_string(), l);
+                })
+            }
+            ["lock", h, mode, ms] => {
+                let ms: i64 = ms.parse().unwrap();
+                let timeout = (ms >= 0).then(|| Duration::from_millis(ms as u64));
+                handles[*h].lock(mode_named(mode), 0, 0, timeout)
+            }
+            ["unlock", h] => handles[*h].unlock(0, 0),
+            ["close", h] => handles.remove(*h).map_or(Ok(()), Lock::close),
+            ["exit"] => std::process::exit(0),
+            other => extra(other, &mut handles).unwrap_or_else(|| {
+                Err(unilock::Error::new(
+                    libc::EINVAL,
+                    format!("bad command {line}"),
+                ))
+            }),
+        };
+        match reply {
+            Ok(()) => println!("@@ ok"),
+            Err(e) => println!("@@ err {} {}", e.errno(), e.detail()),
+        }
+    }
+    std::process::exit(0);
+}
