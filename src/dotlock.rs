@@ -338,11 +338,14 @@ struct Record {
     released: bool,
 }
 
+/// Parses a lock file's record. The first line's pid may be padded on either side with
+/// any mix of blanks and NULs, as [`not_a_lock_record`] accepts it.
 fn parse_record(text: &str) -> Record {
     let mut lines = text.lines();
+    let blank = |c: char| c.is_ascii_whitespace() || c == '\0';
     let pid = lines
         .next()
-        .and_then(|l| l.trim().trim_end_matches('\0').parse::<i32>().ok())
+        .and_then(|l| l.trim_matches(blank).parse::<i32>().ok())
         .filter(|&p| p > 0);
     let mut r = Record {
         pid,
@@ -1446,6 +1449,8 @@ mod tests {
         assert_eq!(parse_record("4242\n").pid, Some(4242));
         assert_eq!(parse_record("4242").pid, Some(4242));
         assert_eq!(parse_record("  17\0").pid, Some(17));
+        assert_eq!(parse_record("17 \0").pid, Some(17));
+        assert_eq!(parse_record("\x00\x0017\n").pid, Some(17));
         assert_eq!(parse_record("").pid, None);
         assert_eq!(parse_record("0").pid, None);
         assert_eq!(parse_record("x").pid, None);
