@@ -27,7 +27,7 @@ pub(crate) struct ProcLock {
 
 /// Parses `ID: [-> ]TYPE ADVISORY READ|WRITE PID MAJ:MIN:INO START END|EOF` and keeps
 /// it when it is a granted lock on `key`.
-fn parse(line: &str, key: InodeKey) -> Option<ProcLock> {
+pub(crate) fn parse(line: &str, key: InodeKey) -> Option<ProcLock> {
     let mut f = line.split_whitespace();
     f.next()?; // "N:"
     let mut kind = f.next()?;
@@ -150,7 +150,7 @@ fn read_whole(path: &str) -> std::io::Result<(String, bool)> {
 }
 
 /// The locks on `key` in a /proc/locks text, without repeated exclusive lines.
-fn parse_all(text: &str, key: InodeKey) -> Vec<ProcLock> {
+pub(crate) fn parse_all(text: &str, key: InodeKey) -> Vec<ProcLock> {
     let mut locks: Vec<ProcLock> = Vec::new();
     for lock in text.lines().filter_map(|l| parse(l, key)) {
         if lock.mode == Mode::Exclusive && locks.contains(&lock) {

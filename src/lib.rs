@@ -40,6 +40,8 @@ pub mod capi;
 mod dotlock;
 mod error;
 mod fair;
+#[cfg(test)]
+mod fuzz_tests;
 mod holders;
 mod inode_table;
 mod kernel_lock;
