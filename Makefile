@@ -5,6 +5,7 @@
 #                             PKGCONFIGDIR and DESTDIR are honoured
 #   make check                fmt, clippy, cargo test, then the C checks
 #   make bench                the benchmarks, into BENCHMARKS.md and docs/ (scripts/bench.sh)
+#   make fuzz SECONDS=600     the fuzz tests with new seeds for SECONDS (default 60)
 #
 # Cargo decides what is stale: every target that needs the library goes through
 # `cargo build --release`, which is a no-op when nothing changed.
@@ -43,7 +44,7 @@ SO_NAME      := libunilock.so.$(MAJOR)
 # The .pc file says ${prefix}/... when a directory lies under PREFIX.
 pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
 
-.PHONY: all build install install-strip uninstall check check-python check-go bench bench-bindings clean FORCE
+.PHONY: all build install install-strip uninstall check check-python check-go bench bench-bindings fuzz clean FORCE
 
 all: build $(PC_FILE)
 
@@ -133,6 +134,19 @@ bench-bindings: build
 bench:
 	@BENCH_STARTED_NS=$$(date +%s%N); export BENCH_STARTED_NS; \
 	$(MAKE) --no-print-directory build && bash scripts/bench.sh
+
+# The seeded fuzz tests (src/fuzz_tests.rs, tests/fuzz_api.rs; `make check` runs them
+# briefly), each drawing new seeds until SECONDS have passed, the two test programs at
+# once. Only a SECONDS given on make's command line counts, not one in the environment
+# (bash's own counter, when exported).
+FUZZ_SECONDS := $(if $(filter command line,$(origin SECONDS)),$(SECONDS),60)
+
+fuzz:
+	$(CARGO) test --release $(CARGOFLAGS) --no-run --lib --test fuzz_api
+	@UNILOCK_FUZZ_SECONDS='$(FUZZ_SECONDS)'; export UNILOCK_FUZZ_SECONDS; \
+	$(CARGO) test --release $(CARGOFLAGS) --lib fuzz_tests -- --test-threads=16 --nocapture & lib=$$!; \
+	$(CARGO) test --release $(CARGOFLAGS) --test fuzz_api -- --test-threads=16 --nocapture & api=$$!; \
+	wait $$lib; lib=$$?; wait $$api; api=$$?; test $$lib = 0 && test $$api = 0
 
 clean:
 	$(CARGO) clean
