@@ -7,6 +7,7 @@
 #   make faults               every injected system call failure x every errno
 #   make bench                the benchmarks, into BENCHMARKS.md and docs/ (scripts/bench.sh)
 #   make torture SECONDS=600  every torture scenario (tests/torture.rs) for that long each
+#   make fuzz SECONDS=600     the fuzz tests with new seeds for SECONDS (default 60)
 #
 # Cargo decides what is stale: every target that needs the library goes through
 # `cargo build --release`, which is a no-op when nothing changed.
@@ -45,7 +46,7 @@ SO_NAME      := libunilock.so.$(MAJOR)
 # The .pc file says ${prefix}/... when a directory lies under PREFIX.
 pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
 
-.PHONY: all build install install-strip uninstall check check-python check-go faults torture bench bench-bindings clean FORCE
+.PHONY: all build install install-strip uninstall check check-python check-go faults torture fuzz bench bench-bindings clean FORCE
 
 all: build $(PC_FILE)
 
@@ -148,6 +149,19 @@ TORTURE_SECONDS = $(if $(filter command line,$(origin SECONDS)),$(SECONDS),$(or 
 
 torture:
 	UNILOCK_TORTURE_SECONDS=$(TORTURE_SECONDS) $(CARGO) test --release $(CARGOFLAGS) --test torture -- --test-threads=1 --nocapture
+
+# The seeded fuzz tests (src/fuzz_tests.rs, tests/fuzz_api.rs; `make check` runs them
+# briefly), each drawing new seeds until SECONDS have passed, the two test programs at
+# once. Only a SECONDS given on make's command line counts, not one in the environment
+# (bash's own counter, when exported).
+FUZZ_SECONDS := $(if $(filter command line,$(origin SECONDS)),$(SECONDS),60)
+
+fuzz:
+	$(CARGO) test --release $(CARGOFLAGS) --no-run --lib --test fuzz_api
+	@UNILOCK_FUZZ_SECONDS='$(FUZZ_SECONDS)'; export UNILOCK_FUZZ_SECONDS; \
+	$(CARGO) test --release $(CARGOFLAGS) --lib fuzz_tests -- --test-threads=16 --nocapture & lib=$$!; \
+	$(CARGO) test --release $(CARGOFLAGS) --test fuzz_api -- --test-threads=16 --nocapture & api=$$!; \
+	wait $$lib; lib=$$?; wait $$api; api=$$?; test $$lib = 0 && test $$api = 0
 
 clean:
 	$(CARGO) clean

@@ -347,7 +347,7 @@ fn try_cell<T>(cell: &'static Mutex<T>) -> Option<std::sync::MutexGuard<'static,
 
 /// A parsed lock file record. Fields a tool did not write are `None`.
 #[derive(Debug, Default, PartialEq)]
-struct Record {
+pub(crate) struct Record {
     pid: Option<i32>,
     start: Option<u64>,
     host: Option<String>,
@@ -356,11 +356,14 @@ struct Record {
     released: bool,
 }
 
-fn parse_record(text: &str) -> Record {
+/// Parses a lock file's record. The first line's pid may be padded on either side with
+/// any mix of blanks and NULs, as [`not_a_lock_record`] accepts it.
+pub(crate) fn parse_record(text: &str) -> Record {
     let mut lines = text.lines();
+    let blank = |c: char| c.is_ascii_whitespace() || c == '\0';
     let pid = lines
         .next()
-        .and_then(|l| l.trim().trim_end_matches('\0').parse::<i32>().ok())
+        .and_then(|l| l.trim_matches(blank).parse::<i32>().ok())
         .filter(|&p| p > 0);
     let mut r = Record {
         pid,
@@ -380,7 +383,7 @@ fn parse_record(text: &str) -> Record {
 
 /// The size of the largest lock file: a unilock record is under 200 bytes (a host name
 /// has at most 64), liblockfile's and procmail's under 12.
-const MAX_LOCK_FILE: usize = 256;
+pub(crate) const MAX_LOCK_FILE: usize = 256;
 
 /// Why `text`, a whole file, is not one a lock tool could have made; `None` when it
 /// is. A lock file is at most [`MAX_LOCK_FILE`] bytes of text (UTF-8 without control
@@ -388,7 +391,7 @@ const MAX_LOCK_FILE: usize = 256;
 /// that is empty or a pid in ASCII (liblockfile and lockfile-progs write "PID\n" or
 /// "0\n", procmail's lockfile "0", UUCP-style tools pad it with spaces or NULs), then
 /// `key=value` lines with lowercase keys (unilock's record).
-fn not_a_lock_record(text: &[u8]) -> Option<String> {
+pub(crate) fn not_a_lock_record(text: &[u8]) -> Option<String> {
     if text.len() > MAX_LOCK_FILE {
         return Some(format!(
             "it is larger than the {MAX_LOCK_FILE} bytes of a lock file"
@@ -593,7 +596,7 @@ fn temp_name(me: &Me, n: u64, lock_name: &[u8]) -> String {
 
 /// Whose a temporary file is, from its name (see [`temp_name`]).
 #[derive(Debug, PartialEq)]
-struct TempOwner<'a> {
+pub(crate) struct TempOwner<'a> {
     /// As [`host_tag`] gives it; empty when its maker did not know it.
     host: &'a str,
     /// As [`boot_tag`] gives it, or empty.
@@ -603,7 +606,7 @@ struct TempOwner<'a> {
 }
 
 /// The owner a name of the [`temp_name`] pattern says; `None` for any other name.
-fn parse_temp_name(name: &[u8]) -> Option<TempOwner<'_>> {
+pub(crate) fn parse_temp_name(name: &[u8]) -> Option<TempOwner<'_>> {
     let name = std::str::from_utf8(name).ok()?;
     let rest = name.strip_prefix(TEMP_PREFIX)?.strip_suffix(".tmp")?;
     let mut f = rest.splitn(6, '~');
@@ -1511,6 +1514,8 @@ mod tests {
         assert_eq!(parse_record("4242\n").pid, Some(4242));
         assert_eq!(parse_record("4242").pid, Some(4242));
         assert_eq!(parse_record("  17\0").pid, Some(17));
+        assert_eq!(parse_record("17 \0").pid, Some(17));
+        assert_eq!(parse_record("\x00\x0017\n").pid, Some(17));
         assert_eq!(parse_record("").pid, None);
         assert_eq!(parse_record("0").pid, None);
         assert_eq!(parse_record("x").pid, None);

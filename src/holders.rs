@@ -32,7 +32,7 @@ pub(crate) struct ProcLock {
 
 /// Parses `ID: [-> ]TYPE ADVISORY READ|WRITE PID MAJ:MIN:INO START END|EOF` and keeps
 /// it when it is a granted lock on `key`.
-fn parse(line: &str, key: InodeKey) -> Option<ProcLock> {
+pub(crate) fn parse(line: &str, key: InodeKey) -> Option<ProcLock> {
     let mut f = line.split_whitespace();
     f.next()?; // "N:"
     let mut kind = f.next()?;
@@ -188,7 +188,7 @@ fn read_whole(path: &str) -> std::io::Result<(String, bool)> {
 }
 
 /// The locks on `key` in a /proc/locks text, without repeated exclusive lines.
-fn parse_all(text: &str, key: InodeKey) -> Vec<ProcLock> {
+pub(crate) fn parse_all(text: &str, key: InodeKey) -> Vec<ProcLock> {
     let mut locks: Vec<ProcLock> = Vec::new();
     let mut exclusive: HashSet<ProcLock> = HashSet::new();
     for lock in text.lines().filter_map(|l| parse(l, key)) {

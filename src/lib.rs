@@ -42,6 +42,8 @@ mod error;
 mod fair;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+#[cfg(test)]
+mod fuzz_tests;
 mod holders;
 mod inode_table;
 mod kernel_lock;

@@ -40,8 +40,7 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -50,7 +49,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Peer, Shm, TRY, TempDir};
-use unilock::{Backend, Error, Lock, Mode, Options, flags};
+use unilock::{Backend, Lock, Mode, Options, flags};
 
 const BACKENDS: [Backend; 4] = [
     Backend::Flock,
@@ -110,22 +109,61 @@ fn overlayfs() {
 // ---------------------------------------------------------------------------------
 // The peer: this test binary re-run, taking commands on stdin.
 
-fn backend_named(name: &str) -> Backend {
-    match name {
-        "flock" => Backend::Flock,
-        "ofd" => Backend::Ofd,
-        "posix" => Backend::Posix,
-        "dotlock" => Backend::Dotlock,
-        other => panic!("unknown backend {other}"),
-    }
+/// The peer's command loop: [`common::detailed_peer_loop`]'s commands, and
+/// `count LOCK BACKEND COUNTER N AT`, `race PATH BACKEND FLAGS SHM N AT` (both start at
+/// AT, milliseconds since the epoch, so that the workers overlap), `fork_close H` (a
+/// forked child keeps the handle's descriptors, then the handle is closed).
+fn peer_loop() -> ! {
+    common::detailed_peer_loop(|w, handles| {
+        Some(match w {
+            ["count", lock, b, counter, n, at] => count(
+                Path::new(lock),
+                common::backend_named(b),
+                Path::new(counter),
+                n,
+                at,
+            ),
+            ["race", path, b, bits, shm, n, at] => race(
+                Path::new(path),
+                common::backend_named(b),
+                bits.parse().unwrap(),
+                Path::new(shm),
+                n.parse().unwrap(),
+                at,
+            ),
+            ["fork_close", h] => {
+                let l = handles.remove(*h).unwrap();
+                fork_holder();
+                l.close()
+            }
+            _ => return None,
+        })
+    })
 }
 
-fn name_of(b: Backend) -> &'static str {
-    match b {
-        Backend::Flock => "flock",
-        Backend::Ofd => "ofd",
-        Backend::Posix => "posix",
-        Backend::Dotlock => "dotlock",
+/// Forks a child that keeps this process's descriptors (and so the open file
+/// descriptions of its flock and OFD locks) until this process exits.
+fn fork_holder() {
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 fills `ends` with two new descriptors.
+    assert_eq!(
+        unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) },
+        0
+    );
+    // SAFETY: the child only makes async-signal-safe calls (close, read, _exit).
+    match unsafe { libc::fork() } {
+        0 => unsafe {
+            libc::close(ends[1]);
+            let mut byte = 0u8;
+            // Returns at end of file: when this process (the pipe's writer) is gone.
+            libc::read(ends[0], (&mut byte as *mut u8).cast(), 1);
+            libc::_exit(0);
+        },
+        pid => {
+            assert!(pid > 0, "fork");
+            // SAFETY: the read end is the child's; the write end stays open until exit.
+            unsafe { libc::close(ends[0]) };
+        }
     }
 }
 
@@ -252,7 +290,7 @@ fn p(path: &Path) -> String {
 }
 
 fn open_in(peer: &mut Peer, h: &str, path: &Path, b: Backend, bits: u32) {
-    let line = format!("open {h} {} {} {bits}", p(path), name_of(b));
+    let line = format!("open {h} {} {} {bits}", p(path), common::name(b));
     expect_ok(peer.cmd(&line), &line);
 }
 
@@ -326,7 +364,7 @@ fn run_battery(fs: Fs) {
     };
     let shm_dir = TempDir::new(&format!("fs-shm-{}", fs.name()));
     for b in BACKENDS {
-        let n = name_of(b);
+        let n = common::name(b);
         battery.check(
             format!("{n}: an exclusive lock excludes another process"),
             |d, ps| exclusive_excludes(d, b, ps.holder()),
@@ -366,9 +404,10 @@ fn run_battery(fs: Fs) {
             |d, ps| across_copy_up(d, lower, ps.holder()),
         );
         for b in [Backend::Ofd, Backend::Posix] {
-            battery.check(format!("{}: a lower-layer file", name_of(b)), |d, ps| {
-                lower_file(d, b, ps.holder())
-            });
+            battery.check(
+                format!("{}: a lower-layer file", common::name(b)),
+                |d, ps| lower_file(d, b, ps.holder()),
+            );
         }
         battery.check(
             "dotlock: a stale lock file of the lower layer is broken".into(),
@@ -387,7 +426,7 @@ fn run_battery(fs: Fs) {
 }
 
 fn exclusive_excludes(dir: &Path, b: Backend, peer: &mut Peer) {
-    let path = dir.join(format!("exclusive-{}", name_of(b)));
+    let path = dir.join(format!("exclusive-{}", common::name(b)));
     open_in(peer, "x", &path, b, flags::CREATE);
     expect_ok(peer.cmd("lock x ex 0"), "the peer's exclusive lock");
     let l = Lock::open(&path, &opts(b)).unwrap();
@@ -416,7 +455,7 @@ fn exclusive_excludes(dir: &Path, b: Backend, peer: &mut Peer) {
 }
 
 fn shared_coexist(dir: &Path, b: Backend, peer: &mut Peer) {
-    let path = dir.join(format!("shared-{}", name_of(b)));
+    let path = dir.join(format!("shared-{}", common::name(b)));
     let l = Lock::open(&path, &opts(b)).unwrap();
     if b == Backend::Dotlock {
         let r = l.lock(Mode::Shared, 0, 0, TRY);
@@ -445,7 +484,7 @@ fn shared_coexist(dir: &Path, b: Backend, peer: &mut Peer) {
 }
 
 fn timed_wait_times_out(dir: &Path, b: Backend, peer: &mut Peer) {
-    let path = dir.join(format!("timed-{}", name_of(b)));
+    let path = dir.join(format!("timed-{}", common::name(b)));
     open_in(peer, "t", &path, b, flags::CREATE);
     expect_ok(peer.cmd("lock t ex 0"), "the peer's lock");
     let l = Lock::open(&path, &opts(b)).unwrap();
@@ -461,7 +500,7 @@ fn timed_wait_times_out(dir: &Path, b: Backend, peer: &mut Peer) {
 }
 
 fn wait_granted_on_release(dir: &Path, b: Backend, peer: &mut Peer) {
-    let path = dir.join(format!("granted-{}", name_of(b)));
+    let path = dir.join(format!("granted-{}", common::name(b)));
     open_in(peer, "g", &path, b, flags::CREATE);
     expect_ok(peer.cmd("lock g ex 0"), "the peer's lock");
     let l = Lock::open(&path, &opts(b)).unwrap();
@@ -492,7 +531,7 @@ fn wait_granted_on_release(dir: &Path, b: Backend, peer: &mut Peer) {
 /// UNLINK (DOTLOCK: its lock file) removes the file on release, and two processes
 /// looping on open/lock/unlock/close never both hold it.
 fn removed_on_release(dir: &Path, b: Backend, peers: &mut Peers, shm_dir: &Path) {
-    let n = name_of(b);
+    let n = common::name(b);
     let path = dir.join(format!("unlink-{n}"));
     let bits = match b {
         Backend::Dotlock => flags::CREATE,
@@ -539,7 +578,7 @@ fn removed_on_release(dir: &Path, b: Backend, peers: &mut Peers, shm_dir: &Path)
 }
 
 fn dead_holder(dir: &Path, b: Backend) {
-    let path = dir.join(format!("dead-{}", name_of(b)));
+    let path = dir.join(format!("dead-{}", common::name(b)));
     let mut doomed = Peer::spawn();
     let pid = doomed.pid();
     open_in(&mut doomed, "d", &path, b, flags::CREATE);
@@ -577,7 +616,7 @@ fn dead_holder(dir: &Path, b: Backend) {
 /// and the parent's close leaves it to the child. (The library finds the child by the
 /// lock lines of its descriptors in /proc.)
 fn kept_by_child(dir: &Path, b: Backend) {
-    let path = dir.join(format!("forked-{}", name_of(b)));
+    let path = dir.join(format!("forked-{}", common::name(b)));
     let mut parent = Peer::spawn();
     open_in(&mut parent, "f", &path, b, flags::CREATE);
     expect_ok(parent.cmd("lock f ex 0"), "the parent's lock");
@@ -591,7 +630,7 @@ fn kept_by_child(dir: &Path, b: Backend) {
 }
 
 fn query_and_list(dir: &Path, b: Backend, peer: &mut Peer) {
-    let path = dir.join(format!("query-{}", name_of(b)));
+    let path = dir.join(format!("query-{}", common::name(b)));
     open_in(peer, "q", &path, b, flags::CREATE);
     expect_ok(peer.cmd("lock q ex 0"), "the peer's lock");
     let l = Lock::open(&path, &opts(b)).unwrap();
@@ -622,7 +661,7 @@ fn query_and_list(dir: &Path, b: Backend, peer: &mut Peer) {
 }
 
 fn torture(dir: &Path, b: Backend, peers: &mut Peers) {
-    let n = name_of(b);
+    let n = common::name(b);
     let lock = dir.join(format!("torture-{n}"));
     let counter = dir.join(format!("counter-{n}"));
     std::fs::write(&counter, 0u64.to_le_bytes()).unwrap();
@@ -692,7 +731,7 @@ fn across_copy_up(dir: &Path, lower: &Path, peer: &mut Peer) {
 /// overlayfs: OFD and POSIX on a file of the lower layer (their read-write open
 /// copies it up) exclude each other's processes and query names the holder.
 fn lower_file(dir: &Path, b: Backend, peer: &mut Peer) {
-    let path = dir.join(format!("lower-{}", name_of(b)));
+    let path = dir.join(format!("lower-{}", common::name(b)));
     open_in(peer, "l", &path, b, 0);
     expect_ok(peer.cmd("lock l ex 0"), "the peer's lock on the lower file");
     let l = Lock::open(&path, &Options::new().backend(b)).unwrap();
@@ -1004,7 +1043,7 @@ fn mount_fresh(fs: Fs) -> Result<Mounted, String> {
                 std::fs::create_dir(layers.join(d)).map_err(|e| format!("mkdir: {e}"))?;
             }
             for b in [Backend::Flock, Backend::Ofd, Backend::Posix] {
-                std::fs::write(lower.join(format!("lower-{}", name_of(b))), b"lower")
+                std::fs::write(lower.join(format!("lower-{}", common::name(b))), b"lower")
                     .map_err(|e| format!("write: {e}"))?;
             }
             std::fs::write(lower.join(LOWER_STALE), format!("{}\n", dead_pid()))

@@ -22,10 +22,9 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::Permissions;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::panic::catch_unwind;
@@ -34,7 +33,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{Peer, TRY, TempDir};
-use unilock::{Backend, Error, Lock, Mode, Options, flags};
+use unilock::{Backend, Lock, Mode, Options, flags};
 
 const NOBODY: u32 = 65534;
 /// A second unprivileged user (uid and gid), who owns nothing.
@@ -60,25 +59,6 @@ fn peer_main() {
 
 // ---------------------------------------------------------------------------------
 // The peer.
-
-fn backend_named(name: &str) -> Backend {
-    match name {
-        "flock" => Backend::Flock,
-        "ofd" => Backend::Ofd,
-        "posix" => Backend::Posix,
-        "dotlock" => Backend::Dotlock,
-        other => panic!("unknown backend {other}"),
-    }
-}
-
-fn name_of(b: Backend) -> &'static str {
-    match b {
-        Backend::Flock => "flock",
-        Backend::Ofd => "ofd",
-        Backend::Posix => "posix",
-        Backend::Dotlock => "dotlock",
-    }
-}
 
 fn io_result(r: std::io::Result<()>, what: &str) -> unilock::Result<()> {
     r.map_err(|e| common::io_error(e, what))
@@ -320,7 +300,7 @@ fn open_promptly(path: &Path, o: &Options, fifo: bool) -> (i32, String) {
 fn cannot_open(peer: &mut Peer, path: &Path) {
     for b in KERNEL {
         for bits in OPEN_FLAGS {
-            let line = format!("open a {} {} {bits}", p(path), name_of(b));
+            let line = format!("open a {} {} {bits}", p(path), common::name(b));
             let reply = peer.cmd(&line);
             assert_eq!(errno_of(&reply), Some(libc::EACCES), "{line}: {reply}");
             assert!(
@@ -402,7 +382,7 @@ fn eacces_is_a_clear_error() {
         let reply = nobody.cmd(&format!(
             "open a {} {} {}",
             p(&path),
-            name_of(b),
+            common::name(b),
             flags::CREATE
         ));
         let detail = reply
@@ -556,7 +536,7 @@ fn links_and_fifos_planted_after_the_open_are_refused_by_the_lock_call() {
     let dot = Lock::open(&path, &Options::new().backend(Backend::Dotlock)).unwrap();
     handles.push(("dotlock".into(), dot, path));
     for b in KERNEL {
-        let path = world.at(&format!("unlink-{}.lock", name_of(b)));
+        let path = world.at(&format!("unlink-{}.lock", common::name(b)));
         let o = Options::new()
             .backend(b)
             .flags(flags::CREATE | flags::UNLINK);
@@ -564,7 +544,7 @@ fn links_and_fifos_planted_after_the_open_are_refused_by_the_lock_call() {
         l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
         l.unlock(0, 0).unwrap();
         assert!(!path.exists(), "{b:?}: the file was not removed on release");
-        handles.push((name_of(b).into(), l, path));
+        handles.push((common::name(b).into(), l, path));
     }
     let handles = std::sync::Arc::new(handles);
     for (i, (what, _, path)) in handles.iter().enumerate() {
@@ -660,7 +640,7 @@ fn an_existing_file_of_another_user_in_a_sticky_directory_is_opened_without_o_cr
         let l = Lock::open(&path, &Options::new().backend(b).flags(flags::CREATE))
             .unwrap_or_else(|e| panic!("{b:?}: {e}"));
         l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
-        let h = name_of(b);
+        let h = common::name(b);
         cmd_ok(&mut nobody, &format!("open {h} {} {h} 0", p(&path)));
         assert_eq!(
             errno_of(&nobody.cmd(&format!("lock {h} sh 0"))),
@@ -677,7 +657,7 @@ fn an_existing_file_of_another_user_in_a_sticky_directory_is_opened_without_o_cr
     cmd_ok(&mut nobody, &format!("open n {} flock 0", p(&path)));
     cmd_ok(&mut nobody, "lock n sh 0");
     for b in KERNEL {
-        let h = name_of(b);
+        let h = common::name(b);
         let line = format!("open {h} {} {h} {}", p(&path), flags::CREATE);
         cmd_ok(&mut other, &line);
         cmd_ok(&mut other, &format!("lock {h} sh 0"));

@@ -48,7 +48,8 @@ pub fn name(b: Backend) -> &'static str {
     match b {
         Backend::Flock => "flock",
         Backend::Ofd => "ofd",
-        _ => "posix",
+        Backend::Posix => "posix",
+        Backend::Dotlock => "dotlock",
     }
 }
 
@@ -61,6 +62,7 @@ pub fn backend_named(name: &str) -> Backend {
         "flock" => Backend::Flock,
         "ofd" => Backend::Ofd,
         "posix" => Backend::Posix,
+        "dotlock" => Backend::Dotlock,
         other => panic!("unknown backend {other}"),
     }
 }

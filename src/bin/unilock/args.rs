@@ -338,7 +338,7 @@ fn parse_backends(value: &OsStr) -> Result<u32, UsageError> {
 fn parse_mode(value: &OsStr) -> Result<u32, UsageError> {
     let s = text(value);
     match u32::from_str_radix(s.strip_prefix("0o").unwrap_or(&s), 8) {
-        Ok(m) if m <= 0o7777 && !s.is_empty() => Ok(m),
+        Ok(m) if m <= 0o777 && !s.is_empty() => Ok(m),
         _ => Err(UsageError::plain(format!(
             "invalid mode: '{s}' (expected octal permissions, e.g. 0644)"
         ))),
@@ -827,6 +827,7 @@ mod tests {
             Some(0o644)
         );
         assert!(message(&["--mode", "9", "f", "x"]).starts_with("invalid mode"));
+        assert!(message(&["--mode", "4644", "f", "x"]).starts_with("invalid mode"));
         assert!(message(&["--stale", "5", "f", "x"]).contains("dotlock"));
         assert_eq!(
             invocation(&["-b", "dotlock", "--stale", "5", "f", "x"]).stale_after_s,
