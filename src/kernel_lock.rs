@@ -847,6 +847,14 @@ impl KernelLock {
         {
             // UNLINK: the file may have been deleted while the lock was let go.
             if !matches!(self.is_stale(file), Ok(true)) {
+                // The table says so again: while the lock was let go, another handle
+                // of this process may have been granted a conflicting lock, which
+                // removed this handle's record if a fork had made it the kernel's to
+                // arbitrate (`Inode::drop_released_by_fork`).
+                table
+                    .holding_mut(file.key, self.id, self.backend)
+                    .ranges
+                    .set(ByteRange::WHOLE, Mode::Shared);
                 return Ok(());
             }
             let _ = backend::apply(file.fd(), Backend::Flock, ByteRange::WHOLE, None);
