@@ -10,10 +10,10 @@
 use std::fmt::Debug;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 
 use crate::dotlock::{self, MAX_LOCK_FILE};
 use crate::holders::{self, ProcLock};
@@ -25,39 +25,15 @@ use crate::{Backend, Mode};
 
 #[path = "../tests/common/seeds.rs"]
 mod seeds;
-use seeds::{env_number, first_seed, splitmix};
 
-/// Runs `test` on `cases` values of `strategy` drawn from one seed, or from one seed
-/// after another until `UNILOCK_FUZZ_SECONDS` have passed; panics naming the seed of
-/// the first failure (with proptest's smallest failing value).
+/// [`seeds::fuzz`] without a seed watcher.
 fn fuzz<S: Strategy>(
     name: &str,
     cases: u32,
     strategy: S,
     test: impl Fn(S::Value) -> Result<(), TestCaseError>,
 ) {
-    let until = env_number("UNILOCK_FUZZ_SECONDS").map(|s| Instant::now() + Duration::from_secs(s));
-    let mut seed = first_seed(name, until.is_some());
-    let mut seeds = 0u64;
-    loop {
-        let mut runner = TestRunner::new(Config {
-            cases,
-            failure_persistence: None,
-            rng_seed: RngSeed::Fixed(seed),
-            ..Config::default()
-        });
-        if let Err(e) = runner.run(&strategy, &test) {
-            panic!("{name} failed; UNILOCK_FUZZ_SEED={seed} reproduces it: {e}");
-        }
-        seeds += 1;
-        match until {
-            Some(t) if Instant::now() < t => seed = splitmix(seed),
-            _ => break,
-        }
-    }
-    if until.is_some() {
-        eprintln!("{name}: {seeds} seeds of {cases} cases passed");
-    }
+    seeds::fuzz(name, cases, strategy, |_| {}, test);
 }
 
 // /proc/locks and fdinfo lines.

@@ -394,12 +394,14 @@ impl Resolver {
 }
 
 /// True when another process has the open file description behind `fd` with a lock
-/// on `key` (a child that inherited it by `fork()`): a descriptor of that process
+/// on `key` (from `fstat`; [`proc_key`] finds how /proc names it) (a child that
+/// inherited it by `fork()`): a descriptor of that process
 /// whose fdinfo shows a lock on the inode and which `kcmp(KCMP_FILE)` finds to be the
 /// same description. Processes sharing this process's descriptor table (its waiter
 /// children) are skipped. Where `kcmp` is refused, a lock line is taken as sharing.
 pub(crate) fn description_shared_elsewhere(fd: BorrowedFd<'_>, key: InodeKey) -> bool {
     use crate::sys::{KCMP_FILE, KCMP_FILES, getpid, kcmp_same};
+    let key = proc_key(fd, key);
     let me = getpid();
     processes()
         .filter(|&pid| pid != me && !kcmp_same(me, pid, KCMP_FILES, 0, 0).unwrap_or(false))

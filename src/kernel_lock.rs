@@ -1058,9 +1058,12 @@ impl KernelLock {
                 command: holders::command(me),
             }));
         }
-        let proc_key = holders::proc_key(file.fd(), key);
-        let mut resolver = Resolver::new(proc_key);
+        // The device /proc names the file by: read only when /proc is (a flock query,
+        // or a conflict found by the kernel to resolve).
+        let proc_key = || holders::proc_key(file.fd(), key);
         if self.backend == Backend::Flock {
+            let proc_key = proc_key();
+            let mut resolver = Resolver::new(proc_key);
             let mut locks: Vec<ProcLock> = holders::proc_locks(proc_key)?
                 .into_iter()
                 .filter(|l| l.backend == Backend::Flock)
@@ -1099,6 +1102,7 @@ impl KernelLock {
                 range,
                 pid,
             };
+            let mut resolver = Resolver::new(proc_key());
             let pid = resolver.pid_of(&lock);
             resolver.holder_with_pid(&lock, pid)
         }))
@@ -1150,7 +1154,7 @@ impl KernelLock {
             .is_some_and(|h| !h.ranges.is_empty() && h.fork_gen != fork_generation());
         let shared_by_fork = forked_since
             && self.backend != Backend::Posix
-            && holders::description_shared_elsewhere(file.fd(), holders::proc_key(file.fd(), key));
+            && holders::description_shared_elsewhere(file.fd(), key);
         let mut table = self.table(key);
         let mut result = Ok(());
         if table

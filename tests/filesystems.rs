@@ -351,7 +351,7 @@ fn run_battery(fs: Fs) {
     sweep_leftovers();
     let mounted = match provide(fs) {
         Ok(m) => m,
-        Err(reason) => return not_run(fs.name(), &reason),
+        Err(reason) => return common::not_run(fs.name(), "filesystems", &reason),
     };
     println!("{}: {}", fs.name(), mounted.how);
     let dir = mounted.dir.clone();
@@ -1144,19 +1144,4 @@ fn existing(fs: Fs) -> Result<Mounted, String> {
         fs.name(),
         tried.join(", ")
     ))
-}
-
-/// A test that could not run: says so past the output capture, and fails unless
-/// `UNILOCK_ALLOW_NOT_RUN` names it.
-fn not_run(test: &str, reason: &str) {
-    let line = format!("NOT RUN: {test}: {reason}");
-    let _ = writeln!(std::io::stderr(), "{line}");
-    let allowed = std::env::var("UNILOCK_ALLOW_NOT_RUN").unwrap_or_default();
-    if allowed
-        .split(',')
-        .any(|w| w.trim() == test || w.trim() == "all")
-    {
-        return;
-    }
-    panic!("{line}\n(UNILOCK_ALLOW_NOT_RUN={test} accepts that it does not run here)");
 }

@@ -25,7 +25,7 @@ use ::unilock::Mode;
 use ::unilock::capi::*;
 use common::{Peer, TempDir};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 
 #[test]
 fn peer_main() {
@@ -38,47 +38,24 @@ fn peer_main() {
 
 #[path = "common/seeds.rs"]
 mod seeds;
-use seeds::{env_number, first_seed, splitmix};
 
 /// The seed being run, for the watchdog's message.
 static SEED: AtomicU64 = AtomicU64::new(0);
 
-/// Runs `test` on `cases` values of `strategy` drawn from one seed, or from one seed
-/// after another until `UNILOCK_FUZZ_SECONDS` have passed; panics naming the seed of
-/// the first failure (with proptest's smallest failing value).
+/// [`seeds::fuzz`], keeping the seed being run in [`SEED`].
 fn fuzz<S: Strategy>(
     name: &str,
     cases: u32,
     strategy: S,
-    mut test: impl FnMut(S::Value) -> Result<(), TestCaseError>,
+    test: impl FnMut(S::Value) -> Result<(), TestCaseError>,
 ) {
-    let until = env_number("UNILOCK_FUZZ_SECONDS").map(|s| Instant::now() + Duration::from_secs(s));
-    let mut seed = first_seed(name, until.is_some());
-    let mut seeds = 0u64;
-    loop {
-        SEED.store(seed, Ordering::Relaxed);
-        let mut runner = TestRunner::new(Config {
-            cases,
-            failure_persistence: None,
-            rng_seed: RngSeed::Fixed(seed),
-            ..Config::default()
-        });
-        let cell = std::cell::RefCell::new(&mut test);
-        if let Err(e) = runner.run(&strategy, |v| {
-            let mut test = cell.borrow_mut();
-            (*test)(v)
-        }) {
-            panic!("{name} failed; UNILOCK_FUZZ_SEED={seed} reproduces it: {e}");
-        }
-        seeds += 1;
-        match until {
-            Some(t) if Instant::now() < t => seed = splitmix(seed),
-            _ => break,
-        }
-    }
-    if until.is_some() {
-        eprintln!("{name}: {seeds} seeds of {cases} cases passed");
-    }
+    seeds::fuzz(
+        name,
+        cases,
+        strategy,
+        |seed| SEED.store(seed, Ordering::Relaxed),
+        test,
+    );
 }
 
 /// What a call that may block is doing, and since when; a call that has not returned

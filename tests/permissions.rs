@@ -113,27 +113,16 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A test that cannot run: says so past the output capture, and fails unless
-/// `UNILOCK_ALLOW_NOT_RUN` names it (or `permissions`, or `all`).
-fn not_run(test: &str, reason: &str) {
-    let line = format!("NOT RUN: {test}: {reason}");
-    let _ = writeln!(std::io::stderr(), "{line}");
-    let allowed = std::env::var("UNILOCK_ALLOW_NOT_RUN").unwrap_or_default();
-    if allowed
-        .split(',')
-        .any(|w| matches!(w.trim(), "all" | "permissions") || w.trim() == test)
-    {
-        return;
-    }
-    panic!("{line}\n(UNILOCK_ALLOW_NOT_RUN={test} accepts that it does not run here)");
-}
-
 /// Root, or the reason the test cannot run.
 fn needs_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    not_run(test, "starting processes as other users needs root");
+    common::not_run(
+        test,
+        "permissions",
+        "starting processes as other users needs root",
+    );
     false
 }
 
@@ -613,7 +602,7 @@ fn an_existing_file_of_another_user_in_a_sticky_directory_is_opened_without_o_cr
     }
     let _guard = match protected_regular() {
         Ok(guard) => guard,
-        Err(reason) => return not_run(test, &reason),
+        Err(reason) => return common::not_run(test, "permissions", &reason),
     };
     let world = World::new("sticky-existing");
     let path = world.at("theirs.lock");

@@ -36,3 +36,45 @@ pub fn first_seed(name: &str, long: bool) -> u64 {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
+
+/// Runs `test` on `cases` values of `strategy` drawn from one seed, or from one seed
+/// after another until `UNILOCK_FUZZ_SECONDS` have passed (`on_seed` hears of each);
+/// panics naming the seed of the first failure (with proptest's smallest failing
+/// value).
+pub fn fuzz<S: proptest::strategy::Strategy>(
+    name: &str,
+    cases: u32,
+    strategy: S,
+    mut on_seed: impl FnMut(u64),
+    mut test: impl FnMut(S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+) {
+    use proptest::test_runner::{Config, RngSeed, TestRunner};
+    use std::time::{Duration, Instant};
+    let until = env_number("UNILOCK_FUZZ_SECONDS").map(|s| Instant::now() + Duration::from_secs(s));
+    let mut seed = first_seed(name, until.is_some());
+    let mut seeds = 0u64;
+    loop {
+        on_seed(seed);
+        let mut runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            rng_seed: RngSeed::Fixed(seed),
+            ..Config::default()
+        });
+        let cell = std::cell::RefCell::new(&mut test);
+        if let Err(e) = runner.run(&strategy, |v| {
+            let mut test = cell.borrow_mut();
+            (*test)(v)
+        }) {
+            panic!("{name} failed; UNILOCK_FUZZ_SEED={seed} reproduces it: {e}");
+        }
+        seeds += 1;
+        match until {
+            Some(t) if Instant::now() < t => seed = splitmix(seed),
+            _ => break,
+        }
+    }
+    if until.is_some() {
+        eprintln!("{name}: {seeds} seeds of {cases} cases passed");
+    }
+}
