@@ -13,10 +13,11 @@
 //!    process gets the lock (untimed and timed waiters, and the raw blocking call);
 //! 3. timeout overshoot of a 20 ms timed wait on a lock another process holds;
 //! 4. the CPU time a waiter uses per second of waiting;
-//! 5. memory per handle and per held range (in fresh processes).
+//! 5. memory per handle and per held range (in fresh processes);
+//! 2b. contended throughput: N processes looping lock, hold, unlock, work.
 //!
 //! Options: `--quick` (small counts, a smoke test), `--only SECTION,...` (some of
-//! `pairs`, `handoff`, `timeouts`, `memory`), `--markdown PATH` (write the
+//! `pairs`, `handoff`, `timeouts`, `memory`, `contended`), `--markdown PATH` (write the
 //! tables and their explanations), `--json PATH` (write the flat summary, which is
 //! also printed on stdout as the last line, after `SUMMARY `). The program re-runs
 //! itself for its helper processes: `--holder PATH BACKEND` (a lock holder driven
@@ -68,6 +69,8 @@ struct Config {
     cpu_wait_ms: i64,
     /// Handles opened for the memory measurement.
     mem_handles: usize,
+    /// How long each contended-throughput run lasts (ms).
+    contend_ms: u64,
     /// Ranges held for the memory measurement.
     mem_ranges: usize,
 }
@@ -87,6 +90,7 @@ impl Config {
                 cpu_rounds: 1,
                 cpu_wait_ms: 200,
                 mem_handles: 1_000,
+                contend_ms: 200,
                 mem_ranges: 2_000,
             }
         } else {
@@ -102,6 +106,7 @@ impl Config {
                 cpu_rounds: 3,
                 cpu_wait_ms: 1_000,
                 mem_handles: 10_000,
+                contend_ms: 1_000,
                 mem_ranges: 10_000,
             }
         }
@@ -1111,6 +1116,155 @@ fn bench_timeouts(cfg: &Config, dir: &Path, report: &mut Report) {
 }
 
 // ---------------------------------------------------------------------------------
+// 6. Contended throughput
+
+/// Busy for `us` microseconds (a critical section or work between locks).
+fn spin_us(us: u64) {
+    let end = mono_ns() + us * 1000;
+    while mono_ns() < end {
+        std::hint::spin_loop();
+    }
+}
+
+/// One contender (this program re-run with `--contend`): from `start_ns` (the shared
+/// clock) for `run_ms`, loops {blocking lock; hold `hold_us`; unlock; work `work_us`}
+/// and prints the lock calls' durations in microseconds on one line.
+fn contend_main(args: &[String]) {
+    let path = Path::new(&args[0]);
+    let backend = Backend::from_key(&args[1]);
+    let kind = args[2].as_str();
+    let [run_ms, start_ns, hold_us, work_us]: [u64; 4] =
+        std::array::from_fn(|i| args[3 + i].parse().expect("a number"));
+    let fd = open_raw(path);
+    let handle = (kind != "raw").then(|| Handle::open(path, backend));
+    let timeout_ms = if kind == "timed" { 10_000 } else { -1 };
+    while mono_ns() < start_ns {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let end = start_ns + run_ms * 1_000_000;
+    let mut waits = Vec::with_capacity(100_000);
+    loop {
+        let t0 = mono_ns();
+        if t0 >= end {
+            break;
+        }
+        let rc = match &handle {
+            Some(h) => h.lock(0, 0, timeout_ms),
+            None => raw_lock(backend, fd.as_raw_fd(), 0, 0, true),
+        };
+        assert_eq!(rc, 0, "contended lock: {}", describe(rc));
+        waits.push((mono_ns() - t0) as f64 / 1e3);
+        spin_us(hold_us);
+        let rc = match &handle {
+            Some(h) => h.unlock(0, 0),
+            None => raw_unlock(backend, fd.as_raw_fd(), 0, 0),
+        };
+        assert_eq!(rc, 0, "unlock: {}", describe(rc));
+        spin_us(work_us);
+    }
+    let text: Vec<String> = waits.iter().map(|w| format!("{w:.1}")).collect();
+    println!("WAITS {}", text.join(" "));
+}
+
+/// Runs `n` contenders of `kind` together; (grants per second, every wait in µs).
+fn contend(cfg: &Config, path: &Path, backend: Backend, kind: &str, n: usize) -> (f64, Vec<f64>) {
+    let start_ns = mono_ns() + 150_000_000;
+    let run_ms = cfg.contend_ms;
+    let children: Vec<_> = (0..n)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().expect("this program"))
+                .arg("--contend")
+                .arg(path)
+                .args([backend.key(), kind])
+                .args([run_ms, start_ns, CONTEND_HOLD_US, CONTEND_WORK_US].map(|v| v.to_string()))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a contender")
+        })
+        .collect();
+    let mut waits = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().expect("a contender");
+        assert!(out.status.success(), "a contender failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("WAITS "))
+            .expect("the contender's waits");
+        waits.extend(
+            line.split_whitespace()
+                .map(|w| w.parse::<f64>().expect("a wait")),
+        );
+    }
+    let grants = waits.len() as f64 / (run_ms as f64 / 1e3);
+    waits.sort_by(f64::total_cmp);
+    (grants, waits)
+}
+
+/// Hold and work times of the contended loop (µs): most grants are hand-offs.
+const CONTEND_HOLD_US: u64 = 20;
+const CONTEND_WORK_US: u64 = 20;
+
+fn bench_contended(cfg: &Config, dir: &Path, report: &mut Report) {
+    let mut md = format!(
+        "## 2b. Contended throughput\n\n\
+         N processes (2, 4, 8 on this machine's CPUs) start together and for {:.1} s each \
+         loops: take the lock on the same file (a blocking call), hold it {CONTEND_HOLD_US} µs \
+         (busy), release it, work {CONTEND_WORK_US} µs (busy), again. Grants per second = all \
+         acquisitions / the run time; wait = one lock call's duration, over every call of \
+         every process. The raw rows make the kernel's blocking call on a descriptor of \
+         their own; unilock's make `unilock_lock` with no timeout (untimed) or 10 s \
+         (timed). The runs of one N are made back to back: raw, untimed, timed. Target \
+         (issue 11): unilock's grants per second at least 0.8x the raw call's.\n\n\
+         | backend | N | waiter | grants/s | wait p50 µs | wait p99 µs | grants vs raw | met |\n\
+         |---|---:|---|---:|---:|---:|---:|---|\n",
+        cfg.contend_ms as f64 / 1e3
+    );
+    for backend in BACKENDS {
+        let path = dir.join(format!("contend-{}", backend.key()));
+        drop(Handle::open(&path, backend));
+        for n in [2usize, 4, 8] {
+            let mut raw_grants = 0.0;
+            for kind in ["raw", "untimed", "timed"] {
+                let (grants, waits) = contend(cfg, &path, backend, kind, n);
+                let (p50, p99) = (percentile(&waits, 0.5), percentile(&waits, 0.99));
+                let key = format!("contended.{}.n{n}.{kind}", backend.key());
+                report.num(format!("{key}.grants_per_s"), grants);
+                report.num(format!("{key}.wait_p50_us"), p50);
+                report.num(format!("{key}.wait_p99_us"), p99);
+                let (ratio, met) = if kind == "raw" {
+                    raw_grants = grants;
+                    (String::new(), String::new())
+                } else {
+                    let r = grants / raw_grants;
+                    report.num(format!("{key}.vs_raw"), r);
+                    report.flag(format!("{key}.met"), r >= 0.8);
+                    report.target(
+                        format!("contended grants/s vs raw, {} N={n} {kind}", backend.name()),
+                        format!("{r:.2}x"),
+                        "at least 0.8x".to_string(),
+                        r >= 0.8,
+                    );
+                    (format!("{r:.2}x"), yes_no(r >= 0.8).to_string())
+                };
+                let waiter = match kind {
+                    "raw" => format!("raw {}", backend.raw_wait()),
+                    "untimed" => "`unilock_lock`, timeout -1".to_string(),
+                    _ => "`unilock_lock`, timeout 10 s".to_string(),
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {n} | {waiter} | {grants:.0} | {p50:.1} | {p99:.1} | {ratio} | {met} |",
+                    backend.name()
+                );
+            }
+        }
+    }
+    md.push('\n');
+    report.md(&md);
+}
+
+// ---------------------------------------------------------------------------------
 // 5. Memory
 
 /// Resident set size in bytes (/proc/self/statm).
@@ -1307,6 +1461,10 @@ fn main() {
             holder_main(Path::new(&args[1]), Backend::from_key(&args[2]));
             return;
         }
+        Some("--contend") => {
+            contend_main(&args[1..]);
+            return;
+        }
         Some("--memory") => {
             memory_main(
                 &args[1],
@@ -1347,6 +1505,9 @@ fn main() {
     }
     if wanted("handoff") {
         bench_handoff(&cfg, &dir.0, &mut report);
+    }
+    if wanted("contended") {
+        bench_contended(&cfg, &dir.0, &mut report);
     }
     if wanted("timeouts") {
         bench_timeouts(&cfg, &dir.0, &mut report);

@@ -351,8 +351,40 @@ impl Resolver {
         })
     }
 
-    /// A live pid that has `lock`, or -1 when none can be found.
+    /// A live pid that has `lock`, or -1 when none can be found; a waiter child is
+    /// named by the process it works for ([`Resolver::host_of`]).
     pub(crate) fn pid_of(&mut self, lock: &ProcLock) -> i32 {
+        let pid = self.taker_or_sharer(lock);
+        self.host_of(pid)
+    }
+
+    /// The process that a waiter child (`crate::helper`) works for, else `pid`
+    /// itself. A waiter child shares its parent's descriptor table, so the kernel
+    /// records it as the taker of the locks it waited for and its fdinfo shows them;
+    /// it is known by its command name and a parent whose table `kcmp` finds to be
+    /// the same (or cannot compare).
+    fn host_of(&mut self, pid: i32) -> i32 {
+        if pid <= 0 || pid == self.me {
+            return pid;
+        }
+        let name = self.commands.entry(pid).or_insert_with(|| command(pid));
+        if name != crate::helper::COMMAND {
+            return pid;
+        }
+        match parent_of(pid) {
+            Some(parent)
+                if crate::sys::kcmp_same(parent, pid, crate::sys::KCMP_FILES, 0, 0)
+                    .unwrap_or(true) =>
+            {
+                parent
+            }
+            _ => pid,
+        }
+    }
+
+    /// A live pid that has `lock` (the taker, this process, or the lowest of any
+    /// process), or -1.
+    fn taker_or_sharer(&mut self, lock: &ProcLock) -> i32 {
         if lock.pid > 0 && self.has(lock.pid, lock) {
             return lock.pid;
         }
@@ -413,6 +445,18 @@ pub(crate) fn description_shared_elsewhere(fd: BorrowedFd<'_>, key: InodeKey) ->
                     kcmp_same(me, pid, KCMP_FILE, fd.as_raw_fd(), their_fd).unwrap_or(true)
                 })
         })
+}
+
+/// The parent of `pid` (`PPid:` in `/proc/PID/status`), `None` when unknown.
+fn parent_of(pid: i32) -> Option<i32> {
+    let path = format!("/proc/{pid}/status");
+    count_read(Path::new(&path));
+    let status = crate::sys::read_small(Path::new(&path))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&p: &i32| p > 0)
 }
 
 /// The command name of `pid` (`/proc/PID/comm`), "" when unknown.

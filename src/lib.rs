@@ -44,6 +44,7 @@ mod fair;
 pub mod fault;
 #[cfg(test)]
 mod fuzz_tests;
+mod helper;
 mod holders;
 mod inode_table;
 mod kernel_lock;

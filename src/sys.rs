@@ -401,13 +401,22 @@ impl WaiterJob {
     }
 }
 
-/// A system call with three arguments that does not touch `errno`: the waiter child
-/// shares the parent's memory and thread-local storage, so it must not write `errno`.
+/// A system call with up to five arguments that does not touch `errno`: a waiter
+/// child shares the parent's memory and thread-local storage, so it must not write
+/// `errno`. Returns the kernel's result (a negative errno on failure).
 #[cfg(target_arch = "x86_64")]
-fn raw_syscall3(nr: libc::c_long, a: usize, b: usize, c: usize) -> isize {
+pub(crate) fn raw_syscall5(
+    nr: libc::c_long,
+    a: usize,
+    b: usize,
+    c: usize,
+    d: usize,
+    e: usize,
+) -> isize {
     let ret: isize;
-    // SAFETY: the `syscall` instruction with the x86_64 Linux convention; rcx and r11
-    // are clobbered by the instruction, memory may be written by the kernel.
+    // SAFETY: the `syscall` instruction with the x86_64 Linux convention (arguments in
+    // rdi, rsi, rdx, r10, r8); rcx and r11 are clobbered by the instruction, memory may
+    // be written by the kernel as the call's arguments allow.
     unsafe {
         std::arch::asm!(
             "syscall",
@@ -415,6 +424,8 @@ fn raw_syscall3(nr: libc::c_long, a: usize, b: usize, c: usize) -> isize {
             in("rdi") a,
             in("rsi") b,
             in("rdx") c,
+            in("r10") d,
+            in("r8") e,
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack)
@@ -423,11 +434,19 @@ fn raw_syscall3(nr: libc::c_long, a: usize, b: usize, c: usize) -> isize {
     ret
 }
 
-/// A system call with three arguments that does not touch `errno` (see x86_64).
+/// A system call with up to five arguments that does not touch `errno` (see x86_64).
 #[cfg(target_arch = "aarch64")]
-fn raw_syscall3(nr: libc::c_long, a: usize, b: usize, c: usize) -> isize {
+pub(crate) fn raw_syscall5(
+    nr: libc::c_long,
+    a: usize,
+    b: usize,
+    c: usize,
+    d: usize,
+    e: usize,
+) -> isize {
     let ret: isize;
-    // SAFETY: `svc 0` with the aarch64 Linux convention (number in x8, result in x0).
+    // SAFETY: `svc 0` with the aarch64 Linux convention (number in x8, arguments in
+    // x0-x4, result in x0).
     unsafe {
         std::arch::asm!(
             "svc 0",
@@ -435,10 +454,32 @@ fn raw_syscall3(nr: libc::c_long, a: usize, b: usize, c: usize) -> isize {
             inlateout("x0") a as isize => ret,
             in("x1") b,
             in("x2") c,
+            in("x3") d,
+            in("x4") e,
             options(nostack)
         );
     }
     ret
+}
+
+/// [`raw_syscall5`] with three arguments.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn raw_syscall3(nr: libc::c_long, a: usize, b: usize, c: usize) -> isize {
+    raw_syscall5(nr, a, b, c, 0, 0)
+}
+
+/// Makes `call` on `fd` with a raw system call (no `errno`): for waiter children.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn raw_lock_call(fd: RawFd, call: &KernelCall) -> isize {
+    match call {
+        KernelCall::Flock { op } => raw_syscall3(libc::SYS_flock, fd as usize, *op as usize, 0),
+        KernelCall::Fcntl { cmd, fl } => raw_syscall3(
+            libc::SYS_fcntl,
+            fd as usize,
+            *cmd as usize,
+            fl as *const libc::flock as usize,
+        ),
+    }
 }
 
 /// The body of a waiter child created with `CLONE_VM | CLONE_FILES`: it runs on its
@@ -457,19 +498,10 @@ extern "C" fn waiter_main(arg: *mut libc::c_void) -> libc::c_int {
     if raw_syscall3(libc::SYS_getppid, 0, 0, 0) != job.parent as isize {
         return libc::ESRCH;
     }
-    let raw_call = |fd: RawFd, call: &KernelCall| match call {
-        KernelCall::Flock { op } => raw_syscall3(libc::SYS_flock, fd as usize, *op as usize, 0),
-        KernelCall::Fcntl { cmd, fl } => raw_syscall3(
-            libc::SYS_fcntl,
-            fd as usize,
-            *cmd as usize,
-            fl as *const libc::flock as usize,
-        ),
-    };
-    let r = raw_call(job.fd, &job.call);
+    let r = raw_lock_call(job.fd, &job.call);
     if r == 0 {
         if let Some((fd, call)) = &job.after_grant {
-            raw_call(*fd, call);
+            raw_lock_call(*fd, call);
         }
     }
     job.result
@@ -908,6 +940,169 @@ pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32) {
             i32::MAX,
         )
     };
+}
+
+/// `futex(FUTEX_WAIT)` on a word that the kernel may wake as a *shared* futex (the
+/// `CLONE_CHILD_CLEARTID` word of a waiter child, which the kernel clears and wakes
+/// when the child ends): sleeps while `word` holds `expected`, until a wake-up, a
+/// signal or `timeout` (`None`: none). Callers re-check their condition.
+pub(crate) fn futex_wait_shared(
+    word: &std::sync::atomic::AtomicU32,
+    expected: u32,
+    timeout: Option<Duration>,
+) {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a live, aligned 32-bit atomic and `tsp` null or a live
+    // timespec for the duration of the call; every return is re-checked by the caller.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            tsp,
+        )
+    };
+}
+
+/// `futex(FUTEX_WAKE)`, shared: wakes whoever sleeps in [`futex_wait_shared`] on
+/// `word`. Makes no other system call and writes no `errno` (a waiter child uses it).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn futex_wake_shared(word: &std::sync::atomic::AtomicU32) {
+    raw_syscall3(
+        libc::SYS_futex,
+        word.as_ptr() as usize,
+        libc::FUTEX_WAKE as usize,
+        i32::MAX as usize,
+    );
+}
+
+/// `futex_waitv(2)` flag: the word is 32 bits.
+const FUTEX2_SIZE_U32: u32 = 0x02;
+/// `futex_waitv(2)` flag: the word is private to this memory (not shared).
+const FUTEX2_PRIVATE: u32 = 128;
+
+/// One word of a `futex_waitv(2)` call (the kernel's `struct futex_waitv`).
+#[repr(C)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+/// Sleeps until `private` no longer holds `private_val` or `shared` no longer holds
+/// `shared_val` (or a wake-up on either, or a signal): `futex_waitv(2)`, Linux 5.16,
+/// as a raw call for a waiter child. `shared` is woken by the kernel as a shared futex.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn futex_wait_either(
+    private: &std::sync::atomic::AtomicU32,
+    private_val: u32,
+    shared: &std::sync::atomic::AtomicU32,
+    shared_val: u32,
+) {
+    let words = [
+        FutexWaitv {
+            val: private_val as u64,
+            uaddr: private.as_ptr() as u64,
+            flags: FUTEX2_SIZE_U32 | FUTEX2_PRIVATE,
+            reserved: 0,
+        },
+        FutexWaitv {
+            val: shared_val as u64,
+            uaddr: shared.as_ptr() as u64,
+            flags: FUTEX2_SIZE_U32,
+            reserved: 0,
+        },
+    ];
+    raw_syscall5(
+        libc::SYS_futex_waitv,
+        words.as_ptr() as usize,
+        words.len(),
+        0,
+        0,
+        0,
+    );
+}
+
+/// True when the kernel has `futex_waitv(2)` (Linux 5.16): a call with no words fails
+/// with `EINVAL` there, `ENOSYS` on older kernels.
+pub(crate) fn have_futex_waitv() -> bool {
+    // SAFETY: no words and no timeout: the kernel reads nothing.
+    let rc = unsafe { libc::syscall(libc::SYS_futex_waitv, std::ptr::null::<u8>(), 0, 0, 0, 0) };
+    rc < 0 && errno() == libc::EINVAL
+}
+
+/// `prctl(PR_GET_TID_ADDRESS)`: the calling thread's `clear_child_tid` word, which the
+/// kernel sets to 0 and wakes (as a shared futex) when the thread exits *or calls
+/// execve*; the C library sets it for every thread. `None` where the kernel does not
+/// say (built without `CONFIG_CHECKPOINT_RESTORE`) or no word is set.
+pub(crate) fn tid_address() -> Option<*mut u32> {
+    const PR_GET_TID_ADDRESS: libc::c_int = 40;
+    let mut addr: *mut libc::c_int = std::ptr::null_mut();
+    // SAFETY: the kernel writes one pointer into `addr`.
+    let rc = unsafe {
+        libc::prctl(
+            PR_GET_TID_ADDRESS,
+            &mut addr as *mut *mut libc::c_int,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc != 0 || addr.is_null() || (addr as usize) % 4 != 0 {
+        return None;
+    }
+    Some(addr as *mut u32)
+}
+
+/// Starts a persistent waiter child: `clone(CLONE_VM | CLONE_FILES |
+/// CLONE_CHILD_CLEARTID)` with no exit signal and every signal blocked, running `main(arg)`
+/// on the stack that ends at `stack_top`; the kernel sets `*exit_word` to 0 and wakes it
+/// when the child ends. Returns its pid.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn spawn_helper(
+    main: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack_top: *mut libc::c_void,
+    arg: *const libc::c_void,
+    exit_word: &std::sync::atomic::AtomicU32,
+) -> Result<libc::pid_t, Errno> {
+    let old = block_all_signals();
+    // SAFETY: `main` only makes raw system calls on `arg`, which the caller keeps alive
+    // (and the stack unused by anyone else) until the child has ended; the kernel clears
+    // `exit_word` at the child's exit; no exit signal is requested, so the host's
+    // SIGCHLD handling never sees this child.
+    let pid = gate!(Clone, unsafe {
+        libc::clone(
+            main,
+            stack_top,
+            libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_CHILD_CLEARTID,
+            arg as *mut libc::c_void,
+            std::ptr::null_mut::<libc::pid_t>(),
+            std::ptr::null_mut::<libc::c_void>(),
+            exit_word.as_ptr(),
+        )
+    });
+    let err = errno();
+    restore_signals(&old);
+    if pid < 0 { Err(err) } else { Ok(pid) }
+}
+
+/// Without inline system calls for this architecture there is no persistent waiter.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub(crate) fn spawn_helper(
+    _main: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    _stack_top: *mut libc::c_void,
+    _arg: *const libc::c_void,
+    _exit_word: &std::sync::atomic::AtomicU32,
+) -> Result<libc::pid_t, Errno> {
+    Err(libc::ENOSYS)
 }
 
 /// This host's name: the node name of `uname(2)` (no descriptor needed); `None` when

@@ -2,15 +2,20 @@
 //!
 //! No kernel lock call takes a timeout, and a library may not take a signal from its
 //! host to interrupt one. So a blocking lock call is made by a *waiter child*: a
-//! process created with `clone(CLONE_VM | CLONE_FILES | CLONE_PIDFD)` and no exit
-//! signal, which shares this process's memory and descriptor table, blocks in the
-//! kernel (`flock(LOCK_EX)`, `F_OFD_SETLKW`, `F_SETLKW`) and exits when it gets the
-//! lock. Because the descriptor table is shared, the lock it obtains belongs to the
-//! handle (flock and OFD locks to the open file description, POSIX locks to the
-//! process). The waiting thread sleeps in `ppoll` on the child's pidfd and the handle's
-//! cancel eventfd, with the exact remaining time; at the deadline or on cancel it kills
-//! the child with `kill(SIGKILL)` (safe: the pid stays the child's until it is reaped), which aborts the kernel wait. The host
-//! sees no signal, no SIGCHLD and no thread.
+//! process that shares this process's memory and descriptor table (`clone(CLONE_VM |
+//! CLONE_FILES)`, no exit signal), blocks in the kernel (`flock(LOCK_EX)`,
+//! `F_OFD_SETLKW`, `F_SETLKW`) and reports when it gets the lock. Because the
+//! descriptor table is shared, the lock it obtains belongs to the handle (flock and OFD
+//! locks to the open file description, POSIX locks to the process). At the deadline or
+//! on cancel the waiting thread kills the child with `kill(SIGKILL)` (safe: the pid
+//! stays the child's until it is reaped), which aborts the kernel wait. The host sees
+//! no signal, no SIGCHLD and no thread.
+//!
+//! Normally each thread keeps its child between waits ([`crate::helper`]): the child
+//! reports a grant by waking a futex word. Where that is not available (kernels before
+//! 5.16, or no `PR_GET_TID_ADDRESS`), each wait makes its own child, which reports by
+//! exiting: the thread sleeps in `ppoll` on the child's pidfd and the handle's cancel
+//! eventfd, with the exact remaining time.
 //!
 //! Where such a child is refused (seccomp filters; valgrind, detected by its preloaded
 //! library because it aborts on such a clone), flock and OFD waits use a child made by
@@ -21,10 +26,11 @@
 //! (`fork()` refused as well, `RLIMIT_NPROC` reached, no memory).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::helper;
 use crate::sys::{self, ChildExit, Errno, KernelCall, WaiterJob};
 use crate::{Error, Result};
 
@@ -102,6 +108,9 @@ pub(crate) struct CallState {
     bits: AtomicU32,
     shut: AtomicBool,
     wake: OnceLock<OwnedFd>,
+    /// The state word of the persistent waiter child that the call in progress waits
+    /// on (null when none): a cancel pokes it.
+    waiting_on: AtomicPtr<AtomicU32>,
     after_grant: Mutex<Option<(RawFd, KernelCall)>>,
 }
 
@@ -158,19 +167,28 @@ impl CallState {
                 Err(now) => cur = now,
             }
         }
+        self.wake_up();
+        true
+    }
+
+    /// Wakes the lock call in progress, wherever it sleeps: the eventfd of the backoff
+    /// and DOTLOCK waits, the state word of a persistent waiter child.
+    fn wake_up(&self) {
         if let Some(fd) = self.wake.get() {
             sys::eventfd_signal(fd.as_fd());
         }
-        true
+        let word = self.waiting_on.load(Ordering::SeqCst);
+        if !word.is_null() {
+            // SAFETY: the word belongs to a waiter slot, and slots are never freed.
+            helper::poke(unsafe { AtomicU32::from_ptr(word as *mut u32) });
+        }
     }
 
     /// Cancels the call in progress and every later one, for good: the handle is
     /// being closed.
     pub(crate) fn shut_down(&self) {
         self.shut.store(true, Ordering::SeqCst);
-        if let Some(fd) = self.wake.get() {
-            sys::eventfd_signal(fd.as_fd());
-        }
+        self.wake_up();
     }
 
     /// Waits until no lock or unlock call runs, then refuses every later one
@@ -263,6 +281,7 @@ static MECHANISM: AtomicU8 = AtomicU8::new(0);
 const UNKNOWN: u8 = 0;
 const SHARED: u8 = 1;
 const FORKED: u8 = 2;
+const PERSISTENT: u8 = 3;
 
 /// Waits in the kernel for `call` on `fd`, until it is granted, the deadline passes
 /// or `state` is cancelled. `owner_is_process` is true for POSIX locks, which only a
@@ -276,9 +295,35 @@ pub(crate) fn in_kernel(
     deadline: &Deadline,
     state: &CallState,
 ) -> Result<Option<Outcome>> {
+    let after_grant = *state.after_grant.lock().unwrap_or_else(|p| p.into_inner());
+    if MECHANISM.load(Ordering::Relaxed) != FORKED && !under_valgrind_cached() {
+        match helper::acquire() {
+            Ok(Some(slot)) => {
+                MECHANISM.store(PERSISTENT, Ordering::Relaxed);
+                let job = helper::Job {
+                    fd: fd.as_raw_fd(),
+                    call,
+                    after_grant,
+                };
+                let word = slot.state_word() as *const AtomicU32 as *mut AtomicU32;
+                state.waiting_on.store(word, Ordering::SeqCst);
+                let outcome = helper::run(slot, job, deadline, || state.cancelled());
+                state
+                    .waiting_on
+                    .store(std::ptr::null_mut(), Ordering::SeqCst);
+                return Ok(Some(outcome));
+            }
+            Ok(None) => {}
+            Err(libc::EINVAL | libc::ENOSYS | libc::EPERM) => {
+                MECHANISM.store(FORKED, Ordering::Relaxed);
+            }
+            Err(libc::EAGAIN | libc::ENOMEM) => return Ok(None),
+            Err(e) => return Err(Error::sys(e, "clone", "(waiter child)")),
+        }
+    }
     let wake = state.wake_fd()?;
     let mut job = WaiterJob::new(fd.as_raw_fd(), call);
-    if let Some((then_fd, then)) = *state.after_grant.lock().unwrap_or_else(|p| p.into_inner()) {
+    if let Some((then_fd, then)) = after_grant {
         job = job.after_grant(then_fd, then);
     }
     let waiter = match spawn(&job, owner_is_process) {
@@ -336,6 +381,14 @@ fn under_valgrind() -> bool {
     std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| maps.contains("/vgpreload_core"))
 }
 
+/// [`under_valgrind`], read once: it decides the mechanism before the first wait.
+fn under_valgrind_cached() -> bool {
+    if MECHANISM.load(Ordering::Relaxed) == UNKNOWN && under_valgrind() {
+        MECHANISM.store(FORKED, Ordering::Relaxed);
+    }
+    MECHANISM.load(Ordering::Relaxed) == FORKED
+}
+
 fn spawn(
     job: &WaiterJob,
     owner_is_process: bool,
@@ -384,6 +437,7 @@ pub(crate) fn sleep(state: &CallState, d: Duration) -> Result<()> {
 pub fn mechanism() -> &'static str {
     match MECHANISM.load(Ordering::Relaxed) {
         UNKNOWN => "not yet chosen",
+        PERSISTENT => "persistent waiter child per thread (clone CLONE_VM|CLONE_FILES, futex)",
         SHARED => "shared waiter child (clone CLONE_VM|CLONE_FILES)",
         _ => "forked waiter child",
     }

@@ -1,0 +1,440 @@
+//! The persistent waiter child (README, "How waiting works"): one per thread that had
+//! to wait, reused by every later wait of that thread, ended when a deadline or a
+//! cancel aborts its call, killed and reaped when its thread exits, gone at once when
+//! its thread replaces its program with execve (so no lock outlives the program), never
+//! named as a lock's holder, and without descriptors of its own.
+//!
+//! Another process (a peer: this test binary again) holds the lock; a thread of this
+//! process waits for it; the test releases it and looks at the thread's children in
+//! `/proc/self/task/TID/children`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{ALL, PEER_ENV, Peer, TempDir, name, opts};
+use unilock::{Backend, Lock, Mode};
+
+const SCENARIO_ENV: &str = "UNILOCK_TEST_EXEC_SCENARIO";
+const WAITER: &str = "unilock-waiter";
+
+#[test]
+fn peer_main() {
+    if std::env::var_os(PEER_ENV).is_some() {
+        common::peer_loop();
+        std::process::exit(0);
+    }
+}
+
+fn gettid() -> i32 {
+    // SAFETY: gettid takes no arguments.
+    unsafe { libc::gettid() }
+}
+
+/// The waiter children of thread `tid` of this process.
+fn waiter_children(tid: i32) -> Vec<i32> {
+    let list = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).unwrap();
+    list.split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .filter(|pid| command(*pid).as_deref() == Some(WAITER))
+        .collect()
+}
+
+fn command(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+/// The state letter of `pid` (`R`, `S`, `Z`, ...), `None` once it is reaped.
+fn state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim_start().chars().next()
+}
+
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// True once some process waits for a lock on `path` (a `->` line in /proc/locks).
+fn someone_waits_on(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(path).unwrap().ino();
+    let locks = std::fs::read_to_string("/proc/locks").unwrap();
+    locks.lines().any(|l| {
+        l.contains("->")
+            && l.split_whitespace()
+                .nth(6)
+                .is_some_and(|f| f.ends_with(&format!(":{ino}")))
+    })
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never happened: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A peer that holds `path` exclusively in backend `b`.
+fn holder(path: &Path, b: Backend) -> Peer {
+    let mut peer = Peer::spawn();
+    assert_eq!(
+        peer.cmd(&format!("open h {} {}", path.display(), name(b))),
+        "ok"
+    );
+    assert_eq!(peer.cmd("lock h ex 0 0 0"), "ok");
+    peer
+}
+
+/// What a waiting thread reports after each wait.
+struct Waited {
+    result: unilock::Result<()>,
+    tid: i32,
+    children: Vec<i32>,
+    fds: usize,
+}
+
+/// A thread that waits for `lock` each time it is told to (with that timeout).
+fn waiting_thread(
+    lock: Arc<Lock>,
+) -> (
+    mpsc::Sender<Option<Duration>>,
+    mpsc::Receiver<Waited>,
+    std::thread::JoinHandle<()>,
+) {
+    let (go, jobs) = mpsc::channel::<Option<Duration>>();
+    let (report, results) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        for timeout in jobs {
+            let result = lock.lock(Mode::Exclusive, 0, 0, timeout);
+            let tid = gettid();
+            let waited = Waited {
+                children: waiter_children(tid),
+                fds: open_descriptors(),
+                tid,
+                result,
+            };
+            if waited.result.is_ok() {
+                lock.unlock(0, 0).unwrap();
+            }
+            report.send(waited).unwrap();
+        }
+    });
+    (go, results, thread)
+}
+
+/// One contended wait of the waiting thread, ended by the peer's release.
+fn handed_off(
+    peer: &mut Peer,
+    path: &Path,
+    go: &mpsc::Sender<Option<Duration>>,
+    results: &mpsc::Receiver<Waited>,
+    timeout: Option<Duration>,
+) -> Waited {
+    assert_eq!(peer.cmd("lock h ex 0 0 0"), "ok");
+    go.send(timeout).unwrap();
+    wait_until("the waiter blocks in the kernel", || someone_waits_on(path));
+    assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+    results.recv_timeout(Duration::from_secs(10)).unwrap()
+}
+
+#[test]
+fn one_waiter_child_serves_every_wait_of_a_thread_and_uses_no_descriptor() {
+    let dir = TempDir::new("waiters-reuse");
+    for b in ALL {
+        let path = dir.0.join(name(b));
+        let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
+        let mut peer = holder(&path, b);
+        assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+        let (go, results, thread) = waiting_thread(lock);
+        let first = handed_off(&mut peer, &path, &go, &results, None);
+        assert!(first.result.is_ok(), "{b:?}: {:?}", first.result);
+        assert_eq!(
+            first.children.len(),
+            1,
+            "{b:?}: one waiter child: {:?}",
+            first.children
+        );
+        for timeout in [
+            None,
+            Some(Duration::from_secs(10)),
+            None,
+            Some(Duration::from_secs(5)),
+        ] {
+            let w = handed_off(&mut peer, &path, &go, &results, timeout);
+            assert!(w.result.is_ok(), "{b:?}: {:?}", w.result);
+            assert_eq!(
+                w.children, first.children,
+                "{b:?}: the same child serves every wait"
+            );
+            assert_eq!(w.fds, first.fds, "{b:?}: descriptors after each wait");
+        }
+        drop(go);
+        thread.join().unwrap();
+    }
+}
+
+#[test]
+fn a_threads_waiter_child_is_killed_and_reaped_when_the_thread_exits() {
+    let dir = TempDir::new("waiters-exit");
+    let path = dir.0.join("f");
+    let lock = Arc::new(Lock::open(&path, &opts(Backend::Ofd)).unwrap());
+    let mut peer = holder(&path, Backend::Ofd);
+    assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+    let (go, results, thread) = waiting_thread(lock);
+    let w = handed_off(&mut peer, &path, &go, &results, None);
+    assert!(w.result.is_ok());
+    let [child] = w.children[..] else {
+        panic!("one waiter child: {:?}", w.children)
+    };
+    assert_eq!(state(child), Some('S'), "idle between waits");
+    drop(go);
+    thread.join().unwrap();
+    assert_eq!(
+        state(child),
+        None,
+        "the child of an exited thread is reaped"
+    );
+}
+
+#[test]
+fn a_deadline_or_a_cancel_ends_the_waiter_child_and_the_next_wait_makes_a_new_one() {
+    let dir = TempDir::new("waiters-abort");
+    for b in ALL {
+        let path = dir.0.join(name(b));
+        let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
+        let mut peer = holder(&path, b);
+        assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+        let (go, results, thread) = waiting_thread(lock.clone());
+        let first = handed_off(&mut peer, &path, &go, &results, None);
+        let [old] = first.children[..] else {
+            panic!("{b:?}: {:?}", first.children)
+        };
+
+        // A deadline: the child blocked in the kernel is killed and reaped.
+        assert_eq!(peer.cmd("lock h ex 0 0 0"), "ok");
+        go.send(Some(Duration::from_millis(100))).unwrap();
+        let w = results.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(w.result.unwrap_err().errno(), libc::ETIMEDOUT, "{b:?}");
+        assert!(
+            w.children.is_empty(),
+            "{b:?}: no child after a timeout: {:?}",
+            w.children
+        );
+        assert_eq!(state(old), None, "{b:?}: the aborted child is reaped");
+
+        // A cancel, from this thread while the other one waits.
+        go.send(None).unwrap();
+        wait_until("the waiter blocks in the kernel", || {
+            someone_waits_on(&path)
+        });
+        let [second] = waiter_children(first.tid)[..] else {
+            panic!("{b:?}: a new child for the next wait")
+        };
+        assert_ne!(second, old);
+        assert!(lock.cancel());
+        let w = results.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(w.result.unwrap_err().errno(), libc::ECANCELED, "{b:?}");
+        assert!(w.children.is_empty(), "{b:?}: {:?}", w.children);
+        assert_eq!(state(second), None);
+
+        // The wait after them works, with a third child.
+        assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+        let w = handed_off(
+            &mut peer,
+            &path,
+            &go,
+            &results,
+            Some(Duration::from_secs(10)),
+        );
+        assert!(w.result.is_ok(), "{b:?}: {:?}", w.result);
+        assert_eq!(w.children.len(), 1);
+        drop(go);
+        thread.join().unwrap();
+    }
+}
+
+#[test]
+fn a_waiter_child_killed_by_someone_else_does_not_lose_the_wait() {
+    let dir = TempDir::new("waiters-killed");
+    for b in ALL {
+        let path = dir.0.join(name(b));
+        let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
+        let mut peer = holder(&path, b);
+        let (go, results, thread) = waiting_thread(lock);
+        go.send(Some(Duration::from_secs(20))).unwrap();
+        wait_until("the waiter blocks in the kernel", || {
+            someone_waits_on(&path)
+        });
+        let tid = {
+            let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+            tasks
+                .flatten()
+                .map(|t| t.file_name().to_str().unwrap().parse::<i32>().unwrap())
+                .find(|&t| !waiter_children(t).is_empty() && t != gettid())
+        };
+        // Other tests' threads have children too: take the one whose child waits here.
+        let victim = (tid.into_iter())
+            .flat_map(waiter_children)
+            .next()
+            .expect("a waiter child");
+        // SAFETY: kill takes integers.
+        assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+        let w = results.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(w.result.is_ok(), "{b:?}: {:?}", w.result);
+        drop(go);
+        thread.join().unwrap();
+    }
+}
+
+#[test]
+fn the_holder_after_a_wait_is_this_process_not_its_waiter_child() {
+    let dir = TempDir::new("waiters-holder");
+    let me = std::process::id() as i32;
+    for b in ALL {
+        let path = dir.0.join(name(b));
+        let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
+        let mut peer = holder(&path, b);
+        let waiter = {
+            let lock = lock.clone();
+            std::thread::spawn(move || {
+                lock.lock(Mode::Exclusive, 0, 0, None).unwrap();
+                waiter_children(gettid())
+            })
+        };
+        wait_until("the waiter blocks in the kernel", || {
+            someone_waits_on(&path)
+        });
+        assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+        let children = waiter.join().unwrap();
+        assert_eq!(children.len(), 1, "{b:?}");
+        let holders = lock.list().unwrap();
+        assert_eq!(holders.len(), 1, "{b:?}: {holders:?}");
+        assert_eq!((holders[0].pid, holders[0].is_self), (me, true), "{b:?}");
+        // Another process asks (the command's listing).
+        let out = Command::new(env!("CARGO_BIN_EXE_unilock"))
+            .args(["--list", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let pids: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect();
+        assert_eq!(pids, [me.to_string()], "{b:?}: {text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with(WAITER)),
+            "{b:?}: {text}"
+        );
+        lock.unlock(0, 0).unwrap();
+    }
+}
+
+/// The scenario's side: wait for the lock the test holds, report the waiter child,
+/// then execve `sleep` from the main thread or from another thread.
+#[test]
+fn exec_scenario_main() {
+    let Ok(scenario) = std::env::var(SCENARIO_ENV) else {
+        return;
+    };
+    let mut words = scenario.split(':');
+    let (how, backend, path) = (
+        words.next().unwrap().to_string(),
+        common::backend_named(words.next().unwrap()),
+        words.next().unwrap().to_string(),
+    );
+    let lock = Lock::open(&path, &opts(backend)).unwrap();
+    let run = move || {
+        lock.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(20)))
+            .unwrap();
+        let children = waiter_children(gettid());
+        println!(
+            "@@ locked {}",
+            children
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let err = std::os::unix::process::CommandExt::exec(Command::new("sleep").arg("30"));
+        panic!("exec: {err}");
+    };
+    if how == "thread" {
+        std::thread::spawn(run).join().unwrap();
+    } else {
+        run();
+    }
+}
+
+#[test]
+fn an_execve_after_a_wait_ends_the_waiter_child_and_releases_the_locks() {
+    use std::io::BufRead;
+    let dir = TempDir::new("waiters-exec");
+    for how in ["main", "thread"] {
+        for b in ALL {
+            let path = dir.0.join(format!("{how}-{}", name(b)));
+            let mine = Lock::open(&path, &opts(b)).unwrap();
+            mine.lock(Mode::Exclusive, 0, 0, None).unwrap();
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "exec_scenario_main",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(
+                    SCENARIO_ENV,
+                    format!("{how}:{}:{}", name(b), path.display()),
+                )
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            wait_until("the child waits", || someone_waits_on(&path));
+            mine.unlock(0, 0).unwrap();
+            let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut line = String::new();
+            let helper: i32 = loop {
+                line.clear();
+                assert!(
+                    out.read_line(&mut line).unwrap() > 0,
+                    "{how} {b:?}: child ended"
+                );
+                if let Some(at) = line.find("@@ locked ") {
+                    break line[at + 10..].trim().parse().expect("one waiter child");
+                }
+            };
+            let pid = child.id() as i32;
+            wait_until("the child runs sleep", || {
+                command(pid).as_deref() == Some("sleep")
+            });
+            // The program that took the lock is gone: the lock is free, and the waiter
+            // child, which shared the old descriptor table, has ended (a zombie of the
+            // new program at most).
+            let got = mine.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(5)));
+            assert!(
+                got.is_ok(),
+                "{how} {b:?}: the lock outlived execve: {got:?}"
+            );
+            assert!(
+                matches!(state(helper), None | Some('Z')),
+                "{how} {b:?}: waiter child {helper} still {:?}",
+                state(helper)
+            );
+            mine.unlock(0, 0).unwrap();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
