@@ -14,7 +14,8 @@
 //! 3. timeout overshoot of a 20 ms timed wait on a lock another process holds;
 //! 4. the CPU time a waiter uses per second of waiting;
 //! 5. memory per handle and per held range (in fresh processes);
-//! 2b. contended throughput: N processes looping lock, hold, unlock, work.
+//! 6. (shown as 2b) contended throughput: N processes looping lock, hold, unlock,
+//!    work.
 //!
 //! Options: `--quick` (small counts, a smoke test), `--only SECTION,...` (some of
 //! `pairs`, `handoff`, `timeouts`, `memory`, `contended`), `--markdown PATH` (write the
