@@ -270,31 +270,24 @@ fn a_waiter_child_killed_by_someone_else_does_not_lose_the_wait() {
         let path = dir.0.join(name(b));
         let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
         let mut peer = holder(&path, b);
-        let (go, results, thread) = waiting_thread(lock);
-        go.send(Some(Duration::from_secs(20))).unwrap();
+        let (tell, tid) = mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            tell.send(gettid()).unwrap();
+            lock.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(20)))
+        });
+        let tid = tid.recv().unwrap();
         wait_until("the waiter blocks in the kernel", || {
             someone_waits_on(&path)
         });
-        let tid = {
-            let tasks = std::fs::read_dir("/proc/self/task").unwrap();
-            tasks
-                .flatten()
-                .map(|t| t.file_name().to_str().unwrap().parse::<i32>().unwrap())
-                .find(|&t| !waiter_children(t).is_empty() && t != gettid())
+        let [victim] = waiter_children(tid)[..] else {
+            panic!("{b:?}: one waiter child")
         };
-        // Other tests' threads have children too: take the one whose child waits here.
-        let victim = (tid.into_iter())
-            .flat_map(waiter_children)
-            .next()
-            .expect("a waiter child");
         // SAFETY: kill takes integers.
         assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
-        std::thread::sleep(Duration::from_millis(50));
+        wait_until("the killed child is reaped", || state(victim).is_none());
         assert_eq!(peer.cmd("unlock h 0 0"), "ok");
-        let w = results.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert!(w.result.is_ok(), "{b:?}: {:?}", w.result);
-        drop(go);
-        thread.join().unwrap();
+        let result = waiter.join().unwrap();
+        assert!(result.is_ok(), "{b:?}: {result:?}");
     }
 }
 
