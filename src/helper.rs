@@ -285,9 +285,6 @@ pub(crate) fn acquire() -> Result<Option<&'static Slot>, Errno> {
     if !supported() {
         return Ok(None);
     }
-    let Some(owner_word) = sys::tid_address() else {
-        return Ok(None);
-    };
     let me = sys::getpid();
     let slot = MINE.try_with(|mine| {
         match mine.0.get() {
@@ -309,6 +306,10 @@ pub(crate) fn acquire() -> Result<Option<&'static Slot>, Errno> {
     // The thread is exiting (its thread-locals are being destroyed): no slot.
     let Ok(slot) = slot else { return Ok(None) };
     if !slot.alive() {
+        // The thread's clear_child_tid word, asked only when a child is made.
+        let Some(owner_word) = sys::tid_address() else {
+            return Ok(None);
+        };
         slot.bury();
         slot.spawn(owner_word)?;
     }

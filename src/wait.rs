@@ -296,7 +296,7 @@ pub(crate) fn in_kernel(
     state: &CallState,
 ) -> Result<Option<Outcome>> {
     let after_grant = *state.after_grant.lock().unwrap_or_else(|p| p.into_inner());
-    if MECHANISM.load(Ordering::Relaxed) != FORKED && !under_valgrind_cached() {
+    if !forked_child_only() {
         match helper::acquire() {
             Ok(Some(slot)) => {
                 MECHANISM.store(PERSISTENT, Ordering::Relaxed);
@@ -381,8 +381,9 @@ fn under_valgrind() -> bool {
     std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| maps.contains("/vgpreload_core"))
 }
 
-/// [`under_valgrind`], read once: it decides the mechanism before the first wait.
-fn under_valgrind_cached() -> bool {
+/// True when waits use the forked child: set by an earlier refusal, or decided here
+/// before the first wait by [`under_valgrind`] (read once).
+fn forked_child_only() -> bool {
     if MECHANISM.load(Ordering::Relaxed) == UNKNOWN && under_valgrind() {
         MECHANISM.store(FORKED, Ordering::Relaxed);
     }
@@ -393,10 +394,7 @@ fn spawn(
     job: &WaiterJob,
     owner_is_process: bool,
 ) -> std::result::Result<Option<sys::Waiter>, Errno> {
-    if MECHANISM.load(Ordering::Relaxed) == UNKNOWN && under_valgrind() {
-        MECHANISM.store(FORKED, Ordering::Relaxed);
-    }
-    if MECHANISM.load(Ordering::Relaxed) != FORKED {
+    if !forked_child_only() {
         match sys::spawn_shared_waiter(job) {
             Ok(w) => {
                 MECHANISM.store(SHARED, Ordering::Relaxed);

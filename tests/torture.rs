@@ -1955,7 +1955,17 @@ fn worker_main(args: WorkerArgs) -> ! {
             args.w
         ));
     }
-    let kids = children_of(pid);
+    // A thread's waiter child is killed and reaped by the thread's thread-local
+    // destructors, which may still run when the scope above has ended: look again
+    // for up to a second before calling a child left behind.
+    let mut kids = children_of(pid);
+    for _ in 0..200 {
+        if kids.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        kids = children_of(pid);
+    }
     if !kids.is_empty() {
         ctx.board.fail(&format!(
             "worker {} (pid {pid}) still has children after its threads ended: {kids:?}",
