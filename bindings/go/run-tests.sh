@@ -6,7 +6,8 @@
 # Needs `make` (target/release/libunilock.so and its SONAME link libunilock.so.0,
 # which the in-tree test binaries load through their rpath) and Go >= 1.19
 # (Debian: apt-get install golang-go) with a C compiler. Steps:
-#   1. gofmt and go vet;
+#   1. gofmt and go vet; a build without cgo (CGO_ENABLED=0) and one for another OS
+#      must fail with unilock/unsupported.go's message;
 #   2. go test -race over every package, built against the tree (-tags unilock_intree:
 #      include/ and target/release, with an rpath);
 #   3. the installed use: `make install PREFIX=target/go-prefix` and a build and a short test run
@@ -37,6 +38,19 @@ if [ -n "$unformatted" ]; then
     exit 1
 fi
 go vet -tags unilock_intree ./...
+
+# Without cgo, or off Linux, the build stops at unilock/unsupported.go's named error,
+# and at nothing else.
+for env in "CGO_ENABLED=0" "GOOS=darwin CGO_ENABLED=1"; do
+    echo "== $env go build ./... must fail with unsupported.go's message"
+    out=$(env $env go build ./... 2>&1) && { echo "$env go build ./... succeeded" >&2; exit 1; }
+    errors=$(grep -c '^unilock/' <<<"$out" || true)
+    if [ "$errors" != 1 ] || ! grep -q '^unilock/unsupported\.go:.*undefined: unilock_needs_Linux_and_cgo__set_CGO_ENABLED_1_install_a_C_compiler_and_libunilock_found_by_pkg_config$' <<<"$out"; then
+        echo "$env go build ./... did not fail with exactly unsupported.go's message:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+done
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

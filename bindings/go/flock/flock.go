@@ -8,7 +8,7 @@ package flock
 import (
 	"io/fs"
 
-	unilock "github.com/unilock/unilock/bindings/go"
+	"github.com/unilock/unilock/bindings/go/unilock"
 )
 
 // Flock is the lock on one file; see unilock.Flock.

@@ -20,7 +20,7 @@ import (
 	"syscall"
 	"time"
 
-	unilock "github.com/unilock/unilock/bindings/go"
+	"github.com/unilock/unilock/bindings/go/unilock"
 )
 
 func main() {

@@ -1,3 +1,5 @@
+//go:build linux && cgo
+
 package unilock_test
 
 import (
@@ -10,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	unilock "github.com/unilock/unilock/bindings/go"
+	"github.com/unilock/unilock/bindings/go/unilock"
 )
 
 // Flock, gofrs/flock-style raw flock(2), flock(1), the unilock command and a C program

@@ -1,4 +1,4 @@
-//go:build unilock_intree
+//go:build linux && cgo && unilock_intree
 
 package unilock
 
@@ -6,6 +6,6 @@ package unilock
 // installing it: `go test -tags unilock_intree ./...`. The rpath lets the test
 // binaries find target/release/libunilock.so at run time.
 
-// #cgo CFLAGS: -I${SRCDIR}/../../include
-// #cgo LDFLAGS: -L${SRCDIR}/../../target/release -Wl,-rpath,${SRCDIR}/../../target/release -lunilock
+// #cgo CFLAGS: -I${SRCDIR}/../../../include
+// #cgo LDFLAGS: -L${SRCDIR}/../../../target/release -Wl,-rpath,${SRCDIR}/../../../target/release -lunilock
 import "C"

@@ -1,3 +1,5 @@
+//go:build linux && cgo
+
 // Package unilock is the Go binding of libunilock: advisory file locking for Linux
 // over flock(2), open file description (OFD) locks and POSIX record locks, with
 // shared and exclusive modes, byte ranges, waits that sleep in the kernel and end on a

@@ -1,3 +1,5 @@
+//go:build linux && cgo
+
 package unilock_test
 
 import (
@@ -14,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	unilock "github.com/unilock/unilock/bindings/go"
+	"github.com/unilock/unilock/bindings/go/unilock"
 )
 
 // The cross-process tests run this test binary again as a peer process: with
@@ -140,13 +142,13 @@ func lockPath(t *testing.T) string {
 	return filepath.Join(t.TempDir(), "test.lock")
 }
 
-// repoRoot is the source tree's root (this package is bindings/go).
+// repoRoot is the source tree's root (this package is bindings/go/unilock).
 func repoRoot(t *testing.T) string {
 	wd, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return filepath.Clean(filepath.Join(wd, "..", ".."))
+	return filepath.Clean(filepath.Join(wd, "..", "..", ".."))
 }
 
 // cFlags are the compiler flags for a C program using the library this binary uses.

@@ -1,4 +1,4 @@
-//go:build unilock_intree
+//go:build linux && cgo && unilock_intree
 
 package unilock_test
 

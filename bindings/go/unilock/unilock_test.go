@@ -1,3 +1,5 @@
+//go:build linux && cgo
+
 package unilock_test
 
 import (
@@ -12,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	unilock "github.com/unilock/unilock/bindings/go"
+	"github.com/unilock/unilock/bindings/go/unilock"
 )
 
 func open(t *testing.T, path string, opts ...unilock.Option) *unilock.Lock {
