@@ -1,8 +1,16 @@
 # unilock: build, install and check the C system library (GNU make).
 #
 #   make                      cargo build --release, then target/unilock.pc
-#   make install              PREFIX, LIBDIR, INCLUDEDIR, BINDIR, MANDIR,
-#                             PKGCONFIGDIR and DESTDIR are honoured
+#   make install              PREFIX, EXEC_PREFIX, LIBDIR, INCLUDEDIR, BINDIR, MANDIR,
+#                             PKGCONFIGDIR and DESTDIR are honoured; the library and
+#                             the command are stripped (STRIP= keeps the debug info);
+#                             `ldconfig` runs only as root, without DESTDIR, for a LIBDIR
+#                             the loader already searches (scripts/install.sh)
+#   make install-debug        install, plus the debug info as LIBDIR/.debug/*.debug and
+#                             BINDIR/.debug/unilock.debug (found by gdb)
+#   make install-strip        install, stripped (GNU's name; the default anyway)
+#   make uninstall            removes what install and install-debug installed, and the
+#                             directories they created once empty (same variables)
 #   make check                fmt, clippy, cargo test, then the C checks
 #   make faults               every injected system call failure x every errno
 #   make bench                the benchmarks, into BENCHMARKS.md and docs/ (scripts/bench.sh)
@@ -26,7 +34,12 @@ CARGO        ?= cargo
 CARGOFLAGS   ?=
 INSTALL      ?= install
 LN_S         ?= ln -sf
-# Run after installing into the live system (not with DESTDIR); LDCONFIG= skips it.
+# The installed library and command are stripped (--strip-unneeded, with a
+# .gnu_debuglink), the archive loses its debug sections; STRIP= installs them as built.
+STRIP        ?= strip
+OBJCOPY      ?= objcopy
+# Refreshes the loader cache after installing into the live system as root, only
+# for a LIBDIR the loader searches; LDCONFIG= skips it.
 LDCONFIG     ?= ldconfig
 
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -38,6 +51,8 @@ SO_FILE      := $(RELEASE_DIR)/libunilock.so
 A_FILE       := $(RELEASE_DIR)/libunilock.a
 BIN_FILE     := $(RELEASE_DIR)/unilock
 PC_FILE      := $(TARGET_DIR)/unilock.pc
+# libunilock.a, with the rest dynamic: `pkg-config --libs unilock-static`.
+PC_STATIC    := $(TARGET_DIR)/unilock-static.pc
 HEADER       := include/unilock.h
 
 SO_REAL      := libunilock.so.$(VERSION)
@@ -46,7 +61,7 @@ SO_NAME      := libunilock.so.$(MAJOR)
 # The .pc file says ${prefix}/... when a directory lies under PREFIX.
 pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
 
-.PHONY: all build install install-strip uninstall check check-python check-go faults torture fuzz bench bench-bindings clean FORCE
+.PHONY: all build install install-debug install-strip uninstall check check-python check-go faults torture fuzz bench bench-bindings clean FORCE
 
 all: build $(PC_FILE)
 
@@ -58,56 +73,37 @@ build:
 
 # Regenerated on every run (the prefix may differ between `make` and
 # `make install PREFIX=...`), but rewritten only when its text changes.
-$(PC_FILE): unilock.pc.in Cargo.toml FORCE
+$(TARGET_DIR)/%.pc: %.pc.in Cargo.toml FORCE
 	@mkdir -p $(TARGET_DIR)
 	@sed -e 's|@PREFIX@|$(PREFIX)|g' \
 	     -e 's|@LIBDIR@|$(call pc_dir,$(LIBDIR))|g' \
 	     -e 's|@INCLUDEDIR@|$(call pc_dir,$(INCLUDEDIR))|g' \
 	     -e 's|@VERSION@|$(VERSION)|g' \
-	     unilock.pc.in > $@.tmp
+	     $< > $@.tmp
 	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv -f $@.tmp $@; echo "generated $@"; fi
 
 FORCE:
 
-install: all
-	$(INSTALL) -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
-	$(INSTALL) -m 0755 $(INSTALL_STRIP) $(SO_FILE) $(DESTDIR)$(LIBDIR)/$(SO_REAL)
-	$(LN_S) $(SO_REAL) $(DESTDIR)$(LIBDIR)/$(SO_NAME)
-	$(LN_S) $(SO_NAME) $(DESTDIR)$(LIBDIR)/libunilock.so
-	$(INSTALL) -m 0644 $(A_FILE) $(DESTDIR)$(LIBDIR)/libunilock.a
-	$(INSTALL) -m 0644 $(HEADER) $(DESTDIR)$(INCLUDEDIR)/unilock.h
-	$(INSTALL) -m 0644 $(PC_FILE) $(DESTDIR)$(PKGCONFIGDIR)/unilock.pc
-	@if [ -f $(BIN_FILE) ]; then \
-	    echo "$(INSTALL) -m 0755 $(INSTALL_STRIP) $(BIN_FILE) $(DESTDIR)$(BINDIR)/unilock"; \
-	    $(INSTALL) -d $(DESTDIR)$(BINDIR) && \
-	    $(INSTALL) -m 0755 $(INSTALL_STRIP) $(BIN_FILE) $(DESTDIR)$(BINDIR)/unilock; \
-	fi
-	@for page in man/*.[1-9]; do \
-	    [ -f "$$page" ] || continue; \
-	    section=$${page##*.}; \
-	    echo "$(INSTALL) -m 0644 $$page $(DESTDIR)$(MANDIR)/man$$section/"; \
-	    $(INSTALL) -d $(DESTDIR)$(MANDIR)/man$$section && \
-	    $(INSTALL) -m 0644 "$$page" $(DESTDIR)$(MANDIR)/man$$section/ || exit 1; \
-	done
-	@if [ -z "$(DESTDIR)" ] && [ -n "$(LDCONFIG)" ] && [ "$$(id -u)" = 0 ] && command -v $(LDCONFIG) >/dev/null; then \
-	    echo "$(LDCONFIG) $(LIBDIR)"; $(LDCONFIG) $(LIBDIR) || true; \
-	fi
+# The files and what is done with them: scripts/install.sh (its header says it all).
+INSTALL_ENV = DESTDIR='$(DESTDIR)' LIBDIR='$(LIBDIR)' INCLUDEDIR='$(INCLUDEDIR)' \
+	BINDIR='$(BINDIR)' MANDIR='$(MANDIR)' PKGCONFIGDIR='$(PKGCONFIGDIR)' VERSION='$(VERSION)' \
+	SO_FILE='$(SO_FILE)' A_FILE='$(A_FILE)' BIN_FILE='$(BIN_FILE)' HEADER='$(HEADER)' \
+	PC_FILES='$(PC_FILE) $(PC_STATIC)' MAN_PAGES='$(wildcard man/*.[1-9])' \
+	INSTALL='$(INSTALL)' STRIP='$(STRIP)' OBJCOPY='$(OBJCOPY)' LDCONFIG='$(LDCONFIG)' \
+	STATE_DIR='$(TARGET_DIR)'
 
-# GNU's install-strip: strips the shared library and the command (never the .a).
+install: all $(PC_STATIC)
+	@$(INSTALL_ENV) bash scripts/install.sh install
+
+install-debug: all $(PC_STATIC)
+	@$(INSTALL_ENV) bash scripts/install.sh install-debug
+
+# GNU's install-strip: install, stripped even when STRIP is empty.
 install-strip:
-	$(MAKE) INSTALL_STRIP=-s install
+	$(MAKE) install STRIP='$(or $(STRIP),strip)'
 
 uninstall:
-	rm -f $(DESTDIR)$(LIBDIR)/libunilock.so $(DESTDIR)$(LIBDIR)/$(SO_NAME) \
-	      $(DESTDIR)$(LIBDIR)/$(SO_REAL) $(DESTDIR)$(LIBDIR)/libunilock.a \
-	      $(DESTDIR)$(INCLUDEDIR)/unilock.h $(DESTDIR)$(PKGCONFIGDIR)/unilock.pc \
-	      $(DESTDIR)$(BINDIR)/unilock
-	@for page in man/*.[1-9]; do \
-	    [ -f "$$page" ] || continue; \
-	    section=$${page##*.}; \
-	    echo "rm -f $(DESTDIR)$(MANDIR)/man$$section/$${page##*/}"; \
-	    rm -f $(DESTDIR)$(MANDIR)/man$$section/$${page##*/}; \
-	done
+	@$(INSTALL_ENV) bash scripts/install.sh uninstall
 
 # One release build; clippy and rustdoc (broken links in the docs fail) check, and
 # `cargo test --release` reuses the release artifacts. scripts/check-c.sh installs into a temporary DESTDIR.

@@ -8,7 +8,14 @@
 # every examples-c/*.c: built with pkg-config against the shared library, run, and
 # its output compared with examples-c/NAME.expected (exact match); run again under
 # valgrind when it is installed; built once more against libunilock.a with
-# `pkg-config --static` and run. Ends with the line "N passed, N failed".
+# `pkg-config --libs unilock-static` and run (single_instance also fully static,
+# `cc -static $(pkg-config --static --cflags --libs unilock)`). Then the install
+# itself: stripped files with a .gnu_debuglink (sizes shown), `STRIP=` keeping them
+# as built, `make install-debug` whose debug files gdb finds, `make install-strip`,
+# the loader cache left unchanged by a root install into a private PREFIX (and
+# `ldconfig` run for a LIBDIR the loader searches, with a stand-in ldconfig), and
+# `make uninstall` removing every installed file and the directories it created
+# while another's file and its directories stay. Ends with "N passed, N failed".
 #
 # Environment: CC (default cc), CXX (default g++), MAKE (default make),
 # VALGRIND=0 to skip valgrind, KEEP=1 to keep the temporary directory,
@@ -90,13 +97,19 @@ libdir=$destdir$prefix/lib
 incdir=$destdir$prefix/include
 pcdir=$libdir/pkgconfig
 
-# A clean sub-make: variables given to an outer `make check` must not move the
-# install somewhere this script does not look.
-if env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u MAKEOVERRIDES \
-    "$MAKE" --no-print-directory install DESTDIR="$destdir" PREFIX=$prefix EXEC_PREFIX=$prefix \
-    LIBDIR=$prefix/lib INCLUDEDIR=$prefix/include BINDIR=$prefix/bin \
-    MANDIR=$prefix/share/man PKGCONFIGDIR=$prefix/lib/pkgconfig LDCONFIG= \
-    >"$work/install.log" 2>&1; then
+# sub_make TARGET DESTDIR PREFIX [VAR=VALUE...]: a clean sub-make, every directory
+# given: variables of an outer `make check` must not move the install somewhere
+# this script does not look.
+sub_make() {
+    local target=$1 dest=$2 pfx=$3
+    shift 3
+    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u MAKEOVERRIDES \
+        "$MAKE" --no-print-directory "$target" DESTDIR="$dest" PREFIX="$pfx" EXEC_PREFIX="$pfx" \
+        LIBDIR="$pfx/lib" INCLUDEDIR="$pfx/include" BINDIR="$pfx/bin" \
+        MANDIR="$pfx/share/man" PKGCONFIGDIR="$pfx/lib/pkgconfig" "$@"
+}
+
+if sub_make install "$destdir" $prefix LDCONFIG= >"$work/install.log" 2>&1; then
     pass "make install DESTDIR=... PREFIX=$prefix"
 else
     fail "make install DESTDIR=... PREFIX=$prefix" "$work/install.log"
@@ -112,6 +125,7 @@ problems=()
 [ -f "$libdir/libunilock.a" ] || problems+=("$prefix/lib/libunilock.a is missing")
 cmp -s include/unilock.h "$incdir/unilock.h" || problems+=("$prefix/include/unilock.h differs from include/unilock.h")
 [ -f "$pcdir/unilock.pc" ] || problems+=("$prefix/lib/pkgconfig/unilock.pc is missing")
+[ -f "$pcdir/unilock-static.pc" ] || problems+=("$prefix/lib/pkgconfig/unilock-static.pc is missing")
 grep -qx "prefix=$prefix" "$pcdir/unilock.pc" 2>/dev/null || problems+=("unilock.pc does not say prefix=$prefix")
 if [ -f target/release/unilock ] && [ ! -x "$destdir$prefix/bin/unilock" ]; then
     problems+=("$prefix/bin/unilock is missing")
@@ -208,12 +222,17 @@ else
     } >>"$work/pc.log"
     fail "pkg-config --cflags --libs unilock" "$work/pc.log" "$pcdir/unilock.pc"
 fi
-# --static, with the archive forced: -lunilock would pick the .so next to it.
-static_libs=()
-for word in $pc_static; do
-    [ "$word" = -lunilock ] && word=-l:libunilock.a
-    static_libs+=("$word")
-done
+# libunilock.a, the rest dynamic: unilock-static.pc (`pkg-config --static unilock`
+# keeps -lunilock first, which the linker resolves to the .so).
+pc_archive=$(pkg-config --cflags --libs unilock-static 2>>"$work/pc.log")
+read -r -a archive_flags <<<"$pc_archive"
+read -r -a static_flags <<<"$(pkg-config --static --cflags --libs unilock 2>>"$work/pc.log")"
+if [[ " $pc_archive " == *" -l:libunilock.a "* ]] && [[ " $pc_static " == *" -lunilock "* ]]; then
+    pass "pkg-config: unilock-static gives $pc_archive; --static unilock gives $pc_static"
+else
+    fail "pkg-config --libs unilock-static ('$pc_archive'), --static --libs unilock ('$pc_static')" \
+        "$work/pc.log" "$pcdir/unilock-static.pc"
+fi
 
 # -- the header as C99 and C++11 -------------------------------------------------
 printf '#include <unilock.h>\n#include <unilock.h> /* include guard */\n' >"$work/header.c"
@@ -352,17 +371,33 @@ for src in "${examples[@]}"; do
             --log-file="$work/vg.$name.%p.log"
     fi
     static_bin=$work/bin/$name.static
-    build=("$CC" "${CFLAGS_STRICT[@]}" "${extra[@]}" -o "$static_bin" "$src" "${cflags[@]}" "${static_libs[@]}")
+    build=("$CC" "${CFLAGS_STRICT[@]}" "${extra[@]}" -o "$static_bin" "$src" "${archive_flags[@]}")
     if ! "${build[@]}" >"$work/$name.static.log" 2>&1; then
-        fail "$name does not build statically: ${build[*]}" "$work/$name.static.log"
+        fail "$name does not build against libunilock.a: ${build[*]}" "$work/$name.static.log"
         continue
     fi
     if readelf -d "$static_bin" | grep -q 'NEEDED.*libunilock'; then
         fail "$name.static still needs libunilock.so"
         continue
     fi
-    pass "$name builds statically: pkg-config --static, -l:libunilock.a"
+    pass "$name builds with libunilock.a: \$(pkg-config --cflags --libs unilock-static)"
     run_example "$name" "$static_bin" static env -u LD_LIBRARY_PATH
+    [ "$name" = single_instance ] || continue
+    # A fully static program: -static and `pkg-config --static`. glibc's warnings about
+    # getaddrinfo/getpwuid_r in Rust's standard library are expected (never called).
+    full_bin=$work/bin/$name.full-static
+    build=("$CC" -static "${CFLAGS_STRICT[@]}" "${extra[@]}" -o "$full_bin" "$src" "${static_flags[@]}")
+    if ! "${build[@]}" >"$work/$name.full-static.log" 2>&1; then
+        fail "$name does not build fully static: ${build[*]}" "$work/$name.full-static.log"
+        continue
+    fi
+    ldd "$full_bin" >"$work/$name.full-static.ldd" 2>&1
+    if grep -q libunilock "$work/$name.full-static.ldd" || readelf -d "$full_bin" | grep -q NEEDED; then
+        fail "$name.full-static needs shared libraries" "$work/$name.full-static.ldd"
+        continue
+    fi
+    pass "$name builds fully static: cc -static \$(pkg-config --static --cflags --libs unilock); ldd: $(tr -d '\t' <"$work/$name.full-static.ldd")"
+    run_example "$name" "$full_bin" full-static env -u LD_LIBRARY_PATH
 done
 
 # The dynamic examples above really ran against the installed library.
@@ -377,17 +412,170 @@ if [ -n "$first_bin" ]; then
     fi
 fi
 
-# -- uninstall -------------------------------------------------------------------
-if env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u MAKEOVERRIDES \
-    "$MAKE" --no-print-directory uninstall DESTDIR="$destdir" PREFIX=$prefix EXEC_PREFIX=$prefix \
-    LIBDIR=$prefix/lib INCLUDEDIR=$prefix/include BINDIR=$prefix/bin \
-    MANDIR=$prefix/share/man PKGCONFIGDIR=$prefix/lib/pkgconfig \
-    >"$work/uninstall.log" 2>&1 &&
-    [ -z "$(find "$destdir" \( -type f -o -type l \) -print -quit)" ]; then
-    pass "make uninstall removes every installed file"
+# -- stripping and debug information ----------------------------------------------
+# has_section FILE NAME: the ELF file (every member, for an archive) has section NAME.
+has_section() {
+    readelf -W -S "$1" 2>/dev/null | grep -q " $2 "
+}
+size_of() { stat -c %s "$1"; }
+installed_elves=("$libdir/$so_real" "$destdir$prefix/bin/unilock")
+problems=()
+for file in "${installed_elves[@]}"; do
+    [ -f "$file" ] || continue
+    has_section "$file" .debug_info && problems+=("${file#"$destdir"} keeps .debug_info")
+    has_section "$file" .symtab && problems+=("${file#"$destdir"} keeps .symtab")
+    has_section "$file" .gnu_debuglink || problems+=("${file#"$destdir"} has no .gnu_debuglink")
+done
+has_section "$libdir/libunilock.a" .debug_info && problems+=("$prefix/lib/libunilock.a keeps .debug_info")
+has_section "$libdir/libunilock.a" .llvmbc && problems+=("$prefix/lib/libunilock.a keeps .llvmbc")
+sizes="libunilock.so.$version $(size_of "$libdir/$so_real") (built: $(size_of target/release/libunilock.so)),"
+sizes="$sizes libunilock.a $(size_of "$libdir/libunilock.a") (built: $(size_of target/release/libunilock.a))"
+if [ -f "$destdir$prefix/bin/unilock" ]; then
+    sizes="$sizes, unilock $(size_of "$destdir$prefix/bin/unilock") (built: $(size_of target/release/unilock))"
+fi
+if [ ${#problems[@]} -eq 0 ]; then
+    pass "make install strips, bytes: $sizes"
 else
-    find "$destdir" \( -type f -o -type l \) >>"$work/uninstall.log"
-    fail "make uninstall left files" "$work/uninstall.log"
+    printf '%s\n' "${problems[@]}" >"$work/strip.txt"
+    fail "make install does not strip as it should" "$work/strip.txt"
+fi
+
+# STRIP= installs the files as built.
+unstripped=$work/root-unstripped
+if sub_make install "$unstripped" $prefix LDCONFIG= STRIP= >"$work/install-nostrip.log" 2>&1 &&
+    cmp -s target/release/libunilock.so "$unstripped$prefix/lib/$so_real" &&
+    cmp -s target/release/libunilock.a "$unstripped$prefix/lib/libunilock.a" &&
+    { [ ! -f target/release/unilock ] || cmp -s target/release/unilock "$unstripped$prefix/bin/unilock"; }; then
+    pass "make install STRIP= installs the library, archive and command as built"
+else
+    fail "make install STRIP= does not install the files as built" "$work/install-nostrip.log"
+fi
+
+# GNU's install-strip strips even when STRIP is empty.
+stripped=$work/root-install-strip
+if sub_make install-strip "$stripped" $prefix LDCONFIG= STRIP= >"$work/install-strip.log" 2>&1 &&
+    ! has_section "$stripped$prefix/lib/$so_real" .debug_info; then
+    pass "make install-strip STRIP= strips"
+else
+    fail "make install-strip STRIP= does not strip" "$work/install-strip.log"
+fi
+
+# install-debug: the split debug information where gdb finds it through the
+# .gnu_debuglink, for the stripped library and command alike.
+debugroot=$work/root-debug
+if sub_make install-debug "$debugroot" $prefix LDCONFIG= >"$work/install-debug.log" 2>&1 &&
+    [ -f "$debugroot$prefix/lib/.debug/$so_real.debug" ] &&
+    has_section "$debugroot$prefix/lib/.debug/$so_real.debug" .debug_info &&
+    ! has_section "$debugroot$prefix/lib/$so_real" .debug_info &&
+    { [ ! -f target/release/unilock ] || [ -f "$debugroot$prefix/bin/.debug/unilock.debug" ]; }; then
+    pass "make install-debug installs $prefix/lib/.debug/$so_real.debug and $prefix/bin/.debug/unilock.debug"
+else
+    find "$debugroot" >>"$work/install-debug.log" 2>&1
+    fail "make install-debug" "$work/install-debug.log"
+fi
+if have gdb; then
+    # Line information for unilock_version: only from the separate debug file.
+    gdb_line() { gdb -nx -batch -ex 'info line unilock_version' "$1" 2>&1; }
+    with=$(gdb_line "$debugroot$prefix/lib/$so_real")
+    without=$(gdb_line "$libdir/$so_real")
+    if [[ $with == *'Line '*' of "'*version.rs'"'* ]] && [[ $without != *'Line '*' of "'* ]]; then
+        pass "gdb finds unilock_version's source line through the .gnu_debuglink (and not without the debug file)"
+    else
+        printf 'with the debug file:\n%s\nwithout:\n%s\n' "$with" "$without" >"$work/gdb.txt"
+        fail "gdb and the installed debug file" "$work/gdb.txt"
+    fi
+else
+    skip "gdb is not installed: the debug file is not looked up"
+fi
+
+# -- the loader cache ----------------------------------------------------------------
+# As root and without DESTDIR, into a private PREFIX: the real ldconfig must leave
+# /etc/ld.so.cache as it was. Then a stand-in ldconfig, which says which directories
+# the loader searches and logs how it is called: the cache is refreshed (plain
+# `ldconfig`) only when LIBDIR is one of them.
+if [ "$(id -u)" != 0 ]; then
+    skip "not root: make install without DESTDIR and the loader cache not checked"
+elif ! have ldconfig && [ ! -x /sbin/ldconfig ]; then
+    skip "no ldconfig: the loader cache not checked"
+else
+    live=$work/live-prefix
+    cache=/etc/ld.so.cache
+    before=$(sha256sum "$cache" 2>/dev/null)
+    if sub_make install "" "$live" >"$work/install-live.log" 2>&1 &&
+        [ -f "$live/lib/$so_real" ] && [ "$(sha256sum "$cache" 2>/dev/null)" = "$before" ] &&
+        ! grep -qE '^(/sbin/)?ldconfig( |$)' "$work/install-live.log"; then
+        pass "make install PREFIX=<private> as root leaves $cache unchanged (${before%% *})"
+    else
+        echo "$cache before: $before, after: $(sha256sum "$cache" 2>/dev/null)" >>"$work/install-live.log"
+        fail "make install PREFIX=<private> as root changed the loader cache" "$work/install-live.log"
+    fi
+    fake=$work/fake-ldconfig
+    cat >"$fake" <<EOF
+#!/bin/sh
+echo "\$*" >>"$work/ldconfig-calls"
+case "\$*" in
+*-v*) [ -n "\$FAKE_SEARCHED" ] && echo "\$FAKE_SEARCHED: (from fake.conf:1)"; echo "/lib: (from <builtin>:0)" ;;
+esac
+exit 0
+EOF
+    chmod +x "$fake"
+    rm -f "$work/ldconfig-calls"
+    FAKE_SEARCHED='' sub_make install "" "$live" LDCONFIG="$fake" >"$work/install-fake1.log" 2>&1
+    calls_private=$(grep -v -- '-v -N -X' "$work/ldconfig-calls" 2>/dev/null | tr '\n' ';')
+    rm -f "$work/ldconfig-calls"
+    FAKE_SEARCHED=$live/lib sub_make install "" "$live" LDCONFIG="$fake" >"$work/install-fake2.log" 2>&1
+    calls_searched=$(grep -v -- '-v -N -X' "$work/ldconfig-calls" 2>/dev/null | tr '\n' ';')
+    if [ -z "$calls_private" ] && [ "$calls_searched" = ";" ]; then
+        pass "ldconfig runs (without arguments) only for a LIBDIR the loader searches"
+    else
+        echo "calls for a private LIBDIR: '$calls_private'; for a searched one: '$calls_searched'" \
+            >"$work/ldconfig.txt"
+        fail "ldconfig calls" "$work/ldconfig.txt" "$work/install-fake1.log" "$work/install-fake2.log"
+    fi
+    if sub_make uninstall "" "$live" >"$work/uninstall-live.log" 2>&1 && [ ! -e "$live" ]; then
+        pass "make uninstall PREFIX=<private> removes the prefix it created"
+    else
+        find "$live" >>"$work/uninstall-live.log" 2>&1
+        fail "make uninstall PREFIX=<private> left files or directories" "$work/uninstall-live.log"
+    fi
+fi
+
+# -- uninstall -------------------------------------------------------------------
+# Another's files in directories the install created and in one it did not: they
+# stay, with their directories; everything installed goes, and so does every
+# directory the install made that is left empty.
+mkdir -p "$destdir/var/keep"
+echo other >"$destdir/var/keep/file"
+echo other >"$libdir/someone-elses.so"
+mkdir -p "$destdir$prefix/share/man/man1" && echo other >"$destdir$prefix/share/man/man1/other.1"
+foreign=("$destdir/var/keep/file" "$libdir/someone-elses.so" "$destdir$prefix/share/man/man1/other.1")
+# The other installs (STRIP=, install-strip, install-debug) had nothing added: their
+# DESTDIRs, which they created, must go entirely.
+for root in "$unstripped" "$stripped" "$debugroot"; do
+    if sub_make uninstall "$root" $prefix >"$work/uninstall.log" 2>&1 && [ ! -e "$root" ]; then
+        pass "make uninstall removes all that install made in DESTDIR=${root#"$work"/}"
+    else
+        find "$root" >>"$work/uninstall.log" 2>&1
+        fail "make uninstall left files or directories in DESTDIR=${root#"$work"/}" "$work/uninstall.log"
+    fi
+done
+if sub_make uninstall "$destdir" $prefix >"$work/uninstall.log" 2>&1; then
+    find "$destdir" \( -type f -o -type l \) | sort >"$work/left.txt"
+    printf '%s\n' "${foreign[@]}" | sort >"$work/foreign.txt"
+    empty_made=$(find "$destdir" -mindepth 1 -type d -empty | head -5)
+    if cmp -s "$work/left.txt" "$work/foreign.txt" && [ -z "$empty_made" ] &&
+        [ -d "$destdir/var/keep" ] && [ ! -e "$incdir" ] && [ ! -e "$destdir$prefix/bin" ]; then
+        pass "make uninstall removes every installed file and the directories it made, and keeps another's files"
+    else
+        {
+            echo "left (expected only the foreign files):"
+            cat "$work/left.txt"
+            echo "empty directories left: $empty_made"
+        } >>"$work/uninstall.log"
+        fail "make uninstall" "$work/uninstall.log"
+    fi
+else
+    fail "make uninstall DESTDIR=..." "$work/uninstall.log"
 fi
 
 finish
