@@ -118,6 +118,7 @@ check: all
 	$(CARGO) test --release $(CARGOFLAGS)
 	$(CARGO) test --features fault-injection --test faults $(CARGOFLAGS)
 	MAKE="$(MAKE)" CARGO="$(CARGO)" scripts/check-c.sh
+	scripts/check-readme-c.sh
 	bindings/python/run-tests.sh
 	bindings/go/run-tests.sh
 
