@@ -114,6 +114,8 @@ check: all
 	$(CARGO) test --release $(CARGOFLAGS)
 	$(CARGO) test --features fault-injection --test faults $(CARGOFLAGS)
 	MAKE="$(MAKE)" CARGO="$(CARGO)" scripts/check-c.sh
+	scripts/check-readme-c.sh
+	scripts/check-docs.sh
 	bindings/python/run-tests.sh
 	bindings/go/run-tests.sh
 

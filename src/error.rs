@@ -38,6 +38,20 @@ impl Error {
         &self.detail
     }
 
+    /// The detail followed by the errno's description in parentheses, unless the detail
+    /// already says it (as a failed system call's does): the text of
+    /// `unilock_last_error()`.
+    pub fn message(&self) -> String {
+        let description = describe(self.errno);
+        if self.detail.contains(description) {
+            self.detail.clone()
+        } else if self.detail.is_empty() {
+            description.to_string()
+        } else {
+            format!("{} ({description})", self.detail)
+        }
+    }
+
     /// True for `EAGAIN`: the lock is held and the call did not wait.
     pub fn is_would_block(&self) -> bool {
         self.errno == libc::EAGAIN
@@ -108,5 +122,32 @@ pub(crate) fn describe_c(errno: i32) -> &'static std::ffi::CStr {
         libc::ENODEV => c"no such device",
         libc::ENXIO => c"no such device or address",
         _ => c"unknown error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_calls_message_names_the_errno_once() {
+        let e = Error::sys(libc::ENOENT, "create", "/nonexistent/dir/x");
+        assert_eq!(
+            e.message(),
+            "create /nonexistent/dir/x: no such file or directory"
+        );
+    }
+
+    #[test]
+    fn a_reason_without_the_errno_gets_its_description() {
+        let e = Error::new(libc::EINVAL, "flags has unknown bits 0x80");
+        assert_eq!(
+            e.message(),
+            "flags has unknown bits 0x80 (invalid argument)"
+        );
+        assert_eq!(
+            Error::new(libc::EAGAIN, "").message(),
+            describe(libc::EAGAIN)
+        );
     }
 }

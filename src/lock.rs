@@ -136,6 +136,10 @@ impl Lock {
         let name = path.display().to_string();
         let cpath = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| Error::new(libc::EINVAL, "the path contains a NUL byte"))?;
+        if cpath.is_empty() {
+            // What open("") says, for every backend alike.
+            return Err(Error::new(libc::ENOENT, "the path is empty"));
+        }
         let dot = if bits & Backend::Dotlock as u32 == 0 {
             None
         } else if bits == Backend::Dotlock as u32 {

@@ -693,3 +693,12 @@ fn a_lock_left_by_an_exited_thread_is_not_the_new_threads_own() {
         }
     }
 }
+
+#[test]
+fn an_empty_path_is_enoent_in_every_backend() {
+    for b in ALL.into_iter().chain([Backend::Dotlock]) {
+        let e = Lock::open("", &opts(b)).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOENT, "{}: {e}", name(b));
+        assert_eq!(e.message(), "the path is empty (no such file or directory)");
+    }
+}

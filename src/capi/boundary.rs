@@ -10,10 +10,9 @@ thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
-/// Stores `e`'s detail as this thread's last error.
+/// Stores `e`'s text ([`Error::message`]) as this thread's last error.
 pub(crate) fn set_last_error(e: &Error) {
-    let text = format!("{} ({})", e.detail(), crate::describe(e.errno()));
-    let c = CString::new(text.replace('\0', " ")).unwrap_or_default();
+    let c = CString::new(e.message().replace('\0', " ")).unwrap_or_default();
     LAST_ERROR.with(|l| *l.borrow_mut() = c);
 }
 

@@ -163,13 +163,46 @@ def test_same_thread_two_instances_time_out_at_once(lock_path):
         assert e.value.errno == errno.EDEADLK
 
 
-def test_a_read_only_lock_file_and_a_directory_can_be_locked(tmp_path):
+def test_a_read_only_lock_file_can_be_locked(tmp_path):
     path = tmp_path / "ro.lock"
     path.write_text("")
     path.chmod(0o444)
     lock = unilock.FileLock(str(path), mode=0o444)
     with lock:
         assert lock.is_locked
-    with unilock.FileLock(str(tmp_path), mode=os.stat(tmp_path).st_mode & 0o7777):
-        pass
+
+
+@pytest.mark.parametrize("name", ["FileLock", "SoftFileLock"])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        ("", FileNotFoundError),
+        ("a\0b.lock", ValueError),
+        ("DIR", IsADirectoryError),
+    ],
+    ids=["empty", "nul", "directory"],
+)
+def test_a_bad_lock_path_raises_what_filelock_raises(tmp_path, monkeypatch, name, bad, error):
+    monkeypatch.chdir(tmp_path)
+    path = str(tmp_path) if bad == "DIR" else bad
+    raised = []
+    for package in (filelock, unilock):
+        with pytest.raises(error) as e:
+            getattr(package, name)(path, timeout=0.1).acquire()
+        raised.append(e.value)
+    theirs, ours = raised
+    assert type(ours) is type(theirs)
+    if isinstance(theirs, OSError):
+        # The same errno, words and file name; unilock may add its reason after the words.
+        assert (ours.errno, ours.filename) == (theirs.errno, theirs.filename)
+        assert ours.strerror.startswith(theirs.strerror), (ours, theirs)
+    else:
+        assert str(ours) == str(theirs)
+    # Nothing was made under another name (a NUL must not cut the path short).
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_the_lock_class_still_locks_a_directory(tmp_path):
+    with unilock.Lock(str(tmp_path)) as lk:
+        assert lk.holders()[0].this_process
 

@@ -311,3 +311,28 @@ def _library_reuses_thread_identities(lock_path):
 
 def test_a_lock_left_by_an_exited_thread_is_an_ordinary_wait(lock_path):
     assert not any(_library_reuses_thread_identities(lock_path) for _ in range(10))
+
+
+def test_an_open_failure_reads_as_pythons_own(tmp_path):
+    missing = str(tmp_path / "no" / "such" / "x.lock")
+    with pytest.raises(FileNotFoundError) as e:
+        unilock.Lock(missing).lock()
+    # The same words as open() would use, once, and the library's detail kept aside.
+    assert str(e.value) == f"[Errno 2] No such file or directory: '{missing}'"
+    assert e.value.filename == missing
+    assert missing in e.value.detail and e.value.detail.count("no such file") == 1
+
+
+def test_a_reason_of_the_library_follows_pythons_words(tmp_path):
+    with pytest.raises(OSError) as e:
+        unilock.Lock(str(tmp_path / "x.lock"), backend="flock").lock(range=(0, 5))
+    assert e.value.errno == errno.EOPNOTSUPP
+    text = str(e.value)
+    assert text.startswith(f"[Errno {errno.EOPNOTSUPP}] {os.strerror(errno.EOPNOTSUPP)} (")
+    assert text.count(os.strerror(errno.EOPNOTSUPP)) == 1
+
+
+def test_a_nul_in_the_path_is_refused_before_c_sees_it(tmp_path):
+    with pytest.raises(ValueError, match="embedded null byte"):
+        unilock.Lock(str(tmp_path / "a\0b")).lock()
+    assert os.listdir(tmp_path) == []

@@ -308,7 +308,7 @@ class BaseFileLock(contextlib.ContextDecorator, metaclass=_FileLockMeta):
         options.stale_after_s = self._stale_after_s
         out = ctypes.c_void_p()
         L = _lib.lib()
-        path = os.fsencode(context.lock_file)
+        path = _lib.encode_path(context.lock_file)
         rc = L.unilock_open(path, ctypes.byref(options), ctypes.byref(out))
         if rc == -errno.ENOENT:
             # As filelock does: create the missing parent directories.
@@ -325,6 +325,10 @@ class BaseFileLock(contextlib.ContextDecorator, metaclass=_FileLockMeta):
         """Opens the lock file and takes an exclusive lock on it, waiting up to
         ``timeout`` seconds."""
         context = self._context
+        # As filelock does: a directory is never the lock file (the FLOCK backend
+        # could lock one; filelock's users expect IsADirectoryError).
+        if os.path.isdir(context.lock_file):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), context.lock_file)
         handle = self._open()
         ms = timeout_ms(timeout)
         L = _lib.lib()
@@ -415,8 +419,3 @@ class SoftFileLock(BaseFileLock):
     # and never refresh the file, so only a dead owner that the file names makes it
     # stale.
 
-    def _acquire(self, timeout: float) -> None:
-        # As filelock does: a directory can never be the lock file.
-        if os.path.isdir(self.lock_file):
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", self.lock_file)
-        super()._acquire(timeout)

@@ -162,6 +162,15 @@ def strerror(rc: int) -> str:
     return lib().unilock_strerror(rc).decode(errors="replace")
 
 
+def encode_path(path: "str | bytes") -> bytes:
+    """``path`` as the bytes the C library gets. A NUL byte raises ValueError, as
+    ``os.open`` does: C would see a shorter path and lock another file."""
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise ValueError("embedded null byte")
+    return raw
+
+
 def version() -> str:
     """The running library's version, "MAJOR.MINOR.PATCH"."""
     return lib().unilock_version().decode()

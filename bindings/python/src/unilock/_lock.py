@@ -37,14 +37,40 @@ _MODE_NAMES = {_lib.SHARED: "shared", _lib.EXCLUSIVE: "exclusive"}
 
 
 def error(rc: int, detail: str, path: Optional[str]) -> OSError:
-    """The exception for a negative return ``rc``: ``OSError(-rc, detail, path)``, which
+    """The exception for a negative return ``rc``: ``OSError(-rc, message, path)``, which
     Python turns into BlockingIOError (EAGAIN), TimeoutError (ETIMEDOUT),
-    FileNotFoundError, PermissionError, ...; ECANCELED gives InterruptedError."""
+    FileNotFoundError, PermissionError, ...; ECANCELED gives InterruptedError.
+
+    The message is Python's own for the errno (``[Errno 2] No such file or directory:
+    'path'``, as ``open()`` says), followed by the library's detail in parentheses when
+    the detail says more than the failed call, the path and the errno (a reason such
+    as "symbolic link refused" or "flags has unknown bits"). The library's detail is
+    kept whole in the exception's ``detail`` attribute."""
     code = -rc
-    message = detail or _lib.strerror(rc)
-    if code == errno.ECANCELED:
-        return InterruptedError(code, message, path)
-    return OSError(code, message, path)
+    message = os.strerror(code)
+    reason = _reason(detail, rc, path)
+    if reason:
+        message = f"{message} ({reason})"
+    exc_type = InterruptedError if code == errno.ECANCELED else OSError
+    exc = exc_type(code, message, path)
+    exc.detail = detail or _lib.strerror(rc)
+    return exc
+
+
+def _reason(detail: str, rc: int, path: Optional[str]) -> str:
+    """What the library's detail says beyond the errno and the path: "" for "CALL
+    PATH: DESCRIPTION", "REASON" for "REASON (DESCRIPTION)"."""
+    description = _lib.strerror(rc)
+    if detail in ("", description):
+        return ""
+    if detail.endswith(f" ({description})"):
+        return detail[: -len(description) - 3]
+    if detail.endswith(f": {description}"):
+        head = detail[: -len(description) - 2]
+        if path is not None and head.split(" ", 1)[-1] == path:
+            return ""
+        return head
+    return detail
 
 
 def parse_mode(mode: Union[str, int]) -> int:
@@ -178,7 +204,7 @@ class Lock:
         if self._handle is None:
             out = ctypes.c_void_p()
             L = _lib.lib()
-            rc = L.unilock_open(os.fsencode(self.path), ctypes.byref(self._options), ctypes.byref(out))
+            rc = L.unilock_open(_lib.encode_path(self.path), ctypes.byref(self._options), ctypes.byref(out))
             if rc < 0:
                 raise error(rc, L.unilock_last_error().decode(errors="replace"), self.path)
             self._handle = out.value
