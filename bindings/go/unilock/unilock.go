@@ -101,6 +101,7 @@ import (
 	"io/fs"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -259,6 +260,10 @@ func Open(path string, opts ...Option) (*Lock, error) {
 		opt(&o)
 	}
 	co := o.c()
+	// C would see the path cut at a NUL byte, another file: refused as os.Open does.
+	if strings.IndexByte(path, 0) >= 0 {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: syscall.EINVAL}
+	}
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	var h *C.unilock

@@ -74,6 +74,18 @@ func TestOpenErrorsMatchFsSentinels(t *testing.T) {
 	}
 }
 
+func TestAPathWithANulByteIsRefusedBeforeCSeesIt(t *testing.T) {
+	dir := t.TempDir()
+	_, err := unilock.Open(dir+"/a\x00b", unilock.WithCreate(0o600))
+	var pe *fs.PathError
+	if !errors.As(err, &pe) || !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("Open with a NUL: %v, want a *fs.PathError with EINVAL", err)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Fatalf("Open with a NUL made %v", left)
+	}
+}
+
 func TestClosedHandleSaysErrClosed(t *testing.T) {
 	l := open(t, lockPath(t))
 	if err := l.Close(); err != nil {
