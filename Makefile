@@ -9,6 +9,7 @@
 #   make torture SECONDS=600  every torture scenario (tests/torture.rs) for that long each
 #   make fuzz SECONDS=600     the fuzz tests with new seeds for SECONDS (default 60)
 #   make deb                  the Debian packages into target/deb, checked by lintian
+#   make check-deb            (root) installs them, uses them, removes them (scripts/check-deb.sh)
 #
 # Cargo decides what is stale: every target that needs the library goes through
 # `cargo build --release`, which is a no-op when nothing changed.
@@ -47,7 +48,7 @@ SO_NAME      := libunilock.so.$(MAJOR)
 # The .pc file says ${prefix}/... when a directory lies under PREFIX.
 pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
 
-.PHONY: all build install install-strip uninstall check check-python check-go faults torture fuzz bench bench-bindings deb clean FORCE
+.PHONY: all build install install-strip uninstall check check-python check-go faults torture fuzz bench bench-bindings deb check-deb clean FORCE
 
 all: build $(PC_FILE)
 
@@ -189,6 +190,11 @@ debian/changelog: Cargo.toml FORCE
 	   printf ' -- %s  %s\n' "$$(sed -n 's/^Maintainer: //p' debian/control)" \
 	       "$$(git log -1 --format=%cD 2>/dev/null || date -R -r Cargo.toml)"; } > $@.tmp
 	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv -f $@.tmp $@; echo "generated $@"; fi
+
+# As root, on a machine without unilock installed: not part of `make check` (.ci/run
+# runs it after).
+check-deb:
+	MAKE="$(MAKE)" scripts/check-deb.sh
 
 clean:
 	$(CARGO) clean
