@@ -16,6 +16,8 @@
 #   make bench                the benchmarks, into BENCHMARKS.md and docs/ (scripts/bench.sh)
 #   make torture SECONDS=600  every torture scenario (tests/torture.rs) for that long each
 #   make fuzz SECONDS=600     the fuzz tests with new seeds for SECONDS (default 60)
+#   make deb                  the Debian packages into target/deb, checked by lintian
+#   make check-deb            (root) installs them, uses them, removes them (scripts/check-deb.sh)
 #
 # Cargo decides what is stale: every target that needs the library goes through
 # `cargo build --release`, which is a no-op when nothing changed.
@@ -61,7 +63,7 @@ SO_NAME      := libunilock.so.$(MAJOR)
 # The .pc file says ${prefix}/... when a directory lies under PREFIX.
 pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
 
-.PHONY: all build install install-debug install-strip uninstall check check-python check-go faults torture fuzz bench bench-bindings clean FORCE
+.PHONY: all build install install-debug install-strip uninstall check check-python check-go faults torture fuzz bench bench-bindings deb check-deb clean FORCE
 
 all: build $(PC_FILE)
 
@@ -160,6 +162,37 @@ fuzz:
 	$(CARGO) test --release $(CARGOFLAGS) --lib fuzz_tests -- --test-threads=16 --nocapture & lib=$$!; \
 	$(CARGO) test --release $(CARGOFLAGS) --test fuzz_api -- --test-threads=16 --nocapture & api=$$!; \
 	wait $$lib; lib=$$?; wait $$api; api=$$?; test $$lib = 0 && test $$api = 0
+
+# Debian packages (debian/), built in this tree and written to $(DEB_DIR): nothing is
+# left in the parent directory, where dpkg-buildpackage writes by default. The Rust
+# toolchain is the cargo on PATH (debian/README.source). debian/rules sets every
+# directory itself; MAKEFLAGS is not passed down.
+DEB_DIR      := $(TARGET_DIR)/deb
+DEB_OUT       = $(abspath $(DEB_DIR))
+DEB_CHANGES   = $(DEB_OUT)/unilock_$(VERSION)_$(shell dpkg-architecture -qDEB_HOST_ARCH).changes
+
+deb: debian/changelog
+	rm -rf $(DEB_DIR)
+	mkdir -p $(DEB_DIR)
+	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u MAKEOVERRIDES UNILOCK_DEB_DIR=$(DEB_OUT) \
+	    dpkg-buildpackage -us -uc -b --post-clean \
+	    --buildinfo-option=-u$(DEB_OUT) --buildinfo-file=$(basename $(DEB_CHANGES)).buildinfo \
+	    --changes-option=-u$(DEB_OUT) --changes-file=$(DEB_CHANGES)
+	lintian --fail-on error --info --display-info $(DEB_CHANGES)
+
+# debian/changelog carries Cargo.toml's version (bumped there only) and the date of
+# the last commit; rewritten only when its text changes.
+debian/changelog: Cargo.toml FORCE
+	@{ printf 'unilock (%s) unstable; urgency=medium\n\n' '$(VERSION)'; \
+	   printf '  * Release %s; CHANGELOG.md lists the changes.\n\n' '$(VERSION)'; \
+	   printf ' -- %s  %s\n' "$$(sed -n 's/^Maintainer: //p' debian/control)" \
+	       "$$(git log -1 --format=%cD 2>/dev/null || date -R -r Cargo.toml)"; } > $@.tmp
+	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv -f $@.tmp $@; echo "generated $@"; fi
+
+# As root, on a machine without unilock installed: not part of `make check` (.ci/run
+# runs it after).
+check-deb:
+	MAKE="$(MAKE)" scripts/check-deb.sh
 
 clean:
 	$(CARGO) clean
