@@ -8,8 +8,9 @@ lock files).
   filelock``. FileLock uses flock(2), so it excludes filelock.FileLock on the same file;
   SoftFileLock is a lock file (DOTLOCK), so it excludes filelock.SoftFileLock.
 
-The library is found through ``$UNILOCK_LIBRARY``, ``ctypes.util.find_library`` and the
-SONAME ``libunilock.so.0``, on first use.
+The library is loaded on first use from ``$UNILOCK_LIBRARY`` when set, else the copy
+bundled in the package (``unilock/_native/libunilock.so.0``, in a platform wheel), else
+the system's (``ctypes.util.find_library``, then the SONAME ``libunilock.so.0``).
 """
 
 from ._filelock import AcquireReturnProxy, BaseFileLock, FileLock, SoftFileLock, Timeout, UnixFileLock
