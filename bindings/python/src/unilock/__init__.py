@@ -17,7 +17,16 @@ from ._filelock import AcquireReturnProxy, BaseFileLock, FileLock, SoftFileLock,
 from ._lib import LibraryNotFoundError, version
 from ._lock import Holder, Lock
 
-__version__ = "0.1.0"
+try:
+    from ._version import version as __version__  # written by the build, from Cargo.toml
+except ImportError:  # an editable install or a checkout on sys.path
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _distribution_version
+
+    try:
+        __version__ = _distribution_version("unilock")
+    except PackageNotFoundError:
+        __version__ = "0+unknown"
 
 __all__ = [
     "AcquireReturnProxy",
