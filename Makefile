@@ -14,6 +14,7 @@
 #   make check                fmt, clippy, cargo test, then the C checks
 #   make faults               every injected system call failure x every errno
 #   make bench                the benchmarks, into BENCHMARKS.md and docs/ (scripts/bench.sh)
+#   make python-dist          the Python sdist and manylinux wheel, into target/python-dist
 #   make torture SECONDS=600  every torture scenario (tests/torture.rs) for that long each
 #   make fuzz SECONDS=600     the fuzz tests with new seeds for SECONDS (default 60)
 #   make deb                  the Debian packages into target/deb, checked by lintian
@@ -63,7 +64,7 @@ SO_NAME      := libunilock.so.$(MAJOR)
 # The .pc file says ${prefix}/... when a directory lies under PREFIX.
 pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
 
-.PHONY: all build install install-debug install-strip uninstall check check-python check-go faults torture fuzz bench bench-bindings deb check-deb clean FORCE
+.PHONY: all build install install-debug install-strip uninstall check check-python check-go python-dist faults torture fuzz bench bench-bindings deb check-deb clean FORCE
 
 all: build $(PC_FILE)
 
@@ -132,6 +133,11 @@ check-python: build
 
 check-go: build
 	bindings/go/run-tests.sh
+
+# The Python package's release files: the sdist and the wheel (which carries the library),
+# repaired by auditwheel to a manylinux tag (bindings/python/build-dist.sh).
+python-dist:
+	bindings/python/build-dist.sh
 
 # The bindings against what their users use today (gofrs/flock's syscalls, filelock).
 bench-bindings: build

@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,4 +55,4 @@ def lock_path(tmp_path):
 def pytest_report_header(config):
     import unilock
 
-    return f"libunilock {unilock.version()} from {os.environ.get('UNILOCK_LIBRARY', '(system)')}"
+    return f"libunilock {unilock.version()} from {unilock._lib.lib()._name}"

@@ -8,15 +8,25 @@ lock files).
   filelock``. FileLock uses flock(2), so it excludes filelock.FileLock on the same file;
   SoftFileLock is a lock file (DOTLOCK), so it excludes filelock.SoftFileLock.
 
-The library is found through ``$UNILOCK_LIBRARY``, ``ctypes.util.find_library`` and the
-SONAME ``libunilock.so.0``, on first use.
+The library is loaded on first use from ``$UNILOCK_LIBRARY`` when set, else the copy
+bundled in the package (``unilock/_native/libunilock.so.0``, in a platform wheel), else
+the system's (``ctypes.util.find_library``, then the SONAME ``libunilock.so.0``).
 """
 
 from ._filelock import AcquireReturnProxy, BaseFileLock, FileLock, SoftFileLock, Timeout, UnixFileLock
 from ._lib import LibraryNotFoundError, version
 from ._lock import Holder, Lock
 
-__version__ = "0.1.0"
+try:
+    from ._version import version as __version__  # written by the build, from Cargo.toml
+except ImportError:  # an editable install or a checkout on sys.path
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _distribution_version
+
+    try:
+        __version__ = _distribution_version("unilock")
+    except PackageNotFoundError:
+        __version__ = "0+unknown"
 
 __all__ = [
     "AcquireReturnProxy",

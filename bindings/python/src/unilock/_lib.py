@@ -1,8 +1,16 @@
 """Loading libunilock with ctypes, and the C declarations.
 
-The loader tries, in order: the file named by ``$UNILOCK_LIBRARY``,
-``ctypes.util.find_library("unilock")``, then the SONAME ``libunilock.so.0``; when all
-fail, the error names every attempt and why it failed.
+The loader tries, in order, and takes the first that loads, is libunilock and has the
+major version this binding speaks:
+
+1. the file named by ``$UNILOCK_LIBRARY``, when it is set (how tests and users point
+   at a particular build);
+2. the library bundled in this package, ``unilock/_native/libunilock.so.0`` (a
+   platform wheel carries it; a pure wheel does not);
+3. the system's: ``ctypes.util.find_library("unilock")``, then the SONAME
+   ``libunilock.so.0`` (the dynamic loader's search path).
+
+When all fail, :class:`LibraryNotFoundError` names every place tried and why it failed.
 
 ctypes releases the GIL around every foreign call (``ctypes.CDLL``), so a thread
 waiting in ``unilock_lock`` lets the others run.
@@ -99,12 +107,20 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.argtypes = argtypes
 
 
+#: Where a platform wheel puts the library (bindings/python/build_backend/unilock_build.py).
+BUNDLED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native", SONAME)
+
+
 def _candidates(reasons: list[str]):
     env = os.environ.get("UNILOCK_LIBRARY")
     if env:
         yield "$UNILOCK_LIBRARY", env
     else:
         reasons.append("$UNILOCK_LIBRARY is not set")
+    if os.path.exists(BUNDLED):
+        yield "the bundled library", BUNDLED
+    else:
+        reasons.append(f"no library is bundled in the package ({BUNDLED} is missing: a pure wheel or an editable install)")
     found = ctypes.util.find_library("unilock")
     if found:
         yield 'ctypes.util.find_library("unilock")', found
@@ -135,7 +151,8 @@ def _open_library() -> ctypes.CDLL:
     raise LibraryNotFoundError(
         "cannot load libunilock: "
         + "; ".join(reasons)
-        + ". Install it (make install) or set UNILOCK_LIBRARY to the path of libunilock.so"
+        + ". Install a platform wheel of unilock, or libunilock itself (make install, or a"
+        " distribution package), or set UNILOCK_LIBRARY to the path of libunilock.so"
     )
 
 
