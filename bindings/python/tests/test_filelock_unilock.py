@@ -48,7 +48,7 @@ def test_unilock_and_filelock_exclude_each_other_in_one_process(lock_path):
 def test_flock_command_excludes(lock_path):
     flock = shutil.which("flock")
     if flock is None:
-        pytest.skip("no flock(1)")
+        pytest.fail("flock(1) (util-linux) is not installed")
     proc = subprocess.Popen([flock, lock_path, "-c", "echo locked; read x"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "locked\n"
