@@ -1,6 +1,7 @@
 # unilock: build, install and check the C system library (GNU make).
 #
-#   make                      cargo build --release, then target/unilock.pc
+#   make                      the command, libunilock.a and libunilock.so (see build),
+#                             then target/unilock.pc
 #   make install              PREFIX, EXEC_PREFIX, LIBDIR, INCLUDEDIR, BINDIR, MANDIR,
 #                             PKGCONFIGDIR and DESTDIR are honoured; the library and
 #                             the command are stripped (STRIP= keeps the debug info);
@@ -21,7 +22,9 @@
 #   make check-deb            (root) installs them, uses them, removes them (scripts/check-deb.sh)
 #
 # Cargo decides what is stale: every target that needs the library goes through
-# `cargo build --release`, which is a no-op when nothing changed.
+# `make build`, whose cargo runs are no-ops when nothing changed. Everything built
+# from the tree passes `--features capi` (the C API), so that one library build
+# serves the command, the C library, the tests and the benchmarks.
 
 PREFIX       ?= /usr/local
 EXEC_PREFIX  ?= $(PREFIX)
@@ -35,6 +38,8 @@ DESTDIR      ?=
 
 CARGO        ?= cargo
 CARGOFLAGS   ?=
+CC           ?= cc
+LDFLAGS      ?=
 INSTALL      ?= install
 LN_S         ?= ln -sf
 # The installed library and command are stripped (--strip-unneeded, with a
@@ -60,6 +65,10 @@ HEADER       := include/unilock.h
 
 SO_REAL      := libunilock.so.$(VERSION)
 SO_NAME      := libunilock.so.$(MAJOR)
+VERSION_MAP  := unilock.map
+# What the Rust runtime in libunilock.a needs from the system (rustc's
+# native-static-libs), kept in one place: the .pc file's Libs.private.
+NATIVE_LIBS  := $(shell sed -n 's/^Libs.private: *//p' unilock.pc.in)
 
 # The .pc file says ${prefix}/... when a directory lies under PREFIX.
 pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
@@ -68,10 +77,27 @@ pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
 
 all: build $(PC_FILE)
 
-# Cargo does not make the SONAME link; in-tree users (the Go binding's tests, the
-# examples run from the tree) load libunilock.so.MAJOR through it.
+# The C library is the crate built with its `capi` feature; a Rust dependent of the
+# crate builds neither it nor the .so. The command is built with the feature too, so
+# that `cargo test --release --features capi` (make check) reuses the same library
+# build. Then the static library, and the shared library linked from it here rather
+# than by rustc: rustc gives a cdylib its own version script, which leaves the
+# exports unversioned; this link gives them the versions of unilock.map and the
+# SONAME. In-tree users (the Go binding's tests, the examples run from the tree) load
+# libunilock.so.MAJOR through the link made last.
 build:
-	$(CARGO) build --release $(CARGOFLAGS)
+	$(CARGO) build --release --features capi $(CARGOFLAGS)
+	$(CARGO) rustc --release --lib --features capi --crate-type staticlib $(CARGOFLAGS)
+	@if [ ! -e $(SO_FILE) ] || [ $(A_FILE) -nt $(SO_FILE) ] || \
+	    [ $(VERSION_MAP) -nt $(SO_FILE) ] || [ Makefile -nt $(SO_FILE) ]; then \
+	    echo "$(CC) -shared -o $(SO_FILE) ... $(A_FILE) -Wl,--version-script=$(VERSION_MAP)"; \
+	    $(CC) -shared -o $(SO_FILE).tmp \
+	        -Wl,--whole-archive $(A_FILE) -Wl,--no-whole-archive \
+	        -Wl,--version-script=$(VERSION_MAP) -Wl,-soname,$(SO_NAME) \
+	        -Wl,--gc-sections -Wl,-z,defs -Wl,-z,relro,-z,now -Wl,-z,noexecstack \
+	        -Wl,--as-needed $(LDFLAGS) $(NATIVE_LIBS) && \
+	    mv -f $(SO_FILE).tmp $(SO_FILE); \
+	fi
 	@$(LN_S) libunilock.so $(RELEASE_DIR)/$(SO_NAME)
 
 # Regenerated on every run (the prefix may differ between `make` and
@@ -113,8 +139,8 @@ uninstall:
 check: all
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets --all-features $(CARGOFLAGS) -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items $(CARGOFLAGS)
-	$(CARGO) test --release $(CARGOFLAGS)
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items --features capi $(CARGOFLAGS)
+	$(CARGO) test --release --features capi $(CARGOFLAGS)
 	$(CARGO) test --features fault-injection --test faults $(CARGOFLAGS)
 	MAKE="$(MAKE)" CARGO="$(CARGO)" scripts/check-c.sh
 	scripts/check-readme-c.sh
@@ -154,7 +180,7 @@ bench:
 TORTURE_SECONDS = $(if $(filter command line,$(origin SECONDS)),$(SECONDS),$(or $(UNILOCK_TORTURE_SECONDS),60))
 
 torture:
-	UNILOCK_TORTURE_SECONDS=$(TORTURE_SECONDS) $(CARGO) test --release $(CARGOFLAGS) --test torture -- --test-threads=1 --nocapture
+	UNILOCK_TORTURE_SECONDS=$(TORTURE_SECONDS) $(CARGO) test --release --features capi $(CARGOFLAGS) --test torture -- --test-threads=1 --nocapture
 
 # The seeded fuzz tests (src/fuzz_tests.rs, tests/fuzz_api.rs; `make check` runs them
 # briefly), each drawing new seeds until SECONDS have passed, the two test programs at
@@ -163,10 +189,10 @@ torture:
 FUZZ_SECONDS := $(if $(filter command line,$(origin SECONDS)),$(SECONDS),60)
 
 fuzz:
-	$(CARGO) test --release $(CARGOFLAGS) --no-run --lib --test fuzz_api
+	$(CARGO) test --release --features capi $(CARGOFLAGS) --no-run --lib --test fuzz_api
 	@UNILOCK_FUZZ_SECONDS='$(FUZZ_SECONDS)'; export UNILOCK_FUZZ_SECONDS; \
-	$(CARGO) test --release $(CARGOFLAGS) --lib fuzz_tests -- --test-threads=16 --nocapture & lib=$$!; \
-	$(CARGO) test --release $(CARGOFLAGS) --test fuzz_api -- --test-threads=16 --nocapture & api=$$!; \
+	$(CARGO) test --release --features capi $(CARGOFLAGS) --lib fuzz_tests -- --test-threads=16 --nocapture & lib=$$!; \
+	$(CARGO) test --release --features capi $(CARGOFLAGS) --test fuzz_api -- --test-threads=16 --nocapture & api=$$!; \
 	wait $$lib; lib=$$?; wait $$api; api=$$?; test $$lib = 0 && test $$api = 0
 
 # Debian packages (debian/), built in this tree and written to $(DEB_DIR): nothing is

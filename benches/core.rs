@@ -283,27 +283,39 @@ impl Handle {
 
     fn open_with(path: &CStr, backend: Backend, flags: u32) -> Handle {
         let mut o = unilock_options::default();
-        unilock_options_init(&mut o);
+        // SAFETY: options structs are live locals.
+        unsafe { unilock_options_init(&mut o) };
         o.backends = backend.capi();
         o.flags = flags;
         let mut out = std::ptr::null_mut();
-        check(unilock_open(path.as_ptr(), &o, &mut out), "unilock_open");
+        // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are live
+        // locals.
+        check(
+            unsafe { unilock_open(path.as_ptr(), &o, &mut out) },
+            "unilock_open",
+        );
         Handle(out)
     }
 
     /// `unilock_lock` exclusive; returns its code.
     fn lock(&self, start: u64, len: u64, timeout_ms: i64) -> i32 {
-        unilock_lock(self.0, UNILOCK_EXCLUSIVE, start, len, timeout_ms)
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        unsafe { unilock_lock(self.0, UNILOCK_EXCLUSIVE, start, len, timeout_ms) }
     }
 
     fn unlock(&self, start: u64, len: u64) -> i32 {
-        unilock_unlock(self.0, start, len)
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        unsafe { unilock_unlock(self.0, start, len) }
     }
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        unilock_close(self.0);
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        unsafe { unilock_close(self.0) };
     }
 }
 
@@ -1517,11 +1529,11 @@ fn main() {
         bench_memory(&cfg, &dir.0, &mut report);
     }
 
-    report.text("wait_mechanism", ::unilock::wait_mechanism());
+    report.text("wait_mechanism", ::unilock::capi::wait_mechanism());
     report.num("elapsed_s", started.elapsed().as_secs_f64());
     report.md(&format!(
         "Waits used: {}. The whole run took {:.0} s.\n",
-        ::unilock::wait_mechanism(),
+        ::unilock::capi::wait_mechanism(),
         started.elapsed().as_secs_f64()
     ));
 

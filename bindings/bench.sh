@@ -3,14 +3,14 @@
 #
 #   bindings/bench.sh
 #
-# Needs `cargo build --release`, Go (golang-go) and Python 3 with venv. Reuses
+# Needs `make` (the C library), Go (golang-go) and Python 3 with venv. Reuses
 # target/python-venv from bindings/python/run-tests.sh (creating it if needed).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 lib=$root/target/release/libunilock.so
-[ -f "$lib" ] || { echo "bench.sh: $lib missing: run 'cargo build --release' first" >&2; exit 2; }
+[ -f "$lib" ] || { echo "bench.sh: $lib missing: run 'make' first" >&2; exit 2; }
 
 venv=$root/target/python-venv
 if [ ! -x "$venv/bin/python" ]; then

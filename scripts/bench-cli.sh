@@ -14,7 +14,7 @@ FLOCK=${FLOCK:-/usr/bin/flock}
 UNILOCK=${UNILOCK:-$PWD/target/release/unilock}
 
 if [ ! -x "$UNILOCK" ]; then
-    cargo build --release --quiet --bin unilock
+    cargo build --release --quiet --features capi --bin unilock
 fi
 command -v "$FLOCK" >/dev/null || { echo "bench-cli: $FLOCK is missing" >&2; exit 1; }
 

@@ -38,7 +38,7 @@ fi
 
 # The library and the command, as `make` builds them.
 if [ ! -f target/release/libunilock.so ] || [ ! -x target/release/unilock ]; then
-    "$CARGO" build --release --quiet
+    "${MAKE:-make}" --no-print-directory build CARGO="$CARGO" >/dev/null
 fi
 
 echo "bench-peers.sh: building bench/peers"

@@ -1,4 +1,4 @@
-//! Fair hand-off ([`crate::flags::FAIR`]): a first-come, first-served queue of the fair
+//! Fair hand-off ([`crate::Flags::FAIR`]): a first-come, first-served queue of the fair
 //! lock calls on one file, kept entirely in kernel locks on the file's reserved offsets
 //! (at or above 2^62, which no user lock reaches), so that it needs no sidecar file and
 //! the kernel cleans up after any participant that dies.
@@ -97,7 +97,7 @@
 //! description needs write permission on the file (tickets and D are write locks) and
 //! a mounted /proc: a fair handle on a file it may only read, a directory, or a file on
 //! a read-only file system gets the error from that `open`. With
-//! [`crate::flags::UNLINK`], a release does not delete the file while anyone is in
+//! [`Flags::UNLINK`](crate::Flags::UNLINK), a release does not delete the file while anyone is in
 //! line for it ([`anyone_in_line`]); a waiter that enters the line at the moment the
 //! file is deleted moves to the new file's queue.
 

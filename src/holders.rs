@@ -541,7 +541,7 @@ mod tests {
             let path = dir.join(format!("{backend:?}"));
             let options = crate::Options::new()
                 .backend(backend)
-                .flags(crate::flags::CREATE);
+                .flags(crate::Flags::CREATE);
             let lock = crate::Lock::open(&path, &options).unwrap();
             for i in 0..n {
                 lock.lock(Mode::Exclusive, 2 * i, 1, Some(std::time::Duration::ZERO))

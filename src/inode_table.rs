@@ -433,10 +433,12 @@ unsafe extern "C" fn before_fork() {
     }
     FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
     crate::fair::before_fork();
+    #[cfg(feature = "capi")]
     crate::capi::registry::before_fork();
 }
 
 unsafe extern "C" fn after_fork_in_parent() {
+    #[cfg(feature = "capi")]
     crate::capi::registry::after_fork();
     crate::fair::after_fork_in_parent();
     FORK_GUARD.with(|g| g.borrow_mut().take());
@@ -444,6 +446,7 @@ unsafe extern "C" fn after_fork_in_parent() {
 
 unsafe extern "C" fn after_fork_in_child() {
     crate::sys::forget_ids();
+    #[cfg(feature = "capi")]
     crate::capi::registry::after_fork();
     crate::fair::after_fork_in_child();
     FORK_GUARD.with(|g| {

@@ -10,7 +10,7 @@
 //! its holding checked out of the table ([`inode_table::SoloCell`]). Its call makes the
 //! non-blocking attempt under that cell's mutex alone, and records the result there;
 //! only a call that must wait (or a flock upgrade, which is not atomic) goes through
-//! the table. Handles with [`flags::UNLINK`] or [`flags::FAIR`] always go through it.
+//! the table. Handles with [`Flags::UNLINK`] or [`Flags::FAIR`] always go through it.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -28,7 +28,7 @@ use crate::inode_table::{
 use crate::range::{ByteRange, RangeMap};
 use crate::sys::{self, KernelCall};
 use crate::wait::{self, CallState, Deadline, Outcome};
-use crate::{Backend, Error, Holder, Mode, Options, Result, flags};
+use crate::{Backend, Error, Flags, Holder, Mode, Options, Result};
 
 /// An open lock handle: one owner of locks on one file.
 ///
@@ -51,12 +51,12 @@ pub(crate) struct KernelLock {
     name: String,
     /// The process that opened the handle (POSIX locks are not inherited by children).
     opener: i32,
-    /// [`flags::UNLINK`]: how to check and reopen the path.
+    /// [`Flags::UNLINK`]: how to check and reopen the path.
     unlink: Option<Reopen>,
     /// The process that last took a lock through the handle: only it deletes an
     /// UNLINK file.
     locker: AtomicI32,
-    /// [`flags::FAIR`]: the handle's place in the file's queue.
+    /// [`Flags::FAIR`]: the handle's place in the file's queue.
     fair: Option<fair::Queue>,
     /// The solo path (neither UNLINK nor FAIR): see the module docs.
     solo: Option<Solo>,
@@ -161,7 +161,7 @@ fn open_path(
     backend: Backend,
     options: &Options,
 ) -> Result<(OwnedFd, bool, InodeKey)> {
-    let follow = options.flags & flags::FOLLOW != 0;
+    let follow = options.flags.contains(Flags::FOLLOW);
     match sys::stat(cpath, follow) {
         Ok(st) => check_file_type(&st, name)?,
         Err(libc::ENOENT) => {}
@@ -171,7 +171,7 @@ fn open_path(
     if !follow {
         base |= libc::O_NOFOLLOW;
     }
-    if options.flags & flags::INHERIT == 0 {
+    if !options.flags.contains(Flags::INHERIT) {
         base |= libc::O_CLOEXEC;
     }
     let accesses: &[libc::c_int] = if backend == Backend::Flock {
@@ -193,7 +193,7 @@ fn open_path(
                 opened = Some((fd, access == libc::O_RDWR));
                 break;
             }
-            Err(libc::ENOENT) if options.flags & flags::CREATE != 0 => {
+            Err(libc::ENOENT) if options.flags.contains(Flags::CREATE) => {
                 match sys::open(cpath, base | access | libc::O_CREAT, create_mode) {
                     Ok(fd) => {
                         opened = Some((fd, access == libc::O_RDWR));
@@ -241,11 +241,11 @@ impl KernelLock {
         options: &Options,
     ) -> Result<KernelLock> {
         let (fd, writable, key) = open_path(&cpath, &name, backend, options)?;
-        let unlink = (options.flags & flags::UNLINK != 0).then(|| Reopen {
+        let unlink = options.flags.contains(Flags::UNLINK).then(|| Reopen {
             path: cpath,
             options: options.clone(),
         });
-        let fair = options.flags & flags::FAIR != 0;
+        let fair = options.flags.contains(Flags::FAIR);
         Ok(Self::register(
             fd, backend, key, name, writable, unlink, fair,
         ))
@@ -260,7 +260,7 @@ impl KernelLock {
         options: &Options,
     ) -> Result<KernelLock> {
         let name = format!("descriptor {}", fd.as_raw_fd());
-        if options.flags & flags::UNLINK != 0 {
+        if options.flags.contains(Flags::UNLINK) {
             return Err(Error::new(
                 libc::EINVAL,
                 "UNILOCK_UNLINK needs a path: a handle made from a descriptor cannot check \
@@ -277,7 +277,7 @@ impl KernelLock {
             ));
         }
         let writable = status & libc::O_ACCMODE != libc::O_RDONLY;
-        let dup = sys::dup(fd, options.flags & flags::INHERIT == 0)
+        let dup = sys::dup(fd, !options.flags.contains(Flags::INHERIT))
             .map_err(|e| Error::sys(e, "dup", &name))?;
         Ok(Self::register(
             dup,
@@ -286,7 +286,7 @@ impl KernelLock {
             name,
             writable,
             None,
-            options.flags & flags::FAIR != 0,
+            options.flags.contains(Flags::FAIR),
         ))
     }
 
@@ -445,7 +445,7 @@ impl KernelLock {
     /// The descriptor the handle locks through (for `fstat`, `poll`, passing to a
     /// child). Closing it, or any other descriptor of the file, drops the process's
     /// POSIX locks on the file: that is the kernel's rule, and why OFD is preferred.
-    /// An [`flags::UNLINK`] handle gets a new descriptor when a lock call finds that
+    /// An [`Flags::UNLINK`] handle gets a new descriptor when a lock call finds that
     /// its file was deleted or replaced: ask again after locking.
     pub(crate) fn fd(&self) -> RawFd {
         self.file().fd().as_raw_fd()
@@ -605,7 +605,7 @@ impl KernelLock {
         if st.st_nlink == 0 {
             return Ok(true);
         }
-        let follow = u.options.flags & flags::FOLLOW != 0;
+        let follow = u.options.flags.contains(Flags::FOLLOW);
         match sys::stat(&u.path, follow) {
             Ok(at_path) => Ok(key_of(&at_path) != file.key),
             Err(libc::ENOENT) => Ok(true),
@@ -614,7 +614,7 @@ impl KernelLock {
     }
 
     /// UNLINK: replaces the handle's file (which it holds no lock on) by the one now at
-    /// the path, created if missing under [`flags::CREATE`]. The old descriptor's close
+    /// the path, created if missing under [`Flags::CREATE`]. The old descriptor's close
     /// is deferred while this process holds POSIX locks on the old file.
     fn reopen(&self) -> Result<()> {
         let u = self.unlink.as_ref().expect("only UNLINK handles reopen");
@@ -643,7 +643,7 @@ impl KernelLock {
         Ok(())
     }
 
-    /// [`flags::FAIR`]: takes the lock through the file's queue ([`crate::fair`]);
+    /// [`Flags::FAIR`]: takes the lock through the file's queue ([`crate::fair`]);
     /// otherwise [`KernelLock::lock_on`].
     fn lock_queued(
         &self,

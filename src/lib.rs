@@ -20,9 +20,9 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use unilock::{Lock, Mode, Options, flags};
+//! use unilock::{Flags, Lock, Mode, Options};
 //!
-//! let lock = Lock::open("/tmp/job.lock", &Options::new().flags(flags::CREATE))?;
+//! let lock = Lock::open("/tmp/job.lock", &Options::new().flags(Flags::CREATE))?;
 //! match lock.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(2))) {
 //!     Ok(()) => { /* exclusive until unlock or drop */ }
 //!     Err(e) if e.is_timeout() => eprintln!("busy: {:?}", lock.query(Mode::Exclusive, 0, 0)?),
@@ -31,17 +31,24 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! The C API (`include/unilock.h`) is a thin layer over this crate, in [`capi`].
+//! The C library (`libunilock.so`, `include/unilock.h`) is a thin layer over this
+//! crate, built from the same sources with the `capi` cargo feature (`make`); the
+//! feature is not meant for Rust users, who need only the API above.
 
 #![deny(missing_docs)]
 
 mod backend;
+#[cfg(feature = "capi")]
 pub mod capi;
 mod dotlock;
 mod error;
 mod fair;
+// cbindgen reads every module for the header and would take the flags' associated
+// constants; the C API has its own UNILOCK_* macros, so it skips this module.
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+/// cbindgen:ignore
+mod flags;
 #[cfg(test)]
 mod fuzz_tests;
 mod helper;
@@ -49,13 +56,13 @@ mod holders;
 mod inode_table;
 mod kernel_lock;
 mod lock;
-pub mod range;
+mod range;
 mod sys;
 mod wait;
 
 pub use error::{Error, Result, describe};
+pub use flags::Flags;
 pub use lock::Lock;
-pub use wait::mechanism as wait_mechanism;
 
 /// Lock modes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -86,7 +93,7 @@ impl Mode {
     }
 }
 
-/// Kernel mechanisms (bits of [`Options::backends`]).
+/// Kernel mechanisms (see [`Options::backend`] and [`Options::backends`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum Backend {
@@ -113,104 +120,74 @@ impl Backend {
     }
 }
 
-/// Bits of [`Options::flags`].
-pub mod flags {
-    /// Create the file if missing (mode [`crate::Options::create_mode`], 0600 by default).
-    pub const CREATE: u32 = 1;
-    /// Follow a symbolic link in the last component (refused by default).
-    pub const FOLLOW: u32 = 2;
-    /// Keep the descriptor across exec (close-on-exec by default).
-    pub const INHERIT: u32 = 4;
-    /// Delete the lock file once no lock is held on it, race-free (FLOCK, OFD and
-    /// POSIX alone; a handle with DOTLOCK or several backends refuses it with
-    /// `EOPNOTSUPP`, and
-    /// [`crate::Lock::from_fd`], which has no path, with `EINVAL`).
-    ///
-    /// After taking a lock while holding nothing (and after a FLOCK upgrade, which lets
-    /// go of the shared lock while it waits), [`crate::Lock::lock`] checks that the
-    /// locked file is still the one at the path (`stat`, following a last symbolic link
-    /// only with [`FOLLOW`]) and not deleted (`st_nlink > 0`); if not, it releases it,
-    /// opens the path again (creating the file under [`CREATE`]) and starts again, so
-    /// the handle's descriptor may change. When the handle releases its *last* lock on
-    /// the file (unlock, or close), it deletes the file first, if it can hold the whole
-    /// file exclusively without waiting (it does, or a non-blocking conversion to an
-    /// exclusive whole-file lock succeeds) and the last component of the path is still
-    /// that file; otherwise another holder (shared, or on another byte range, in this
-    /// process or another) exists and the file is left to it. The file is deleted
-    /// before the lock is released, and only by the process that took the lock. So two
-    /// processes never both believe they hold the lock, provided everyone who deletes
-    /// the file does it this way.
-    pub const UNLINK: u32 = 8;
-    /// First come, first served among the handles that use this flag on one file
-    /// (FLOCK, OFD and POSIX; with DOTLOCK, `EOPNOTSUPP`): a released lock goes to the
-    /// longest waiter, the releaser
-    /// never takes it back ahead of a waiter, no waiter sees more than N-1 grants go
-    /// past it (N handles), and shared waiters queued together are granted together.
-    ///
-    /// The queue is kept in kernel locks at the file's reserved offsets (2^62 and
-    /// above), taken through a private read-write open file description of the file
-    /// (opened through `/proc/self/fd`): there is no sidecar file, and a participant
-    /// that dies at any moment leaves the queue working. Timeouts and
-    /// [`crate::Lock::cancel`] work while queued and take the waiter out of the line.
-    /// Handles without the flag still conflict as usual but do not queue: they may take
-    /// a free lock ahead of fair waiters.
-    ///
-    /// Fairness is per file, not per range: one queue orders all fair calls on a file
-    /// (one queue for FLOCK handles, one for OFD and POSIX handles), so a fair call may
-    /// wait behind an earlier fair waiter for another range. A handle that already holds
-    /// a lock on the file, or whose thread holds one through another handle, converts
-    /// or extends it without queueing. The first fair lock call opens the file
-    /// read-write: it fails (with that `open`'s error) on a file the process may only
-    /// read, on a directory, on a read-only file system, or without /proc. With
-    /// [`UNLINK`], a release leaves the file in place while fair waiters are in line for
-    /// it. A fair call
-    /// costs a few more system calls than an unfair one, and a hand-off always goes to
-    /// another process, where without the flag the releaser often takes the lock back
-    /// at once: under contention, fewer grants per second.
-    pub const FAIR: u32 = 16;
-    /// Every flag this version knows.
-    pub const ALL: u32 = CREATE | FOLLOW | INHERIT | UNLINK | FAIR;
-}
-
-/// How to open a [`Lock`].
+/// How to open a [`Lock`]: built from [`Options::new`] (or `Default`), so that
+/// later versions can add options without breaking callers.
+///
+/// ```
+/// use unilock::{Backend, Flags, Options};
+///
+/// let o = Options::new()
+///     .backend(Backend::Ofd)
+///     .flags(Flags::CREATE | Flags::FAIR)
+///     .create_mode(0o644);
+/// let mailbox = Options::new().backends([Backend::Dotlock, Backend::Ofd]);
+/// # let _ = (o, mailbox);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Options {
     /// [`Backend`] bits; 0 means [`Backend::Flock`].
-    pub backends: u32,
-    /// [`flags`] bits.
-    pub flags: u32,
-    /// Permission bits for a created file; 0 means 0600 (the umask applies). Only
-    /// the permission bits (0777) are accepted: setuid, setgid, sticky or higher bits
-    /// are `EINVAL`.
-    pub create_mode: u32,
-    /// DOTLOCK: a lock file not refreshed for this many seconds is stale. 0: only a
-    /// dead owner makes it stale, so a lock file whose owner cannot be checked
-    /// (another host's, or one without a pid) is never broken; 300 matches
-    /// liblockfile's rule for such files.
-    pub stale_after_s: u32,
+    pub(crate) backends: u32,
+    pub(crate) flags: Flags,
+    /// Permission bits for a created file; 0 means 0600.
+    pub(crate) create_mode: u32,
+    /// DOTLOCK: seconds without a refresh after which a lock file is stale; 0: never.
+    pub(crate) stale_after_s: u32,
 }
 
 impl Options {
-    /// The defaults: flock, no flags.
+    /// The defaults: [`Backend::Flock`], no flags, files created 0600, DOTLOCK lock
+    /// files stale only when their owner is dead.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Uses `backend`.
+    /// Uses `backend` alone.
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backends = backend as u32;
         self
     }
 
-    /// Adds [`flags`] bits.
-    pub fn flags(mut self, bits: u32) -> Self {
-        self.flags |= bits;
+    /// Uses a set of backends, taken in the order DOTLOCK, FLOCK, then OFD or POSIX and
+    /// released in reverse (a mailbox's `[Backend::Dotlock, Backend::Ofd]`). OFD
+    /// together with POSIX is refused by [`Lock::open`] with `EINVAL`; an empty set
+    /// means [`Backend::Flock`].
+    pub fn backends(mut self, set: impl IntoIterator<Item = Backend>) -> Self {
+        self.backends = set.into_iter().fold(0, |bits, b| bits | b as u32);
         self
     }
 
-    /// Sets the creation mode.
+    /// Adds `flags` to the ones already set.
+    pub fn flags(mut self, flags: Flags) -> Self {
+        self.flags |= flags;
+        self
+    }
+
+    /// Permission bits for a file [`Flags::CREATE`] creates (and for DOTLOCK lock
+    /// files); 0 means 0600, and the umask applies. Only the permission bits (0777)
+    /// are accepted: setuid, setgid, sticky or higher bits make [`Lock::open`] fail
+    /// with `EINVAL`.
     pub fn create_mode(mut self, mode: u32) -> Self {
         self.create_mode = mode;
+        self
+    }
+
+    /// DOTLOCK: a lock file not refreshed ([`Lock::touch`]) for this many seconds is
+    /// stale. 0 (the default): only a dead owner makes it stale, so a lock file whose
+    /// owner cannot be checked (another host's, or one without a pid) is never broken;
+    /// 300 matches liblockfile's rule for such files.
+    pub fn stale_after_s(mut self, seconds: u32) -> Self {
+        self.stale_after_s = seconds;
         self
     }
 }

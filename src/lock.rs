@@ -16,7 +16,7 @@ use crate::dotlock::DotLock;
 use crate::kernel_lock::KernelLock;
 use crate::range::ByteRange;
 use crate::wait::{CallState, Deadline};
-use crate::{Backend, Error, Holder, Mode, Options, Result, flags};
+use crate::{Backend, Error, Flags, Holder, Mode, Options, Result};
 
 /// An open lock handle: one owner of locks on one file.
 ///
@@ -56,10 +56,10 @@ fn backend_bits(options: &Options) -> Result<u32> {
             format!("unknown backend bits {:#x}", options.backends),
         ));
     }
-    if options.flags & !flags::ALL != 0 {
+    if !Flags::all().contains(options.flags) {
         return Err(Error::new(
             libc::EINVAL,
-            format!("unknown flag bits {:#x}", options.flags),
+            format!("unknown flag bits {:#x}", options.flags.bits()),
         ));
     }
     if options.create_mode & !0o777 != 0 {
@@ -84,14 +84,14 @@ fn backend_bits(options: &Options) -> Result<u32> {
     } else {
         options.backends
     };
-    if options.flags & flags::FAIR != 0 && bits & Backend::Dotlock as u32 != 0 {
+    if options.flags.contains(Flags::FAIR) && bits & Backend::Dotlock as u32 != 0 {
         return Err(Error::new(
             libc::EOPNOTSUPP,
             "UNILOCK_FAIR needs the FLOCK, OFD or POSIX backend without DOTLOCK: a lock \
              file has no queue",
         ));
     }
-    if options.flags & flags::UNLINK != 0 {
+    if options.flags.contains(Flags::UNLINK) {
         if bits & Backend::Dotlock as u32 != 0 {
             return Err(Error::new(
                 libc::EOPNOTSUPP,
@@ -114,22 +114,22 @@ impl Lock {
     ///
     /// An existing file is opened without `O_CREAT` (a sticky directory refuses
     /// `O_CREAT` on another user's file even when it exists); a missing one is created
-    /// with `options.create_mode` (0600 when 0) if [`flags::CREATE`] is set. flock
+    /// with `options.create_mode` (0600 when 0) if [`Flags::CREATE`] is set. flock
     /// handles use a read-only descriptor; OFD and POSIX handles a read-write one where
     /// the file allows it, else a read-only one (shared locks only). The descriptor is
-    /// close-on-exec unless [`flags::INHERIT`]; a symbolic link as the last component is
-    /// refused (`ELOOP`) unless [`flags::FOLLOW`]; FIFOs, sockets and devices are refused
+    /// close-on-exec unless [`Flags::INHERIT`]; a symbolic link as the last component is
+    /// refused (`ELOOP`) unless [`Flags::FOLLOW`]; FIFOs, sockets and devices are refused
     /// with `EINVAL` without being opened. The file is never written or truncated.
     ///
-    /// With [`flags::UNLINK`] the handle keeps the path: a lock call that finds the
+    /// With [`Flags::UNLINK`] the handle keeps the path: a lock call that finds the
     /// file deleted or replaced opens the path again, and the release of the handle's
     /// last lock deletes the file when it can hold it whole and exclusively (see
-    /// [`flags::UNLINK`]).
+    /// [`Flags::UNLINK`]).
     ///
     /// DOTLOCK alone: `path` is the lock file, which exists only while the lock is
     /// held; opening creates nothing (its directory must exist). In a set with other
     /// backends the lock file is `path` plus `.lock` (the mailbox convention) and the
-    /// kernel locks are taken on `path` ([`flags::CREATE`] applies to `path` only).
+    /// kernel locks are taken on `path` ([`Flags::CREATE`] applies to `path` only).
     pub fn open(path: impl AsRef<Path>, options: &Options) -> Result<Lock> {
         let bits = backend_bits(options)?;
         let path = path.as_ref();
@@ -163,7 +163,7 @@ impl Lock {
     /// open file description: the library keeps them apart while they lock without
     /// waiting, but two of them waiting at once for FLOCK or OFD locks held elsewhere
     /// may both be granted. Make one handle per open file description (or open the
-    /// path). DOTLOCK and [`flags::UNLINK`] need a path: `EINVAL`.
+    /// path). DOTLOCK and [`Flags::UNLINK`] need a path: `EINVAL`.
     pub fn from_fd(fd: BorrowedFd<'_>, options: &Options) -> Result<Lock> {
         let bits = backend_bits(options)?;
         if bits & Backend::Dotlock as u32 != 0 {
@@ -200,7 +200,7 @@ impl Lock {
     /// The descriptor the handle locks through (for `fstat`, `poll`, passing to a
     /// child); in a set, the FLOCK one if any, else the OFD or POSIX one. Closing it, or
     /// any other descriptor of the file, drops the process's POSIX locks on the file:
-    /// that is the kernel's rule, and why OFD is preferred. An [`flags::UNLINK`] handle
+    /// that is the kernel's rule, and why OFD is preferred. An [`Flags::UNLINK`] handle
     /// gets a new descriptor when a lock call finds that its file was deleted or
     /// replaced: ask again after locking. A DOTLOCK-only handle has no descriptor:
     /// `EOPNOTSUPP`.
@@ -223,9 +223,14 @@ impl Lock {
         }
     }
 
-    /// The [`Backend`] bits of this handle.
-    pub fn backends(&self) -> u32 {
-        self.backends
+    /// The backends of this handle, in taking order (DOTLOCK, FLOCK, then OFD or
+    /// POSIX): one for a handle that is not a set.
+    pub fn backends(&self) -> Vec<Backend> {
+        [Backend::Dotlock]
+            .into_iter()
+            .chain(ORDER)
+            .filter(|&b| self.backends & b as u32 != 0)
+            .collect()
     }
 
     fn range(&self, start: u64, len: u64) -> Result<ByteRange> {
@@ -259,10 +264,10 @@ impl Lock {
     /// taken back without waiting, and if another process got an exclusive lock in
     /// between, the call fails with `ENOLCK` and the handle holds nothing.
     ///
-    /// [`flags::UNLINK`]: a handle that holds nothing (or upgrades a FLOCK lock) checks,
+    /// [`Flags::UNLINK`]: a handle that holds nothing (or upgrades a FLOCK lock) checks,
     /// before it waits and once it has the lock, that its file is still the one at the
     /// path and not deleted; if not, it releases it, opens the path again (creating the
-    /// file under [`flags::CREATE`]) and locks that file, within the same timeout. The
+    /// file under [`Flags::CREATE`]) and locks that file, within the same timeout. The
     /// handle's descriptor ([`Lock::fd`]) is then a new one.
     ///
     /// A set takes its backends in order (DOTLOCK, FLOCK, then OFD or POSIX) within the
@@ -275,7 +280,7 @@ impl Lock {
     /// `EBUSY` (another lock or unlock on this handle is in progress), `EOPNOTSUPP`
     /// (a byte range on a FLOCK or DOTLOCK handle, a shared DOTLOCK lock), `EINVAL` (a
     /// range into the reserved offsets at or above 2^62), `EACCES` (an exclusive fcntl
-    /// lock on a file opened read-only). [`flags::FAIR`]: the call queues behind earlier
+    /// lock on a file opened read-only). [`Flags::FAIR`]: the call queues behind earlier
     /// fair callers (see there).
     #[inline(always)]
     pub fn lock(&self, mode: Mode, start: u64, len: u64, timeout: Option<Duration>) -> Result<()> {
@@ -336,7 +341,7 @@ impl Lock {
     /// this process holds keep that handle's lock in the kernel. A set releases its
     /// backends in reverse order.
     ///
-    /// [`flags::UNLINK`]: when this releases the handle's last lock on the file, the
+    /// [`Flags::UNLINK`]: when this releases the handle's last lock on the file, the
     /// file is deleted first if the handle can hold the whole file exclusively without
     /// waiting (it does, or a non-blocking conversion to an exclusive lock on the whole
     /// file succeeds) and the path still names it; otherwise (another holder, of this
@@ -422,6 +427,7 @@ impl Lock {
         true
     }
 
+    #[cfg(feature = "capi")]
     /// Ends the lock call in progress with `ECANCELED`, and any wait that a call
     /// already under way would start from now on: for a close that must wait until
     /// every call on the handle has returned (the C API's `unilock_close`).
@@ -430,12 +436,14 @@ impl Lock {
         self.wake_waiters();
     }
 
+    #[cfg(feature = "capi")]
     /// Waits until no lock or unlock call runs on the handle, then refuses every later
     /// one with `EBADF` (after [`Lock::shut_down`], for a close).
     pub(crate) fn seal(&self, recheck: Duration) {
         self.call.seal(recheck);
     }
 
+    #[cfg(feature = "capi")]
     /// Closes the handle as [`Lock::close`] does (after [`Lock::seal`]), leaving in its
     /// place an empty handle that refuses every call: for a C handle, whose memory
     /// outlives its close. Every descriptor and allocation of the old one goes.
@@ -475,7 +483,7 @@ impl Lock {
     /// holds POSIX locks on the file through other handles, the descriptor's close is
     /// deferred, since closing it would drop them.
     ///
-    /// [`flags::UNLINK`]: closing a handle that holds a lock releases it as
+    /// [`Flags::UNLINK`]: closing a handle that holds a lock releases it as
     /// [`Lock::unlock`] of everything does: the file is deleted first when the handle
     /// can hold it whole and exclusively without waiting. A lock that stays with a
     /// forked child is not released, and the file not deleted; nor does a process

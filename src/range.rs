@@ -89,6 +89,7 @@ impl RangeMap {
     }
 
     /// Number of disjoint segments.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         usize::from(self.one.is_some()) + self.many.len()
     }
@@ -232,6 +233,7 @@ impl RangeMap {
     }
 
     /// The strongest mode held anywhere in `r`, if any.
+    #[cfg(test)]
     pub fn strongest_in(&self, r: ByteRange) -> Option<Mode> {
         self.overlapping(r).map(|(_, m)| m).max()
     }
@@ -287,5 +289,92 @@ mod tests {
         );
         assert_eq!(m.overlapping(r(30, 70)).count(), 2);
         assert_eq!(m.strongest_in(r(40, 60)), None);
+    }
+
+    // RangeMap against a per-byte model.
+
+    use proptest::prelude::*;
+
+    fn mode() -> impl Strategy<Value = Mode> {
+        prop_oneof![Just(Mode::Shared), Just(Mode::Exclusive)]
+    }
+
+    const MAP_SPAN: u64 = 128;
+
+    #[derive(Clone, Debug)]
+    enum MapOp {
+        Set(u64, u64, Mode),
+        Clear(u64, u64),
+    }
+
+    fn map_range() -> impl Strategy<Value = (u64, u64)> {
+        (0..MAP_SPAN).prop_flat_map(|s| (Just(s), s + 1..=MAP_SPAN))
+    }
+
+    fn map_op() -> impl Strategy<Value = MapOp> {
+        prop_oneof![
+            3 => (map_range(), mode()).prop_map(|((s, e), m)| MapOp::Set(s, e, m)),
+            2 => map_range().prop_map(|(s, e)| MapOp::Clear(s, e)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// After every set or clear, the segments are disjoint, sorted, merged where
+        /// adjacent with equal modes, and say per byte what the model says; the lookups
+        /// agree with them.
+        #[test]
+        fn range_map_matches_a_per_byte_model(
+            ops in prop::collection::vec(map_op(), 1..40),
+            query in map_range(),
+        ) {
+            let mut map = RangeMap::new();
+            let mut model = [None::<Mode>; MAP_SPAN as usize];
+            for op in &ops {
+                match *op {
+                    MapOp::Set(s, e, m) => {
+                        map.set(r(s, e), m);
+                        model[s as usize..e as usize].fill(Some(m));
+                    }
+                    MapOp::Clear(s, e) => {
+                        map.clear(r(s, e));
+                        model[s as usize..e as usize].fill(None);
+                    }
+                }
+                let segs: Vec<(ByteRange, Mode)> = map.iter().collect();
+                prop_assert_eq!(map.len(), segs.len());
+                prop_assert_eq!(map.is_empty(), segs.is_empty());
+                let mut bytes = [None::<Mode>; MAP_SPAN as usize];
+                for (seg, m) in &segs {
+                    prop_assert!(seg.start < seg.end, "empty segment {:?} after {:?}", seg, op);
+                    prop_assert!(seg.end <= MAP_SPAN, "segment {:?} beyond the bytes set", seg);
+                    for b in &mut bytes[seg.start as usize..seg.end as usize] {
+                        *b = Some(*m);
+                    }
+                }
+                for w in segs.windows(2) {
+                    let ((a, ma), (b, mb)) = (w[0], w[1]);
+                    prop_assert!(a.end <= b.start, "overlapping or unsorted {:?} {:?}", a, b);
+                    prop_assert!(
+                        !(a.end == b.start && ma == mb),
+                        "adjacent segments of one mode not merged: {:?} {:?} after {:?}", a, b, op
+                    );
+                }
+                prop_assert_eq!(&bytes[..], &model[..], "after {:?}: {:?}", op, segs);
+            }
+            // Lookups on a query range, against the verified segments and the model.
+            let q = r(query.0, query.1);
+            let segs: Vec<(ByteRange, Mode)> = map.iter().collect();
+            let touching: Vec<_> = segs.iter().copied().filter(|(s, _)| s.overlaps(&q)).collect();
+            prop_assert_eq!(map.touching(q).collect::<Vec<_>>(), touching.clone());
+            let clipped: Vec<_> = touching
+                .iter()
+                .map(|&(s, m)| (r(s.start.max(q.start), s.end.min(q.end)), m))
+                .collect();
+            prop_assert_eq!(map.overlapping(q).collect::<Vec<_>>(), clipped);
+            let strongest = model[q.start as usize..q.end as usize].iter().copied().max().flatten();
+            prop_assert_eq!(map.strongest_in(q), strongest);
+        }
     }
 }

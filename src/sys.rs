@@ -908,6 +908,7 @@ pub(crate) fn fs_type(fd: BorrowedFd<'_>) -> Result<i64, Errno> {
     Ok(kind as i64)
 }
 
+#[cfg(feature = "capi")]
 /// `futex(FUTEX_WAIT_PRIVATE)`: sleeps while `word` holds `expected`, until a
 /// [`futex_wake`] on it or `timeout` (or a spurious wake-up: callers re-check their
 /// condition).

@@ -184,6 +184,7 @@ impl CallState {
         }
     }
 
+    #[cfg(feature = "capi")]
     /// Cancels the call in progress and every later one, for good: the handle is
     /// being closed.
     pub(crate) fn shut_down(&self) {
@@ -191,6 +192,7 @@ impl CallState {
         self.wake_up();
     }
 
+    #[cfg(feature = "capi")]
     /// Waits until no lock or unlock call runs, then refuses every later one
     /// (`EBADF`); looks again at least every `recheck` (a call's end wakes it).
     pub(crate) fn seal(&self, recheck: Duration) {
@@ -432,7 +434,8 @@ pub(crate) fn sleep(state: &CallState, d: Duration) -> Result<()> {
 
 /// The mechanism in use, for diagnostics and benchmarks: "shared waiter child",
 /// "forked waiter child", or "not yet chosen".
-pub fn mechanism() -> &'static str {
+#[cfg(feature = "capi")]
+pub(crate) fn mechanism() -> &'static str {
     match MECHANISM.load(Ordering::Relaxed) {
         UNKNOWN => "not yet chosen",
         PERSISTENT => "persistent waiter child per thread (clone CLONE_VM|CLONE_FILES, futex)",

@@ -30,7 +30,8 @@ fn cpath(p: &Path) -> CString {
 
 fn options(backends: u32, flags: u32) -> unilock_options {
     let mut o = unilock_options::default();
-    unilock_options_init(&mut o);
+    // SAFETY: options structs are live locals.
+    unsafe { unilock_options_init(&mut o) };
     o.backends = backends;
     o.flags = flags;
     o
@@ -39,7 +40,9 @@ fn options(backends: u32, flags: u32) -> unilock_options {
 /// Opens `path`; returns the rc and the handle (NULL on failure).
 fn open(path: &Path, o: *const unilock_options) -> (i32, *mut unilock) {
     let mut l: *mut unilock = null_mut();
-    let rc = unilock_open(cpath(path).as_ptr(), o, &mut l);
+    // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are live
+    // locals.
+    let rc = unsafe { unilock_open(cpath(path).as_ptr(), o, &mut l) };
     (rc, l)
 }
 
@@ -64,7 +67,12 @@ fn foreign() -> Box<[u64; 512]> {
 /// error is first set to another failure's, which does not mention NULL).
 fn expect_null_einval(what: &str, call: impl FnOnce() -> i32) {
     let mut mem = foreign();
-    assert_eq!(unilock_cancel(mem.as_mut_ptr().cast()), -libc::EBADF);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    assert_eq!(
+        unsafe { unilock_cancel(mem.as_mut_ptr().cast()) },
+        -libc::EBADF
+    );
     assert!(!last_error().contains("NULL"), "{}", last_error());
     assert_eq!(call(), -libc::EINVAL, "{what}");
     let msg = last_error();
@@ -77,39 +85,68 @@ fn null_arguments_give_einval_and_a_message() {
     let path = cpath(&dir.file("f"));
     let mut l: *mut unilock = null_mut();
     let mut count = 0usize;
-    expect_null_einval("open(NULL path)", || unilock_open(null(), null(), &mut l));
+    // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are live
+    // locals.
+    expect_null_einval("open(NULL path)", || unsafe {
+        unilock_open(null(), null(), &mut l)
+    });
     assert!(l.is_null(), "a failed open wrote a handle");
     expect_null_einval("open(NULL out)", || {
-        unilock_open(path.as_ptr(), null(), null_mut())
+        // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are live
+        // locals.
+        unsafe { unilock_open(path.as_ptr(), null(), null_mut()) }
     });
     expect_null_einval("open_fd(NULL out)", || {
-        unilock_open_fd(0, null(), null_mut())
+        // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are live
+        // locals.
+        unsafe { unilock_open_fd(0, null(), null_mut()) }
     });
     expect_null_einval("lock(NULL)", || {
-        unilock_lock(null_mut(), UNILOCK_EXCLUSIVE, 0, 0, 0)
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        unsafe { unilock_lock(null_mut(), UNILOCK_EXCLUSIVE, 0, 0, 0) }
     });
-    expect_null_einval("unlock(NULL)", || unilock_unlock(null_mut(), 0, 0));
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    expect_null_einval("unlock(NULL)", || unsafe {
+        unilock_unlock(null_mut(), 0, 0)
+    });
     expect_null_einval("query(NULL)", || {
-        unilock_query(null_mut(), UNILOCK_EXCLUSIVE, 0, 0, null_mut())
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading); holders are live locals.
+        unsafe { unilock_query(null_mut(), UNILOCK_EXCLUSIVE, 0, 0, null_mut()) }
     });
     expect_null_einval("list(NULL)", || {
-        unilock_list(null_mut(), null_mut(), 0, &mut count)
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading); buffers have room for `cap` holders and counts are
+        // live locals.
+        unsafe { unilock_list(null_mut(), null_mut(), 0, &mut count) }
     });
-    expect_null_einval("cancel(NULL)", || unilock_cancel(null_mut()));
-    expect_null_einval("touch(NULL)", || unilock_touch(null_mut()));
-    expect_null_einval("fd(NULL)", || unilock_fd(null()));
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    expect_null_einval("cancel(NULL)", || unsafe { unilock_cancel(null_mut()) });
+    expect_null_einval("touch(NULL)", || unsafe { unilock_touch(null_mut()) });
+    expect_null_einval("fd(NULL)", || unsafe { unilock_fd(null()) });
 
     // A live handle with NULL out-parameters of list.
     let o = options(UNILOCK_BACKEND_OFD, UNILOCK_CREATE);
     let (rc, h) = open(&dir.file("g"), &o);
     assert_eq!(rc, 0);
     expect_null_einval("list(NULL count)", || {
-        unilock_list(h, null_mut(), 0, null_mut())
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading); buffers have room for `cap` holders and counts are
+        // live locals.
+        unsafe { unilock_list(h, null_mut(), 0, null_mut()) }
     });
     expect_null_einval("list(NULL buf, cap 4)", || {
-        unilock_list(h, null_mut(), 4, &mut count)
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading); buffers have room for `cap` holders and counts are
+        // live locals.
+        unsafe { unilock_list(h, null_mut(), 4, &mut count) }
     });
-    assert_eq!(unilock_close(h), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    assert_eq!(unsafe { unilock_close(h) }, 0);
 }
 
 #[test]
@@ -121,8 +158,10 @@ fn peer_main() {
 
 #[test]
 fn close_of_null_is_a_no_op() {
-    assert_eq!(unilock_close(null_mut()), 0);
-    unilock_options_init(null_mut());
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading); options structs are live locals.
+    assert_eq!(unsafe { unilock_close(null_mut()) }, 0);
+    unsafe { unilock_options_init(null_mut()) };
 }
 
 #[test]
@@ -132,14 +171,23 @@ fn a_foreign_pointer_gives_ebadf() {
     let mut count = 0usize;
     let mut who = blank_holder();
     for (what, rc) in [
-        ("lock", unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0)),
-        ("unlock", unilock_unlock(l, 0, 0)),
-        ("query", unilock_query(l, UNILOCK_EXCLUSIVE, 0, 0, &mut who)),
-        ("list", unilock_list(l, null_mut(), 0, &mut count)),
-        ("cancel", unilock_cancel(l)),
-        ("touch", unilock_touch(l)),
-        ("fd", unilock_fd(l)),
-        ("close", unilock_close(l)),
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading); holders are live locals; buffers have room for `cap`
+        // holders and counts are live locals.
+        ("lock", unsafe {
+            unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0)
+        }),
+        ("unlock", unsafe { unilock_unlock(l, 0, 0) }),
+        ("query", unsafe {
+            unilock_query(l, UNILOCK_EXCLUSIVE, 0, 0, &mut who)
+        }),
+        ("list", unsafe {
+            unilock_list(l, null_mut(), 0, &mut count)
+        }),
+        ("cancel", unsafe { unilock_cancel(l) }),
+        ("touch", unsafe { unilock_touch(l) }),
+        ("fd", unsafe { unilock_fd(l) }),
+        ("close", unsafe { unilock_close(l) }),
     ] {
         assert_eq!(rc, -libc::EBADF, "{what} on a foreign pointer");
         assert!(!last_error().is_empty(), "{what}");
@@ -178,8 +226,10 @@ fn options_size_is_checked_like_copy_struct_from_user() {
     let (rc, l) = later(None);
     assert_eq!(rc, 0, "{}", last_error());
     // The fields this version knows were read: it is an OFD handle, so a range works.
-    assert_eq!(unilock_lock(l, UNILOCK_EXCLUSIVE, 5, 5, 0), 0);
-    assert_eq!(unilock_close(l), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    assert_eq!(unsafe { unilock_lock(l, UNILOCK_EXCLUSIVE, 5, 5, 0) }, 0);
+    assert_eq!(unsafe { unilock_close(l) }, 0);
     for at in [std::mem::size_of::<unilock_options>(), 40, 63] {
         let (rc, l) = later(Some(at));
         assert_eq!(rc, -libc::E2BIG, "non-zero byte {at} of the tail");
@@ -248,21 +298,30 @@ fn bad_mode_gives_einval() {
     assert_eq!(rc, 0);
     for bad in [0, 3, u32::MAX] {
         assert_eq!(
-            unilock_lock(l, bad, 0, 0, 0),
+            // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which
+            // the library checks before reading).
+            unsafe { unilock_lock(l, bad, 0, 0, 0) },
             -libc::EINVAL,
             "lock mode {bad}"
         );
         assert!(!last_error().is_empty());
         assert_eq!(
-            unilock_query(l, bad, 0, 0, null_mut()),
+            // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which
+            // the library checks before reading); holders are live locals.
+            unsafe { unilock_query(l, bad, 0, 0, null_mut()) },
             -libc::EINVAL,
             "query mode {bad}"
         );
     }
     // Nothing was taken by the refused calls.
-    assert_eq!(unilock_lock(other, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
-    assert_eq!(unilock_close(other), 0);
-    assert_eq!(unilock_close(l), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    assert_eq!(
+        unsafe { unilock_lock(other, UNILOCK_EXCLUSIVE, 0, 0, 0) },
+        0
+    );
+    assert_eq!(unsafe { unilock_close(other) }, 0);
+    assert_eq!(unsafe { unilock_close(l) }, 0);
 }
 
 #[test]
@@ -322,7 +381,9 @@ fn last_error_names_the_missing_path() {
     let (rc, l) = open(&dir.file("exists"), &o);
     assert_eq!(rc, 0);
     assert_eq!(last_error(), msg);
-    assert_eq!(unilock_close(l), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    assert_eq!(unsafe { unilock_close(l) }, 0);
 }
 
 #[test]
@@ -346,34 +407,66 @@ fn full_cycle_through_the_c_functions() {
     let me = std::process::id() as i32;
     let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
 
-    assert_eq!(unilock_lock(a, UNILOCK_EXCLUSIVE, 10, 20, 0), 0);
-    assert_eq!(unilock_lock(b, UNILOCK_SHARED, 15, 1, 0), -libc::EAGAIN);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    assert_eq!(unsafe { unilock_lock(a, UNILOCK_EXCLUSIVE, 10, 20, 0) }, 0);
+    assert_eq!(
+        unsafe { unilock_lock(b, UNILOCK_SHARED, 15, 1, 0) },
+        -libc::EAGAIN
+    );
     // Query, without and with a holder to fill.
     assert_eq!(
-        unilock_query(b, UNILOCK_SHARED, 0, 0, null_mut()),
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading); holders are live locals.
+        unsafe { unilock_query(b, UNILOCK_SHARED, 0, 0, null_mut()) },
         1,
         "{}",
         last_error()
     );
     let mut who = blank_holder();
-    assert_eq!(unilock_query(b, UNILOCK_EXCLUSIVE, 12, 1, &mut who), 1);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading); holders are live locals.
+    assert_eq!(
+        unsafe { unilock_query(b, UNILOCK_EXCLUSIVE, 12, 1, &mut who) },
+        1
+    );
     assert_eq!(who.backend, UNILOCK_BACKEND_OFD);
     assert_eq!(who.mode, UNILOCK_EXCLUSIVE);
     assert_eq!((who.start, who.len), (10, 20));
     assert_eq!(who.pid, me);
     assert_eq!(who.is_self, 1);
     assert_eq!(text(who.command.as_ptr()), comm.trim_end());
-    assert_eq!(unilock_query(b, UNILOCK_EXCLUSIVE, 0, 10, null_mut()), 0);
-    assert_eq!(unilock_query(b, UNILOCK_EXCLUSIVE, 30, 0, null_mut()), 0);
-    assert_eq!(unilock_query(a, UNILOCK_EXCLUSIVE, 10, 20, null_mut()), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading); holders are live locals.
+    assert_eq!(
+        unsafe { unilock_query(b, UNILOCK_EXCLUSIVE, 0, 10, null_mut()) },
+        0
+    );
+    assert_eq!(
+        unsafe { unilock_query(b, UNILOCK_EXCLUSIVE, 30, 0, null_mut()) },
+        0
+    );
+    assert_eq!(
+        unsafe { unilock_query(a, UNILOCK_EXCLUSIVE, 10, 20, null_mut()) },
+        0
+    );
 
     // List: the count alone, then into a buffer.
     let mut count = usize::MAX;
-    assert_eq!(unilock_list(a, null_mut(), 0, &mut count), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading); buffers have room for `cap` holders and counts are live
+    // locals.
+    assert_eq!(unsafe { unilock_list(a, null_mut(), 0, &mut count) }, 0);
     assert_eq!(count, 1);
     let mut buf = [blank_holder(); 4];
     count = 0;
-    assert_eq!(unilock_list(b, buf.as_mut_ptr(), buf.len(), &mut count), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading); buffers have room for `cap` holders and counts are live
+    // locals.
+    assert_eq!(
+        unsafe { unilock_list(b, buf.as_mut_ptr(), buf.len(), &mut count) },
+        0
+    );
     assert_eq!(count, 1);
     let h = &buf[0];
     assert_eq!(
@@ -383,24 +476,40 @@ fn full_cycle_through_the_c_functions() {
     assert_eq!(buf[1].mode, 0, "list wrote past the count");
 
     // A second lock: count grows past a one-entry buffer, and says so.
-    assert_eq!(unilock_lock(b, UNILOCK_SHARED, 40, 0, 0), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading); buffers have room for `cap` holders and counts are live
+    // locals.
+    assert_eq!(unsafe { unilock_lock(b, UNILOCK_SHARED, 40, 0, 0) }, 0);
     let mut one = [blank_holder(); 1];
-    assert_eq!(unilock_list(a, one.as_mut_ptr(), 1, &mut count), 0);
+    assert_eq!(
+        unsafe { unilock_list(a, one.as_mut_ptr(), 1, &mut count) },
+        0
+    );
     assert_eq!(count, 2);
 
-    assert_eq!(unilock_unlock(a, 0, 0), 0);
-    assert_eq!(unilock_query(b, UNILOCK_EXCLUSIVE, 0, 40, &mut who), 0);
-    assert_eq!(unilock_unlock(b, 40, 0), 0);
-    assert_eq!(unilock_list(a, null_mut(), 0, &mut count), 0);
-    assert_eq!(count, 0);
-    assert_eq!(unilock_lock(b, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
-    assert_eq!(unilock_close(b), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading); holders are live locals; buffers have room for `cap`
+    // holders and counts are live locals.
+    assert_eq!(unsafe { unilock_unlock(a, 0, 0) }, 0);
     assert_eq!(
-        unilock_lock(a, UNILOCK_EXCLUSIVE, 0, 0, 0),
+        unsafe { unilock_query(b, UNILOCK_EXCLUSIVE, 0, 40, &mut who) },
+        0
+    );
+    assert_eq!(unsafe { unilock_unlock(b, 40, 0) }, 0);
+    assert_eq!(unsafe { unilock_list(a, null_mut(), 0, &mut count) }, 0);
+    assert_eq!(count, 0);
+    assert_eq!(unsafe { unilock_lock(b, UNILOCK_EXCLUSIVE, 0, 0, 0) }, 0);
+    assert_eq!(unsafe { unilock_close(b) }, 0);
+    assert_eq!(
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        unsafe { unilock_lock(a, UNILOCK_EXCLUSIVE, 0, 0, 0) },
         0,
         "close released b"
     );
-    assert_eq!(unilock_close(a), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    assert_eq!(unsafe { unilock_close(a) }, 0);
 }
 
 #[test]
@@ -415,18 +524,26 @@ fn fd_cancel_and_touch_on_an_idle_handle() {
         let o = options(backend, 0);
         let (rc, l) = open(&path, &o);
         assert_eq!(rc, 0, "{}", last_error());
-        let fd = unilock_fd(l);
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        let fd = unsafe { unilock_fd(l) };
         assert!(fd > 2, "backend {backend}: fd {fd}");
         // SAFETY: fstat and fcntl(F_GETFD) on a descriptor the handle owns.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
         assert_eq!(st.st_ino, std::fs::metadata(&path).unwrap().ino());
         assert_ne!(unsafe { libc::fcntl(fd, libc::F_GETFD) }, -1);
-        assert_eq!(unilock_cancel(l), 0, "backend {backend}: nothing to cancel");
-        assert_eq!(unilock_touch(l), 0);
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        assert_eq!(
+            unsafe { unilock_cancel(l) },
+            0,
+            "backend {backend}: nothing to cancel"
+        );
+        assert_eq!(unsafe { unilock_touch(l) }, 0);
         // A cancel while idle is not remembered: the next try succeeds.
-        assert_eq!(unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
-        assert_eq!(unilock_close(l), 0);
+        assert_eq!(unsafe { unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0) }, 0);
+        assert_eq!(unsafe { unilock_close(l) }, 0);
     }
 }
 
@@ -435,21 +552,38 @@ fn open_fd_duplicates_the_callers_descriptor() {
     let dir = TempDir::new("capi-openfd");
     let path = dir.file("f");
     let mut l: *mut unilock = null_mut();
-    assert_eq!(unilock_open_fd(-1, null(), &mut l), -libc::EBADF);
+    // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are live
+    // locals.
+    assert_eq!(unsafe { unilock_open_fd(-1, null(), &mut l) }, -libc::EBADF);
     assert!(l.is_null());
     let file = std::fs::File::open(&path).unwrap();
     let raw = std::os::fd::AsRawFd::as_raw_fd(&file);
-    assert_eq!(unilock_open_fd(raw, null(), &mut l), 0, "{}", last_error());
-    assert_ne!(unilock_fd(l), raw);
+    // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are live
+    // locals; handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    assert_eq!(
+        unsafe { unilock_open_fd(raw, null(), &mut l) },
+        0,
+        "{}",
+        last_error()
+    );
+    assert_ne!(unsafe { unilock_fd(l) }, raw);
     drop(file);
     // The handle keeps its own descriptor: it still locks the file.
-    assert_eq!(unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    assert_eq!(unsafe { unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0) }, 0);
     let o = options(0, 0);
     let (rc, other) = open(&path, &o);
     assert_eq!(rc, 0);
-    assert_eq!(unilock_lock(other, UNILOCK_SHARED, 0, 0, 0), -libc::EAGAIN);
-    assert_eq!(unilock_close(other), 0);
-    assert_eq!(unilock_close(l), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    assert_eq!(
+        unsafe { unilock_lock(other, UNILOCK_SHARED, 0, 0, 0) },
+        -libc::EAGAIN
+    );
+    assert_eq!(unsafe { unilock_close(other) }, 0);
+    assert_eq!(unsafe { unilock_close(l) }, 0);
 }
 
 #[test]
@@ -459,15 +593,21 @@ fn a_failed_open_leaves_out_null() {
     let o = options(0, UNILOCK_CREATE);
     let mut l = std::ptr::dangling_mut::<unilock>();
     assert_eq!(
-        unilock_open(cpath(&missing).as_ptr(), &o, &mut l),
+        // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are live
+        // locals.
+        unsafe { unilock_open(cpath(&missing).as_ptr(), &o, &mut l) },
         -libc::ENOENT
     );
     assert!(l.is_null(), "unilock_open left {l:?} in *out");
     let mut l = std::ptr::dangling_mut::<unilock>();
-    assert_eq!(unilock_open_fd(-1, null(), &mut l), -libc::EBADF);
+    // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are live
+    // locals.
+    assert_eq!(unsafe { unilock_open_fd(-1, null(), &mut l) }, -libc::EBADF);
     assert!(l.is_null(), "unilock_open_fd left {l:?} in *out");
     // A closed (NULL) handle is then safe to close.
-    assert_eq!(unilock_close(l), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    assert_eq!(unsafe { unilock_close(l) }, 0);
 }
 
 /// A pointer used after its close is refused, even once the library has made many
@@ -479,35 +619,59 @@ fn a_closed_handle_gives_ebadf_and_never_acts_on_a_newer_one() {
     let o = options(UNILOCK_BACKEND_OFD, UNILOCK_CREATE);
     let (rc, stale) = open(&path, &o);
     assert_eq!(rc, 0, "{}", last_error());
-    assert_eq!(unilock_close(stale), 0);
-    assert_eq!(unilock_close(stale), -libc::EBADF, "a second close");
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    assert_eq!(unsafe { unilock_close(stale) }, 0);
+    assert_eq!(
+        unsafe { unilock_close(stale) },
+        -libc::EBADF,
+        "a second close"
+    );
     assert!(last_error().contains("closed"), "{}", last_error());
     for _ in 0..2000 {
         let (rc, l) = open(&path, &o);
         assert_eq!(rc, 0, "{}", last_error());
         assert_ne!(l, stale, "a new handle got a closed handle's address");
-        assert_eq!(unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        assert_eq!(unsafe { unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0) }, 0);
         let mut count = 0usize;
         let mut who = blank_holder();
         for (what, rc) in [
-            ("lock", unilock_lock(stale, UNILOCK_EXCLUSIVE, 0, 0, 0)),
-            ("unlock", unilock_unlock(stale, 0, 0)),
+            // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which
+            // the library checks before reading).
+            ("lock", unsafe {
+                unilock_lock(stale, UNILOCK_EXCLUSIVE, 0, 0, 0)
+            }),
+            ("unlock", unsafe { unilock_unlock(stale, 0, 0) }),
             (
                 "query",
-                unilock_query(stale, UNILOCK_EXCLUSIVE, 0, 0, &mut who),
+                // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                // which the library checks before reading); holders are live locals.
+                unsafe { unilock_query(stale, UNILOCK_EXCLUSIVE, 0, 0, &mut who) },
             ),
-            ("list", unilock_list(stale, null_mut(), 0, &mut count)),
-            ("cancel", unilock_cancel(stale)),
-            ("fd", unilock_fd(stale)),
+            // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which
+            // the library checks before reading); buffers have room for `cap` holders and
+            // counts are live locals.
+            ("list", unsafe {
+                unilock_list(stale, null_mut(), 0, &mut count)
+            }),
+            ("cancel", unsafe { unilock_cancel(stale) }),
+            ("fd", unsafe { unilock_fd(stale) }),
         ] {
             assert_eq!(rc, -libc::EBADF, "{what} on a closed handle");
         }
         // The new handle still holds its lock.
         let (rc, probe) = open(&path, &o);
         assert_eq!(rc, 0);
-        assert_eq!(unilock_lock(probe, UNILOCK_SHARED, 0, 0, 0), -libc::EAGAIN);
-        assert_eq!(unilock_close(probe), 0);
-        assert_eq!(unilock_close(l), 0);
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        assert_eq!(
+            unsafe { unilock_lock(probe, UNILOCK_SHARED, 0, 0, 0) },
+            -libc::EAGAIN
+        );
+        assert_eq!(unsafe { unilock_close(probe) }, 0);
+        assert_eq!(unsafe { unilock_close(l) }, 0);
     }
 }
 
@@ -550,11 +714,15 @@ fn close_ends_a_wait_on_the_handle_in_every_backend() {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let h = h;
-            tx.send(unilock_lock(h.0, UNILOCK_EXCLUSIVE, 0, 0, -1))
+            // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which
+            // the library checks before reading).
+            tx.send(unsafe { unilock_lock(h.0, UNILOCK_EXCLUSIVE, 0, 0, -1) })
         });
         std::thread::sleep(std::time::Duration::from_millis(100));
         let start = std::time::Instant::now();
-        assert_eq!(unilock_close(l), 0, "{name}: {}", last_error());
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        assert_eq!(unsafe { unilock_close(l) }, 0, "{name}: {}", last_error());
         let took = start.elapsed();
         let rc = rx.recv_timeout(std::time::Duration::from_secs(5));
         assert_eq!(rc, Ok(-libc::ECANCELED), "{name}: the wait did not end");
@@ -585,9 +753,13 @@ fn close_racing_the_start_of_a_wait_never_hangs() {
         let h = Shared(l);
         let waiter = std::thread::spawn(move || {
             let h = h;
-            unilock_lock(h.0, UNILOCK_EXCLUSIVE, 0, 0, -1)
+            // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which
+            // the library checks before reading).
+            unsafe { unilock_lock(h.0, UNILOCK_EXCLUSIVE, 0, 0, -1) }
         });
-        assert_eq!(unilock_close(l), 0);
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        assert_eq!(unsafe { unilock_close(l) }, 0);
         let rc = waiter.join().unwrap();
         assert!(
             rc == -libc::ECANCELED || rc == -libc::EBADF,
@@ -629,10 +801,14 @@ fn a_mode_beyond_the_permission_bits_gives_einval() {
         o.mode = 0o640;
         let (rc, l) = open(&path, &o);
         assert_eq!(rc, 0, "{}", last_error());
-        assert_eq!(unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        assert_eq!(unsafe { unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0) }, 0);
         let st = std::fs::metadata(&path).unwrap();
         assert_eq!(st.mode() & 0o7777 & !0o640, 0, "{:o}", st.mode());
-        assert_eq!(unilock_close(l), 0);
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        assert_eq!(unsafe { unilock_close(l) }, 0);
     }
 }
 
@@ -662,10 +838,14 @@ fn closed_handles_keep_no_descriptor() {
             let (rc, l) = open(&path, &o);
             assert_eq!(rc, 0, "{name}: {}", last_error());
             assert_eq!(
-                unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 5),
+                // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                // which the library checks before reading).
+                unsafe { unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 5) },
                 -libc::ETIMEDOUT
             );
-            assert_eq!(unilock_close(l), 0);
+            // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which
+            // the library checks before reading).
+            assert_eq!(unsafe { unilock_close(l) }, 0);
         };
         round();
         // Other tests of this process open descriptors meanwhile: a leak shows as one

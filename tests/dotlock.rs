@@ -17,19 +17,19 @@ const DOT: u32 = Backend::Dotlock as u32;
 const OFD: u32 = Backend::Ofd as u32;
 const FLOCK: u32 = Backend::Flock as u32;
 
+/// Options for a set of backends (`Backend` bits or-ed together).
 fn opts(backends: u32) -> Options {
-    Options {
-        backends,
-        ..Options::default()
-    }
+    let all = [
+        Backend::Dotlock,
+        Backend::Flock,
+        Backend::Ofd,
+        Backend::Posix,
+    ];
+    Options::new().backends(all.into_iter().filter(|&b| backends & b as u32 != 0))
 }
 
 fn stale_opts(secs: u32) -> Options {
-    Options {
-        backends: DOT,
-        stale_after_s: secs,
-        ..Options::default()
-    }
+    opts(DOT).stale_after_s(secs)
 }
 
 fn errno(r: unilock::Result<()>) -> i32 {
@@ -142,10 +142,7 @@ fn dotlock_refuses_shared_ranges_descriptors_and_unlink() {
         Lock::from_fd(f.as_fd(), &opts(DOT)).unwrap_err().errno(),
         libc::EINVAL
     );
-    let o = Options {
-        flags: unilock::flags::UNLINK,
-        ..opts(DOT)
-    };
+    let o = opts(DOT).flags(unilock::Flags::UNLINK);
     assert_eq!(Lock::open(&path, &o).unwrap_err().errno(), libc::EOPNOTSUPP);
     let missing = dir.0.join("no-such-dir").join("app.lock");
     assert_eq!(
@@ -510,7 +507,7 @@ fn a_mailbox_set_takes_the_dot_lock_then_the_kernel_lock_and_releases_both() {
     let dotfile = dir.0.join("mbox.lock");
     let m = mbox.display();
     let set = Lock::open(&mbox, &opts(DOT | OFD)).unwrap();
-    assert_eq!(set.backends(), DOT | OFD);
+    assert_eq!(set.backends(), [Backend::Dotlock, Backend::Ofd]);
     assert!(set.fd().is_ok());
     set.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
     assert!(dotfile.exists());
@@ -581,6 +578,7 @@ fn a_failed_set_conversion_leaves_what_the_handle_held() {
     assert_eq!(peer.cmd("lock l ex 0 0 0"), "ok");
 }
 
+#[cfg(feature = "capi")]
 #[test]
 fn the_c_api_takes_dotlock_handles() {
     use ::unilock::capi::*;
@@ -588,27 +586,42 @@ fn the_c_api_takes_dotlock_handles() {
     let dir = TempDir::new("dot-capi");
     let path = CString::new(dir.0.join("app.lock").to_str().unwrap()).unwrap();
     let mut o = std::mem::MaybeUninit::<unilock_options>::uninit();
-    unilock_options_init(o.as_mut_ptr());
+    // SAFETY: options structs are live locals.
+    unsafe { unilock_options_init(o.as_mut_ptr()) };
     // SAFETY: initialized by unilock_options_init.
     let mut o = unsafe { o.assume_init() };
     o.backends = UNILOCK_BACKEND_DOTLOCK;
     let mut l = std::ptr::null_mut();
-    assert_eq!(unilock_open(path.as_ptr(), &o, &mut l), 0);
-    assert_eq!(unilock_fd(l), -libc::EOPNOTSUPP);
-    assert_eq!(unilock_lock(l, UNILOCK_SHARED, 0, 0, 0), -libc::EOPNOTSUPP);
-    assert_eq!(unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
-    assert_eq!(unilock_touch(l), 0);
+    // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are live
+    // locals; handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    assert_eq!(unsafe { unilock_open(path.as_ptr(), &o, &mut l) }, 0);
+    assert_eq!(unsafe { unilock_fd(l) }, -libc::EOPNOTSUPP);
+    assert_eq!(
+        unsafe { unilock_lock(l, UNILOCK_SHARED, 0, 0, 0) },
+        -libc::EOPNOTSUPP
+    );
+    assert_eq!(unsafe { unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0) }, 0);
+    assert_eq!(unsafe { unilock_touch(l) }, 0);
     let mut who = std::mem::MaybeUninit::<unilock_holder>::zeroed();
     let mut count = 0usize;
-    assert_eq!(unilock_list(l, who.as_mut_ptr(), 1, &mut count), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading); buffers have room for `cap` holders and counts are live
+    // locals.
+    assert_eq!(
+        unsafe { unilock_list(l, who.as_mut_ptr(), 1, &mut count) },
+        0
+    );
     assert_eq!(count, 1);
     // SAFETY: filled by unilock_list.
     let who = unsafe { who.assume_init() };
     assert_eq!(who.backend, UNILOCK_BACKEND_DOTLOCK);
     assert_eq!(who.pid, std::process::id() as i32);
     assert_eq!(who.is_self, 1);
-    assert_eq!(unilock_unlock(l, 0, 0), 0);
-    assert_eq!(unilock_close(l), 0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    assert_eq!(unsafe { unilock_unlock(l, 0, 0) }, 0);
+    assert_eq!(unsafe { unilock_close(l) }, 0);
     assert!(!dir.0.join("app.lock").exists());
 }
 

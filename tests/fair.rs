@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{ALL, Peer, Shm, TRY, TempDir, err, name, opts};
-use unilock::{Backend, Lock, Mode, Options, flags};
+use unilock::{Backend, Flags, Lock, Mode, Options};
 
 /// Where the fcntl queue starts (src/fair.rs): the dispenser, then the tickets.
 const FCNTL_QUEUE: u64 = 1 << 62;
@@ -23,7 +23,7 @@ const FLOCK_QUEUE: u64 = (1 << 62) + (1 << 60);
 const QUEUE_SPAN: u64 = 1 << 60;
 
 fn fair(b: Backend) -> Options {
-    opts(b).flags(flags::FAIR)
+    opts(b).flags(Flags::FAIR)
 }
 
 #[test]
@@ -885,7 +885,7 @@ fn unlink_leaves_the_file_to_fair_waiters_in_line() {
     let dir = TempDir::new("fair-unlink");
     for b in ALL {
         let path = dir.0.join(format!("f-{}", name(b)));
-        let o = fair(b).flags(flags::UNLINK);
+        let o = fair(b).flags(Flags::UNLINK);
         let me = Lock::open(&path, &o).unwrap();
         me.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
         let look = observer(&path);
@@ -967,7 +967,7 @@ fn a_queue_description_left_on_a_replaced_file_keeps_posix_locks_there() {
     let path = dir.file("f");
     let fair_unlink = Options::new()
         .backend(Backend::Ofd)
-        .flags(flags::CREATE | flags::UNLINK | flags::FAIR);
+        .flags(Flags::CREATE | Flags::UNLINK | Flags::FAIR);
     let fair = Lock::open(&path, &fair_unlink).unwrap();
     let posix = Lock::open(&path, &opts(Backend::Posix)).unwrap();
     let old = std::fs::metadata(&path).unwrap().ino();

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use common::{Peer, TempDir};
 use unilock::fault::{self, Call};
-use unilock::{Backend, Lock, Mode, Options, flags};
+use unilock::{Backend, Flags, Lock, Mode, Options};
 
 #[test]
 fn peer_main() {
@@ -55,7 +55,7 @@ fn options(b: Backend) -> Options {
     if b == Backend::Dotlock {
         o
     } else {
-        o.flags(flags::CREATE)
+        o.flags(Flags::CREATE)
     }
 }
 

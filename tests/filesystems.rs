@@ -49,7 +49,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Peer, Shm, TRY, TempDir};
-use unilock::{Backend, Lock, Mode, Options, flags};
+use unilock::{Backend, Flags, Lock, Mode, Options};
 
 const BACKENDS: [Backend; 4] = [
     Backend::Flock,
@@ -126,7 +126,7 @@ fn peer_loop() -> ! {
             ["race", path, b, bits, shm, n, at] => race(
                 Path::new(path),
                 common::backend_named(b),
-                bits.parse().unwrap(),
+                common::flags_of(bits.parse().unwrap()),
                 Path::new(shm),
                 n.parse().unwrap(),
                 at,
@@ -171,7 +171,7 @@ fn fork_holder() {
 /// write the counter plus one, release. A lost update shows in the final count.
 fn count(lock: &Path, b: Backend, counter: &Path, n: &str, at: &str) -> unilock::Result<()> {
     let n: u64 = n.parse().unwrap();
-    let l = Lock::open(lock, &Options::new().backend(b).flags(flags::CREATE))?;
+    let l = Lock::open(lock, &Options::new().backend(b).flags(Flags::CREATE))?;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -226,7 +226,7 @@ fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
 /// record an overlap if another holder is inside, and a miss if the path does not name
 /// the locked file (for DOTLOCK: if the lock file is not there), then unlock and
 /// close.
-fn race(path: &Path, b: Backend, bits: u32, shm: &Path, n: u64, at: &str) -> unilock::Result<()> {
+fn race(path: &Path, b: Backend, bits: Flags, shm: &Path, n: u64, at: &str) -> unilock::Result<()> {
     let words = Shm::map(shm, RACE_WORDS);
     sleep_until(at);
     for _ in 0..n {
@@ -280,7 +280,7 @@ fn expect_err(reply: String, errno: i32, what: &str) {
 }
 
 fn opts(b: Backend) -> Options {
-    Options::new().backend(b).flags(flags::CREATE)
+    Options::new().backend(b).flags(Flags::CREATE)
 }
 
 fn p(path: &Path) -> String {
@@ -289,8 +289,8 @@ fn p(path: &Path) -> String {
     s
 }
 
-fn open_in(peer: &mut Peer, h: &str, path: &Path, b: Backend, bits: u32) {
-    let line = format!("open {h} {} {} {bits}", p(path), common::name(b));
+fn open_in(peer: &mut Peer, h: &str, path: &Path, b: Backend, flags: Flags) {
+    let line = format!("open {h} {} {} {}", p(path), common::name(b), flags.bits());
     expect_ok(peer.cmd(&line), &line);
 }
 
@@ -427,7 +427,7 @@ fn run_battery(fs: Fs) {
 
 fn exclusive_excludes(dir: &Path, b: Backend, peer: &mut Peer) {
     let path = dir.join(format!("exclusive-{}", common::name(b)));
-    open_in(peer, "x", &path, b, flags::CREATE);
+    open_in(peer, "x", &path, b, Flags::CREATE);
     expect_ok(peer.cmd("lock x ex 0"), "the peer's exclusive lock");
     let l = Lock::open(&path, &opts(b)).unwrap();
     let r = l.lock(Mode::Exclusive, 0, 0, TRY);
@@ -462,8 +462,8 @@ fn shared_coexist(dir: &Path, b: Backend, peer: &mut Peer) {
         assert_eq!(errno(r), libc::EOPNOTSUPP, "a shared DOTLOCK lock");
         return;
     }
-    open_in(peer, "s1", &path, b, flags::CREATE);
-    open_in(peer, "s2", &path, b, flags::CREATE);
+    open_in(peer, "s1", &path, b, Flags::CREATE);
+    open_in(peer, "s2", &path, b, Flags::CREATE);
     expect_ok(peer.cmd("lock s1 sh 0"), "the peer's first shared lock");
     l.lock(Mode::Shared, 0, 0, TRY).unwrap();
     let other = Lock::open(&path, &opts(b)).unwrap();
@@ -485,7 +485,7 @@ fn shared_coexist(dir: &Path, b: Backend, peer: &mut Peer) {
 
 fn timed_wait_times_out(dir: &Path, b: Backend, peer: &mut Peer) {
     let path = dir.join(format!("timed-{}", common::name(b)));
-    open_in(peer, "t", &path, b, flags::CREATE);
+    open_in(peer, "t", &path, b, Flags::CREATE);
     expect_ok(peer.cmd("lock t ex 0"), "the peer's lock");
     let l = Lock::open(&path, &opts(b)).unwrap();
     let started = Instant::now();
@@ -501,7 +501,7 @@ fn timed_wait_times_out(dir: &Path, b: Backend, peer: &mut Peer) {
 
 fn wait_granted_on_release(dir: &Path, b: Backend, peer: &mut Peer) {
     let path = dir.join(format!("granted-{}", common::name(b)));
-    open_in(peer, "g", &path, b, flags::CREATE);
+    open_in(peer, "g", &path, b, Flags::CREATE);
     expect_ok(peer.cmd("lock g ex 0"), "the peer's lock");
     let l = Lock::open(&path, &opts(b)).unwrap();
     let (r, granted, released) = std::thread::scope(|s| {
@@ -534,8 +534,8 @@ fn removed_on_release(dir: &Path, b: Backend, peers: &mut Peers, shm_dir: &Path)
     let n = common::name(b);
     let path = dir.join(format!("unlink-{n}"));
     let bits = match b {
-        Backend::Dotlock => flags::CREATE,
-        _ => flags::CREATE | flags::UNLINK,
+        Backend::Dotlock => Flags::CREATE,
+        _ => Flags::CREATE | Flags::UNLINK,
     };
     let l = Lock::open(&path, &Options::new().backend(b).flags(bits)).unwrap();
     l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
@@ -551,8 +551,9 @@ fn removed_on_release(dir: &Path, b: Backend, peers: &mut Peers, shm_dir: &Path)
     let shm = shm_dir.join(format!("race-{n}"));
     let words = Shm::create(&shm, RACE_WORDS);
     let line = format!(
-        "race {} {n} {bits} {} {RACE_ROUNDS} {}",
+        "race {} {n} {} {} {RACE_ROUNDS} {}",
         p(&path),
+        bits.bits(),
         p(&shm),
         start_at()
     );
@@ -581,7 +582,7 @@ fn dead_holder(dir: &Path, b: Backend) {
     let path = dir.join(format!("dead-{}", common::name(b)));
     let mut doomed = Peer::spawn();
     let pid = doomed.pid();
-    open_in(&mut doomed, "d", &path, b, flags::CREATE);
+    open_in(&mut doomed, "d", &path, b, Flags::CREATE);
     expect_ok(doomed.cmd("lock d ex 0"), "the doomed peer's lock");
     doomed.kill();
     let l = Lock::open(&path, &opts(b)).unwrap();
@@ -618,7 +619,7 @@ fn dead_holder(dir: &Path, b: Backend) {
 fn kept_by_child(dir: &Path, b: Backend) {
     let path = dir.join(format!("forked-{}", common::name(b)));
     let mut parent = Peer::spawn();
-    open_in(&mut parent, "f", &path, b, flags::CREATE);
+    open_in(&mut parent, "f", &path, b, Flags::CREATE);
     expect_ok(parent.cmd("lock f ex 0"), "the parent's lock");
     expect_ok(parent.cmd("fork_close f"), "fork, then close in the parent");
     let l = Lock::open(&path, &opts(b)).unwrap();
@@ -631,7 +632,7 @@ fn kept_by_child(dir: &Path, b: Backend) {
 
 fn query_and_list(dir: &Path, b: Backend, peer: &mut Peer) {
     let path = dir.join(format!("query-{}", common::name(b)));
-    open_in(peer, "q", &path, b, flags::CREATE);
+    open_in(peer, "q", &path, b, Flags::CREATE);
     expect_ok(peer.cmd("lock q ex 0"), "the peer's lock");
     let l = Lock::open(&path, &opts(b)).unwrap();
     let who = l.query(Mode::Shared, 0, 0).unwrap();
@@ -691,7 +692,7 @@ fn across_copy_up(dir: &Path, lower: &Path, peer: &mut Peer) {
     let path = dir.join(name);
     let upper = lower.parent().unwrap().join("upper").join(name);
     assert!(!upper.exists(), "copied up before the test");
-    open_in(peer, "c", &path, Backend::Flock, 0);
+    open_in(peer, "c", &path, Backend::Flock, Flags::empty());
     expect_ok(peer.cmd("lock c ex 0"), "the peer's lock on the lower file");
     let early = Lock::open(&path, &Options::new()).unwrap();
     drop(
@@ -732,7 +733,7 @@ fn across_copy_up(dir: &Path, lower: &Path, peer: &mut Peer) {
 /// copies it up) exclude each other's processes and query names the holder.
 fn lower_file(dir: &Path, b: Backend, peer: &mut Peer) {
     let path = dir.join(format!("lower-{}", common::name(b)));
-    open_in(peer, "l", &path, b, 0);
+    open_in(peer, "l", &path, b, Flags::empty());
     expect_ok(peer.cmd("lock l ex 0"), "the peer's lock on the lower file");
     let l = Lock::open(&path, &Options::new().backend(b)).unwrap();
     assert_eq!(errno(l.lock(Mode::Shared, 0, 0, TRY)), libc::EAGAIN);

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{Peer, TRY, TempDir, err, name, opts};
-use unilock::{Backend, Lock, Mode, Options};
+use unilock::{Backend, Lock, Mode};
 
 /// How long the parent waits for a child before failing the test.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -511,13 +511,14 @@ fn a_lock_the_child_released_can_be_taken_by_a_new_handle_of_the_parent() {
 /// cached behind a mutex) and open and close C handles (whose registry is
 /// process-wide): the child's own DOTLOCK lock and C handles never hang on state that
 /// the fork copied locked.
+#[cfg(feature = "capi")]
 #[test]
 fn a_fork_during_dotlock_and_c_handle_calls_of_other_threads_leaves_the_child_working() {
     use ::unilock::capi::{unilock, unilock_close, unilock_open};
     let _one = serial();
     let dir = TempDir::new("fork-caches");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let dot = Options::new().backend(Backend::Dotlock);
+    let dot = ::unilock::Options::new().backend(Backend::Dotlock);
     let c_path = std::ffi::CString::new(dir.file("c").as_os_str().as_encoded_bytes()).unwrap();
     let workers: Vec<_> = (0..2)
         .map(|i| {
@@ -531,8 +532,14 @@ fn a_fork_during_dotlock_and_c_handle_calls_of_other_threads_leaves_the_child_wo
                         l.unlock(0, 0).unwrap();
                     } else {
                         let mut h: *mut unilock = std::ptr::null_mut();
-                        assert_eq!(unilock_open(c_path.as_ptr(), std::ptr::null(), &mut h), 0);
-                        assert_eq!(unilock_close(h), 0);
+                        // SAFETY: paths are NUL-terminated, options are whole structs, out
+                        // pointers are live locals; handles come from unilock_open (or are
+                        // NULL, closed or foreign, which the library checks before reading).
+                        assert_eq!(
+                            unsafe { unilock_open(c_path.as_ptr(), std::ptr::null(), &mut h) },
+                            0
+                        );
+                        assert_eq!(unsafe { unilock_close(h) }, 0);
                     }
                 }
             })
@@ -554,11 +561,15 @@ fn a_fork_during_dotlock_and_c_handle_calls_of_other_threads_leaves_the_child_wo
                     return e.errno();
                 }
                 let mut h: *mut unilock = std::ptr::null_mut();
-                let rc = unilock_open(c_path.as_ptr(), std::ptr::null(), &mut h);
+                // SAFETY: paths are NUL-terminated, options are whole structs, out pointers
+                // are live locals.
+                let rc = unsafe { unilock_open(c_path.as_ptr(), std::ptr::null(), &mut h) };
                 if rc != 0 {
                     return -rc;
                 }
-                -unilock_close(h)
+                // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                // which the library checks before reading).
+                -unsafe { unilock_close(h) }
             });
         }
         assert_eq!(wait_exit(pid), 0, "fork {n}");

@@ -522,7 +522,8 @@ struct Case<'a> {
 
 fn options(kind: u32, flags: u32) -> unilock_options {
     let mut o = unilock_options::default();
-    unilock_options_init(&mut o);
+    // SAFETY: options structs are live locals.
+    unsafe { unilock_options_init(&mut o) };
     o.backends = kind;
     o.flags = flags;
     o
@@ -645,9 +646,13 @@ impl Case<'_> {
         let rc = match how {
             How::Path { size } => {
                 let buf = sized_options(o, size, None);
-                unilock_open(self.cpath.as_ptr(), buf.as_ptr().cast(), &mut out)
+                // SAFETY: paths are NUL-terminated, options are whole structs, out pointers
+                // are live locals.
+                unsafe { unilock_open(self.cpath.as_ptr(), buf.as_ptr().cast(), &mut out) }
             }
-            How::NullOptions => unilock_open(self.cpath.as_ptr(), null(), &mut out),
+            // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are
+            // live locals.
+            How::NullOptions => unsafe { unilock_open(self.cpath.as_ptr(), null(), &mut out) },
             How::Fd { writable: w } => {
                 writable = w;
                 let file = std::fs::OpenOptions::new()
@@ -656,7 +661,9 @@ impl Case<'_> {
                     .open(&self.path)
                     .unwrap();
                 let fd = OwnedFd::from(file);
-                let rc = unilock_open_fd(fd.as_raw_fd(), &o, &mut out);
+                // SAFETY: paths are NUL-terminated, options are whole structs, out pointers
+                // are live locals.
+                let rc = unsafe { unilock_open_fd(fd.as_raw_fd(), &o, &mut out) };
                 self.raw.push(fd);
                 rc
             }
@@ -673,7 +680,9 @@ impl Case<'_> {
 
     fn close(&mut self, h: usize) -> Result<(), TestCaseError> {
         let (ptr, t) = self.target(h);
-        let rc = unilock_close(ptr);
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        let rc = unsafe { unilock_close(ptr) };
         let want = match t {
             Target::Live => 0,
             Target::Stale => -libc::EBADF,
@@ -709,7 +718,9 @@ impl Case<'_> {
                 let (ptr, t) = self.target(h);
                 let rc = watched(
                     || format!("step {}: {what}", self.step),
-                    || unilock_lock(ptr, mode, start, len, timeout_ms),
+                    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                    // which the library checks before reading).
+                    || unsafe { unilock_lock(ptr, mode, start, len, timeout_ms) },
                 );
                 let arguments = self.argument_error(h, Some(mode), start, len);
                 let want = match (Self::refused(t), arguments) {
@@ -741,7 +752,9 @@ impl Case<'_> {
             }
             Op::Unlock { h, start, len } => {
                 let (ptr, t) = self.target(h);
-                let rc = unilock_unlock(ptr, start, len);
+                // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                // which the library checks before reading).
+                let rc = unsafe { unilock_unlock(ptr, start, len) };
                 let arguments = self.argument_error(h, None, start, len);
                 let want = match (Self::refused(t), arguments) {
                     (Some(e), _) => e,
@@ -781,7 +794,9 @@ impl Case<'_> {
                     } else {
                         null_mut()
                     };
-                    let rc = unilock_query(ptr, mode, start, len, out);
+                    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                    // which the library checks before reading); holders are live locals.
+                    let rc = unsafe { unilock_query(ptr, mode, start, len, out) };
                     self.expect(&what, rc, want)?;
                     if rc == 1 && who {
                         let m = Mode::from_raw(mode).unwrap();
@@ -802,7 +817,10 @@ impl Case<'_> {
                         buf.as_mut_ptr()
                     };
                     let mut count = usize::MAX;
-                    let rc = unilock_list(ptr, bufp, cap, &mut count);
+                    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                    // which the library checks before reading); buffers have room for `cap`
+                    // holders and counts are live locals.
+                    let rc = unsafe { unilock_list(ptr, bufp, cap, &mut count) };
                     self.expect(&what, rc, want)?;
                     if rc == 0 {
                         self.check_list(&buf, cap, count)?;
@@ -812,17 +830,23 @@ impl Case<'_> {
             }
             Op::Cancel { h } => {
                 let (ptr, t) = self.target(h);
-                let rc = unilock_cancel(ptr);
+                // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                // which the library checks before reading).
+                let rc = unsafe { unilock_cancel(ptr) };
                 self.expect(&what, rc, Self::refused(t).unwrap_or(0))?;
             }
             Op::Touch { h } => {
                 let (ptr, t) = self.target(h);
-                let rc = unilock_touch(ptr);
+                // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                // which the library checks before reading).
+                let rc = unsafe { unilock_touch(ptr) };
                 self.expect(&what, rc, Self::refused(t).unwrap_or(0))?;
             }
             Op::Fd { h } => {
                 let (ptr, t) = self.target(h);
-                let rc = unilock_fd(ptr);
+                // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                // which the library checks before reading).
+                let rc = unsafe { unilock_fd(ptr) };
                 match Self::refused(t) {
                     Some(e) => self.expect(&what, rc, e)?,
                     None => {
@@ -844,14 +868,19 @@ impl Case<'_> {
                 let mut count = 0usize;
                 let mut holder = sentinel();
                 let rc = match call {
-                    Call::Lock => unilock_lock(ptr, UNILOCK_EXCLUSIVE, 0, 0, 0),
-                    Call::Unlock => unilock_unlock(ptr, 0, 0),
-                    Call::Query => unilock_query(ptr, UNILOCK_EXCLUSIVE, 0, 0, &mut holder),
-                    Call::List => unilock_list(ptr, null_mut(), 0, &mut count),
-                    Call::Cancel => unilock_cancel(ptr),
-                    Call::Touch => unilock_touch(ptr),
-                    Call::Fd => unilock_fd(ptr),
-                    Call::Close => unilock_close(ptr),
+                    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                    // which the library checks before reading); holders are live locals;
+                    // buffers have room for `cap` holders and counts are live locals.
+                    Call::Lock => unsafe { unilock_lock(ptr, UNILOCK_EXCLUSIVE, 0, 0, 0) },
+                    Call::Unlock => unsafe { unilock_unlock(ptr, 0, 0) },
+                    Call::Query => unsafe {
+                        unilock_query(ptr, UNILOCK_EXCLUSIVE, 0, 0, &mut holder)
+                    },
+                    Call::List => unsafe { unilock_list(ptr, null_mut(), 0, &mut count) },
+                    Call::Cancel => unsafe { unilock_cancel(ptr) },
+                    Call::Touch => unsafe { unilock_touch(ptr) },
+                    Call::Fd => unsafe { unilock_fd(ptr) },
+                    Call::Close => unsafe { unilock_close(ptr) },
                 };
                 self.expect(&what, rc, -libc::EBADF)?;
                 prop_assert!(
@@ -1003,14 +1032,18 @@ impl Case<'_> {
                     libc::E2BIG
                 };
                 (
-                    unilock_open(self.cpath.as_ptr(), buf.as_ptr().cast(), &mut out),
+                    // SAFETY: paths are NUL-terminated, options are whole structs, out
+                    // pointers are live locals.
+                    unsafe { unilock_open(self.cpath.as_ptr(), buf.as_ptr().cast(), &mut out) },
                     want,
                 )
             }
             BadOpen::Tail { size, at } => {
                 let buf = sized_options(o, size, Some(at));
                 (
-                    unilock_open(self.cpath.as_ptr(), buf.as_ptr().cast(), &mut out),
+                    // SAFETY: paths are NUL-terminated, options are whole structs, out
+                    // pointers are live locals.
+                    unsafe { unilock_open(self.cpath.as_ptr(), buf.as_ptr().cast(), &mut out) },
                     libc::E2BIG,
                 )
             }
@@ -1023,39 +1056,61 @@ impl Case<'_> {
                 } else {
                     libc::EOPNOTSUPP
                 };
-                (unilock_open(self.cpath.as_ptr(), &o, &mut out), want)
+                // SAFETY: paths are NUL-terminated, options are whole structs, out pointers
+                // are live locals.
+                (
+                    unsafe { unilock_open(self.cpath.as_ptr(), &o, &mut out) },
+                    want,
+                )
             }
             BadOpen::CreateMode(mode) => {
                 let mut o = o;
                 o.mode = mode;
                 (
-                    unilock_open(self.cpath.as_ptr(), &o, &mut out),
+                    // SAFETY: paths are NUL-terminated, options are whole structs, out
+                    // pointers are live locals.
+                    unsafe { unilock_open(self.cpath.as_ptr(), &o, &mut out) },
                     libc::EINVAL,
                 )
             }
-            BadOpen::NullPath => (unilock_open(null(), &o, &mut out), libc::EINVAL),
+            // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are
+            // live locals.
+            BadOpen::NullPath => (unsafe { unilock_open(null(), &o, &mut out) }, libc::EINVAL),
             BadOpen::NullOut => {
                 out = null_mut();
                 (
-                    unilock_open(self.cpath.as_ptr(), &o, null_mut()),
+                    // SAFETY: paths are NUL-terminated, options are whole structs, out
+                    // pointers are live locals.
+                    unsafe { unilock_open(self.cpath.as_ptr(), &o, null_mut()) },
                     libc::EINVAL,
                 )
             }
             BadOpen::Missing => {
                 let o = options(UNILOCK_BACKEND_OFD, 0);
-                (unilock_open(missing.as_ptr(), &o, &mut out), libc::ENOENT)
+                // SAFETY: paths are NUL-terminated, options are whole structs, out pointers
+                // are live locals.
+                (
+                    unsafe { unilock_open(missing.as_ptr(), &o, &mut out) },
+                    libc::ENOENT,
+                )
             }
-            BadOpen::BadFd(fd) => (unilock_open_fd(fd, &o, &mut out), libc::EBADF),
+            // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are
+            // live locals.
+            BadOpen::BadFd(fd) => (unsafe { unilock_open_fd(fd, &o, &mut out) }, libc::EBADF),
             BadOpen::FdDotlock => {
                 let o = options(UNILOCK_BACKEND_DOTLOCK, 0);
                 (
-                    unilock_open_fd(self.probe.as_raw_fd(), &o, &mut out),
+                    // SAFETY: paths are NUL-terminated, options are whole structs, out
+                    // pointers are live locals.
+                    unsafe { unilock_open_fd(self.probe.as_raw_fd(), &o, &mut out) },
                     libc::EINVAL,
                 )
             }
         };
         if rc == 0 && !out.is_null() {
-            unilock_close(out);
+            // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which
+            // the library checks before reading).
+            unsafe { unilock_close(out) };
         }
         self.expect(&format!("{bad:?}"), rc, -want)?;
         prop_assert!(out.is_null(), "a failed open left *out set");
@@ -1260,7 +1315,9 @@ fn run_case(
     // Whatever happened, no handle stays open and no lock stays held by this case.
     for s in &case.slots {
         if !s.ptr.is_null() {
-            unilock_close(s.ptr);
+            // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which
+            // the library checks before reading).
+            unsafe { unilock_close(s.ptr) };
         }
     }
     drop(case.raw);

@@ -1,5 +1,5 @@
-//! Model-based tests (proptest) of POSIX in-process arbitration and of the range
-//! arithmetic it rests on.
+//! Model-based tests (proptest) of POSIX in-process arbitration (the range arithmetic
+//! it rests on has its own model test, in src/range.rs).
 //!
 //! POSIX locks belong to the process, so the library arbitrates between the handles of
 //! one process and keeps the kernel lock equal to the union of what they hold (SPEC
@@ -20,7 +20,6 @@ use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 
 use common::{TRY, TempDir, opts};
-use unilock::range::{ByteRange, RangeMap};
 use unilock::{Backend, Lock, Mode};
 
 /// Ranges start in bytes [0, SPAN); lengths stay inside it, or are 0 (to the end).
@@ -392,90 +391,5 @@ fn posix_handles_of_one_process_arbitrate_like_the_model() {
         run_case(&dir, &ops, &close_order)
     }) {
         panic!("{e}");
-    }
-}
-
-// RangeMap against a per-byte model.
-
-const MAP_SPAN: u64 = 128;
-
-#[derive(Clone, Debug)]
-enum MapOp {
-    Set(u64, u64, Mode),
-    Clear(u64, u64),
-}
-
-fn map_range() -> impl Strategy<Value = (u64, u64)> {
-    (0..MAP_SPAN).prop_flat_map(|s| (Just(s), s + 1..=MAP_SPAN))
-}
-
-fn map_op() -> impl Strategy<Value = MapOp> {
-    prop_oneof![
-        3 => (map_range(), mode()).prop_map(|((s, e), m)| MapOp::Set(s, e, m)),
-        2 => map_range().prop_map(|(s, e)| MapOp::Clear(s, e)),
-    ]
-}
-
-fn r(start: u64, end: u64) -> ByteRange {
-    ByteRange { start, end }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
-
-    /// After every set or clear, the segments are disjoint, sorted, merged where
-    /// adjacent with equal modes, and say per byte what the model says; the lookups
-    /// agree with them.
-    #[test]
-    fn range_map_matches_a_per_byte_model(
-        ops in prop::collection::vec(map_op(), 1..40),
-        query in map_range(),
-    ) {
-        let mut map = RangeMap::new();
-        let mut model = [None::<Mode>; MAP_SPAN as usize];
-        for op in &ops {
-            match *op {
-                MapOp::Set(s, e, m) => {
-                    map.set(r(s, e), m);
-                    model[s as usize..e as usize].fill(Some(m));
-                }
-                MapOp::Clear(s, e) => {
-                    map.clear(r(s, e));
-                    model[s as usize..e as usize].fill(None);
-                }
-            }
-            let segs: Vec<(ByteRange, Mode)> = map.iter().collect();
-            prop_assert_eq!(map.len(), segs.len());
-            prop_assert_eq!(map.is_empty(), segs.is_empty());
-            let mut bytes = [None::<Mode>; MAP_SPAN as usize];
-            for (seg, m) in &segs {
-                prop_assert!(seg.start < seg.end, "empty segment {:?} after {:?}", seg, op);
-                prop_assert!(seg.end <= MAP_SPAN, "segment {:?} beyond the bytes set", seg);
-                for b in &mut bytes[seg.start as usize..seg.end as usize] {
-                    *b = Some(*m);
-                }
-            }
-            for w in segs.windows(2) {
-                let ((a, ma), (b, mb)) = (w[0], w[1]);
-                prop_assert!(a.end <= b.start, "overlapping or unsorted {:?} {:?}", a, b);
-                prop_assert!(
-                    !(a.end == b.start && ma == mb),
-                    "adjacent segments of one mode not merged: {:?} {:?} after {:?}", a, b, op
-                );
-            }
-            prop_assert_eq!(&bytes[..], &model[..], "after {:?}: {:?}", op, segs);
-        }
-        // Lookups on a query range, against the verified segments and the model.
-        let q = r(query.0, query.1);
-        let segs: Vec<(ByteRange, Mode)> = map.iter().collect();
-        let touching: Vec<_> = segs.iter().copied().filter(|(s, _)| s.overlaps(&q)).collect();
-        prop_assert_eq!(map.touching(q).collect::<Vec<_>>(), touching.clone());
-        let clipped: Vec<_> = touching
-            .iter()
-            .map(|&(s, m)| (r(s.start.max(q.start), s.end.min(q.end)), m))
-            .collect();
-        prop_assert_eq!(map.overlapping(q).collect::<Vec<_>>(), clipped);
-        let strongest = model[q.start as usize..q.end as usize].iter().copied().max().flatten();
-        prop_assert_eq!(map.strongest_in(q), strongest);
     }
 }

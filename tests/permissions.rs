@@ -33,7 +33,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{Peer, TRY, TempDir};
-use unilock::{Backend, Lock, Mode, Options, flags};
+use unilock::{Backend, Flags, Lock, Mode, Options};
 
 const NOBODY: u32 = 65534;
 /// A second unprivileged user (uid and gid), who owns nothing.
@@ -48,7 +48,11 @@ const PATIENT: Duration = Duration::from_secs(5);
 const KERNEL: [Backend; 3] = [Backend::Flock, Backend::Ofd, Backend::Posix];
 /// The open flags tried on a file that must be refused: none, CREATE, and CREATE with
 /// UNLINK (whose lock calls open the path again).
-const OPEN_FLAGS: [u32; 3] = [0, flags::CREATE, flags::CREATE | flags::UNLINK];
+const OPEN_FLAGS: [Flags; 3] = [
+    Flags::empty(),
+    Flags::CREATE,
+    Flags::CREATE.union(Flags::UNLINK),
+];
 
 #[test]
 fn peer_main() {
@@ -289,7 +293,7 @@ fn open_promptly(path: &Path, o: &Options, fifo: bool) -> (i32, String) {
 fn cannot_open(peer: &mut Peer, path: &Path) {
     for b in KERNEL {
         for bits in OPEN_FLAGS {
-            let line = format!("open a {} {} {bits}", p(path), common::name(b));
+            let line = format!("open a {} {} {}", p(path), common::name(b), bits.bits());
             let reply = peer.cmd(&line);
             assert_eq!(errno_of(&reply), Some(libc::EACCES), "{line}: {reply}");
             assert!(
@@ -318,7 +322,7 @@ fn a_lock_file_of_another_user_cannot_be_opened_against_its_owner() {
     let mut owner = world.peer_as(NOBODY);
     cmd_ok(
         &mut owner,
-        &format!("open o {} flock {}", p(&path), flags::CREATE),
+        &format!("open o {} flock {}", p(&path), Flags::CREATE.bits()),
     );
     cmd_ok(&mut owner, "lock o ex 0");
     let m = std::fs::metadata(&path).unwrap();
@@ -343,7 +347,7 @@ fn a_lock_file_of_another_user_cannot_be_opened_against_its_owner() {
 
     // Root as the owner, nobody as the other user.
     let path = world.at("root.lock");
-    let root_lock = Lock::open(&path, &Options::new().flags(flags::CREATE)).unwrap();
+    let root_lock = Lock::open(&path, &Options::new().flags(Flags::CREATE)).unwrap();
     root_lock.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
     let m = std::fs::metadata(&path).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o600), "the created file");
@@ -365,14 +369,14 @@ fn eacces_is_a_clear_error() {
     }
     let world = World::new("eacces");
     let path = world.at("private.lock");
-    drop(Lock::open(&path, &Options::new().flags(flags::CREATE)).unwrap());
+    drop(Lock::open(&path, &Options::new().flags(Flags::CREATE)).unwrap());
     let mut nobody = world.peer_as(NOBODY);
     for b in KERNEL {
         let reply = nobody.cmd(&format!(
             "open a {} {} {}",
             p(&path),
             common::name(b),
-            flags::CREATE
+            Flags::CREATE.bits()
         ));
         let detail = reply
             .strip_prefix(&format!("err {} ", libc::EACCES))
@@ -484,11 +488,9 @@ fn planted_symlinks_and_fifos_in_a_sticky_directory_are_refused_without_blocking
         assert!(detail.contains("FIFO"), "{detail}");
     }
     // A set's lock file is the path plus ".lock": planted there, it is refused too.
-    let set = Options {
-        backends: Backend::Dotlock as u32 | Backend::Flock as u32,
-        flags: flags::CREATE,
-        ..Options::default()
-    };
+    let set = Options::new()
+        .backends([Backend::Dotlock, Backend::Flock])
+        .flags(Flags::CREATE);
     for (base, planted) in [("mbox-link", &link), ("mbox-fifo", &fifo)] {
         let lock_file = world.at(&format!("{base}.lock"));
         std::fs::rename(planted, &lock_file).unwrap();
@@ -528,7 +530,7 @@ fn links_and_fifos_planted_after_the_open_are_refused_by_the_lock_call() {
         let path = world.at(&format!("unlink-{}.lock", common::name(b)));
         let o = Options::new()
             .backend(b)
-            .flags(flags::CREATE | flags::UNLINK);
+            .flags(Flags::CREATE | Flags::UNLINK);
         let l = Lock::open(&path, &o).unwrap();
         l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
         l.unlock(0, 0).unwrap();
@@ -626,7 +628,7 @@ fn an_existing_file_of_another_user_in_a_sticky_directory_is_opened_without_o_cr
     );
 
     for b in KERNEL {
-        let l = Lock::open(&path, &Options::new().backend(b).flags(flags::CREATE))
+        let l = Lock::open(&path, &Options::new().backend(b).flags(Flags::CREATE))
             .unwrap_or_else(|e| panic!("{b:?}: {e}"));
         l.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
         let h = common::name(b);
@@ -647,7 +649,7 @@ fn an_existing_file_of_another_user_in_a_sticky_directory_is_opened_without_o_cr
     cmd_ok(&mut nobody, "lock n sh 0");
     for b in KERNEL {
         let h = common::name(b);
-        let line = format!("open {h} {} {h} {}", p(&path), flags::CREATE);
+        let line = format!("open {h} {} {h} {}", p(&path), Flags::CREATE.bits());
         cmd_ok(&mut other, &line);
         cmd_ok(&mut other, &format!("lock {h} sh 0"));
         let reply = other.cmd(&format!("lock {h} ex 0"));

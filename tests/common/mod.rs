@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use unilock::{Backend, Lock, Mode, Options, flags};
+use unilock::{Backend, Flags, Lock, Mode, Options};
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -53,8 +53,26 @@ pub fn name(b: Backend) -> &'static str {
     }
 }
 
+/// The backends whose bits (`UNILOCK_BACKEND_*`) are set in `bits`.
+pub fn backends_of(bits: u32) -> Vec<Backend> {
+    [
+        Backend::Flock,
+        Backend::Ofd,
+        Backend::Posix,
+        Backend::Dotlock,
+    ]
+    .into_iter()
+    .filter(|&b| bits & b as u32 != 0)
+    .collect()
+}
+
+/// The flags for C bits (`UNILOCK_CREATE`, ...), every one of them known.
+pub fn flags_of(bits: u32) -> Flags {
+    Flags::from_bits(bits).unwrap_or_else(|| panic!("unknown flag bits {bits:#x}"))
+}
+
 pub fn opts(backend: Backend) -> Options {
-    Options::new().backend(backend).flags(flags::CREATE)
+    Options::new().backend(backend).flags(Flags::CREATE)
 }
 
 pub fn backend_named(name: &str) -> Backend {
@@ -179,7 +197,7 @@ pub fn peer_loop() {
                 }
             }
             ["open_fair", name, path, backend] => {
-                let o = opts(backend_named(backend)).flags(flags::FAIR);
+                let o = opts(backend_named(backend)).flags(Flags::FAIR);
                 match Lock::open(Path::new(path), &o) {
                     Ok(l) => {
                         handles.insert(name.to_string(), l);
@@ -189,11 +207,9 @@ pub fn peer_loop() {
                 }
             }
             ["open_bits", name, path, bits] => {
-                let o = Options {
-                    backends: bits.parse().unwrap(),
-                    flags: flags::CREATE,
-                    ..Options::default()
-                };
+                let o = Options::new()
+                    .backends(backends_of(bits.parse().unwrap()))
+                    .flags(Flags::CREATE);
                 match Lock::open(Path::new(path), &o) {
                     Ok(l) => {
                         handles.insert(name.to_string(), l);
@@ -203,7 +219,7 @@ pub fn peer_loop() {
                 }
             }
             ["open_unlink", name, path, backend] => {
-                let o = opts(backend_named(backend)).flags(flags::UNLINK);
+                let o = opts(backend_named(backend)).flags(Flags::UNLINK);
                 match Lock::open(Path::new(path), &o) {
                     Ok(l) => {
                         handles.insert(name.to_string(), l);
@@ -358,7 +374,7 @@ pub fn detailed_peer_loop(
             ["open", h, path, b, bits] => {
                 let o = Options::new()
                     .backend(backend_named(b))
-                    .flags(bits.parse().unwrap());
+                    .flags(flags_of(bits.parse().unwrap()));
                 Lock::open(path, &o).map(|l| {
                     handles.insert(h.to_string(), l);
                 })

@@ -98,17 +98,20 @@ pub fn age(path: &Path, secs: u64) {
 
 /// DOTLOCK options with `stale_after_s`.
 pub fn dotlock(stale_after_s: u32) -> Options {
-    let mut o = Options::new().backend(Backend::Dotlock);
-    o.stale_after_s = stale_after_s;
-    o
+    Options::new()
+        .backend(Backend::Dotlock)
+        .stale_after_s(stale_after_s)
 }
 
 /// Options for a set of backends (`Backend` bits or-ed together).
 pub fn set(backends: u32) -> Options {
-    Options {
-        backends,
-        ..Options::new()
-    }
+    let all = [
+        Backend::Flock,
+        Backend::Ofd,
+        Backend::Posix,
+        Backend::Dotlock,
+    ];
+    Options::new().backends(all.into_iter().filter(|&b| backends & b as u32 != 0))
 }
 
 /// Reads the next line that carries a reply ("@@ ..."): the test harness may print
@@ -141,11 +144,7 @@ pub fn holder_main() {
     let backends: u32 = w.next().unwrap().parse().unwrap();
     let stale_after_s: u32 = w.next().unwrap().parse().unwrap();
     let path = w.next().unwrap();
-    let options = Options {
-        backends,
-        stale_after_s,
-        ..Options::new()
-    };
+    let options = set(backends).stale_after_s(stale_after_s);
     let result = Lock::open(path, &options).and_then(|l| {
         l.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(5)))
             .map(|()| l)

@@ -314,7 +314,8 @@ impl Unilock {
     /// created by the open. `Err` carries the return code's text and the detail.
     pub fn open(mech: Mechanism, fair: bool, path: &Path) -> Result<Unilock, String> {
         let mut o = unilock_options::default();
-        unilock_options_init(&mut o);
+        // SAFETY: options structs are live locals.
+        unsafe { unilock_options_init(&mut o) };
         o.backends = mech.unilock_backend();
         o.flags = if mech == Mechanism::Dotlock {
             0
@@ -326,7 +327,9 @@ impl Unilock {
         }
         let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL in the path");
         let mut out = std::ptr::null_mut();
-        let rc = unilock_open(c.as_ptr(), &o, &mut out);
+        // SAFETY: paths are NUL-terminated, options are whole structs, out pointers are live
+        // locals.
+        let rc = unsafe { unilock_open(c.as_ptr(), &o, &mut out) };
         if rc != 0 {
             return Err(format!("`unilock_open` {}", describe(rc)));
         }
@@ -343,12 +346,16 @@ impl Unilock {
 
 impl Locker for Unilock {
     fn pair(&mut self) -> bool {
-        unilock_lock(self.handle, UNILOCK_EXCLUSIVE, 0, 0, 0) == 0
-            && unilock_unlock(self.handle, 0, 0) == 0
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        (unsafe { unilock_lock(self.handle, UNILOCK_EXCLUSIVE, 0, 0, 0) }) == 0
+            && unsafe { unilock_unlock(self.handle, 0, 0) } == 0
     }
 
     fn lock(&mut self, timeout_ms: i64) -> Result<bool, String> {
-        let rc = unilock_lock(self.handle, UNILOCK_EXCLUSIVE, 0, 0, timeout_ms);
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        let rc = unsafe { unilock_lock(self.handle, UNILOCK_EXCLUSIVE, 0, 0, timeout_ms) };
         match rc {
             0 => Ok(true),
             rc if rc == -libc::EAGAIN || rc == -libc::ETIMEDOUT => Ok(false),
@@ -357,14 +364,18 @@ impl Locker for Unilock {
     }
 
     fn unlock(&mut self) {
-        let rc = unilock_unlock(self.handle, 0, 0);
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        let rc = unsafe { unilock_unlock(self.handle, 0, 0) };
         assert!(rc == 0, "unilock_unlock: {}", describe(rc));
     }
 }
 
 impl Drop for Unilock {
     fn drop(&mut self) {
-        unilock_close(self.handle);
+        // SAFETY: handles come from unilock_open (or are NULL, closed or foreign, which the
+        // library checks before reading).
+        unsafe { unilock_close(self.handle) };
     }
 }
 

@@ -55,7 +55,6 @@ NATIVE_DIR = "_native"
 CRATE_PATHS = [
     "Cargo.toml",
     "Cargo.lock",
-    "build.rs",
     "cbindgen.toml",
     "unilock.map",
     "Makefile",

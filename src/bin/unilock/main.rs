@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use args::{Invocation, Operation, Parsed, Report, Target};
-use unilock::{Backend, Error, Holder, Lock, Mode, Options, flags};
+use unilock::{Backend, Error, Flags, Holder, Lock, Mode, Options};
 
 /// sysexits.h, as flock(1) uses them.
 const EX_USAGE: i32 = 64;
@@ -132,24 +132,31 @@ impl Cli {
         result.unwrap_or_else(|Exit(code)| End::Code(code))
     }
 
-    fn options(&self, extra_flags: u32) -> Options {
+    fn options(&self, extra_flags: Flags) -> Options {
         let inv = &self.inv;
         let mut flags = extra_flags;
-        for (on, bit) in [
-            (inv.follow, flags::FOLLOW),
-            (inv.fair, flags::FAIR),
-            (inv.unlink, flags::UNLINK),
+        for (on, flag) in [
+            (inv.follow, Flags::FOLLOW),
+            (inv.fair, Flags::FAIR),
+            (inv.unlink, Flags::UNLINK),
         ] {
             if on {
-                flags |= bit;
+                flags |= flag;
             }
         }
-        Options {
-            backends: inv.backends,
-            flags,
-            create_mode: inv.create_mode.unwrap_or(0),
-            stale_after_s: inv.stale_after_s.unwrap_or(0),
-        }
+        let backends = [
+            Backend::Flock,
+            Backend::Ofd,
+            Backend::Posix,
+            Backend::Dotlock,
+        ]
+        .into_iter()
+        .filter(|&b| inv.backends & b as u32 != 0);
+        Options::new()
+            .backends(backends)
+            .flags(flags)
+            .create_mode(inv.create_mode.unwrap_or(0))
+            .stale_after_s(inv.stale_after_s.unwrap_or(0))
     }
 
     /// flock's `open_file` codes: 71 for a lack of memory or descriptors, 73 for a
@@ -297,10 +304,14 @@ impl Cli {
     fn lock_file(&self, path: &OsString, command: &[OsString]) -> Result<End, Exit> {
         let shown = path.to_string_lossy();
         let signals = signals::Signals::take_over();
-        // The descriptor goes to the command unless -o: with flags::INHERIT it is
+        // The descriptor goes to the command unless -o: with Flags::INHERIT it is
         // opened without close-on-exec, as flock(1)'s.
-        let inherit = if self.inv.close { 0 } else { flags::INHERIT };
-        let lock = Lock::open(path, &self.options(flags::CREATE | inherit))
+        let inherit = if self.inv.close {
+            Flags::empty()
+        } else {
+            Flags::INHERIT
+        };
+        let lock = Lock::open(path, &self.options(Flags::CREATE | inherit))
             .map_err(|e| self.open_failed(&shown, &e))?;
         let taken = signals.during(&lock, || {
             self.operate(&lock, &shown, EX_NOINPUT, Some(&signals))
@@ -310,7 +321,7 @@ impl Cli {
             return Ok(End::Signal(signal));
         }
         taken?;
-        if self.inv.unlink || lock.backends() & Backend::Dotlock as u32 != 0 {
+        if self.inv.unlink || lock.backends().contains(&Backend::Dotlock) {
             // Closed after the command: the file is deleted while still held, unless
             // a process the command left behind shares the lock (then it stays). A
             // DOTLOCK lock file is removed here too (with -F it names the command,
@@ -331,7 +342,7 @@ impl Cli {
         let subject = fd.to_string();
         let lock = sys::inherited_fd(fd)
             .map_err(|errno| Error::new(errno, format!("descriptor {fd}")))
-            .and_then(|borrowed| Lock::from_fd(borrowed, &self.options(0)));
+            .and_then(|borrowed| Lock::from_fd(borrowed, &self.options(Flags::empty())));
         let lock = lock.map_err(|e| match e.errno() {
             libc::EOPNOTSUPP => self.fail(EX_UNAVAILABLE, &unsupported(&e)),
             libc::EINVAL => self.fail(EX_DATAERR, e.detail()),
@@ -438,7 +449,8 @@ impl Cli {
     /// `--test FILE` and `--list FILE`: nothing is created and nothing is locked.
     fn report(&self, path: &OsString, kind: Report) -> Result<i32, Exit> {
         let shown = path.to_string_lossy();
-        let lock = Lock::open(path, &self.options(0)).map_err(|e| self.open_failed(&shown, &e))?;
+        let lock = Lock::open(path, &self.options(Flags::empty()))
+            .map_err(|e| self.open_failed(&shown, &e))?;
         match kind {
             Report::Test => {
                 let Operation::Lock(mode) = self.inv.operation else {
