@@ -8,9 +8,11 @@
 pub mod boundary;
 pub mod error;
 pub mod handle;
+pub mod holder;
 pub(crate) mod registry;
 pub mod version;
 
 pub use error::{unilock_last_error, unilock_strerror};
 pub use handle::*;
+pub use holder::*;
 pub use version::*;

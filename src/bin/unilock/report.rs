@@ -212,6 +212,8 @@ mod tests {
             pid,
             is_self: false,
             command: command.to_string(),
+            processes: Vec::new(),
+            lock_file: None,
         }
     }
 
