@@ -169,7 +169,8 @@ typedef struct unilock_holder {
      */
     uint64_t len;
     /**
-     * A live process that holds it; -1 when it cannot be known.
+     * A live process that holds it (this process when one of its handles does); -1
+     * when it cannot be known. Every process that has it: `unilock_holder_pids`.
      */
     int32_t pid;
     /**
@@ -397,6 +398,30 @@ int unilock_touch(struct unilock *l);
  * none: `-EOPNOTSUPP`.
  */
 int unilock_fd(const struct unilock *l);
+
+/**
+ * Fills `pids` with up to `cap` pids of the live processes that have the lock `*h`
+ * describes (its backend, mode, start and len, as `unilock_query` or `unilock_list`
+ * filled it), lowest first, and sets `*count` to how many there are (which may exceed
+ * `cap`). For FLOCK and OFD locks these are every process with a descriptor of the
+ * open file description that holds the lock (a shell that opened it and the children
+ * that inherited it), for POSIX the owning process, for DOTLOCK the lock file's owner
+ * when alive on this host; they are found in the `lock:` lines of `/proc/PID/fdinfo`,
+ * as lslocks(8) finds its HOLDERS. The calling process is left out when it only has a
+ * copy of another process's descriptor and is not the only one; it is counted when
+ * one of its handles holds the lock. `*count` is 0 when the lock is gone or no
+ * holder can be seen (another user's processes). `pids` may be NULL when `cap` is 0.
+ * Reads /proc: `-ENOENT` or `-EACCES` where it cannot.
+ *
+ * # Safety
+ * `h` points to a `unilock_holder`, `pids` to `cap` writable `int32_t` (or is NULL
+ * with `cap` 0), `count` to a writable `size_t`.
+ */
+int unilock_holder_pids(struct unilock *l,
+                        const struct unilock_holder *h,
+                        int32_t *pids,
+                        size_t cap,
+                        size_t *count);
 
 /**
  * The version of the library that is running, "MAJOR.MINOR.PATCH". Compare it with

@@ -180,6 +180,9 @@ pub(crate) struct DotLock {
     /// Temporary files of this handle whose removal failed (an I/O error, no memory):
     /// removed again by the next lock call and by close.
     strays: Mutex<Vec<CString>>,
+    /// The stale lock files this handle's lock calls removed, not yet taken by
+    /// [`DotLock::take_broken`].
+    broken: Mutex<Vec<Holder>>,
     closed: bool,
 }
 
@@ -732,6 +735,7 @@ impl DotLock {
             held: Mutex::new(None),
             watch: Mutex::new(None),
             strays: Mutex::new(Vec::new()),
+            broken: Mutex::new(Vec::new()),
             closed: false,
         })
     }
@@ -1168,9 +1172,19 @@ impl DotLock {
             // Rewritten meanwhile into something that is not a lock file.
             return Ok(Break::Done);
         };
-        if self.judge(&record, &st).is_ok() {
+        if let Ok(why) = self.judge(&record, &st) {
             match sys::unlinkat(self.dir.as_fd(), &self.file) {
-                Ok(()) | Err(libc::ENOENT) => {}
+                Ok(()) => {
+                    let mut broken = self.record_holder(&record);
+                    if let Some(f) = broken.lock_file.as_mut() {
+                        f.stale = Some(why);
+                    }
+                    self.broken
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(broken);
+                }
+                Err(libc::ENOENT) => {}
                 Err(e) => return Err(Error::sys(e, "remove the stale lock file", &self.name)),
             }
         }
@@ -1399,22 +1413,73 @@ impl DotLock {
         })
     }
 
-    /// The lock file's holder, stale or not, as a list of zero or one.
+    /// The lock file's holder, stale or not, as a list of zero or one, with its owner
+    /// record and, when it is stale, why.
     pub(crate) fn list(&self) -> Result<Vec<Holder>> {
         let (fd, st) = match self.open_lock_file() {
             Ok(Some(found)) => found,
             Ok(None) => return Ok(Vec::new()),
             // Another user's lock file: held, by an owner this process cannot read.
-            Err(e) if e.errno() == libc::EACCES => return Ok(vec![holder(-1, false)]),
+            Err(e) if e.errno() == libc::EACCES => {
+                let mut h = holder(-1, false);
+                h.lock_file = Some(self.lock_file_record(&Record::default()));
+                return Ok(vec![h]);
+            }
             Err(e) => return Err(e),
         };
-        let r = self.read_lock_file(fd.as_fd(), &st).unwrap_or_default();
+        let h = match self.read_lock_file(fd.as_fd(), &st) {
+            Ok(r) => {
+                let mut h = self.record_holder(&r);
+                if let (Some(f), Ok(why)) = (h.lock_file.as_mut(), self.judge(&r, &st)) {
+                    f.stale = Some(why);
+                }
+                h
+            }
+            Err(why) => {
+                let mut h = holder(-1, false);
+                let mut f = self.lock_file_record(&Record::default());
+                f.not_a_lock_file = Some(why);
+                h.lock_file = Some(f);
+                h
+            }
+        };
+        Ok(vec![h])
+    }
+
+    /// The holder a lock file's record names: its pid when it is of this host (or
+    /// names none), else -1; with the record.
+    fn record_holder(&self, r: &Record) -> Holder {
         let here = r.host.as_deref().is_none_or(|h| Some(h) == host());
         let pid = match r.pid {
             Some(p) if here => p,
             _ => -1,
         };
-        Ok(vec![holder(pid, pid == sys::getpid())])
+        let mut h = holder(pid, pid == sys::getpid());
+        h.lock_file = Some(self.lock_file_record(r));
+        h
+    }
+
+    /// The lock file's absolute path (its directory as /proc names it, when it can)
+    /// and what the record `r` says.
+    fn lock_file_record(&self, r: &Record) -> crate::LockFile {
+        let file = std::ffi::OsStr::from_bytes(self.file.to_bytes());
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", self.dir.as_raw_fd()))
+            .map(|dir| dir.join(file))
+            .unwrap_or_else(|_| std::path::PathBuf::from(&self.name));
+        crate::LockFile {
+            path,
+            pid: r.pid,
+            host: r.host.clone(),
+            start: r.start,
+            stale: None,
+            not_a_lock_file: None,
+        }
+    }
+
+    /// The stale lock files this handle's lock calls removed since the last call, each
+    /// as the holder its record named, with why it was stale.
+    pub(crate) fn take_broken(&self) -> Vec<Holder> {
+        std::mem::take(&mut *self.broken.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Wakes a thread of this process waiting for another handle (after a cancel).
@@ -1475,6 +1540,21 @@ fn who(pid: Option<i32>) -> String {
 }
 
 fn holder(pid: i32, is_self: bool) -> Holder {
+    let command = if pid > 0 {
+        crate::holders::command(pid)
+    } else {
+        String::new()
+    };
+    // A pid of this host that is gone holds nothing.
+    let processes = if pid > 0 && sys::process_exists(pid) {
+        vec![crate::Process {
+            pid,
+            command: command.clone(),
+            fds: Vec::new(),
+        }]
+    } else {
+        Vec::new()
+    };
     Holder {
         backend: Backend::Dotlock,
         mode: Mode::Exclusive,
@@ -1482,11 +1562,9 @@ fn holder(pid: i32, is_self: bool) -> Holder {
         len: 0,
         pid,
         is_self,
-        command: if pid > 0 {
-            crate::holders::command(pid)
-        } else {
-            String::new()
-        },
+        command,
+        processes,
+        lock_file: None,
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use crate::inode_table::InodeKey;
 use crate::range::{ByteRange, RESERVED};
-use crate::{Backend, Error, Holder, Mode, Result};
+use crate::{Backend, Error, Holder, Mode, Process, Result};
 
 /// One lock line about our inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -261,36 +261,54 @@ fn fd_locks(pid: i32, key: InodeKey) -> Option<Vec<(i32, Vec<ProcLock>)>> {
     Some(out)
 }
 
-/// What identifies a lock for its holder's search: the taker's pid aside, a lock in
-/// /proc/locks and the same lock on a `lock:` line of a holder's fdinfo agree on it.
-type LockId = (Backend, Mode, ByteRange);
+/// What identifies a lock for its holder's search: a lock in /proc/locks and the same
+/// lock on a `lock:` line of a holder's fdinfo agree on it, the pid too (the taker's,
+/// -1 for OFD locks: the kernel prints the same field in both), which tells apart the
+/// shared FLOCK locks of two open file descriptions.
+type LockId = (Backend, Mode, ByteRange, i32);
 
 /// The [`LockId`] of a lock line.
 fn lock_id(lock: &ProcLock) -> LockId {
-    (lock.backend, lock.mode, lock.range)
+    (lock.backend, lock.mode, lock.range, lock.pid)
 }
 
-/// The locks on `key` that `pid` has through one of its descriptors, or `None` when
-/// its fdinfo cannot be read.
-fn locks_of_process(pid: i32, key: InodeKey) -> Option<HashSet<LockId>> {
+/// The locks on `key` that `pid` has, each with the descriptors that show it, or
+/// `None` when its fdinfo cannot be read.
+fn locks_of_process(pid: i32, key: InodeKey) -> Option<HashMap<LockId, Vec<i32>>> {
     fd_locks(pid, key).map(|fds| {
-        fds.iter()
-            .flat_map(|(_, locks)| locks.iter().map(lock_id))
-            .collect()
+        let mut out: HashMap<LockId, Vec<i32>> = HashMap::new();
+        for (fd, locks) in fds {
+            for lock in &locks {
+                let fds = out.entry(lock_id(lock)).or_default();
+                if !fds.contains(&fd) {
+                    fds.push(fd);
+                }
+            }
+        }
+        out
     })
 }
 
 /// Finds the processes that have locks. Every /proc file it reads is read once: each
-/// process's locks (its fdinfo), the scan of every process (made the first time a lock
-/// is neither its taker's nor this process's), command names and liveness are kept
-/// for the resolver's life, one listing or query.
+/// process's locks (its fdinfo), the scan of every process (made the first time a
+/// lock's holders are asked for), command names and liveness are kept for the
+/// resolver's life, one listing or query.
+///
+/// The inquiring process may have a lock only through a descriptor it inherited (the
+/// `unilock --list` of `( unilock 9; unilock --list f ) 9>f` shares the shell's
+/// descriptor): it counts as a holder when one of its handles holds the lock
+/// ([`Resolver::with_own`]) or when no other process has it.
 pub(crate) struct Resolver {
     key: InodeKey,
     me: i32,
-    /// For each lock some process has, the lowest such pid (the whole scan of /proc).
-    scanned: Option<HashMap<LockId, i32>>,
-    /// Each process's locks on the file, `None` when its fdinfo cannot be read.
-    by_pid: HashMap<i32, Option<HashSet<LockId>>>,
+    /// What this process's handles hold on the file (from the process table).
+    own: Vec<(Backend, Mode, ByteRange)>,
+    /// For each lock some process has, every such pid, lowest first (the whole scan
+    /// of /proc).
+    scanned: Option<HashMap<LockId, Vec<i32>>>,
+    /// Each process's locks on the file with their descriptors, `None` when its
+    /// fdinfo cannot be read.
+    by_pid: HashMap<i32, Option<HashMap<LockId, Vec<i32>>>>,
     /// Command names (`/proc/PID/comm`) read so far.
     commands: HashMap<i32, String>,
     /// Whether a taker that has none of the file's locks is still alive.
@@ -302,6 +320,7 @@ impl Resolver {
         Resolver {
             key,
             me: crate::sys::getpid(),
+            own: Vec::new(),
             scanned: None,
             by_pid: HashMap::new(),
             commands: HashMap::new(),
@@ -309,8 +328,15 @@ impl Resolver {
         }
     }
 
+    /// Tells the resolver what this process's handles hold on the file (backend, mode,
+    /// range), so that it names this process as the holder of those locks.
+    pub(crate) fn with_own(mut self, own: Vec<(Backend, Mode, ByteRange)>) -> Self {
+        self.own = own;
+        self
+    }
+
     /// `pid`'s locks on the file, its fdinfo read the first time.
-    fn locks_of(&mut self, pid: i32) -> Option<&HashSet<LockId>> {
+    fn locks_of(&mut self, pid: i32) -> Option<&HashMap<LockId, Vec<i32>>> {
         let key = self.key;
         self.by_pid
             .entry(pid)
@@ -321,21 +347,29 @@ impl Resolver {
     /// True when `pid` has `lock` (a map lookup once its fdinfo was read).
     fn has(&mut self, pid: i32, lock: &ProcLock) -> bool {
         self.locks_of(pid)
-            .is_some_and(|locks| locks.contains(&lock_id(lock)))
+            .is_some_and(|locks| locks.contains_key(&lock_id(lock)))
     }
 
-    /// The scan of every process: each lock any of them has, with the lowest pid that
-    /// has it. Processes already read are not read again.
-    fn scan(&mut self) -> &HashMap<LockId, i32> {
+    /// True when one of this process's handles holds `lock` and its fdinfo shows it.
+    fn mine(&mut self, lock: &ProcLock) -> bool {
+        let held = self.own.iter().any(|&(backend, mode, range)| {
+            backend == lock.backend && mode == lock.mode && range.overlaps(&lock.range)
+        });
+        held && self.has(self.me, lock)
+    }
+
+    /// The scan of every process: each lock any of them has, with every pid that has
+    /// it. Processes already read are not read again.
+    fn scan(&mut self) -> &HashMap<LockId, Vec<i32>> {
         if self.scanned.is_none() {
-            let mut holders: HashMap<LockId, i32> = HashMap::new();
+            let mut holders: HashMap<LockId, Vec<i32>> = HashMap::new();
             for pid in processes() {
-                for id in self.locks_of(pid).into_iter().flatten() {
-                    holders
-                        .entry(*id)
-                        .and_modify(|p| *p = (*p).min(pid))
-                        .or_insert(pid);
+                for id in self.locks_of(pid).into_iter().flat_map(|l| l.keys()) {
+                    holders.entry(*id).or_default().push(pid);
                 }
+            }
+            for pids in holders.values_mut() {
+                pids.sort_unstable();
             }
             self.scanned = Some(holders);
         }
@@ -352,10 +386,85 @@ impl Resolver {
     }
 
     /// A live pid that has `lock`, or -1 when none can be found; a waiter child is
-    /// named by the process it works for ([`Resolver::host_of`]).
+    /// named by the process it works for ([`Resolver::host_of`]). The taker is asked
+    /// first (its fdinfo alone); the scan of every process only when it does not have
+    /// the lock.
     pub(crate) fn pid_of(&mut self, lock: &ProcLock) -> i32 {
-        let pid = self.taker_or_sharer(lock);
-        self.host_of(pid)
+        if lock.pid > 0 && (lock.pid != self.me || self.mine(lock)) && self.has(lock.pid, lock) {
+            return self.host_of(lock.pid);
+        }
+        let processes = self.processes(lock);
+        self.choose(lock, &processes)
+    }
+
+    /// The holder to name among `processes` (those that have `lock`): this process
+    /// when its handles hold it, else the taker when it is among them, else the lowest
+    /// pid; when none is known, a live taker (whose fdinfo this process may not read),
+    /// else -1.
+    fn choose(&mut self, lock: &ProcLock, processes: &[Process]) -> i32 {
+        if self.mine(lock) {
+            return self.me;
+        }
+        let taker = self.host_of(lock.pid);
+        if taker > 0 && processes.iter().any(|p| p.pid == taker) {
+            return taker;
+        }
+        if let Some(first) = processes.first() {
+            return first.pid;
+        }
+        if lock.pid > 0 && self.alive(lock.pid) {
+            lock.pid
+        } else {
+            -1
+        }
+    }
+
+    /// Every live process that has `lock`, lowest pid first, waiter children counted
+    /// as the process they work for; this process left out unless its handles hold the
+    /// lock or no other process has it.
+    pub(crate) fn processes(&mut self, lock: &ProcLock) -> Vec<Process> {
+        let id = lock_id(lock);
+        let pids = self.scan().get(&id).cloned().unwrap_or_default();
+        let mut out: Vec<Process> = Vec::new();
+        for pid in pids {
+            let fds = self
+                .locks_of(pid)
+                .and_then(|l| l.get(&id))
+                .cloned()
+                .unwrap_or_default();
+            let host = self.host_of(pid);
+            match out.iter_mut().find(|p| p.pid == host) {
+                Some(p) => {
+                    for fd in fds {
+                        if !p.fds.contains(&fd) {
+                            p.fds.push(fd);
+                        }
+                    }
+                }
+                None => out.push(Process {
+                    pid: host,
+                    command: String::new(),
+                    fds,
+                }),
+            }
+        }
+        if out.iter().any(|p| p.pid != self.me) && !self.mine(lock) {
+            out.retain(|p| p.pid != self.me);
+        }
+        out.sort_by_key(|p| p.pid);
+        for p in &mut out {
+            p.fds.sort_unstable();
+            p.command = self.command_of(p.pid);
+        }
+        out
+    }
+
+    /// The command name of `pid`, read once.
+    fn command_of(&mut self, pid: i32) -> String {
+        self.commands
+            .entry(pid)
+            .or_insert_with(|| command(pid))
+            .clone()
     }
 
     /// The process that a waiter child (`crate::helper`) works for, else `pid`
@@ -382,33 +491,21 @@ impl Resolver {
         }
     }
 
-    /// A live pid that has `lock` (the taker, this process, or the lowest of any
-    /// process), or -1.
-    fn taker_or_sharer(&mut self, lock: &ProcLock) -> i32 {
-        if lock.pid > 0 && self.has(lock.pid, lock) {
-            return lock.pid;
-        }
-        if self.has(self.me, lock) {
-            return self.me;
-        }
-        if let Some(&pid) = self.scan().get(&lock_id(lock)) {
-            return pid;
-        }
-        if lock.pid > 0 && self.alive(lock.pid) {
-            lock.pid
-        } else {
-            -1
-        }
-    }
-
-    /// A [`Holder`] for `lock`, with its pid, command and whether it is this process.
+    /// A [`Holder`] for `lock`: the holder named ([`Resolver::choose`]), its command,
+    /// whether it is this process, and every process that has the lock.
     pub(crate) fn holder(&mut self, lock: &ProcLock) -> Holder {
-        let pid = self.pid_of(lock);
-        self.holder_with_pid(lock, pid)
+        let processes = self.processes(lock);
+        let pid = self.choose(lock, &processes);
+        self.holder_with(lock, pid, processes)
     }
 
     /// A [`Holder`] for `lock` held by `pid`.
     pub(crate) fn holder_with_pid(&mut self, lock: &ProcLock, pid: i32) -> Holder {
+        let processes = self.processes(lock);
+        self.holder_with(lock, pid, processes)
+    }
+
+    fn holder_with(&mut self, lock: &ProcLock, pid: i32, processes: Vec<Process>) -> Holder {
         Holder {
             backend: lock.backend,
             mode: lock.mode,
@@ -416,11 +513,9 @@ impl Resolver {
             len: lock.range.api_len(),
             pid,
             is_self: pid == self.me,
-            command: self
-                .commands
-                .entry(pid)
-                .or_insert_with(|| command(pid))
-                .clone(),
+            command: self.command_of(pid),
+            processes,
+            lock_file: None,
         }
     }
 }

@@ -268,7 +268,12 @@ impl KernelLock {
             ));
         }
         let st = sys::fstat(fd).map_err(|e| Error::sys(e, "fstat", &name))?;
-        check_file_type(&st, &name)?;
+        // A descriptor is open already: a FIFO, socket or device is locked as flock(1)
+        // locks it (only opening one may block or act). The fair queue opens the file
+        // again, read-write, through /proc: that is for regular files and directories.
+        if options.flags.contains(Flags::FAIR) {
+            check_file_type(&st, &name)?;
+        }
         let status = sys::status_flags(fd).map_err(|e| Error::sys(e, "fcntl(F_GETFL)", &name))?;
         if status & libc::O_PATH != 0 {
             return Err(Error::new(
@@ -1022,6 +1027,22 @@ impl KernelLock {
         Ok(())
     }
 
+    /// What the handles of this process hold on the file (backend, mode, range): the
+    /// locks a [`Resolver`] names this process as the holder of.
+    fn own_locks(&self, key: InodeKey) -> Vec<(Backend, Mode, ByteRange)> {
+        let table = self.table(key);
+        table
+            .get(key)
+            .map(|inode| {
+                inode
+                    .holdings
+                    .iter()
+                    .flat_map(|h| h.ranges.iter().map(move |(r, m)| (h.backend, m, r)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// One lock that conflicts with `mode` on `range`, as [`crate::Lock::query`]
     /// describes.
     pub(crate) fn query(&self, mode: Mode, range: ByteRange) -> Result<Option<Holder>> {
@@ -1056,6 +1077,12 @@ impl KernelLock {
                 pid: me,
                 is_self: true,
                 command: holders::command(me),
+                processes: vec![crate::Process {
+                    pid: me,
+                    command: holders::command(me),
+                    fds: Vec::new(),
+                }],
+                lock_file: None,
             }));
         }
         // The device /proc names the file by: read only when /proc is (a flock query,
@@ -1063,7 +1090,7 @@ impl KernelLock {
         let proc_key = || holders::proc_key(file.fd(), key);
         if self.backend == Backend::Flock {
             let proc_key = proc_key();
-            let mut resolver = Resolver::new(proc_key);
+            let mut resolver = Resolver::new(proc_key).with_own(self.own_locks(key));
             let mut locks: Vec<ProcLock> = holders::proc_locks(proc_key)?
                 .into_iter()
                 .filter(|l| l.backend == Backend::Flock)
@@ -1102,7 +1129,7 @@ impl KernelLock {
                 range,
                 pid,
             };
-            let mut resolver = Resolver::new(proc_key());
+            let mut resolver = Resolver::new(proc_key()).with_own(self.own_locks(key));
             let pid = resolver.pid_of(&lock);
             resolver.holder_with_pid(&lock, pid)
         }))
@@ -1111,12 +1138,12 @@ impl KernelLock {
     /// Every lock on the file, from any process and any mechanism, as /proc/locks
     /// shows it (POSIX locks of this process appear once, as the kernel holds them).
     pub(crate) fn list(&self) -> Result<Vec<Holder>> {
-        let key = {
+        let (key, own) = {
             let file = self.file();
-            holders::proc_key(file.fd(), file.key)
+            (holders::proc_key(file.fd(), file.key), file.key)
         };
         let locks = holders::proc_locks(key)?;
-        let mut resolver = Resolver::new(key);
+        let mut resolver = Resolver::new(key).with_own(self.own_locks(own));
         Ok(locks.iter().map(|l| resolver.holder(l)).collect())
     }
 

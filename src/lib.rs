@@ -209,4 +209,46 @@ pub struct Holder {
     pub is_self: bool,
     /// The holder's command name (`/proc/PID/comm`), "" when unknown.
     pub command: String,
+    /// Every live process that has this lock, lowest pid first: for FLOCK and OFD
+    /// locks each process with a descriptor of the open file description that holds
+    /// it, for POSIX the process that owns it (from the `lock:` lines of
+    /// `/proc/PID/fdinfo`, as lslocks(8) finds its HOLDERS), for DOTLOCK the owner the
+    /// lock file names when it is alive on this host. The inquiring process is left
+    /// out when it only has a copy of another process's descriptor (one it inherited)
+    /// and is not the only one: it is named when one of its handles holds the lock.
+    /// Empty when no live holder can be found (another user's processes, or no /proc).
+    pub processes: Vec<Process>,
+    /// DOTLOCK: the lock file and its owner record; `None` for the kernel's locks.
+    pub lock_file: Option<LockFile>,
+}
+
+/// A process that has a lock ([`Holder::processes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
+    /// Its pid.
+    pub pid: i32,
+    /// Its command name (`/proc/PID/comm`), "" when unknown.
+    pub command: String,
+    /// Its descriptors that have the lock (none for a DOTLOCK owner).
+    pub fds: Vec<i32>,
+}
+
+/// A DOTLOCK lock file and what its owner record says ([`Holder::lock_file`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LockFile {
+    /// The lock file.
+    pub path: std::path::PathBuf,
+    /// The pid on the record's first line, if any (whatever host wrote it).
+    pub pid: Option<i32>,
+    /// The host that made it (`host=`), if the record says.
+    pub host: Option<String>,
+    /// The owner's start time (`start=`, in clock ticks after boot, as field 22 of
+    /// `/proc/PID/stat`), if the record says.
+    pub start: Option<u64>,
+    /// Why the lock file is stale (the next lock call breaks it), `None` while it is
+    /// live or when it is not a lock file a tool could have made.
+    pub stale: Option<String>,
+    /// Why it is not a lock file (it holds the lock while it exists, never broken),
+    /// `None` for a lock record.
+    pub not_a_lock_file: Option<String>,
 }

@@ -415,6 +415,14 @@ impl Lock {
         Ok(out)
     }
 
+    /// DOTLOCK: the stale lock files that this handle's lock calls removed since the
+    /// last call, each as the holder its owner record named, with
+    /// [`crate::LockFile::stale`] saying why it was stale. Empty without DOTLOCK. The
+    /// library prints nothing: this is how a caller learns of a break, to report it.
+    pub fn take_broken(&self) -> Vec<Holder> {
+        self.dot.as_ref().map_or_else(Vec::new, |d| d.take_broken())
+    }
+
     /// Cancels the lock call in progress on this handle, from any thread: it returns
     /// `ECANCELED` (unless the lock was granted first). Returns false, and has no
     /// effect, when no lock call is in progress: a cancel is never remembered for a

@@ -861,3 +861,87 @@ fn closed_handles_keep_no_descriptor() {
         );
     }
 }
+
+/// `unilock_holder_pids` names every process that has a lock's open file description:
+/// this process (its handle holds it) and a child that inherited the descriptor, for
+/// the record `unilock_list` filled; none once the lock is gone; NULL arguments are
+/// refused.
+#[test]
+fn holder_pids_name_every_process_sharing_the_locks_descriptor() {
+    let dir = TempDir::new("holder-pids");
+    let path = dir.0.join("f");
+    let o = options(UNILOCK_BACKEND_FLOCK, UNILOCK_CREATE | UNILOCK_INHERIT);
+    let (rc, l) = open(&path, &o);
+    assert_eq!(rc, 0, "{}", last_error());
+    // SAFETY: `l` is a live handle from unilock_open.
+    let fd = unsafe {
+        assert_eq!(unilock_lock(l, UNILOCK_EXCLUSIVE, 0, 0, 0), 0);
+        unilock_fd(l)
+    };
+    // A child that keeps the inherited descriptor open.
+    let mut child = std::process::Command::new("sleep")
+        .arg("10")
+        .spawn()
+        .unwrap();
+    let child_pid = child.id() as i32;
+    let fdinfo = format!("/proc/{child_pid}/fdinfo/{fd}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&fdinfo).is_ok_and(|t| t.contains("lock:"))
+        || std::fs::read_to_string(format!("/proc/{child_pid}/comm"))
+            .is_ok_and(|c| c.trim() != "sleep")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child has no fd {fd}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let mut record = [blank_holder()];
+    let mut count = 0usize;
+    // SAFETY: a live handle, room for one record, a valid count.
+    assert_eq!(
+        unsafe { unilock_list(l, record.as_mut_ptr(), 1, &mut count) },
+        0
+    );
+    assert_eq!(count, 1);
+    let me = std::process::id() as i32;
+    assert_eq!((record[0].pid, record[0].is_self), (me, 1));
+    let mut pids = [0i32; 4];
+    // SAFETY: valid pointers, `pids` has room for 4.
+    let rc = unsafe { unilock_holder_pids(l, &record[0], pids.as_mut_ptr(), 4, &mut count) };
+    assert_eq!(rc, 0, "{}", last_error());
+    let mut want = [me, child_pid];
+    want.sort_unstable();
+    assert_eq!(&pids[..count], &want[..]);
+    // Counting only.
+    // SAFETY: NULL with cap 0 is allowed; `count` is valid.
+    assert_eq!(
+        unsafe { unilock_holder_pids(l, &record[0], null_mut(), 0, &mut count) },
+        0
+    );
+    assert_eq!(count, 2);
+    // SAFETY: NULL arguments are refused before any use.
+    unsafe {
+        assert_eq!(
+            unilock_holder_pids(l, null(), pids.as_mut_ptr(), 4, &mut count),
+            -libc::EINVAL
+        );
+        assert_eq!(
+            unilock_holder_pids(l, &record[0], null_mut(), 4, &mut count),
+            -libc::EINVAL
+        );
+        assert_eq!(
+            unilock_holder_pids(l, &record[0], pids.as_mut_ptr(), 4, null_mut()),
+            -libc::EINVAL
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // SAFETY: a live handle.
+    assert_eq!(unsafe { unilock_unlock(l, 0, 0) }, 0);
+    // SAFETY: valid pointers.
+    let rc = unsafe { unilock_holder_pids(l, &record[0], pids.as_mut_ptr(), 4, &mut count) };
+    assert_eq!((rc, count), (0, 0));
+    // SAFETY: a live handle, closed once.
+    assert_eq!(unsafe { unilock_close(l) }, 0);
+}

@@ -87,6 +87,16 @@ fn run(tool: &str, args: &[&str]) -> Outcome {
     }
 }
 
+/// The `locks` array of `--list --json` or `--test --json` output.
+fn locks(json: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
+    v["locks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no locks array: {json}"))
+        .clone()
+}
+
 /// Exit code of `sh -c script` (for scripts that run the tools themselves).
 fn sh(script: &str) -> Outcome {
     run("/bin/sh", &["-c", script])
@@ -628,7 +638,7 @@ fn test_says_whether_the_lock_is_free_and_who_holds_it() {
     let file = dir.file("f");
     let out = run(UNILOCK, &["--test", &file]);
     assert_eq!((out.code, out.stdout.as_str()), (0, ""));
-    assert_eq!(run(UNILOCK, &["--test", "--json", &file]).stdout, "null\n");
+    assert!(locks(&run(UNILOCK, &["--test", "--json", &file]).stdout).is_empty());
     for holder_tool in tools() {
         let holder = Holder::start(holder_tool, &["-s"], &file);
         let pid = holder.pid().to_string();
@@ -647,20 +657,26 @@ fn test_says_whether_the_lock_is_free_and_who_holds_it() {
             .split_whitespace()
             .collect::<Vec<_>>();
         assert_eq!(
-            row,
-            ["sleep", &pid, "FLOCK", "shared", "0", "EOF", &file],
+            row[..8],
+            ["sleep", &pid, "FLOCK", "READ", "0", "0", "0", &file],
+            "{}",
+            out.stdout
+        );
+        assert!(
+            row[8].starts_with(&format!("{pid},sleep,")),
             "{}",
             out.stdout
         );
         assert_eq!(run(UNILOCK, &["-E", "3", "--test", &file]).code, 3);
         let out = run(UNILOCK, &["--test", "--json", &file]);
-        assert_eq!(
-            out.stdout,
-            format!(
-                "{{\"command\":\"sleep\",\"pid\":{pid},\"backend\":\"FLOCK\",\"mode\":\"shared\",\
-                 \"start\":0,\"len\":0,\"end\":null,\"path\":\"{file}\"}}\n"
-            )
-        );
+        let found = locks(&out.stdout);
+        assert_eq!(found.len(), 1, "{}", out.stdout);
+        assert_eq!(found[0]["command"], "sleep");
+        assert_eq!(found[0]["pid"], holder.pid());
+        assert_eq!(found[0]["type"], "FLOCK");
+        assert_eq!(found[0]["mode"], "READ");
+        assert_eq!(found[0]["end"], 0);
+        assert_eq!(found[0]["path"], file.as_str());
         // An OFD test does not see a flock lock: the families do not conflict.
         assert_eq!(run(UNILOCK, &["--fcntl", "--test", &file]).code, 0);
     }
@@ -678,9 +694,9 @@ fn list_shows_every_lock_as_a_table_or_json() {
     assert_eq!(out.code, 0);
     assert_eq!(
         out.stdout.lines().collect::<Vec<_>>(),
-        ["COMMAND PID TYPE MODE START END PATH"]
+        ["COMMAND PID TYPE SIZE MODE M START END PATH HOLDERS"]
     );
-    assert_eq!(run(UNILOCK, &["--list", "--json", &file]).stdout, "[]\n");
+    assert!(locks(&run(UNILOCK, &["--list", "--json", &file]).stdout).is_empty());
     let a = Holder::start(tools()[0], &["-s"], &file);
     let b = Holder::start(UNILOCK, &["-s"], &file);
     let c = Holder::start(UNILOCK, &["--range", "100:50"], &file);
@@ -694,27 +710,54 @@ fn list_shows_every_lock_as_a_table_or_json() {
         .collect();
     assert_eq!(rows.len(), 3, "{}", out.stdout);
     for (holder, kind, mode, start, end) in [
-        (&a, "FLOCK", "shared", "0", "EOF"),
-        (&b, "FLOCK", "shared", "0", "EOF"),
-        (&c, "OFD", "exclusive", "100", "149"),
+        (&a, "FLOCK", "READ", "0", "0"),
+        (&b, "FLOCK", "READ", "0", "0"),
+        (&c, "OFDLCK", "WRITE", "100", "149"),
     ] {
         let pid = holder.pid().to_string();
-        let row = ["sleep", pid.as_str(), kind, mode, start, end, file.as_str()];
+        let row = [
+            "sleep",
+            pid.as_str(),
+            kind,
+            mode,
+            "0",
+            start,
+            end,
+            file.as_str(),
+        ];
+        let holders = format!("{pid},sleep,");
         assert!(
-            rows.iter().any(|r| r[..] == row[..]),
+            rows.iter()
+                .any(|r| r[..8] == row[..] && r[8].starts_with(&holders)),
             "{row:?} in\n{}",
             out.stdout
         );
     }
     let json = run(UNILOCK, &["--list", "--json", &file]).stdout;
-    assert!(json.starts_with("[\n") && json.ends_with("\n]\n"), "{json}");
-    assert_eq!(json.matches("\"command\":\"sleep\"").count(), 3, "{json}");
-    let ofd = format!(
-        "{{\"command\":\"sleep\",\"pid\":{},\"backend\":\"OFD\",\"mode\":\"exclusive\",\"start\":100,\
-         \"len\":50,\"end\":149,\"path\":\"{file}\"}}",
-        c.pid()
+    let found = locks(&json);
+    assert_eq!(found.len(), 3, "{json}");
+    assert!(found.iter().all(|l| l["command"] == "sleep"), "{json}");
+    let ofd = found
+        .iter()
+        .find(|l| l["type"] == "OFDLCK")
+        .unwrap_or_else(|| panic!("no OFD lock in {json}"));
+    assert_eq!(
+        (
+            &ofd["pid"],
+            &ofd["mode"],
+            &ofd["start"],
+            &ofd["end"],
+            &ofd["path"]
+        ),
+        (
+            &serde_json::json!(c.pid()),
+            &serde_json::json!("WRITE"),
+            &serde_json::json!(100),
+            &serde_json::json!(149),
+            &serde_json::json!(file)
+        ),
+        "{json}"
     );
-    assert!(json.contains(&ofd), "{json}");
 }
 
 #[test]
@@ -781,32 +824,27 @@ fn unilock_usage_errors_exit_64() {
         &["-u", "--test", &file],
         &["-w", "-1", &file, "true"],
         &["-b", "posix", "9"],
+        // Impossible combinations.
+        &["-s", "-b", "dotlock", &file, "true"],
+        &["-b", "dotlock", "9"],
+        &["-b", "dotlock", "--fd", "9", "true"],
+        &["-b", "posix", "--fd", "9", "true"],
+        &["--unlink", "9"],
+        &["--test", "--list", &file],
+        &["--list", "--test", &file],
+        &["--fair", "-b", "dotlock", &file, "true"],
+        &["--unlink", "-b", "flock,ofd", &file, "true"],
+        &["--unlink", "-b", "dotlock", &file, "true"],
+        &["--output", "PID", &file, "true"],
+        &["--list", "--output", "PID,NOPE", &file],
+        &["--list", "--raw", "--json", &file],
+        &["--fd", "x", "true"],
+        &["--fd", "9", "--list", &file],
     ] {
         let out = run(UNILOCK, args);
         assert_eq!(out.code, 64, "{args:?}: {}", out.stderr);
         assert!(
             out.stderr.starts_with("unilock: "),
-            "{args:?}: {}",
-            out.stderr
-        );
-    }
-}
-
-#[test]
-fn unsupported_features_are_reported_as_such() {
-    let dir = TempDir::new("unsupported");
-    let file = dir.file("f");
-    for (args, option) in [
-        (&["--fair", "-b", "dotlock"][..], "--fair"),
-        (&["--unlink", "-b", "flock,ofd"], "--unlink"),
-    ] {
-        let mut all = args.to_vec();
-        all.extend([file.as_str(), "true"]);
-        let out = run(UNILOCK, &all);
-        assert_eq!(out.code, 69, "{args:?}: {}", out.stderr);
-        assert!(
-            out.stderr
-                .starts_with(&format!("unilock: {option}: not supported")),
             "{args:?}: {}",
             out.stderr
         );
@@ -967,6 +1005,11 @@ fn help_and_version() {
         "--test",
         "--list",
         "--json",
+        "--fd",
+        "--output",
+        "--noheadings",
+        "--raw",
+        "--bytes",
         "--help",
         "--version",
     ] {
@@ -1236,4 +1279,417 @@ fn ignored_signals_stay_ignored_and_the_command_starts_with_none_blocked() {
             "{options:?}: SIGINT is ignored"
         );
     }
+}
+
+/// `( unilock 9; unilock --test f; unilock --list f ) 9>f`: the lock belongs to the
+/// subshell's descriptor, which the `unilock 9` that took it (gone) and the listing
+/// `unilock` (which inherited it) shared. Both reports name the subshell, the real
+/// holder, with its descriptor 9, and never a `unilock` process.
+#[test]
+fn the_descriptor_form_names_the_shell_that_holds_the_descriptor() {
+    let dir = TempDir::new("fd-holder");
+    let file = dir.path("s.lock");
+    let script = format!(
+        "( '{UNILOCK}' 9; sh -c 'echo subshell=$PPID'; \
+           '{UNILOCK}' --test '{file}'; echo test=$?; \
+           '{UNILOCK}' --list --json '{file}'; \
+           '{UNILOCK}' --list --noheadings --output PID,COMMAND,HOLDERS '{file}'; echo end \
+         ) 9>'{file}'"
+    );
+    let out = sh(&script);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let shell: i64 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("subshell="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    let comm = "sh";
+    // --test: conflict, the subshell named in the table.
+    assert!(out.stdout.contains("test=1"), "{}", out.stdout);
+    let test_row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(comm) && l.contains("FLOCK"))
+        .unwrap_or_else(|| panic!("no --test row in {}", out.stdout));
+    assert_eq!(
+        test_row.split_whitespace().nth(1),
+        Some(shell.to_string().as_str()),
+        "{}",
+        out.stdout
+    );
+    // --list --json: the subshell as PID and as the one holder, through descriptor 9.
+    let start = out.stdout.find('{').unwrap();
+    let end = out.stdout.rfind('}').unwrap();
+    let found = locks(&out.stdout[start..=end]);
+    assert_eq!(found.len(), 1, "{}", out.stdout);
+    assert_eq!(found[0]["pid"], shell, "{}", out.stdout);
+    assert_eq!(found[0]["command"], comm, "{}", out.stdout);
+    assert_eq!(
+        found[0]["holders"],
+        serde_json::json!([format!("{shell},{comm},9")]),
+        "{}",
+        out.stdout
+    );
+    // The table: the same, without a header.
+    let last = out.stdout.lines().rev().nth(1).unwrap();
+    assert_eq!(
+        last.split_whitespace().collect::<Vec<_>>(),
+        [
+            shell.to_string(),
+            comm.to_string(),
+            format!("{shell},{comm},9")
+        ],
+        "{}",
+        out.stdout
+    );
+}
+
+/// flock(1) locks any descriptor it is given, a character device or a pipe too (the
+/// descriptor is open already: only opening such a file may block); unilock does the
+/// same, and still refuses to open a FIFO by path.
+#[test]
+fn descriptors_of_devices_and_pipes_are_locked_as_flock_locks_them() {
+    for tool in tools() {
+        for script in [
+            format!("( '{tool}' 9 ) 9>/dev/null"),
+            format!("( '{tool}' -s 9 ) 9</dev/null"),
+            format!("echo x | '{tool}' 0"),
+            format!("( '{tool}' --fcntl 9 ) 9>/dev/null"),
+        ] {
+            if tool != UNILOCK && script.contains("--fcntl") && !flock_has_fcntl() {
+                continue;
+            }
+            let out = sh(&script);
+            assert_eq!(out.code, 0, "{script}: {}", out.stderr);
+        }
+    }
+    let dir = TempDir::new("fifo-path");
+    let fifo = dir.path("fifo");
+    assert_eq!(sh(&format!("mkfifo '{fifo}'")).code, 0);
+    let out = run(UNILOCK, &["-n", &fifo, "true"]);
+    assert_eq!(out.code, 66, "{}", out.stderr);
+}
+
+/// Whether the installed flock(1) has `--fcntl` (util-linux 2.40 and later).
+fn flock_has_fcntl() -> bool {
+    run(FLOCK, &["--help"]).stdout.contains("--fcntl")
+}
+
+/// `--fd N COMMAND`: the descriptor's open file description is locked for the
+/// command, which gets the descriptor unless `--close`; the lock stays with the
+/// caller's descriptor until `-u --fd N` (or its close).
+#[test]
+fn fd_option_locks_a_descriptor_for_a_command_and_close_keeps_it_from_the_command() {
+    let dir = TempDir::new("fd-option");
+    let file = dir.file("f");
+    let script = format!(
+        "( '{UNILOCK}' --fd 9 sh -c 'test -e /proc/self/fd/9 && echo command-has-9'; \
+           echo run=$?; \
+           '{UNILOCK}' -n '{file}' true; echo other=$?; \
+           '{UNILOCK}' --close --fd 9 -c 'test -e /proc/self/fd/9 || echo closed-9'; \
+           '{UNILOCK}' -u --fd 9 true; \
+           '{UNILOCK}' -n '{file}' true; echo after-unlock=$? \
+         ) 9>'{file}'"
+    );
+    let out = sh(&script);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        [
+            "command-has-9",
+            "run=0",
+            "other=1",
+            "closed-9",
+            "after-unlock=0"
+        ],
+        "{}",
+        out.stderr
+    );
+    // A busy descriptor: the conflict code, the command not run.
+    let _holder = Holder::start(UNILOCK, &[], &file);
+    let out = sh(&format!(
+        "( '{UNILOCK}' -n -E 7 --fd 9 echo ran ) 9<'{file}'"
+    ));
+    assert_eq!((out.code, out.stdout.as_str()), (7, ""), "{}", out.stderr);
+}
+
+/// `--list FILE` shows the DOTLOCK lock file FILE.lock and its owner record (pid,
+/// host, start time, and why it is stale); `--verbose` says when a lock call removes
+/// a stale lock file, and why.
+#[test]
+fn list_shows_dotlock_lock_files_and_verbose_says_when_one_is_broken() {
+    let dir = TempDir::new("list-dotlock");
+    let file = dir.file("mbox");
+    let lock_file = format!("{file}.lock");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim();
+    // A lock file of a process of this host that is gone: stale.
+    let gone = 999_999_999;
+    std::fs::write(&lock_file, format!("{gone}\nstart=42\nhost={host}\n")).unwrap();
+    let out = run(UNILOCK, &["--list", "--json", &file]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let found = locks(&out.stdout);
+    assert_eq!(found.len(), 1, "{}", out.stdout);
+    let l = &found[0];
+    assert_eq!(
+        (
+            &l["type"],
+            &l["pid"],
+            &l["path"],
+            &l["host"],
+            &l["starttime"]
+        ),
+        (
+            &serde_json::json!("DOTLOCK"),
+            &serde_json::json!(gone),
+            &serde_json::json!(lock_file),
+            &serde_json::json!(host),
+            &serde_json::json!(42)
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        l["stale"].as_str().is_some_and(|s| s.contains("is gone")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(l["holders"], serde_json::json!([]), "{}", out.stdout);
+    let table = run(UNILOCK, &["--list", &file]).stdout;
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("HOST STARTTIME STALE"),
+        "{table}"
+    );
+    // Taking the set breaks it, and says so.
+    let out = run(
+        UNILOCK,
+        &["--verbose", "-b", "dotlock,flock", &file, "true"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "unilock: removed the stale lock file {lock_file} of pid {gone} (host {host}): \
+             its owner, process {gone}, is gone"
+        )),
+        "{}",
+        out.stderr
+    );
+    // A live lock file: its owner (the unilock process that made it) as PID and holder.
+    let script = format!("'{UNILOCK}' --list --json '{file}'; echo owner=$PPID");
+    let out = run(UNILOCK, &["-b", "dotlock", &lock_file, "sh", "-c", &script]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let owner: i64 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("owner="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let json = &out.stdout[..out.stdout.rfind('}').unwrap() + 1];
+    let found = locks(json);
+    assert_eq!(found.len(), 1, "{json}");
+    assert_eq!(found[0]["pid"], owner, "{json}");
+    assert_eq!(found[0]["stale"], serde_json::Value::Null, "{json}");
+    assert_eq!(
+        found[0]["holders"],
+        serde_json::json!([format!("{owner},unilock,-1")]),
+        "{json}"
+    );
+    // Without --verbose nothing is said about a break.
+    std::fs::write(&lock_file, format!("{gone}\nhost={host}\n")).unwrap();
+    let out = run(UNILOCK, &["-b", "dotlock", &lock_file, "true"]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+}
+
+/// The output options of `--list`, as lslocks has them.
+#[test]
+fn list_output_columns_noheadings_raw_and_bytes() {
+    let dir = TempDir::new("list-output");
+    let file = dir.file("f");
+    std::fs::write(&file, vec![b'x'; 1536]).unwrap();
+    let holder = Holder::start(UNILOCK, &[], &file);
+    let pid = holder.pid();
+    let out = run(UNILOCK, &["--list", "--output", "pid,size,type", &file]);
+    let lines: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let pid_text = pid.to_string();
+    assert_eq!(
+        lines,
+        [
+            vec!["PID", "SIZE", "TYPE"],
+            vec![pid_text.as_str(), "1.5K", "FLOCK"]
+        ],
+        "{}",
+        out.stdout
+    );
+    let out = run(
+        UNILOCK,
+        &[
+            "--list",
+            "--raw",
+            "--noheadings",
+            "--bytes",
+            "--output",
+            "+INODE",
+            &file,
+        ],
+    );
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&file).unwrap());
+    let fields: Vec<&str> = out.stdout.trim_end().split(' ').collect();
+    assert_eq!(fields.len(), 11, "{}", out.stdout);
+    assert_eq!(
+        (fields[0], fields[1], fields[3], fields[10]),
+        (
+            "sleep",
+            pid.to_string().as_str(),
+            "1536",
+            ino.to_string().as_str()
+        ),
+        "{}",
+        out.stdout
+    );
+    let found = locks(&run(UNILOCK, &["--list", "--json", "--bytes", &file]).stdout);
+    assert_eq!(found[0]["size"], 1536);
+    let found = locks(&run(UNILOCK, &["--list", "--json", &file]).stdout);
+    assert_eq!(found[0]["size"], "1.5K");
+}
+
+/// Every JSON document of `--list --json` and `--test --json` is valid against
+/// docs/locks.schema.json, with every column: types, enums, and no unknown key.
+#[test]
+fn json_output_follows_the_documented_schema() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/locks.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let props = schema["$defs"]["lock"]["properties"].as_object().unwrap();
+    let all: Vec<String> = props.keys().map(|k| k.to_ascii_uppercase()).collect();
+    let all = all.join(",");
+    let dir = TempDir::new("schema");
+    let file = dir.file("f");
+    std::fs::write(format!("{file}.lock"), "999999999\nhost=elsewhere\n").unwrap();
+    let _a = Holder::start(UNILOCK, &["-s"], &file);
+    let _b = Holder::start(UNILOCK, &["--range", "10:5"], &file);
+    let _c = Holder::start(UNILOCK, &["-b", "posix", "--range", "20:0"], &file);
+    let mut documents = Vec::new();
+    for extra in [
+        &[][..],
+        &["--bytes"],
+        &["--output", &all],
+        &["--output", "+BLOCKER"],
+    ] {
+        let mut args = vec!["--list", "--json"];
+        args.extend_from_slice(extra);
+        args.push(&file);
+        documents.push(run(UNILOCK, &args).stdout);
+    }
+    documents.push(run(UNILOCK, &["--test", "--json", &file]).stdout);
+    documents.push(
+        run(
+            UNILOCK,
+            &["--test", "--json", "-s", "--range", "0:5", &file],
+        )
+        .stdout,
+    );
+    let mut kinds = std::collections::HashSet::new();
+    for doc in &documents {
+        let v: serde_json::Value =
+            serde_json::from_str(doc).unwrap_or_else(|e| panic!("{e}: {doc}"));
+        let top = v.as_object().unwrap();
+        assert_eq!(top.keys().collect::<Vec<_>>(), ["locks"], "{doc}");
+        for lock in v["locks"].as_array().unwrap() {
+            for (key, value) in lock.as_object().unwrap() {
+                let rule = props
+                    .get(key)
+                    .unwrap_or_else(|| panic!("undocumented key {key}: {doc}"));
+                assert!(
+                    conforms(value, rule),
+                    "{key}: {value} against {rule}: {doc}"
+                );
+            }
+            kinds.insert(lock["type"].as_str().unwrap_or("").to_string());
+        }
+    }
+    // The documents cover every kind of lock, and the default keys are there.
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    let first = locks(&documents[0]);
+    for key in [
+        "command", "pid", "type", "size", "mode", "m", "start", "end", "path", "holders",
+    ] {
+        assert!(
+            first.iter().all(|l| l.get(key).is_some()),
+            "{key}: {}",
+            documents[0]
+        );
+    }
+}
+
+/// A JSON value against the subset of JSON Schema that docs/locks.schema.json uses:
+/// `type` (one or a list), `enum`, `minimum`, `items` and `pattern` (a prefix check
+/// of the holders' "PID,COMMAND,FD" shape).
+fn conforms(value: &serde_json::Value, rule: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    if let Some(options) = rule["enum"].as_array() {
+        return options.contains(value);
+    }
+    let types: Vec<&str> = match &rule["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => return false,
+    };
+    let typed = types.iter().any(|t| match *t {
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "boolean" => value.is_boolean(),
+        "null" => value.is_null(),
+        "array" => value.is_array(),
+        _ => false,
+    });
+    if !typed {
+        return false;
+    }
+    if let (Some(min), Some(n)) = (rule["minimum"].as_i64(), value.as_i64()) {
+        if n < min {
+            return false;
+        }
+    }
+    if let (Some(items), Some(rule)) = (value.as_array(), rule.get("items")) {
+        return items.iter().all(|item| {
+            conforms(item, rule)
+                && item.as_str().is_none_or(|s| {
+                    let parts: Vec<&str> = s.split(',').collect();
+                    parts.len() >= 3
+                        && parts[0].parse::<i64>().is_ok()
+                        && parts[parts.len() - 1].parse::<i64>().is_ok()
+                })
+        });
+    }
+    true
+}
+
+/// `--fair` on a file it cannot open for writing (a directory here) is a usage error
+/// whose message says what to do instead.
+#[test]
+fn fair_on_a_file_that_cannot_be_written_says_what_to_do() {
+    let dir = TempDir::new("fair-dir");
+    let sub = dir.path("d");
+    std::fs::create_dir(&sub).unwrap();
+    let out = run(UNILOCK, &["--fair", "-n", &sub, "true"]);
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("run without --fair") && !out.stderr.contains("2^62"),
+        "{}",
+        out.stderr
+    );
 }

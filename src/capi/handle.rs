@@ -121,7 +121,8 @@ pub struct unilock_holder {
     pub start: u64,
     /// Length; 0 means to the end of the file and beyond.
     pub len: u64,
-    /// A live process that holds it; -1 when it cannot be known.
+    /// A live process that holds it (this process when one of its handles does); -1
+    /// when it cannot be known. Every process that has it: `unilock_holder_pids`.
     pub pid: i32,
     /// 1 when this process holds it.
     pub is_self: i32,

@@ -28,11 +28,13 @@ macro_rules! safety {
 pub mod boundary;
 pub mod error;
 pub mod handle;
+pub mod holder;
 pub(crate) mod registry;
 pub mod version;
 
 pub use error::{unilock_last_error, unilock_strerror};
 pub use handle::*;
+pub use holder::*;
 pub use version::*;
 
 /// The wait mechanism in use (for the benchmarks' report), "not yet chosen" before the

@@ -30,6 +30,9 @@ pub enum Target {
     },
     /// `FD`: a descriptor the caller opened; no command.
     Descriptor(i32),
+    /// `--fd FD COMMAND...` or `--fd FD -c COMMAND`: lock a descriptor the caller
+    /// opened and run the command (util-linux's newer flock(1)).
+    DescriptorCommand { fd: i32, command: Vec<OsString> },
     /// `--test FILE` / `--list FILE`.
     Report { path: OsString, kind: Report },
 }
@@ -61,6 +64,9 @@ pub struct Invocation {
     pub stale_after_s: Option<u32>,
     pub create_mode: Option<u32>,
     pub json: bool,
+    /// How `--test` and `--list` print (`--output`, `--noheadings`, `--raw`,
+    /// `--bytes`).
+    pub table: crate::report::Style,
     pub target: Target,
 }
 
@@ -128,6 +134,11 @@ enum Opt {
     Test,
     List,
     Json,
+    Fd,
+    Output,
+    NoHeadings,
+    Raw,
+    Bytes,
 }
 
 struct LongOption {
@@ -177,6 +188,11 @@ const EXTRA_LONG: &[LongOption] = &[
     long("test", false, Opt::Test),
     long("list", false, Opt::List),
     long("json", false, Opt::Json),
+    long("fd", true, Opt::Fd),
+    long("output", true, Opt::Output),
+    long("noheadings", false, Opt::NoHeadings),
+    long("raw", false, Opt::Raw),
+    long("bytes", false, Opt::Bytes),
 ];
 
 /// flock's short options `+sexnoFuw:E:hV?`, plus `-b`.
@@ -245,7 +261,14 @@ struct Settings {
     stale_after_s: Option<u32>,
     create_mode: Option<u32>,
     report: Option<Report>,
+    /// Both `--test` and `--list` were given.
+    test_and_list: bool,
     json: bool,
+    fd: Option<i32>,
+    output: Option<String>,
+    noheadings: bool,
+    raw: bool,
+    bytes: bool,
 }
 
 fn text(value: &OsStr) -> String {
@@ -315,7 +338,7 @@ fn parse_backends(value: &OsStr) -> Result<u32, UsageError> {
     for name in s.split(',') {
         bits |= match name.trim().to_ascii_lowercase().as_str() {
             "flock" => Backend::Flock as u32,
-            "ofd" | "fcntl" => Backend::Ofd as u32,
+            "ofd" | "ofdlck" | "fcntl" => Backend::Ofd as u32,
             "posix" => Backend::Posix as u32,
             "dotlock" => Backend::Dotlock as u32,
             _ => {
@@ -329,7 +352,7 @@ fn parse_backends(value: &OsStr) -> Result<u32, UsageError> {
     let fcntl = Backend::Ofd as u32 | Backend::Posix as u32;
     if bits & fcntl == fcntl {
         return Err(UsageError::plain(
-            "the ofd and posix backends cannot be combined: choose one fcntl mechanism",
+            "the OFD and POSIX backends cannot be combined: choose one fcntl mechanism",
         ));
     }
     Ok(bits)
@@ -403,9 +426,32 @@ fn apply(
         Opt::Stale => settings.stale_after_s = Some(parse_stale(value())?),
         Opt::Mode => settings.create_mode = Some(parse_mode(value())?),
         Opt::Follow => settings.follow = true,
-        Opt::Test => settings.report = Some(Report::Test),
-        Opt::List => settings.report = Some(Report::List),
+        Opt::Test | Opt::List => {
+            let kind = if opt == Opt::Test {
+                Report::Test
+            } else {
+                Report::List
+            };
+            if settings.report.is_some_and(|k| k != kind) {
+                settings.test_and_list = true;
+            }
+            settings.report = Some(kind);
+        }
         Opt::Json => settings.json = true,
+        Opt::Fd => {
+            let s = text(value());
+            let fd = s
+                .trim_start()
+                .parse::<i32>()
+                .ok()
+                .filter(|&fd| fd >= 0)
+                .ok_or_else(|| UsageError::plain(format!("bad file descriptor: '{s}'")))?;
+            settings.fd = Some(fd);
+        }
+        Opt::Output => settings.output = Some(text(value())),
+        Opt::NoHeadings => settings.noheadings = true,
+        Opt::Raw => settings.raw = true,
+        Opt::Bytes => settings.bytes = true,
     }
     Ok(None)
 }
@@ -428,6 +474,9 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, UsageError> {
         }
         if arg.len() < 2 || arg[0] != b'-' {
             break; // the first operand: options end here
+        }
+        if settings.fd.is_some() && (arg == b"-c" || arg == b"--command") {
+            break; // `--fd N -c COMMAND`: the command string follows
         }
         i += 1;
         if let Some(body) = arg.strip_prefix(b"--") {
@@ -521,19 +570,111 @@ fn finish(s: Settings, operands: &[OsString]) -> Result<Invocation, UsageError> 
     let whole_file_only = Backend::Flock as u32 | Backend::Dotlock as u32;
     if ranged && (backends == 0 || backends & whole_file_only != 0) {
         return Err(UsageError::plain(
-            "a byte range needs the ofd or posix backend: flock and dotlock lock whole files",
+            "a byte range needs the OFD or POSIX backend: FLOCK and DOTLOCK lock whole files",
         ));
     }
-    if s.stale_after_s.is_some() && backends & Backend::Dotlock as u32 == 0 {
+    let dotlock = backends & Backend::Dotlock as u32 != 0;
+    if s.stale_after_s.is_some() && !dotlock {
         return Err(UsageError::plain(
-            "--stale applies to the dotlock backend only",
+            "--stale applies to DOTLOCK lock files only: add -b dotlock, or drop --stale",
+        ));
+    }
+    if s.fair && dotlock {
+        return Err(UsageError::plain(
+            "--fair cannot queue for a DOTLOCK lock file: drop --fair, or use -b flock, \
+             ofd or posix",
+        ));
+    }
+    let kernel_backends = (backends & !(Backend::Dotlock as u32)).count_ones();
+    if s.unlink && (dotlock || kernel_backends > 1) {
+        return Err(UsageError::plain(
+            "--unlink works with one backend among flock, ofd and posix (a DOTLOCK lock \
+             file is removed at every release anyway): drop --unlink, or choose one backend",
+        ));
+    }
+    if s.test_and_list {
+        return Err(UsageError::plain(
+            "--test and --list cannot be combined: --list prints every lock on the file, \
+             --test whether this lock could be taken; run them one after the other",
         ));
     }
     if s.json && s.report.is_none() {
         return Err(UsageError::plain("--json needs --test or --list"));
     }
+    for (given, option) in [
+        (s.output.is_some(), "--output"),
+        (s.noheadings, "--noheadings"),
+        (s.raw, "--raw"),
+        (s.bytes, "--bytes"),
+    ] {
+        if given && s.report.is_none() {
+            return Err(UsageError::plain(format!(
+                "{option} needs --test or --list"
+            )));
+        }
+    }
+    if s.raw && s.json {
+        return Err(UsageError::plain(
+            "--raw and --json cannot be combined: choose one output format",
+        ));
+    }
+    let table = crate::report::Style::new(s.output.as_deref(), s.noheadings, s.raw, s.bytes)
+        .map_err(UsageError::plain)?;
     let operation = s.operation.unwrap_or(Operation::Lock(Mode::Exclusive));
-    let target = if let Some(kind) = s.report {
+    if operation == Operation::Lock(Mode::Shared) && dotlock && s.report.is_none() {
+        return Err(UsageError::plain(
+            "a DOTLOCK lock file is exclusive only: drop -s, or use -b flock, ofd or posix \
+             for a shared lock",
+        ));
+    }
+    if s.fd.is_some() && s.report.is_some() {
+        return Err(UsageError::plain(
+            "--fd cannot be combined with --test or --list, which take a file",
+        ));
+    }
+    let descriptor_checks = |what: &str| -> Result<(), UsageError> {
+        if dotlock {
+            return Err(UsageError::plain(format!(
+                "the DOTLOCK backend needs a path (its lock file is made by name), not {what}: \
+                 give the file, as in 'unilock -b dotlock FILE COMMAND'"
+            )));
+        }
+        if backends & Backend::Posix as u32 != 0 {
+            return Err(UsageError::plain(format!(
+                "a POSIX lock belongs to the process that takes it and would end when \
+                 this command exits, so it cannot be taken on {what}: use -b flock or \
+                 ofd, or give the file"
+            )));
+        }
+        if s.unlink {
+            return Err(UsageError::plain(format!(
+                "--unlink needs a path to delete, not {what}: give the file, or drop --unlink"
+            )));
+        }
+        Ok(())
+    };
+    let target = if let Some(fd) = s.fd {
+        descriptor_checks("a descriptor")?;
+        match operands {
+            [] => Target::Descriptor(fd),
+            [flag, rest @ ..] if flag == "-c" || flag == "--command" => {
+                let [command] = rest else {
+                    return Err(UsageError::plain(format!(
+                        "{} requires exactly one command argument",
+                        text(flag)
+                    )));
+                };
+                Target::DescriptorCommand {
+                    fd,
+                    command: shell_command(command),
+                }
+            }
+            command => Target::DescriptorCommand {
+                fd,
+                command: command.to_vec(),
+            },
+        }
+    } else if let Some(kind) = s.report {
         let option = match kind {
             Report::Test => "--test",
             Report::List => "--list",
@@ -568,12 +709,7 @@ fn finish(s: Settings, operands: &[OsString]) -> Result<Invocation, UsageError> 
                     .trim_start()
                     .parse()
                     .map_err(|_| UsageError::plain(format!("bad file descriptor: '{text}'")))?;
-                if backends & Backend::Posix as u32 != 0 {
-                    return Err(UsageError::plain(
-                        "a POSIX lock belongs to the process that takes it and would end when \
-                         this command exits: lock a descriptor with the flock or ofd backend",
-                    ));
-                }
+                descriptor_checks("a descriptor")?;
                 Target::Descriptor(n)
             }
             [path, flag, rest @ ..] if flag == "-c" || flag == "--command" => {
@@ -583,12 +719,9 @@ fn finish(s: Settings, operands: &[OsString]) -> Result<Invocation, UsageError> 
                         text(flag)
                     )));
                 };
-                let shell = std::env::var_os("SHELL")
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| OsString::from("/bin/sh"));
                 Target::File {
                     path: path.clone(),
-                    command: vec![shell, OsString::from("-c"), command.clone()],
+                    command: shell_command(command),
                 }
             }
             [path, command @ ..] => Target::File {
@@ -619,8 +752,17 @@ fn finish(s: Settings, operands: &[OsString]) -> Result<Invocation, UsageError> 
         stale_after_s: s.stale_after_s,
         create_mode: s.create_mode,
         json: s.json,
+        table,
         target,
     })
+}
+
+/// `$SHELL -c COMMAND` (`/bin/sh` when `SHELL` is unset or empty), as flock's `-c`.
+fn shell_command(command: &OsString) -> Vec<OsString> {
+    let shell = std::env::var_os("SHELL")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| OsString::from("/bin/sh"));
+    vec![shell, OsString::from("-c"), command.clone()]
 }
 
 #[cfg(test)]
@@ -788,7 +930,7 @@ mod tests {
         assert_eq!((inv.backends, inv.range), (Backend::Posix as u32, (10, 0)));
         let inv = invocation(&["--start", "0x10", "--length", "4", "f", "x"]);
         assert_eq!((inv.backends, inv.range), (Backend::Ofd as u32, (16, 4)));
-        assert!(message(&["-b", "flock", "--range", "1:2", "f", "x"]).contains("ofd or posix"));
+        assert!(message(&["-b", "flock", "--range", "1:2", "f", "x"]).contains("OFD or POSIX"));
         assert!(message(&["--range", "a:b", "f", "x"]).starts_with("invalid range"));
     }
 
@@ -818,6 +960,51 @@ mod tests {
         assert!(message(&["--list", "f", "ls"]).contains("no command"));
         assert!(message(&["--json", "f", "ls"]).contains("--test or --list"));
         assert!(message(&["-u", "--test", "f"]).contains("--unlock"));
+    }
+
+    #[test]
+    fn fd_option_takes_a_command_or_a_command_string() {
+        let inv = invocation(&["--fd", "9", "ls", "-l"]);
+        assert_eq!(
+            inv.target,
+            Target::DescriptorCommand {
+                fd: 9,
+                command: vec!["ls".into(), "-l".into()]
+            }
+        );
+        let Target::DescriptorCommand { command, .. } =
+            invocation(&["-n", "--fd=3", "-c", "echo hi"]).target
+        else {
+            panic!()
+        };
+        assert_eq!(command[1..], ["-c", "echo hi"]);
+        assert_eq!(invocation(&["--fd", "4"]).target, Target::Descriptor(4));
+        assert!(message(&["--fd", "-1", "true"]).starts_with("bad file descriptor"));
+        assert!(message(&["--fd", "3", "-c"]).contains("exactly one command"));
+    }
+
+    #[test]
+    fn impossible_combinations_say_what_to_do_instead() {
+        for (args, advice) in [
+            (&["-s", "-b", "dotlock", "f", "x"][..], "drop -s"),
+            (&["-b", "dotlock", "9"], "give the file"),
+            (&["--unlink", "--fd", "9", "x"], "drop --unlink"),
+            (&["--test", "--list", "f"], "one after the other"),
+            (&["--fair", "-b", "dotlock", "f", "x"], "drop --fair"),
+            (&["--stale", "1", "f", "x"], "add -b dotlock"),
+            (&["--raw", "f", "x"], "--test or --list"),
+        ] {
+            assert!(
+                message(args).contains(advice),
+                "{args:?}: {}",
+                message(args)
+            );
+        }
+        // A shared lock with DOTLOCK is fine to ask about.
+        assert!(matches!(
+            invocation(&["-s", "-b", "dotlock", "--test", "f"]).target,
+            Target::Report { .. }
+        ));
     }
 
     #[test]

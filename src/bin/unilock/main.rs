@@ -19,7 +19,7 @@ mod sys;
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use args::{Invocation, Operation, Parsed, Report, Target};
@@ -127,6 +127,7 @@ impl Cli {
         let result = match &self.inv.target {
             Target::File { path, command } => self.lock_file(path, command),
             Target::Descriptor(fd) => self.lock_descriptor(*fd).map(End::Code),
+            Target::DescriptorCommand { fd, command } => self.lock_descriptor_for(*fd, command),
             Target::Report { path, kind } => self.report(path, *kind).map(End::Code),
         };
         result.unwrap_or_else(|Exit(code)| End::Code(code))
@@ -182,14 +183,42 @@ impl Cli {
     }
 
     /// flock's codes for a failed lock call (`subject` is the file or the descriptor
-    /// number): 71 for ENOLCK and ENOMEM, 65 otherwise; 66 when `--fair` cannot open
-    /// the file read-write for its queue.
+    /// number): 71 for ENOLCK and ENOMEM, 65 otherwise; when `--fair` cannot open the
+    /// file read-write for its queue, 64 where the file cannot be written (a usage
+    /// error: the option does not fit the file), 66 otherwise.
     fn lock_failed(&self, subject: &str, e: &Error, read_only_code: i32) -> Exit {
         match e.errno() {
             libc::EOPNOTSUPP => self.fail(EX_UNAVAILABLE, &unsupported(e)),
             // The fair queue could not open the file read-write.
-            _ if e.detail().contains("UNILOCK_FAIR") => {
-                self.fail(EX_NOINPUT, &format!("--fair: {}", e.detail()))
+            errno if e.detail().contains("UNILOCK_FAIR") => {
+                let why = match errno {
+                    libc::EACCES | libc::EPERM => "this process may not write it",
+                    libc::EROFS => "it is on a read-only file system",
+                    libc::EISDIR => "it is a directory",
+                    libc::ENOENT => {
+                        return self.fail(
+                            EX_NOINPUT,
+                            "--fair needs /proc, which is not mounted: run without --fair",
+                        );
+                    }
+                    _ => {
+                        return self.fail(
+                            EX_NOINPUT,
+                            &format!(
+                                "--fair cannot open {subject} read-write for its queue: {}",
+                                sys::strerror(errno)
+                            ),
+                        );
+                    }
+                };
+                self.fail(
+                    EX_USAGE,
+                    &format!(
+                        "--fair keeps its queue in locks that need {subject} open for \
+                         writing, and {why}: run without --fair, or lock a file this \
+                         process can write"
+                    ),
+                )
             }
             // A byte range into the offsets the library reserves.
             libc::EINVAL => self.fail(EX_USAGE, e.detail()),
@@ -340,20 +369,45 @@ impl Cli {
     /// (flock(1) on a descriptor); `-u FD` releases it.
     fn lock_descriptor(&self, fd: i32) -> Result<i32, Exit> {
         let subject = fd.to_string();
+        let lock = self.descriptor_handle(fd)?;
+        self.operate(&lock, &subject, EX_DATAERR, None)?;
+        std::mem::forget(lock);
+        Ok(0)
+    }
+
+    /// `--fd FD COMMAND`: takes or releases the lock on the descriptor's open file
+    /// description, as the `FD` form does, then runs the command with the descriptor
+    /// (closed in the command with `--close`). The lock stays with the description,
+    /// held as long as the caller keeps the descriptor open.
+    fn lock_descriptor_for(&self, fd: i32, command: &[OsString]) -> Result<End, Exit> {
+        let signals = signals::Signals::take_over();
+        let lock = self.descriptor_handle(fd)?;
+        let subject = fd.to_string();
+        let taken = signals.during(&lock, || {
+            self.operate(&lock, &subject, EX_DATAERR, Some(&signals))
+        });
+        if let Some(signal) = signals.caught() {
+            return Ok(End::Signal(signal));
+        }
+        taken?;
+        std::mem::forget(lock);
+        self.execute(command, &signals)
+    }
+
+    /// A handle on the inherited descriptor `fd`, with flock's codes for a failure.
+    fn descriptor_handle(&self, fd: i32) -> Result<Lock, Exit> {
+        let subject = fd.to_string();
         let lock = sys::inherited_fd(fd)
             .map_err(|errno| Error::new(errno, format!("descriptor {fd}")))
             .and_then(|borrowed| Lock::from_fd(borrowed, &self.options(Flags::empty())));
-        let lock = lock.map_err(|e| match e.errno() {
+        lock.map_err(|e| match e.errno() {
             libc::EOPNOTSUPP => self.fail(EX_UNAVAILABLE, &unsupported(&e)),
             libc::EINVAL => self.fail(EX_DATAERR, e.detail()),
             errno @ (libc::ENOMEM | libc::EMFILE | libc::ENFILE) => {
                 self.fail(EX_OSERR, &format!("{subject}: {}", sys::strerror(errno)))
             }
             errno => self.fail(EX_DATAERR, &format!("{subject}: {}", sys::strerror(errno))),
-        })?;
-        self.operate(&lock, &subject, EX_DATAERR, None)?;
-        std::mem::forget(lock);
-        Ok(0)
+        })
     }
 
     /// Takes or releases the lock; `--verbose` says how long it took (on stdout, as
@@ -368,15 +422,18 @@ impl Cli {
     ) -> Result<(), Exit> {
         let began = Instant::now();
         let result = match self.inv.operation {
-            Operation::Lock(mode) => self.acquire(lock, mode).map_err(|e| {
-                if let Some(signal) = signals.and_then(signals::Signals::caught) {
-                    Exit(128 + signal)
-                } else if e.is_would_block() || e.is_timeout() {
-                    self.conflict(lock, mode, e.is_timeout())
-                } else {
-                    self.lock_failed(subject, &e, read_only_code)
-                }
-            }),
+            Operation::Lock(mode) => self
+                .acquire(lock, mode)
+                .inspect_err(|_| self.say_broken(lock))
+                .map_err(|e| {
+                    if let Some(signal) = signals.and_then(signals::Signals::caught) {
+                        Exit(128 + signal)
+                    } else if e.is_would_block() || e.is_timeout() {
+                        self.conflict(lock, mode, e.is_timeout())
+                    } else {
+                        self.lock_failed(subject, &e, read_only_code)
+                    }
+                }),
             Operation::Unlock => {
                 let (start, len) = self.inv.range;
                 lock.unlock(start, len)
@@ -384,6 +441,7 @@ impl Cli {
             }
         };
         result?;
+        self.say_broken(lock);
         if self.inv.verbose {
             let took = began.elapsed();
             print_out(&format!(
@@ -394,6 +452,15 @@ impl Cli {
             ));
         }
         Ok(())
+    }
+
+    /// `--verbose`: says which stale DOTLOCK lock files the lock calls removed, and why.
+    fn say_broken(&self, lock: &Lock) {
+        for h in lock.take_broken() {
+            if self.inv.verbose {
+                self.warn(&report::broken_sentence(&h));
+            }
+        }
     }
 
     /// Runs the command as flock(1) does: SIGCHLD reset to its default, then fork and
@@ -432,6 +499,10 @@ impl Cli {
     /// started with; on failure, flock's message and code.
     fn exec(&self, argv: &sys::Argv, signals: &signals::Signals) -> ! {
         sys::default_action(libc::SIGPIPE);
+        if let (true, Target::DescriptorCommand { fd, .. }) = (self.inv.close, &self.inv.target) {
+            // --close: the command does not get the locked descriptor.
+            sys::close(*fd);
+        }
         signals.for_command();
         let e = argv.exec();
         self.warn(&format!(
@@ -447,10 +518,31 @@ impl Cli {
     }
 
     /// `--test FILE` and `--list FILE`: nothing is created and nothing is locked.
+    /// `--list` shows the DOTLOCK lock file too: FILE itself with `-b dotlock`,
+    /// FILE.lock in a set, and FILE.lock when it exists with the kernel backends (the
+    /// lock file a `-b dotlock,...` set on FILE takes).
     fn report(&self, path: &OsString, kind: Report) -> Result<i32, Exit> {
         let shown = path.to_string_lossy();
         let lock = Lock::open(path, &self.options(Flags::empty()))
             .map_err(|e| self.open_failed(&shown, &e))?;
+        let file = absolute(Path::new(path));
+        let dotlock_only = self.inv.backends == Backend::Dotlock as u32;
+        let lock_file = if dotlock_only {
+            file.clone()
+        } else {
+            let mut name = file.clone().into_os_string();
+            name.push(".lock");
+            PathBuf::from(name)
+        };
+        let row = |h: Holder| {
+            let path = match (&h.lock_file, h.backend) {
+                (Some(f), _) => f.path.clone(),
+                (None, Backend::Dotlock) => lock_file.clone(),
+                (None, _) => file.clone(),
+            };
+            report::Row { holder: h, path }
+        };
+        let style = &self.inv.table;
         match kind {
             Report::Test => {
                 let Operation::Lock(mode) = self.inv.operation else {
@@ -459,38 +551,47 @@ impl Cli {
                 let holder = self
                     .holder_now(&lock, mode)
                     .map_err(|e| self.fail(EX_OSERR, &format!("cannot test {shown}: {e}")))?;
-                match holder {
-                    None => {
-                        if self.inv.json {
-                            print_out("null\n");
-                        } else if self.inv.verbose {
-                            self.warn(&format!("{shown}: the {} lock is free", mode.name()));
-                        }
-                        Ok(0)
+                let rows: Vec<report::Row> = holder.into_iter().map(row).collect();
+                if self.inv.json {
+                    print_out(&report::render(&rows, style, true));
+                } else if rows.is_empty() {
+                    if self.inv.verbose {
+                        self.warn(&format!("{shown}: the {} lock is free", mode.name()));
                     }
-                    Some(h) => {
-                        if self.inv.json {
-                            print_out(&format!("{}\n", report::json_holder(&h, &shown)));
-                        } else {
-                            print_out(&report::table(std::slice::from_ref(&h), &shown));
-                        }
-                        Ok(self.inv.conflict_exit_code)
-                    }
+                } else {
+                    print_out(&report::render(&rows, style, false));
                 }
+                Ok(if rows.is_empty() {
+                    0
+                } else {
+                    self.inv.conflict_exit_code
+                })
             }
             Report::List => {
-                let holders = lock
+                let mut holders = lock
                     .list()
                     .map_err(|e| self.fail(EX_OSERR, &format!("cannot list {shown}: {e}")))?;
-                print_out(&if self.inv.json {
-                    report::json_list(&holders, &shown)
-                } else {
-                    report::table(&holders, &shown)
-                });
+                if self.inv.backends & Backend::Dotlock as u32 == 0 {
+                    // Best effort: a lock file that cannot be read is not listed.
+                    let options = Options::new().backend(Backend::Dotlock);
+                    if let Ok(dot) = Lock::open(&lock_file, &options) {
+                        holders.splice(0..0, dot.list().unwrap_or_default());
+                    }
+                }
+                let rows: Vec<report::Row> = holders.into_iter().map(row).collect();
+                print_out(&report::render(&rows, style, self.inv.json));
                 Ok(0)
             }
         }
     }
+}
+
+/// `path` made absolute, its symbolic links and `..` resolved where it exists (as
+/// lslocks shows the path the kernel has), else joined to the current directory.
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// The library's "not supported yet", said with the option that asked for it.

@@ -316,3 +316,11 @@ pub fn die_by(signal: libc::c_int) -> ! {
     unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set.0, std::ptr::null_mut()) };
     exit_now(128 + signal)
 }
+
+/// `close(2)` of `fd`, in the child before it execs the command (`--close` with
+/// `--fd`); a failure is ignored, as flock's own `close` before `execvp`.
+pub fn close(fd: std::os::fd::RawFd) {
+    // SAFETY: closes a descriptor this process does not own through any Rust object
+    // (one it inherited), in a child that execs next.
+    unsafe { libc::close(fd) };
+}
