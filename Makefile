@@ -34,6 +34,8 @@ BINDIR       ?= $(EXEC_PREFIX)/bin
 DATAROOTDIR  ?= $(PREFIX)/share
 MANDIR       ?= $(DATAROOTDIR)/man
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+BASHCOMPDIR  ?= $(DATAROOTDIR)/bash-completion/completions
+ZSHCOMPDIR   ?= $(DATAROOTDIR)/zsh/site-functions
 DESTDIR      ?=
 
 CARGO        ?= cargo
@@ -116,6 +118,7 @@ FORCE:
 # The files and what is done with them: scripts/install.sh (its header says it all).
 INSTALL_ENV = DESTDIR='$(DESTDIR)' LIBDIR='$(LIBDIR)' INCLUDEDIR='$(INCLUDEDIR)' \
 	BINDIR='$(BINDIR)' MANDIR='$(MANDIR)' PKGCONFIGDIR='$(PKGCONFIGDIR)' VERSION='$(VERSION)' \
+	BASHCOMPDIR='$(BASHCOMPDIR)' ZSHCOMPDIR='$(ZSHCOMPDIR)' \
 	SO_FILE='$(SO_FILE)' A_FILE='$(A_FILE)' BIN_FILE='$(BIN_FILE)' HEADER='$(HEADER)' \
 	PC_FILES='$(PC_FILE) $(PC_STATIC)' MAN_PAGES='$(wildcard man/*.[1-9])' \
 	INSTALL='$(INSTALL)' STRIP='$(STRIP)' OBJCOPY='$(OBJCOPY)' LDCONFIG='$(LDCONFIG)' \

@@ -106,7 +106,9 @@ sub_make() {
     env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u MAKEOVERRIDES \
         "$MAKE" --no-print-directory "$target" DESTDIR="$dest" PREFIX="$pfx" EXEC_PREFIX="$pfx" \
         LIBDIR="$pfx/lib" INCLUDEDIR="$pfx/include" BINDIR="$pfx/bin" \
-        MANDIR="$pfx/share/man" PKGCONFIGDIR="$pfx/lib/pkgconfig" "$@"
+        MANDIR="$pfx/share/man" PKGCONFIGDIR="$pfx/lib/pkgconfig" \
+        BASHCOMPDIR="$pfx/share/bash-completion/completions" \
+        ZSHCOMPDIR="$pfx/share/zsh/site-functions" "$@"
 }
 
 if sub_make install "$destdir" $prefix LDCONFIG= >"$work/install.log" 2>&1; then
@@ -127,8 +129,12 @@ cmp -s include/unilock.h "$incdir/unilock.h" || problems+=("$prefix/include/unil
 [ -f "$pcdir/unilock.pc" ] || problems+=("$prefix/lib/pkgconfig/unilock.pc is missing")
 [ -f "$pcdir/unilock-static.pc" ] || problems+=("$prefix/lib/pkgconfig/unilock-static.pc is missing")
 grep -qx "prefix=$prefix" "$pcdir/unilock.pc" 2>/dev/null || problems+=("unilock.pc does not say prefix=$prefix")
-if [ -f target/release/unilock ] && [ ! -x "$destdir$prefix/bin/unilock" ]; then
-    problems+=("$prefix/bin/unilock is missing")
+if [ -f target/release/unilock ]; then
+    [ -x "$destdir$prefix/bin/unilock" ] || problems+=("$prefix/bin/unilock is missing")
+    cmp -s completions/unilock.bash "$destdir$prefix/share/bash-completion/completions/unilock" ||
+        problems+=("the bash completion is not $prefix/share/bash-completion/completions/unilock")
+    cmp -s completions/_unilock "$destdir$prefix/share/zsh/site-functions/_unilock" ||
+        problems+=("the zsh completion is not $prefix/share/zsh/site-functions/_unilock")
 fi
 for page in man/*.[1-9]; do
     [ -f "$page" ] || continue

@@ -74,6 +74,72 @@ for page in man/unilock.1 man/unilock.3; do
     fi
 done
 
+# -- shell completions -------------------------------------------------------------
+bin=$PWD/target/release
+if [ ! -x "$bin/unilock" ]; then
+    fail "target/release/unilock is missing: run make first"
+else
+    # The long options the command documents in --help.
+    "$bin/unilock" --help | grep -o -- '--[a-z][a-z-]*' | sort -u >"$work/help-options"
+    # complete WORDS...: what the bash completion offers for the last word.
+    complete() {
+        PATH=$bin:$PATH bash -c '
+            source completions/unilock.bash
+            COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1))
+            _unilock; printf "%s\n" "${COMPREPLY[@]}"' complete "$@"
+    }
+    complete unilock -- | grep '^--' | sort -u >"$work/bash-options"
+    if cmp -s "$work/help-options" "$work/bash-options"; then
+        pass "bash: 'unilock --<TAB>' offers the $(wc -l <"$work/help-options") long options of --help"
+    else
+        diff -u --label "--help" --label "bash completion" "$work/help-options" "$work/bash-options" >"$work/bash.diff"
+        fail "bash: the options offered differ from --help" "$work/bash.diff"
+    fi
+    : >"$work/lockme"
+    check_offer() { # WANTED WORDS...: the completion of WORDS offers WANTED
+        local wanted=$1
+        shift
+        if complete "$@" | grep -qxF -- "$wanted"; then
+            pass "bash: '$*<TAB>' offers $wanted"
+        else
+            complete "$@" >"$work/offered"
+            fail "bash: '$*<TAB>' does not offer $wanted" "$work/offered"
+        fi
+    }
+    check_offer --backend unilock --ba
+    check_offer ofd unilock -b o
+    check_offer flock,dotlock unilock -b flock,d
+    check_offer HOLDERS unilock --list --output HOL
+    check_offer "$work/lockme" unilock -w 5 "$work/lock"
+    check_offer sleep unilock -w 5 "$work/lockme" slee
+    check_offer "$work/lockme" unilock -n "$work/lockme" cat "$work/lock"
+    # The columns both completions offer are the ones the command knows.
+    known=$("$bin/unilock" --list --output NO-SUCH-COLUMN "$work/lockme" 2>&1 |
+        sed -n 's/.*(known: \(.*\)).*/\1/p' | tr -d ',')
+    offered=$(sed -n 's/^_unilock_columns="\(.*\)"/\1/p' completions/unilock.bash)
+    zsh_offered=$(sed -n 's/.*_sequence compadd - \(COMMAND[^'"'"']*\).*/\1/p' completions/_unilock | sed 's/\\\\//g')
+    if [ -n "$known" ] && [ "$known" = "$offered" ] && [ "$known" = "$zsh_offered" ]; then
+        pass "bash and zsh offer the columns the command knows"
+    else
+        printf 'command: %s\nbash:    %s\nzsh:     %s\n' "$known" "$offered" "$zsh_offered" >"$work/columns"
+        fail "the completions' columns differ from the command's" "$work/columns"
+    fi
+    # zsh: the file parses, and names exactly the long options of --help.
+    if ! command -v zsh >/dev/null; then
+        fail "zsh is not installed: cannot check completions/_unilock"
+    elif ! zsh -n completions/_unilock 2>"$work/zsh.log"; then
+        fail "zsh cannot parse completions/_unilock" "$work/zsh.log"
+    else
+        grep -o -- "--[a-z][a-z-]*" completions/_unilock | sort -u >"$work/zsh-options"
+        if cmp -s "$work/help-options" "$work/zsh-options"; then
+            pass "zsh: completions/_unilock parses and names the long options of --help"
+        else
+            diff -u --label "--help" --label "zsh completion" "$work/help-options" "$work/zsh-options" >"$work/zsh.diff"
+            fail "zsh: the options named differ from --help" "$work/zsh.diff"
+        fi
+    fi
+fi
+
 echo
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

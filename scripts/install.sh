@@ -4,7 +4,8 @@
 #   scripts/install.sh install|install-debug|uninstall
 #
 # Run by `make install`, `make install-debug`, `make uninstall`, which pass every
-# setting in the environment: DESTDIR LIBDIR INCLUDEDIR BINDIR MANDIR PKGCONFIGDIR,
+# setting in the environment: DESTDIR LIBDIR INCLUDEDIR BINDIR MANDIR PKGCONFIGDIR
+# BASHCOMPDIR ZSHCOMPDIR,
 # VERSION, the build's SO_FILE A_FILE BIN_FILE HEADER PC_FILES (space-separated),
 # MAN_PAGES (space-separated), INSTALL STRIP OBJCOPY LDCONFIG, and STATE_DIR (a
 # directory of the build tree where the directories an install created are
@@ -12,7 +13,8 @@
 #
 # install: the shared library libunilock.so.VERSION with its SONAME link
 # libunilock.so.MAJOR and the development link libunilock.so, libunilock.a, the
-# header, the .pc files, the command (when built) and the man pages. With STRIP set
+# header, the .pc files, the command (when built) with its bash and zsh completion,
+# and the man pages. With STRIP set
 # (the default `strip`), the installed library and command are stripped
 # (--strip-unneeded) and carry a .gnu_debuglink naming FILE.debug, and the archive
 # loses its debug sections (--strip-debug) and the LLVM bitcode that Rust's standard
@@ -33,6 +35,7 @@ set -euo pipefail
 
 action=${1:?usage: install.sh install|install-debug|uninstall}
 : "${LIBDIR:?}" "${INCLUDEDIR:?}" "${BINDIR:?}" "${MANDIR:?}" "${PKGCONFIGDIR:?}" "${VERSION:?}"
+: "${BASHCOMPDIR:?}" "${ZSHCOMPDIR:?}"
 DESTDIR=${DESTDIR:-}
 INSTALL=${INSTALL:-install}
 STRIP=${STRIP-strip}
@@ -51,7 +54,8 @@ bin=$DESTDIR$BINDIR
 
 # Where the directories created by installs into these places are listed, one a
 # line: a file per destination, named by a checksum of the destination.
-key=$(printf '%s\n' "$DESTDIR" "$LIBDIR" "$INCLUDEDIR" "$BINDIR" "$MANDIR" "$PKGCONFIGDIR" |
+key=$(printf '%s\n' "$DESTDIR" "$LIBDIR" "$INCLUDEDIR" "$BINDIR" "$MANDIR" "$PKGCONFIGDIR" \
+    "$BASHCOMPDIR" "$ZSHCOMPDIR" |
     cksum | cut -d' ' -f1)
 created_list=$STATE_DIR/install-dirs.$key
 
@@ -133,6 +137,10 @@ do_install() {
     if [ -f "$BIN_FILE" ]; then
         make_dir "$bin"
         install_elf "$BIN_FILE" "$bin/unilock"
+        make_dir "$DESTDIR$BASHCOMPDIR"
+        run "$INSTALL" -m 0644 completions/unilock.bash "$DESTDIR$BASHCOMPDIR/unilock"
+        make_dir "$DESTDIR$ZSHCOMPDIR"
+        run "$INSTALL" -m 0644 completions/_unilock "$DESTDIR$ZSHCOMPDIR/_unilock"
     fi
     for page in "${man_pages[@]}"; do
         section=${page##*.}
@@ -164,6 +172,7 @@ do_uninstall() {
         "$lib/.debug/$so_real.debug"
         "$DESTDIR$INCLUDEDIR/unilock.h"
         "$bin/unilock" "$bin/.debug/unilock.debug"
+        "$DESTDIR$BASHCOMPDIR/unilock" "$DESTDIR$ZSHCOMPDIR/_unilock"
     )
     local pc page
     for pc in "${pc_files[@]}"; do
