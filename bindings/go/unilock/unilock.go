@@ -153,18 +153,18 @@ const (
 	BackendDotlock Backend = C.UNILOCK_BACKEND_DOTLOCK
 )
 
+// String names a single backend as the library, the command and the Python binding
+// do: "FLOCK" (also for BackendDefault, which selects it), "OFD", "POSIX", "DOTLOCK".
 func (b Backend) String() string {
 	switch b {
-	case BackendDefault:
-		return "default"
-	case BackendFlock:
-		return "flock"
+	case BackendDefault, BackendFlock:
+		return "FLOCK"
 	case BackendOFD:
-		return "ofd"
+		return "OFD"
 	case BackendPOSIX:
-		return "posix"
+		return "POSIX"
 	case BackendDotlock:
-		return "dotlock"
+		return "DOTLOCK"
 	}
 	return fmt.Sprintf("Backend(%#x)", uint32(b))
 }

@@ -459,3 +459,15 @@ func TestNewThreadsThatReuseAnExitedThreadsIdentityStillWait(t *testing.T) {
 		t.Fatalf("got %v, want the deadline", err)
 	}
 }
+
+func TestBackendNamesAreSpelledAsTheCommandSpellsThem(t *testing.T) {
+	want := map[unilock.Backend]string{
+		unilock.BackendDefault: "FLOCK", unilock.BackendFlock: "FLOCK", unilock.BackendOFD: "OFD",
+		unilock.BackendPOSIX: "POSIX", unilock.BackendDotlock: "DOTLOCK",
+	}
+	for b, name := range want {
+		if got := b.String(); got != name {
+			t.Errorf("Backend(%d).String() = %q, want %q", uint32(b), got, name)
+		}
+	}
+}

@@ -14,7 +14,7 @@ def test_with_takes_and_releases(lock_path):
         mine = lk.holders()
         assert len(mine) == 1
         assert mine[0].this_process and mine[0].pid == os.getpid()
-        assert mine[0].backend == "flock" and mine[0].mode == "exclusive"
+        assert mine[0].backend == "FLOCK" and mine[0].mode == "exclusive"
         other = unilock.Lock(lock_path)
         assert other.query().pid == os.getpid()
         other.close()
@@ -89,7 +89,7 @@ def test_byte_ranges(lock_path, backend):
     with pytest.raises(BlockingIOError):
         b.lock(timeout=0, range=(5, 10))
     h = b.query(range=(5, 1))
-    assert h.start == 0 and h.length == 10 and h.backend == backend
+    assert h.start == 0 and h.length == 10 and h.backend == backend.upper()
     a.unlock(range=(0, 6))
     b.lock(timeout=0, range=(5, 1))
     a.close()

@@ -22,7 +22,8 @@ _BACKEND_BITS = {
     "posix": _lib.BACKEND_POSIX,
     "dotlock": _lib.BACKEND_DOTLOCK,
 }
-_BACKEND_NAMES = {bit: name for name, bit in _BACKEND_BITS.items() if bit}
+# Spelled as the library, the command and the Go binding spell them.
+_BACKEND_NAMES = {bit: name.upper() for name, bit in _BACKEND_BITS.items() if bit}
 _MODES = {
     "exclusive": _lib.EXCLUSIVE,
     "x": _lib.EXCLUSIVE,
@@ -109,6 +110,7 @@ def timeout_ms(timeout: Optional[float]) -> int:
 class Holder:
     """One lock on a file and who holds it (``unilock_holder``)."""
 
+    #: "FLOCK", "OFD", "POSIX" or "DOTLOCK", as the library and the command name them.
     backend: str
     mode: str
     start: int
