@@ -66,7 +66,14 @@ if [ ${#bad[@]} -eq 0 ]; then
 else
     fail "man cannot show: ${bad[*]}" "$work/page.err"
 fi
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 for page in man/unilock.1 man/unilock.3; do
+    if grep -q "^\.TH .*\"unilock $version\"" "$page"; then
+        pass "$page is the page of version $version (Cargo.toml)"
+    else
+        grep '^\.TH' "$page" >"$work/th"
+        fail "$page's .TH line does not say unilock $version" "$work/th"
+    fi
     if groff -man -ww -z "$page" >"$work/groff.log" 2>&1 && [ ! -s "$work/groff.log" ]; then
         pass "$page renders without groff warnings"
     else
