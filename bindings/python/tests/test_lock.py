@@ -15,6 +15,7 @@ def test_with_takes_and_releases(lock_path):
         assert len(mine) == 1
         assert mine[0].this_process and mine[0].pid == os.getpid()
         assert mine[0].backend == "FLOCK" and mine[0].mode == "exclusive"
+        assert mine[0].pids == (os.getpid(),)
         other = unilock.Lock(lock_path)
         assert other.query().pid == os.getpid()
         other.close()
@@ -336,3 +337,22 @@ def test_a_nul_in_the_path_is_refused_before_c_sees_it(tmp_path):
     with pytest.raises(ValueError, match="embedded null byte"):
         unilock.Lock(str(tmp_path / "a\0b")).lock()
     assert os.listdir(tmp_path) == []
+
+
+def test_holder_pids_name_every_process_sharing_the_descriptor(lock_path):
+    import subprocess
+
+    with unilock.Lock(lock_path, inherit=True) as lk:
+        fd = lk.fileno()
+        child = subprocess.Popen(["sleep", "30"], pass_fds=(fd,))
+        try:
+            deadline = time.monotonic() + 10
+            while "lock:" not in open(f"/proc/{child.pid}/fdinfo/{fd}").read() or \
+                    open(f"/proc/{child.pid}/comm").read().strip() != "sleep":
+                assert time.monotonic() < deadline, "the child never had the descriptor"
+                time.sleep(0.001)
+            (holder,) = lk.holders()
+            assert holder.pids == tuple(sorted((os.getpid(), child.pid)))
+        finally:
+            child.kill()
+            child.wait()

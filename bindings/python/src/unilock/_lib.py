@@ -89,6 +89,16 @@ _SIGNATURES = {
         ctypes.c_int,
         [_handle_p, ctypes.POINTER(CHolder), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
     ),
+    "unilock_holder_pids": (
+        ctypes.c_int,
+        [
+            _handle_p,
+            ctypes.POINTER(CHolder),
+            ctypes.POINTER(ctypes.c_int32),
+            ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_size_t),
+        ],
+    ),
     "unilock_cancel": (ctypes.c_int, [_handle_p]),
     "unilock_touch": (ctypes.c_int, [_handle_p]),
     "unilock_fd": (ctypes.c_int, [_handle_p]),

@@ -122,9 +122,12 @@ class Holder:
     this_process: bool
     #: The holder's command name; "" when unknown.
     command: str
+    #: Every live process that has the lock (for flock and OFD locks, each process
+    #: sharing the open file description), ascending (``unilock_holder_pids``).
+    pids: Tuple[int, ...] = ()
 
     @classmethod
-    def _from_c(cls, h: _lib.CHolder) -> "Holder":
+    def _from_c(cls, h: _lib.CHolder, pids: Tuple[int, ...] = ()) -> "Holder":
         return cls(
             backend=_BACKEND_NAMES.get(h.backend, str(h.backend)),
             mode=_MODE_NAMES.get(h.mode, str(h.mode)),
@@ -133,6 +136,7 @@ class Holder:
             pid=None if h.pid < 0 else h.pid,
             this_process=bool(h.self),
             command=h.command.decode(errors="replace"),
+            pids=pids,
         )
 
 
@@ -286,7 +290,7 @@ class Lock:
         start, length = self.range if range is None else _check_range(range)
         who = _lib.CHolder()
         rc = self._simple("unilock_query", m, start, length, ctypes.byref(who))
-        return Holder._from_c(who) if rc == 1 else None
+        return Holder._from_c(who, self._pids(who)) if rc == 1 else None
 
     def holders(self) -> list:
         """Every lock on the file, from any process and any mechanism (like lslocks)."""
@@ -296,7 +300,17 @@ class Lock:
             count = ctypes.c_size_t()
             self._simple("unilock_list", buf, cap, ctypes.byref(count))
             if count.value <= cap:
-                return [Holder._from_c(buf[i]) for i in range(count.value)]
+                return [Holder._from_c(buf[i], self._pids(buf[i])) for i in range(count.value)]
+            cap = count.value + 8
+
+    def _pids(self, holder: _lib.CHolder) -> Tuple[int, ...]:
+        cap = 8
+        while True:
+            pids = (ctypes.c_int32 * cap)()
+            count = ctypes.c_size_t()
+            self._simple("unilock_holder_pids", ctypes.byref(holder), pids, cap, ctypes.byref(count))
+            if count.value <= cap:
+                return tuple(pids[: count.value])
             cap = count.value + 8
 
     def touch(self) -> None:
