@@ -74,6 +74,8 @@ struct Config {
     contend_ms: u64,
     /// Ranges held for the memory measurement.
     mem_ranges: usize,
+    /// Threads of the waiter-children memory measurement.
+    mem_waiters: usize,
 }
 
 impl Config {
@@ -93,6 +95,7 @@ impl Config {
                 mem_handles: 1_000,
                 contend_ms: 200,
                 mem_ranges: 2_000,
+                mem_waiters: 8,
             }
         } else {
             Config {
@@ -109,6 +112,7 @@ impl Config {
                 mem_handles: 10_000,
                 contend_ms: 1_000,
                 mem_ranges: 10_000,
+                mem_waiters: 64,
             }
         }
     }
@@ -1348,12 +1352,129 @@ fn memory_main(kind: &str, dir: &Path, count: usize) {
             after = (rss_bytes(), heap_bytes());
             std::mem::forget(handle);
         }
+        "waiters" => {
+            let (b, a, secs, helpers) = waiters_memory(dir, count);
+            println!(
+                "{} {} {} {} {secs} {helpers} {} {}",
+                b.0, a.0, b.1, a.1, b.2, a.2
+            );
+            return;
+        }
         other => panic!("unknown memory measurement {other}"),
     }
     println!(
         "{} {} {} {} {seconds}",
         before.0, after.0, before.1, after.1
     );
+}
+
+/// Open descriptors of this process.
+fn fd_count() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+}
+
+/// This process's children named `unilock-waiter` (the waiter children of its threads).
+fn waiter_children() -> u64 {
+    let me = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // "pid (comm) state ppid ...": comm may hold spaces; it ends at the last ')'.
+            let Some(close) = stat.rfind(')') else {
+                return false;
+            };
+            let comm = stat.find('(').map_or("", |open| &stat[open + 1..close]);
+            let ppid = stat[close + 1..].split_whitespace().nth(1);
+            comm == "unilock-waiter" && ppid == Some(me.as_str())
+        })
+        .count() as u64
+}
+
+/// Resident bytes, malloc'd bytes and open descriptors of this process.
+type Usage = (u64, u64, u64);
+
+/// `count` threads, each with its own FLOCK handle on one file, block at once on the
+/// lock a holder process holds, then take it in turn when it is released: each thread
+/// has had one contended wait and keeps its waiter child. Returns (RSS, heap, fds)
+/// with the threads and handles made but before any wait, the same after every thread
+/// was granted the lock (the threads still alive), the seconds the waits took, and
+/// the number of waiter children counted.
+fn waiters_memory(dir: &Path, count: usize) -> (Usage, Usage, f64, u64) {
+    use std::sync::{Arc, Barrier};
+    let path = dir.join("waiters");
+    std::fs::write(&path, b"").expect("create the lock file");
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut holder = Command::new(exe)
+        .arg("--holder")
+        .arg(&path)
+        .arg("flock")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the holder");
+    let mut to_holder = holder.stdin.take().expect("holder stdin");
+    let mut from_holder = holder.stdout.take().expect("holder stdout");
+    let mut reply = [0u8; 1];
+    to_holder.write_all(b"L").unwrap();
+    from_holder.read_exact(&mut reply).unwrap();
+    // Made: threads and handles exist; granted: every thread had its turn; done: go.
+    let made = Arc::new(Barrier::new(count + 1));
+    let waiting = Arc::new(Barrier::new(count + 1));
+    let granted = Arc::new(Barrier::new(count + 1));
+    let done = Arc::new(Barrier::new(count + 1));
+    let threads: Vec<_> = (0..count)
+        .map(|_| {
+            let (path, made, waiting) = (path.clone(), made.clone(), waiting.clone());
+            let (granted, done) = (granted.clone(), done.clone());
+            std::thread::spawn(move || {
+                let handle = Handle::open(&path, Backend::Flock);
+                made.wait();
+                waiting.wait();
+                check(handle.lock(0, 0, -1), "a contended wait");
+                check(handle.unlock(0, 0), "unlock");
+                granted.wait();
+                done.wait();
+            })
+        })
+        .collect();
+    made.wait();
+    let before = (rss_bytes(), heap_bytes(), fd_count());
+    let t = Instant::now();
+    waiting.wait();
+    // Release once every thread is blocked (or after 10 s, when the holder gives up).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ino = std::fs::metadata(&path)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .expect("stat");
+    while blocked_waiters(ino) < count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    to_holder.write_all(b"U").unwrap();
+    from_holder.read_exact(&mut reply).unwrap();
+    granted.wait();
+    let seconds = t.elapsed().as_secs_f64();
+    let after = (rss_bytes(), heap_bytes(), fd_count());
+    let helpers = waiter_children();
+    done.wait();
+    for t in threads {
+        t.join().expect("a waiting thread");
+    }
+    drop(to_holder);
+    let _ = holder.wait();
+    (before, after, seconds, helpers)
+}
+
+/// How many lock requests are blocked on inode `ino` (`/proc/locks` lines with `->`).
+fn blocked_waiters(ino: u64) -> usize {
+    let suffix = format!(":{ino} ");
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("->") && l.contains(&suffix))
+        .count()
 }
 
 fn bench_memory(cfg: &Config, dir: &Path, report: &mut Report) {
@@ -1444,6 +1565,52 @@ fn bench_memory(cfg: &Config, dir: &Path, report: &mut Report) {
         ));
     }
     report.md("\n");
+
+    // The waiter children: what one costs while its thread lives.
+    let threads = cfg.mem_waiters;
+    eprintln!("memory: waiters");
+    let out = Command::new(&exe)
+        .arg("--memory")
+        .arg("waiters")
+        .arg(dir)
+        .arg(threads.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the waiter measurement");
+    assert!(out.status.success(), "the waiter measurement failed");
+    let f: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|x| x.parse().expect("number"))
+        .collect();
+    let helpers = f[5];
+    let each = |after: f64, before: f64| (after - before) / helpers.max(1.0);
+    let (rss, heap, fds) = (each(f[1], f[0]), each(f[3], f[2]), each(f[7], f[6]));
+    report.num("memory.waiters.threads", threads as f64);
+    report.num("memory.waiters.children", helpers);
+    report.num("memory.waiters.rss_bytes_each", rss);
+    report.num("memory.waiters.heap_bytes_each", heap);
+    report.num("memory.waiters.fds_each", fds);
+    report.target(
+        "descriptors per live waiter child".into(),
+        format!("{fds:.2} ({helpers:.0} children, {rss:.0} B RSS each)"),
+        "0".into(),
+        fds == 0.0,
+    );
+    report.md(&format!(
+        "### Waiter children\n\n\
+         {threads} threads of one process, each with its own FLOCK handle on one file, \
+         block at once on a lock another process holds, then take it in turn once it is \
+         released: each thread has had one contended wait and keeps its waiter child \
+         (`unilock-waiter`). Measured in a fresh process around the waits, with the \
+         threads and handles made before and still alive after; divided by the children \
+         counted under `/proc` ({helpers:.0}). A child shares the process's memory and \
+         descriptor table: what it adds is its stack and its shared words, plus the \
+         kernel's task (a kernel stack and a `task_struct`, not counted here).\n\n\
+         | live waiter children | RSS bytes each | heap bytes each | descriptors each | the waits took |\n\
+         |---:|---:|---:|---:|---:|\n\
+         | {helpers:.0} | {rss:.0} | {heap:.0} | {fds:.2} | {:.3} s |\n\n",
+        f[4]
+    ));
 }
 
 // ---------------------------------------------------------------------------------
