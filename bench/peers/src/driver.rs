@@ -357,9 +357,9 @@ fn agent_peers() -> Vec<AgentPeer> {
             Dotlock,
             Family::Raw,
             "`open(O_CREAT\\|O_EXCL)` + write the pid + `close` + `unlink`",
-            None,
-            None,
-            "",
+            Some(Notify),
+            Some(Notify),
+            "inotify on the directory, then `O_EXCL` again",
         ),
         p(
             "unilock_dotlock",
@@ -1990,8 +1990,9 @@ impl Driver {
             self.show("pair.liblockfile.ns", "liblockfile", fmt_ns),
         ));
         h.push(format!(
-            "| DOTLOCK hand-off p50 | {} | | liblockfile {}, lockfile-progs {}, procmail `lockfile -1` {} |",
+            "| DOTLOCK hand-off p50 | {} | {} (inotify, then `O_EXCL`) | liblockfile {}, lockfile-progs {}, procmail `lockfile -1` {} |",
             self.show("handoff.unilock_dotlock.untimed.p50_us", "unilock_dotlock", t),
+            self.show("handoff.raw_dotlock.untimed.p50_us", "raw_dotlock", t),
             self.show("handoff.liblockfile.untimed.p50_us", "liblockfile", t),
             self.show("handoff.lockfile_progs.untimed.p50_us", "lockfile_progs", t),
             self.show("handoff.procmail_lockfile.untimed.p50_us", "procmail_lockfile", t),

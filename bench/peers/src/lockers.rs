@@ -6,7 +6,7 @@
 use std::ffi::{CStr, CString};
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -223,14 +223,84 @@ impl Locker for RawKernel {
 
 /// The cheapest lock file by existence: `open(O_CREAT|O_EXCL)`, the pid written,
 /// `close`; released by `unlink`. No waiting: a waiter would have to poll.
+/// A waiter watches the directory with inotify (`IN_DELETE`, `IN_MOVED_FROM`) and tries
+/// again at each event: the least a waiter that does not poll can do.
 struct RawDotlock {
     path: CString,
+    /// The directory, and the lock file's name in it, for the inotify watch.
+    dir: CString,
+    name: Vec<u8>,
 }
 
 impl RawDotlock {
     fn new(path: &Path) -> RawDotlock {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         RawDotlock {
             path: CString::new(path.as_os_str().as_bytes()).expect("no NUL in the path"),
+            dir: CString::new(dir.as_os_str().as_bytes()).expect("no NUL in the path"),
+            name: path.file_name().expect("a file name").as_bytes().to_vec(),
+        }
+    }
+
+    /// Waits for the lock file: a try, then a try after each inotify event naming it,
+    /// until `timeout_ms` (< 0: forever) has passed.
+    fn wait(&self, timeout_ms: i64) -> Result<bool, String> {
+        // SAFETY: inotify_init1 takes flags; inotify_add_watch a descriptor, a
+        // NUL-terminated path and a mask.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!("inotify_init1: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just opened and is owned here.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: see above.
+        let wd = unsafe {
+            libc::inotify_add_watch(
+                fd.as_raw_fd(),
+                self.dir.as_ptr(),
+                libc::IN_DELETE | libc::IN_MOVED_FROM,
+            )
+        };
+        if wd < 0 {
+            return Err(format!("inotify_add_watch: {}", std::io::Error::last_os_error()));
+        }
+        let deadline = (timeout_ms >= 0)
+            .then(|| std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms as u64));
+        let mut buf = [0u8; 4096];
+        loop {
+            if self.try_create() {
+                return Ok(true);
+            }
+            let wait_ms = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                    left.as_millis().max(1) as i32
+                }
+            };
+            let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one live pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, wait_ms) } <= 0 {
+                continue;
+            }
+            // SAFETY: read into a live buffer of its length.
+            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            // Events for other names in the directory: wait again without a try.
+            let mut named = false;
+            let mut at = 0usize;
+            while n > 0 && at + 16 <= n as usize {
+                let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
+                let name = &buf[at + 16..(at + 16 + len).min(n as usize)];
+                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+                named |= name == self.name.as_slice();
+                at += 16 + len;
+            }
+            if !named && n > 0 {
+                continue;
+            }
         }
     }
 
@@ -270,7 +340,7 @@ impl Locker for RawDotlock {
         if timeout_ms == 0 {
             Ok(self.try_create())
         } else {
-            Err("a raw lock file cannot wait: it would poll".into())
+            self.wait(timeout_ms)
         }
     }
 
