@@ -38,41 +38,8 @@ UPDATE_EXPECTED=${UPDATE_EXPECTED:-0}
 RUN_TIMEOUT=${RUN_TIMEOUT:-120}
 CFLAGS_STRICT=(-std=c99 -Wall -Wextra -Werror -pedantic)
 
-passed=0
-failed=0
-skipped=0
-
-pass() {
-    passed=$((passed + 1))
-    echo "PASS: $1"
-}
-
-# fail MESSAGE [FILE...]: counts a failure and shows the files (logs, diffs).
-fail() {
-    failed=$((failed + 1))
-    echo "FAIL: $1"
-    shift
-    local file
-    for file in "$@"; do
-        [ -s "$file" ] || continue
-        echo "---- ${file#"$work"/}"
-        head -n 60 "$file" | sed 's/^/    /'
-    done
-}
-
-skip() {
-    skipped=$((skipped + 1))
-    echo "SKIP: $1"
-}
-
-finish() {
-    local line="$passed passed, $failed failed"
-    [ "$skipped" -gt 0 ] && line="$line, $skipped skipped"
-    echo
-    echo "$line"
-    [ "$failed" -eq 0 ]
-    exit
-}
+# The pass/fail counting and the closing tally.
+source scripts/checks.sh
 
 have() { command -v "$1" >/dev/null 2>&1; }
 

@@ -52,33 +52,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 77
 fi
 
-passed=0
-failed=0
-
-pass() {
-    passed=$((passed + 1))
-    echo "PASS: $1"
-}
-
-# fail MESSAGE [FILE...]: counts a failure and shows the files (logs, diffs).
-fail() {
-    failed=$((failed + 1))
-    echo "FAIL: $1"
-    shift
-    local file
-    for file in "$@"; do
-        [ -s "$file" ] || continue
-        echo "---- ${file#"$work"/}"
-        head -n 60 "$file" | sed 's/^/    /'
-    done
-}
-
-finish() {
-    echo
-    echo "$passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit
-}
+# The pass/fail counting and the closing tally.
+source scripts/checks.sh
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/unilock-check-deb.XXXXXX") || exit 1
 installing=0

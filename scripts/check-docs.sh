@@ -12,17 +12,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
-passed=0
-failed=0
-pass() {
-    passed=$((passed + 1))
-    echo "PASS: $1"
-}
-fail() {
-    failed=$((failed + 1))
-    echo "FAIL: $1"
-    [ $# -lt 2 ] || [ ! -s "$2" ] || sed 's/^/    /' "$2" | head -n 30
-}
+# The pass/fail counting and the closing tally.
+source scripts/checks.sh
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/unilock-check-docs.XXXXXX") || exit 1
 trap 'rm -rf "$work"' EXIT
@@ -147,6 +138,4 @@ else
     fi
 fi
 
-echo
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

@@ -21,25 +21,8 @@ CC=${CC:-cc}
 VALGRIND=${VALGRIND:-1}
 lib=$PWD/target/release
 command=$lib/unilock
-passed=0
-failed=0
-
-pass() {
-    passed=$((passed + 1))
-    echo "PASS: $1"
-}
-
-fail() {
-    failed=$((failed + 1))
-    echo "FAIL: $1"
-    shift
-    local file
-    for file in "$@"; do
-        [ -s "$file" ] || continue
-        echo "---- ${file##*/}"
-        head -n 40 "$file" | sed 's/^/    /'
-    done
-}
+# The pass/fail counting and the closing tally.
+source scripts/checks.sh
 
 for needed in "$lib/libunilock.so" "$command"; do
     if [ ! -e "$needed" ]; then
@@ -164,6 +147,4 @@ for src in "${snippets[@]}"; do
     check "$name" held $rc 1 no "$held_dir" "$held_dir/lock"
 done
 
-echo
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
+finish
