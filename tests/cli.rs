@@ -1693,3 +1693,45 @@ fn fair_on_a_file_that_cannot_be_written_says_what_to_do() {
         out.stderr
     );
 }
+
+#[test]
+fn the_command_is_started_as_flocks_scripts_without_a_shebang_and_exec_failures_too() {
+    let dir = TempDir::new("exec");
+    let file = dir.file("f");
+    // A file without a `#!` line runs through /bin/sh (execvp's fallback), with the
+    // arguments and the signal mask unilock started with.
+    let script = dir.file("plain-script");
+    std::fs::write(&script, "echo \"ran $1\"; grep SigBlk /proc/self/status\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mask = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("SigBlk:"))
+            .map(str::to_string)
+    };
+    let mut seen = Vec::new();
+    for tool in tools() {
+        let out = run(tool, &[&file, &script, "arg"]);
+        assert_eq!(
+            (out.code, out.stdout.lines().next()),
+            (0, Some("ran arg")),
+            "{}",
+            short(tool)
+        );
+        seen.push(mask(&out.stdout));
+        // A file that cannot be executed (mode 0644): flock's message and exit code 69.
+        let out = run(tool, &[&file, &dir.file("not-executable")]);
+        assert_eq!(out.code, 69, "{}: {}", short(tool), out.stderr);
+        assert!(
+            out.stderr.contains("failed to execute") && out.stderr.contains("not-executable"),
+            "{}: {}",
+            short(tool),
+            out.stderr
+        );
+    }
+    // The command's signal mask is the caller's (none blocked here), as under flock.
+    assert!(
+        seen.iter()
+            .all(|m| m.as_deref() == Some("SigBlk:\t0000000000000000")),
+        "{seen:?}"
+    );
+}

@@ -479,20 +479,40 @@ impl Cli {
             self.exec(&argv, signals);
         }
         signals.before_fork();
-        match sys::fork() {
-            Err(e) => Err(self.fail(EX_OSERR, &format!("fork failed: {}", sys::strerror(e)))),
-            Ok(sys::Forked::Child) => self.exec(&argv, signals),
-            Ok(sys::Forked::Parent(pid)) => Ok(match signals.wait_for(pid) {
-                Ok((sys::Status::Exited(code), _)) => End::Code(code),
-                Ok((sys::Status::Killed(_), Some(received))) => End::Signal(received),
-                Ok((sys::Status::Killed(signal), None)) => End::Code(128 + signal),
-                Ok((sys::Status::Other, _)) => End::Code(EX_OSERR),
-                Err(e) => {
-                    self.warn(&format!("waitpid failed: {}", sys::strerror(e)));
-                    End::Code(1)
-                }
-            }),
-        }
+        let close_fd = match (self.inv.close, &self.inv.target) {
+            // --close: the command does not get the locked descriptor.
+            (true, Target::DescriptorCommand { fd, .. }) => *fd,
+            _ => -1,
+        };
+        let pid = match sys::spawn(&argv, close_fd, signals.command_mask()) {
+            Ok(pid) => pid,
+            Err(sys::SpawnError::Clone(e)) => {
+                return Err(self.fail(EX_OSERR, &format!("fork failed: {}", sys::strerror(e))));
+            }
+            Err(sys::SpawnError::Exec(pid, e)) => {
+                self.warn(&format!(
+                    "failed to execute {}: {}",
+                    argv.program(),
+                    sys::strerror(e)
+                ));
+                let _ = sys::wait(pid);
+                return Ok(End::Code(if e == libc::ENOMEM {
+                    EX_OSERR
+                } else {
+                    EX_UNAVAILABLE
+                }));
+            }
+        };
+        Ok(match signals.wait_for(pid) {
+            Ok((sys::Status::Exited(code), _)) => End::Code(code),
+            Ok((sys::Status::Killed(_), Some(received))) => End::Signal(received),
+            Ok((sys::Status::Killed(signal), None)) => End::Code(128 + signal),
+            Ok((sys::Status::Other, _)) => End::Code(EX_OSERR),
+            Err(e) => {
+                self.warn(&format!("waitpid failed: {}", sys::strerror(e)));
+                End::Code(1)
+            }
+        })
     }
 
     /// Replaces this process with the command, which gets the signal mask `unilock`

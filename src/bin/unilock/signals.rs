@@ -153,6 +153,11 @@ impl Signals {
         sys::set_mask(&self.original);
     }
 
+    /// The signal mask the command starts with: the one `unilock` started with.
+    pub fn command_mask(&self) -> &sys::SigSet {
+        &self.original
+    }
+
     /// Waits for the command `pid`, passing on the signals `unilock` gets meanwhile,
     /// and says how `unilock` must end.
     pub fn wait_for(&self, pid: libc::pid_t) -> Result<(sys::Status, Option<i32>), sys::Errno> {
