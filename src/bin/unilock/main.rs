@@ -271,18 +271,28 @@ impl Cli {
     /// Takes the lock as the options say. `--verbose` waits in slices, saying who
     /// holds the lock when the wait starts and whenever the holder changes (with
     /// `--fair`, only when it starts: the wait keeps its place in line).
-    fn acquire(&self, lock: &Lock, mode: Mode) -> Result<(), Error> {
+    ///
+    /// A first try comes before anything is set up for a wait (most runs find the lock
+    /// free); `watch` is called before the first call that may wait, so that from then
+    /// on a signal cancels it.
+    fn acquire(&self, lock: &Lock, mode: Mode, watch: &mut dyn FnMut()) -> Result<(), Error> {
         let (start, len) = self.inv.range;
         let timeout = self.inv.timeout;
-        if !self.inv.verbose {
-            return lock.lock(mode, start, len, timeout);
-        }
         let began = Instant::now();
         match lock.lock(mode, start, len, Some(Duration::ZERO)) {
             Err(e) if e.is_would_block() && timeout != Some(Duration::ZERO) => {}
             other => return other,
         }
+        watch();
         let deadline = timeout.and_then(|t| began.checked_add(t));
+        if !self.inv.verbose {
+            // What is left of the timeout (never 0, which would be one more try).
+            let left = deadline.map(|at| {
+                at.saturating_duration_since(Instant::now())
+                    .max(Duration::from_nanos(1))
+            });
+            return lock.lock(mode, start, len, left);
+        }
         let same = |a: &Option<Holder>, b: &Option<Holder>| match (a, b) {
             (Some(a), Some(b)) => {
                 (a.pid, a.mode, a.backend, a.start, a.len)
@@ -342,8 +352,8 @@ impl Cli {
         };
         let lock = Lock::open(path, &self.options(Flags::CREATE | inherit))
             .map_err(|e| self.open_failed(&shown, &e))?;
-        let taken = signals.during(&lock, || {
-            self.operate(&lock, &shown, EX_NOINPUT, Some(&signals))
+        let taken = signals.during(&lock, |watch| {
+            self.operate(&lock, &shown, EX_NOINPUT, Some(&signals), watch)
         });
         if let Some(signal) = signals.caught() {
             // Whatever the wait took is released as the handle is dropped here.
@@ -370,7 +380,7 @@ impl Cli {
     fn lock_descriptor(&self, fd: i32) -> Result<i32, Exit> {
         let subject = fd.to_string();
         let lock = self.descriptor_handle(fd)?;
-        self.operate(&lock, &subject, EX_DATAERR, None)?;
+        self.operate(&lock, &subject, EX_DATAERR, None, &mut || {})?;
         std::mem::forget(lock);
         Ok(0)
     }
@@ -383,8 +393,8 @@ impl Cli {
         let signals = signals::Signals::take_over();
         let lock = self.descriptor_handle(fd)?;
         let subject = fd.to_string();
-        let taken = signals.during(&lock, || {
-            self.operate(&lock, &subject, EX_DATAERR, Some(&signals))
+        let taken = signals.during(&lock, |watch| {
+            self.operate(&lock, &subject, EX_DATAERR, Some(&signals), watch)
         });
         if let Some(signal) = signals.caught() {
             return Ok(End::Signal(signal));
@@ -419,11 +429,12 @@ impl Cli {
         subject: &str,
         read_only_code: i32,
         signals: Option<&signals::Signals>,
+        watch: &mut dyn FnMut(),
     ) -> Result<(), Exit> {
         let began = Instant::now();
         let result = match self.inv.operation {
             Operation::Lock(mode) => self
-                .acquire(lock, mode)
+                .acquire(lock, mode, watch)
                 .inspect_err(|_| self.say_broken(lock))
                 .map_err(|e| {
                     if let Some(signal) = signals.and_then(signals::Signals::caught) {

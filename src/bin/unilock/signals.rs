@@ -22,6 +22,7 @@
 //! background job of a script, SIGHUP under nohup) is left alone, as flock(1) leaves
 //! it, and the command starts with the signal mask `unilock` started with.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
@@ -97,23 +98,35 @@ impl Signals {
         }
     }
 
-    /// Runs `acquire` (the lock call or calls on `lock`) with a watcher thread that,
-    /// when a signal comes, records it and cancels the acquisition. The thread has
-    /// ended when this returns, so that the process forks single-threaded.
-    pub fn during<T>(&self, lock: &Lock, acquire: impl FnOnce() -> T) -> T {
+    /// Runs `acquire` (the lock call or calls on `lock`), which calls the function it is
+    /// given before its first call that may wait: that starts a watcher thread which,
+    /// when a signal comes, records it and cancels the acquisition (a signal that came
+    /// earlier waits in the signalfd). An acquisition that never waits makes no thread.
+    /// The thread has ended when this returns.
+    pub fn during<T>(&self, lock: &Lock, acquire: impl FnOnce(&mut dyn FnMut()) -> T) -> T {
         let Some(fd) = &self.fd else {
-            return acquire();
+            return acquire(&mut || {});
         };
-        let Ok(stop) = sys::Event::new() else {
-            return acquire();
-        };
+        let stop: OnceLock<sys::Event> = OnceLock::new();
         std::thread::scope(|scope| {
-            let watcher = std::thread::Builder::new()
-                .name("signals".to_string())
-                .spawn_scoped(scope, || self.watch(fd, &stop, lock));
-            let result = acquire();
-            stop.set();
-            if let Ok(w) = watcher {
+            let mut watcher = None;
+            let result = acquire(&mut || {
+                if stop.get().is_some() {
+                    return;
+                }
+                let Ok(event) = sys::Event::new() else {
+                    return;
+                };
+                let stop = stop.get_or_init(|| event);
+                watcher = std::thread::Builder::new()
+                    .name("signals".to_string())
+                    .spawn_scoped(scope, move || self.watch(fd, stop, lock))
+                    .ok();
+            });
+            if let Some(stop) = stop.get() {
+                stop.set();
+            }
+            if let Some(w) = watcher {
                 let _ = w.join();
             }
             result
