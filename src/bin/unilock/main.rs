@@ -352,27 +352,30 @@ impl Cli {
         };
         let lock = Lock::open(path, &self.options(Flags::CREATE | inherit))
             .map_err(|e| self.open_failed(&shown, &e))?;
-        let taken = signals.during(&lock, |watch| {
-            self.operate(&lock, &shown, EX_NOINPUT, Some(&signals), watch)
+        // Released when the handle is dropped: after a signal or a failure, and after
+        // the command for --unlink and DOTLOCK. Otherwise held until every copy of the
+        // descriptor is closed (see the module comment); a POSIX lock until this
+        // process exits.
+        let release = self.inv.unlink || lock.backends().contains(&Backend::Dotlock);
+        let mut ran = false;
+        let end = signals.during(&lock, |watch, stop_watching| {
+            let taken = self.operate(&lock, &shown, EX_NOINPUT, Some(&signals), watch);
+            stop_watching();
+            if let Some(signal) = signals.caught() {
+                return Ok(End::Signal(signal));
+            }
+            taken?;
+            ran = true;
+            // A DOTLOCK lock file is removed after the command too (with -F it names
+            // the command, which keeps this pid, and is stale once the command has
+            // exited); with --unlink the file is deleted while still held, unless a
+            // process the command left behind shares the lock (then it stays).
+            self.execute(command, &signals)
         });
-        if let Some(signal) = signals.caught() {
-            // Whatever the wait took is released as the handle is dropped here.
-            return Ok(End::Signal(signal));
+        if ran && !release {
+            std::mem::forget(lock);
         }
-        taken?;
-        if self.inv.unlink || lock.backends().contains(&Backend::Dotlock) {
-            // Closed after the command: the file is deleted while still held, unless
-            // a process the command left behind shares the lock (then it stays). A
-            // DOTLOCK lock file is removed here too (with -F it names the command,
-            // which keeps this pid, and is stale once the command has exited).
-            let end = self.execute(command, &signals);
-            drop(lock);
-            return end;
-        }
-        // Held until every copy of the descriptor is closed (see the module comment);
-        // a POSIX lock until this process exits.
-        std::mem::forget(lock);
-        self.execute(command, &signals)
+        end
     }
 
     /// `FD`: the lock is the open file description's, so it outlives this process
@@ -393,15 +396,23 @@ impl Cli {
         let signals = signals::Signals::take_over();
         let lock = self.descriptor_handle(fd)?;
         let subject = fd.to_string();
-        let taken = signals.during(&lock, |watch| {
-            self.operate(&lock, &subject, EX_DATAERR, Some(&signals), watch)
+        let mut ran = false;
+        let end = signals.during(&lock, |watch, stop_watching| {
+            let taken = self.operate(&lock, &subject, EX_DATAERR, Some(&signals), watch);
+            stop_watching();
+            if let Some(signal) = signals.caught() {
+                return Ok(End::Signal(signal));
+            }
+            taken?;
+            ran = true;
+            self.execute(command, &signals)
         });
-        if let Some(signal) = signals.caught() {
-            return Ok(End::Signal(signal));
+        if ran {
+            // The lock is the open file description's: it stays with the caller's
+            // descriptor (dropping the handle after a signal releases what it took).
+            std::mem::forget(lock);
         }
-        taken?;
-        std::mem::forget(lock);
-        self.execute(command, &signals)
+        end
     }
 
     /// A handle on the inherited descriptor `fd`, with flock's codes for a failure.

@@ -22,8 +22,8 @@
 //! background job of a script, SIGHUP under nohup) is left alone, as flock(1) leaves
 //! it, and the command starts with the signal mask `unilock` started with.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use unilock::Lock;
@@ -46,6 +46,10 @@ pub struct Signals {
     fd: Option<sys::SignalFd>,
     /// The first signal received before the command started, or 0.
     caught: AtomicI32,
+    /// True while the watcher thread may read the signalfd; held while a signal is
+    /// read and recorded, so that once [`Signals::during`]'s `stop` has set it false,
+    /// no signal read by the watcher can be missed by the main thread.
+    watching: Mutex<bool>,
 }
 
 impl Signals {
@@ -73,12 +77,20 @@ impl Signals {
             original,
             fd,
             caught: AtomicI32::new(0),
+            watching: Mutex::new(true),
         }
     }
 
     /// The signal received before the command started, if any (one pending now
     /// included).
     pub fn caught(&self) -> Option<i32> {
+        let _reading = self.watching.lock().unwrap_or_else(|p| p.into_inner());
+        self.take_one()
+    }
+
+    /// Reads one pending signal (not SIGCHLD) into `caught`; returns `caught`. The
+    /// caller holds `watching`.
+    fn take_one(&self) -> Option<i32> {
         if let Some(fd) = &self.fd {
             while let Some(c) = fd.take() {
                 if c.signal != libc::SIGCHLD {
@@ -98,19 +110,36 @@ impl Signals {
         }
     }
 
-    /// Runs `acquire` (the lock call or calls on `lock`), which calls the function it is
-    /// given before its first call that may wait: that starts a watcher thread which,
-    /// when a signal comes, records it and cancels the acquisition (a signal that came
-    /// earlier waits in the signalfd). An acquisition that never waits makes no thread.
-    /// The thread has ended when this returns.
-    pub fn during<T>(&self, lock: &Lock, acquire: impl FnOnce(&mut dyn FnMut()) -> T) -> T {
+    /// The watcher's read: as [`Signals::caught`], but nothing once watching has
+    /// stopped (what comes later is the main thread's to read).
+    fn caught_while_watching(&self) -> Option<i32> {
+        let watching = self.watching.lock().unwrap_or_else(|p| p.into_inner());
+        if !*watching {
+            return None;
+        }
+        self.take_one()
+    }
+
+    /// Runs `body`: the acquisition (the lock call or calls on `lock`), then what
+    /// follows it. `body` calls the first function it is given before its first call
+    /// that may wait: that starts a watcher thread which, when a signal comes, records
+    /// it and cancels the acquisition (a signal that came earlier waits in the
+    /// signalfd); an acquisition that never waits makes no thread. `body` calls the
+    /// second function once the acquisition is over: from then on the watcher reads
+    /// nothing, and [`Signals::caught`] says every signal it recorded. The watcher is
+    /// told to end then, but not waited for until `body` returns, so that the command
+    /// does not wait for a thread's exit (a wake-up of another CPU) to start.
+    pub fn during<T>(
+        &self,
+        lock: &Lock,
+        body: impl FnOnce(&mut dyn FnMut(), &mut dyn FnMut()) -> T,
+    ) -> T {
         let Some(fd) = &self.fd else {
-            return acquire(&mut || {});
+            return body(&mut || {}, &mut || {});
         };
         let stop: OnceLock<sys::Event> = OnceLock::new();
         std::thread::scope(|scope| {
-            let mut watcher = None;
-            let result = acquire(&mut || {
+            let mut start = || {
                 if stop.get().is_some() {
                     return;
                 }
@@ -118,18 +147,17 @@ impl Signals {
                     return;
                 };
                 let stop = stop.get_or_init(|| event);
-                watcher = std::thread::Builder::new()
+                let _ = std::thread::Builder::new()
                     .name("signals".to_string())
-                    .spawn_scoped(scope, move || self.watch(fd, stop, lock))
-                    .ok();
-            });
-            if let Some(stop) = stop.get() {
-                stop.set();
-            }
-            if let Some(w) = watcher {
-                let _ = w.join();
-            }
-            result
+                    .spawn_scoped(scope, move || self.watch(fd, stop, lock));
+            };
+            let mut end = || {
+                *self.watching.lock().unwrap_or_else(|p| p.into_inner()) = false;
+                if let Some(stop) = stop.get() {
+                    stop.set();
+                }
+            };
+            body(&mut start, &mut end)
         })
     }
 
@@ -141,7 +169,7 @@ impl Signals {
             if stopped {
                 return;
             }
-            if signal && self.caught().is_some() {
+            if signal && self.caught_while_watching().is_some() {
                 break;
             }
         }
