@@ -6,8 +6,12 @@
 //! its exit costs a process creation and exit per wait; this module keeps the child
 //! instead:
 //!
-//! - A thread's first blocking wait creates its child with `clone(CLONE_VM |
-//!   CLONE_FILES | CLONE_CHILD_CLEARTID)`: it shares the memory and the descriptor table
+//! - A thread's first blocking wait has a child of its own, which reports by exiting
+//!   (the per-wait child of [`crate::wait`]): a process that waits once leaves no child
+//!   sharing its memory, whose CPU every later change of the address space (a program
+//!   started, a thread ended) would have to reach. Its second creates the thread's
+//!   persistent child with `clone(CLONE_VM | CLONE_FILES | CLONE_CHILD_CLEARTID)`: it
+//!   shares the memory and the descriptor table
 //!   (so the locks it takes belong to the handle, POSIX ones to this process's table,
 //!   exactly as before), has no exit signal, blocks every signal, and names itself
 //!   `unilock-waiter`.
@@ -260,6 +264,9 @@ impl Drop for Mine {
 
 thread_local! {
     static MINE: Mine = const { Mine(Cell::new(None)) };
+    /// Whether this thread has had a contended wait before: its first is made by a
+    /// child of its own, the persistent child comes at its second.
+    static WAITED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether this kernel and C library allow persistent children: `futex_waitv(2)` and
@@ -278,11 +285,14 @@ fn supported() -> bool {
     }
 }
 
-/// The calling thread's slot with a live child: `Ok(None)` when persistent children
-/// are not available here (the caller makes a child for this wait instead), `Err` as
-/// `clone(2)` failed.
+/// The calling thread's slot with a live child: `Ok(None)` for the thread's first wait
+/// and when persistent children are not available here (the caller makes a child for
+/// this wait instead), `Err` as `clone(2)` failed.
 pub(crate) fn acquire() -> Result<Option<&'static Slot>, Errno> {
     if !supported() {
+        return Ok(None);
+    }
+    if !WAITED.try_with(|w| w.replace(true)).unwrap_or(true) {
         return Ok(None);
     }
     let me = sys::getpid();

@@ -156,14 +156,23 @@ fn one_waiter_child_serves_every_wait_of_a_thread_and_uses_no_descriptor() {
         let mut peer = holder(&path, b);
         assert_eq!(peer.cmd("unlock h 0 0"), "ok");
         let (go, results, thread) = waiting_thread(lock);
+        // A thread's first wait has a child of its own, gone once it is granted.
+        let once = handed_off(&mut peer, &path, &go, &results, None);
+        assert!(once.result.is_ok(), "{b:?}: {:?}", once.result);
+        assert!(
+            once.children.is_empty(),
+            "{b:?}: the first wait's child is gone: {:?}",
+            once.children
+        );
         let first = handed_off(&mut peer, &path, &go, &results, None);
         assert!(first.result.is_ok(), "{b:?}: {:?}", first.result);
         assert_eq!(
             first.children.len(),
             1,
-            "{b:?}: one waiter child: {:?}",
+            "{b:?}: one waiter child from the second wait: {:?}",
             first.children
         );
+        assert_eq!(first.fds, once.fds, "{b:?}: descriptors after each wait");
         for timeout in [
             None,
             Some(Duration::from_secs(10)),
@@ -191,6 +200,12 @@ fn a_threads_waiter_child_is_killed_and_reaped_when_the_thread_exits() {
     let mut peer = holder(&path, Backend::Ofd);
     assert_eq!(peer.cmd("unlock h 0 0"), "ok");
     let (go, results, thread) = waiting_thread(lock);
+    // The persistent child comes at the thread's second wait.
+    assert!(
+        handed_off(&mut peer, &path, &go, &results, None)
+            .result
+            .is_ok()
+    );
     let w = handed_off(&mut peer, &path, &go, &results, None);
     assert!(w.result.is_ok());
     let [child] = w.children[..] else {
@@ -215,6 +230,12 @@ fn a_deadline_or_a_cancel_ends_the_waiter_child_and_the_next_wait_makes_a_new_on
         let mut peer = holder(&path, b);
         assert_eq!(peer.cmd("unlock h 0 0"), "ok");
         let (go, results, thread) = waiting_thread(lock.clone());
+        // The persistent child comes at the thread's second wait.
+        assert!(
+            handed_off(&mut peer, &path, &go, &results, None)
+                .result
+                .is_ok()
+        );
         let first = handed_off(&mut peer, &path, &go, &results, None);
         let [old] = first.children[..] else {
             panic!("{b:?}: {:?}", first.children)
@@ -272,10 +293,16 @@ fn a_waiter_child_killed_by_someone_else_does_not_lose_the_wait() {
         let mut peer = holder(&path, b);
         let (tell, tid) = mpsc::channel();
         let waiter = std::thread::spawn(move || {
+            // A first wait, which times out: the next one has the persistent child.
+            let first = lock.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(20)));
+            assert_eq!(first.unwrap_err().errno(), libc::ETIMEDOUT);
             tell.send(gettid()).unwrap();
             lock.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(20)))
         });
         let tid = tid.recv().unwrap();
+        wait_until("the second wait has its child", || {
+            waiter_children(tid).len() == 1
+        });
         wait_until("the waiter blocks in the kernel", || {
             someone_waits_on(&path)
         });
@@ -302,10 +329,15 @@ fn the_holder_after_a_wait_is_this_process_not_its_waiter_child() {
         let waiter = {
             let lock = lock.clone();
             std::thread::spawn(move || {
+                // A first wait, which times out: the one after it has the persistent
+                // child, which then takes the lock for this process.
+                let first = lock.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(20)));
+                assert_eq!(first.unwrap_err().errno(), libc::ETIMEDOUT);
                 lock.lock(Mode::Exclusive, 0, 0, None).unwrap();
                 waiter_children(gettid())
             })
         };
+        std::thread::sleep(Duration::from_millis(40));
         wait_until("the waiter blocks in the kernel", || {
             someone_waits_on(&path)
         });
@@ -350,6 +382,11 @@ fn exec_scenario_main() {
     );
     let lock = Lock::open(&path, &opts(backend)).unwrap();
     let run = move || {
+        // A first wait, which times out (the test holds the lock until it reads the
+        // line below): the next wait has the persistent child.
+        let first = lock.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(20)));
+        assert_eq!(first.unwrap_err().errno(), libc::ETIMEDOUT);
+        println!("@@ warmed");
         lock.lock(Mode::Exclusive, 0, 0, Some(Duration::from_secs(20)))
             .unwrap();
         let children = waiter_children(gettid());
@@ -394,10 +431,17 @@ fn an_execve_after_a_wait_ends_the_waiter_child_and_releases_the_locks() {
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap();
-            wait_until("the child waits", || someone_waits_on(&path));
-            mine.unlock(0, 0).unwrap();
             let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
             let mut line = String::new();
+            while !line.contains("@@ warmed") {
+                line.clear();
+                assert!(
+                    out.read_line(&mut line).unwrap() > 0,
+                    "{how} {b:?}: child ended"
+                );
+            }
+            wait_until("the child waits", || someone_waits_on(&path));
+            mine.unlock(0, 0).unwrap();
             let helper: i32 = loop {
                 line.clear();
                 assert!(
