@@ -356,26 +356,41 @@ impl Cli {
         // the command for --unlink and DOTLOCK. Otherwise held until every copy of the
         // descriptor is closed (see the module comment); a POSIX lock until this
         // process exits.
+        // A DOTLOCK lock file is removed after the command too (with -F it names the
+        // command, which keeps this pid, and is stale once the command has exited);
+        // with --unlink the file is deleted while still held, unless a process the
+        // command left behind shares the lock (then it stays).
         let release = self.inv.unlink || lock.backends().contains(&Backend::Dotlock);
+        let (end, ran) = self.lock_and_execute(&lock, &shown, EX_NOINPUT, &signals, command);
+        if ran && !release {
+            std::mem::forget(lock);
+        }
+        end
+    }
+
+    /// Takes (or releases) the lock with the signals watched while it waits, then runs
+    /// the command, unless a signal came first (then `unilock` ends by it). Returns how
+    /// to end, and whether the command ran.
+    fn lock_and_execute(
+        &self,
+        lock: &Lock,
+        subject: &str,
+        read_only_code: i32,
+        signals: &signals::Signals,
+        command: &[OsString],
+    ) -> (Result<End, Exit>, bool) {
         let mut ran = false;
-        let end = signals.during(&lock, |watch, stop_watching| {
-            let taken = self.operate(&lock, &shown, EX_NOINPUT, Some(&signals), watch);
+        let end = signals.during(lock, |watch, stop_watching| {
+            let taken = self.operate(lock, subject, read_only_code, Some(signals), watch);
             stop_watching();
             if let Some(signal) = signals.caught() {
                 return Ok(End::Signal(signal));
             }
             taken?;
             ran = true;
-            // A DOTLOCK lock file is removed after the command too (with -F it names
-            // the command, which keeps this pid, and is stale once the command has
-            // exited); with --unlink the file is deleted while still held, unless a
-            // process the command left behind shares the lock (then it stays).
-            self.execute(command, &signals)
+            self.execute(command, signals)
         });
-        if ran && !release {
-            std::mem::forget(lock);
-        }
-        end
+        (end, ran)
     }
 
     /// `FD`: the lock is the open file description's, so it outlives this process
@@ -396,17 +411,7 @@ impl Cli {
         let signals = signals::Signals::take_over();
         let lock = self.descriptor_handle(fd)?;
         let subject = fd.to_string();
-        let mut ran = false;
-        let end = signals.during(&lock, |watch, stop_watching| {
-            let taken = self.operate(&lock, &subject, EX_DATAERR, Some(&signals), watch);
-            stop_watching();
-            if let Some(signal) = signals.caught() {
-                return Ok(End::Signal(signal));
-            }
-            taken?;
-            ran = true;
-            self.execute(command, &signals)
-        });
+        let (end, ran) = self.lock_and_execute(&lock, &subject, EX_DATAERR, &signals, command);
         if ran {
             // The lock is the open file description's: it stays with the caller's
             // descriptor (dropping the handle after a signal releases what it took).
