@@ -784,10 +784,7 @@ impl Drop for Holder {
 
 /// True when /proc/locks shows a blocked request ("->") on inode `ino`.
 fn waiter_blocked(ino: u64) -> bool {
-    let needle = format!(":{ino} ");
-    std::fs::read_to_string("/proc/locks")
-        .map(|s| s.lines().any(|l| l.contains("->") && l.contains(&needle)))
-        .unwrap_or(false)
+    blocked_waiters(ino) > 0
 }
 
 /// `--holder PATH BACKEND`: commands on stdin, one byte each: `L` take the lock and

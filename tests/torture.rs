@@ -414,6 +414,21 @@ fn children_of(pid: i32) -> Vec<i32> {
     out
 }
 
+/// [`fd_list`], looked at again for up to 100 ms while it differs from `before`: a
+/// descriptor the C library opens for a moment (glibc's malloc reads
+/// /proc/sys/vm/overcommit_memory when it gives memory back) is not a leak.
+fn fd_list_settled(before: &[String]) -> Vec<String> {
+    let mut now = fd_list();
+    for _ in 0..20 {
+        if now == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        now = fd_list();
+    }
+    now
+}
+
 /// This process's descriptors, each as "N -> target".
 fn fd_list() -> Vec<String> {
     let mut out: Vec<String> = fs::read_dir("/proc/self/fd")
@@ -1958,17 +1973,7 @@ fn worker_main(args: WorkerArgs) -> ! {
         let ctx = &ctx;
         scope.spawn(move || canceller(ctx, splitmix(args.seed)));
     });
-    // A descriptor the C library opens for a moment (glibc's malloc reads
-    // /proc/sys/vm/overcommit_memory when it gives memory back) is not a leak: look
-    // again for up to 100 ms before calling a difference one.
-    let mut fds_after = fd_list();
-    for _ in 0..20 {
-        if fds_after == fds_before {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-        fds_after = fd_list();
-    }
+    let fds_after = fd_list_settled(&fds_before);
     if fds_after != fds_before {
         ctx.board.fail(&format!(
             "worker {} (pid {pid}) has other descriptors after closing every handle: before \
@@ -2590,17 +2595,7 @@ fn torture(name: &str) {
     }
     drop(p);
     drop(tmp);
-    // A descriptor the C library opens for a moment (glibc's malloc reads
-    // /proc/sys/vm/overcommit_memory when it gives memory back) is not a leak: look
-    // again for up to 100 ms before calling a difference one.
-    let mut fds_after = fd_list();
-    for _ in 0..20 {
-        if fds_after == fds_before {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-        fds_after = fd_list();
-    }
+    let fds_after = fd_list_settled(&fds_before);
     if fds_after != fds_before {
         problems.push(format!(
             "the test process's descriptors changed: before {fds_before:?}, after {fds_after:?}"

@@ -506,12 +506,7 @@ impl Cli {
             self.exec(&argv, signals);
         }
         signals.before_fork();
-        let close_fd = match (self.inv.close, &self.inv.target) {
-            // --close: the command does not get the locked descriptor.
-            (true, Target::DescriptorCommand { fd, .. }) => *fd,
-            _ => -1,
-        };
-        let pid = match sys::spawn(&argv, close_fd, signals.command_mask()) {
+        let pid = match sys::spawn(&argv, self.close_fd(), signals.command_mask()) {
             Ok(pid) => pid,
             Err(sys::SpawnError::Clone(e)) => {
                 return Err(self.fail(EX_OSERR, &format!("fork failed: {}", sys::strerror(e))));
@@ -542,16 +537,18 @@ impl Cli {
         })
     }
 
+    /// `--close` with `--fd N`: N, which the command does not get; else -1.
+    fn close_fd(&self) -> i32 {
+        match (self.inv.close, &self.inv.target) {
+            (true, Target::DescriptorCommand { fd, .. }) => *fd,
+            _ => -1,
+        }
+    }
+
     /// Replaces this process with the command, which gets the signal mask `unilock`
     /// started with; on failure, flock's message and code.
     fn exec(&self, argv: &sys::Argv, signals: &signals::Signals) -> ! {
-        sys::default_action(libc::SIGPIPE);
-        if let (true, Target::DescriptorCommand { fd, .. }) = (self.inv.close, &self.inv.target) {
-            // --close: the command does not get the locked descriptor.
-            sys::close(*fd);
-        }
-        signals.for_command();
-        let e = argv.exec();
+        let e = sys::exec(argv, self.close_fd(), signals.command_mask());
         self.warn(&format!(
             "failed to execute {}: {}",
             argv.program(),

@@ -189,11 +189,6 @@ impl Signals {
         }
     }
 
-    /// In the command's process, before `exec`: the signal mask `unilock` started with.
-    pub fn for_command(&self) {
-        sys::set_mask(&self.original);
-    }
-
     /// The signal mask the command starts with: the one `unilock` started with.
     pub fn command_mask(&self) -> &sys::SigSet {
         &self.original

@@ -50,20 +50,12 @@ impl Argv {
     pub fn program(&self) -> String {
         self.strings[0].to_string_lossy().into_owned()
     }
-
-    /// `execvp(3)`: searches `PATH` and, as flock's does, runs a file without a `#!`
-    /// line through `/bin/sh`. Returns only on failure, with the errno.
-    pub fn exec(&self) -> Errno {
-        // SAFETY: `pointers` is a NULL-terminated array of pointers into `strings`,
-        // which outlive the call; execvp only returns on failure.
-        unsafe { libc::execvp(self.pointers[0], self.pointers.as_ptr()) };
-        errno()
-    }
 }
 
 /// Sets `signal` to its default action (`SIGCHLD`: flock clears an inherited
-/// "ignore", which would make the command's status unobtainable; `SIGPIPE`: the Rust
-/// runtime ignores it in this process, and the command must not inherit that).
+/// "ignore", which would make the command's status unobtainable). `SIGPIPE`, which the
+/// Rust runtime ignores in this process, is reset in the command only
+/// ([`become_the_command`]).
 pub fn default_action(signal: libc::c_int) {
     // SAFETY: SIG_DFL installs no handler; `signal` is a valid signal number.
     unsafe { libc::signal(signal, libc::SIG_DFL) };
@@ -83,24 +75,49 @@ struct Launch {
     errno: libc::c_int,
 }
 
-/// The command's process (`run_launch`): `SIGPIPE` to its default action, the descriptor closed, the
-/// mask set, then `execvp`; on failure the errno is left in the [`Launch`] and the
-/// process exits with 127.
+/// `SIGPIPE` to its default action, the descriptor closed, the mask set, then
+/// `execvp`: what the command's process does, in the process `spawn` makes or (`-F`)
+/// in `unilock` itself. Returns only on failure, with the errno. Only
+/// async-signal-safe calls (the process `spawn` makes borrows this one's memory).
+///
+/// # Safety
+/// `launch.argv` is a NULL-terminated array of NUL-terminated strings.
+unsafe fn become_the_command(launch: &Launch) -> Errno {
+    // SAFETY: plain system calls on the caller's values; the caller vouches for argv.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        if launch.close_fd >= 0 {
+            libc::close(launch.close_fd);
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &launch.mask, std::ptr::null_mut());
+        libc::execvp(*launch.argv, launch.argv);
+        *libc::__errno_location()
+    }
+}
+
+/// The process `spawn` makes: [`become_the_command`]; on failure the errno is left in
+/// the [`Launch`] and the process exits with 127.
 extern "C" fn run_launch(arg: *mut libc::c_void) -> libc::c_int {
     let launch = arg.cast::<Launch>();
     // SAFETY: `arg` is the `Launch` that `spawn` keeps alive and does not touch until
-    // this process has exec'd or exited (CLONE_VFORK); every call here is
-    // async-signal-safe and uses only what the Launch points to.
+    // this process has exec'd or exited (CLONE_VFORK); its argv comes from an Argv.
     unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        if (*launch).close_fd >= 0 {
-            libc::close((*launch).close_fd);
-        }
-        libc::sigprocmask(libc::SIG_SETMASK, &(*launch).mask, std::ptr::null_mut());
-        libc::execvp(*(*launch).argv, (*launch).argv);
-        (*launch).errno = *libc::__errno_location();
+        (*launch).errno = become_the_command(&*launch);
         libc::_exit(127)
     }
+}
+
+/// `-F`: this process becomes the command (see [`spawn`] for the arguments). Returns
+/// only on failure, with the errno.
+pub fn exec(argv: &Argv, close_fd: libc::c_int, mask: &SigSet) -> Errno {
+    let launch = Launch {
+        argv: argv.pointers.as_ptr(),
+        close_fd,
+        mask: mask.0,
+        errno: 0,
+    };
+    // SAFETY: `pointers` is a NULL-terminated array of pointers into `strings`.
+    unsafe { become_the_command(&launch) }
 }
 
 /// Why the command did not start.
@@ -379,12 +396,4 @@ pub fn die_by(signal: libc::c_int) -> ! {
     // SAFETY: unblocks `signal`, whose pending instance then ends the process.
     unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set.0, std::ptr::null_mut()) };
     exit_now(128 + signal)
-}
-
-/// `close(2)` of `fd`, in the child before it execs the command (`--close` with
-/// `--fd`); a failure is ignored, as flock's own `close` before `execvp`.
-pub fn close(fd: std::os::fd::RawFd) {
-    // SAFETY: closes a descriptor this process does not own through any Rust object
-    // (one it inherited), in a child that execs next.
-    unsafe { libc::close(fd) };
 }
