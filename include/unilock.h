@@ -134,6 +134,42 @@ typedef struct unilock_options {
      * dead owner makes it stale.
      */
     uint32_t stale_after_s;
+    /**
+     * ETCD: the lease TTL in seconds; 0 means 10.
+     */
+    uint32_t lease_ttl_s;
+    /**
+     * ETCD: the cluster's client URLs, comma-separated (`"http://10.0.0.1:2379,..."`;
+     * `host:port` means `http://`); NULL or "": from the environment (see
+     * `UNILOCK_BACKEND_ETCD`). The strings of this struct are read by `unilock_open`
+     * and not kept.
+     */
+    const char *endpoints;
+    /**
+     * ETCD over `https://`: a PEM file of the CA certificates that sign the servers'
+     * certificates (NULL: `$UNILOCK_ETCD_CACERT`, else `$ETCDCTL_CACERT`, else the
+     * usual web roots).
+     */
+    const char *ca_file;
+    /**
+     * ETCD over `https://`: a PEM client certificate, for a cluster that checks them
+     * (NULL: `$UNILOCK_ETCD_CERT`, else `$ETCDCTL_CERT`). Needs `key_file`.
+     */
+    const char *cert_file;
+    /**
+     * Its PEM private key (NULL: `$UNILOCK_ETCD_KEY`, else `$ETCDCTL_KEY`).
+     */
+    const char *key_file;
+    /**
+     * ETCD with authentication: the user (NULL: `$UNILOCK_ETCD_USER`, else
+     * `$ETCDCTL_USER`, either of which may be `name:password`).
+     */
+    const char *user;
+    /**
+     * Its password (NULL: `$UNILOCK_ETCD_PASSWORD`, else `$ETCDCTL_PASSWORD`). Never
+     * shown in a message.
+     */
+    const char *password;
 } unilock_options;
 
 /**
@@ -221,6 +257,32 @@ typedef struct unilock_holder {
  * release by flocking the lock file).
  */
 #define UNILOCK_BACKEND_DOTLOCK 8
+
+/**
+ * A lock in an etcd cluster (v3 API), for processes on several machines. The "path"
+ * given to `unilock_open` is a lock name (not empty, at most 4096 bytes, UTF-8); the
+ * cluster is reached at `.endpoints` (else `$UNILOCK_ETCD_ENDPOINTS`, else
+ * `$ETCDCTL_ENDPOINTS`, else `http://127.0.0.1:2379`). The keys and the queue are
+ * those of etcd's `concurrency.Mutex`: `etcdctl lock NAME` and Go's clientv3 exclude
+ * it and are excluded by it. Exclusive locks of the whole name only (`UNILOCK_SHARED`
+ * and byte ranges: `-EOPNOTSUPP`); alone only (with other backends: `-EINVAL`);
+ * `UNILOCK_FAIR` and `UNILOCK_UNLINK`: `-EOPNOTSUPP` (the queue is first come, first
+ * served already); `UNILOCK_CREATE`, `UNILOCK_FOLLOW` and `UNILOCK_INHERIT` have no
+ * effect; `unilock_open_fd`: `-EINVAL`; `unilock_fd`: `-EOPNOTSUPP`.
+ *
+ * The lock lives on a lease of `.lease_ttl_s` seconds (10 when 0) that a thread of
+ * the library renews every third of it while the handle waits or holds. A holder
+ * that cannot renew it for a whole TTL (paused, cut off from etcd) loses the lock:
+ * the next call on the handle fails with `-ENOLCK`, never silently succeeds. Waits
+ * watch the key ahead (no polling), time out and are cancelled like the file
+ * backends'. `unilock_fence` gives the fencing token; `unilock_touch` renews the lease
+ * at once; `unilock_query` and `unilock_list` read the queue (`start` is a key's
+ * create revision, `pid` and `command` what its value says, on `unilock_holder_host`).
+ * Errors reaching etcd are the socket's (`-ECONNREFUSED`, `-ETIMEDOUT`,
+ * `-EHOSTUNREACH`, `-EPROTO` for TLS), `-EIO` when the cluster cannot serve (no
+ * leader), `-EACCES` for a refused user or certificate.
+ */
+#define UNILOCK_BACKEND_ETCD 16
 
 /**
  * A read lock: any number of shared holders.
@@ -387,9 +449,21 @@ int unilock_cancel(struct unilock *l);
  * stale by age; call it at least three times per `stale_after_s` (and every minute or
  * so when liblockfile users without pid checks share the lock file). `-ENOLCK` when
  * another process removed the lock file meanwhile, judging it stale. Holding nothing,
- * or the kernel backends: nothing to do, returns 0.
+ * or the kernel backends: nothing to do, returns 0. ETCD: renews the lease at once
+ * (the library also does so every third of its TTL); `-ENOLCK` when it was lost.
  */
 int unilock_touch(struct unilock *l);
+
+/**
+ * ETCD: stores in `*token` the fencing token of the lock the handle holds: the
+ * create revision of its key, which grows with every grant of the lock (by unilock,
+ * `etcdctl lock` or any clientv3 user). Pass it with every write to a storage system
+ * that remembers the highest token it has accepted and refuses lower ones: a holder
+ * that lost the lock without knowing it (paused past its lease) can then do no
+ * damage. `-ENOLCK` when the handle holds no lock or has lost it (then it holds
+ * nothing); `-EOPNOTSUPP` for the file backends; `-EINVAL` when `token` is NULL.
+ */
+int unilock_fence(struct unilock *l, uint64_t *token);
 
 /**
  * The descriptor the handle locks through (owned by the handle: do not close it;
@@ -422,6 +496,20 @@ int unilock_holder_pids(struct unilock *l,
                         int32_t *pids,
                         size_t cap,
                         size_t *count);
+
+/**
+ * Writes the name of the host that the lock `*h` describes is held on (as
+ * `unilock_query` or `unilock_list` filled it) into `buf`, NUL-terminated and cut to
+ * `cap` bytes, and returns the name's length (which may be `cap` or more: call again
+ * with a larger buffer). ETCD: the host the key's value names, "" for a key without
+ * one (`etcdctl lock`'s); DOTLOCK: the lock record's `host=`; the kernel's locks:
+ * this host. `-ENOENT` when the lock is gone; `buf` may be NULL when `cap` is 0.
+ *
+ * # Safety
+ * `h` points to a `unilock_holder`, `buf` to `cap` writable bytes (or is NULL with
+ * `cap` 0).
+ */
+int unilock_holder_host(struct unilock *l, const struct unilock_holder *h, char *buf, size_t cap);
 
 /**
  * The version of the library that is running, "MAJOR.MINOR.PATCH". Compare it with

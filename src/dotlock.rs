@@ -264,13 +264,13 @@ fn read_once(
 }
 
 /// This host's name (`uname(2)`, which needs no descriptor); `None` while unknown.
-fn host() -> Option<&'static str> {
+pub(crate) fn host() -> Option<&'static str> {
     static HOST: OnceLock<String> = OnceLock::new();
     read_once(&HOST, || sys::host_name().filter(|h| !h.is_empty()))
 }
 
 /// This boot's id; `None` while it cannot be read.
-fn boot_id() -> Option<&'static str> {
+pub(crate) fn boot_id() -> Option<&'static str> {
     static BOOT: OnceLock<String> = OnceLock::new();
     read_once(&BOOT, || {
         sys::read_small(Path::new("/proc/sys/kernel/random/boot_id"))
@@ -281,7 +281,7 @@ fn boot_id() -> Option<&'static str> {
 
 /// The start time of process `pid` (clock ticks after boot, field 22 of its stat),
 /// `None` when it cannot be read.
-fn start_time(pid: i32) -> Option<u64> {
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
     process_state(pid).and_then(|(_, start)| start)
 }
 
@@ -1565,6 +1565,7 @@ fn holder(pid: i32, is_self: bool) -> Holder {
         command,
         processes,
         lock_file: None,
+        etcd: None,
     }
 }
 

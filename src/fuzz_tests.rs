@@ -380,7 +380,7 @@ fn check_parsed(line: &str, lock: &ProcLock) -> Result<(), TestCaseError> {
         Backend::Flock => "FLOCK",
         Backend::Ofd => "OFDLCK",
         Backend::Posix => "POSIX",
-        Backend::Dotlock => "none",
+        Backend::Dotlock | Backend::Etcd => "none",
     };
     let ty = match lock.mode {
         Mode::Shared => "READ",

@@ -516,6 +516,7 @@ impl Resolver {
             command: self.command_of(pid),
             processes,
             lock_file: None,
+            etcd: None,
         }
     }
 }

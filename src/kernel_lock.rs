@@ -1083,6 +1083,7 @@ impl KernelLock {
                     fds: Vec::new(),
                 }],
                 lock_file: None,
+                etcd: None,
             }));
         }
         // The device /proc names the file by: read only when /proc is (a flock query,

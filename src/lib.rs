@@ -42,6 +42,7 @@ mod backend;
 pub mod capi;
 mod dotlock;
 mod error;
+mod etcd;
 mod fair;
 // cbindgen reads every module for the header and would take the flags' associated
 // constants; the C API has its own UNILOCK_* macros, so it skips this module.
@@ -106,6 +107,11 @@ pub enum Backend {
     /// Lock files by existence (liblockfile, lockfile(1), mailbox `.lock` files):
     /// exclusive, whole file; see [`Options::stale_after_s`] and [`Lock::touch`].
     Dotlock = 8,
+    /// A lock in an etcd cluster, for processes on several machines: the "path" is a
+    /// lock name, the keys and queue are those of etcd's `concurrency.Mutex`
+    /// (`etcdctl lock NAME`), exclusive only; see [`Options::etcd_endpoints`] and
+    /// [`Lock::fence`]. Alone only. Needs the `etcd` cargo feature.
+    Etcd = 16,
 }
 
 impl Backend {
@@ -116,6 +122,7 @@ impl Backend {
             Backend::Ofd => "OFD",
             Backend::Posix => "POSIX",
             Backend::Dotlock => "DOTLOCK",
+            Backend::Etcd => "ETCD",
         }
     }
 }
@@ -143,6 +150,35 @@ pub struct Options {
     pub(crate) create_mode: u32,
     /// DOTLOCK: seconds without a refresh after which a lock file is stale; 0: never.
     pub(crate) stale_after_s: u32,
+    /// ETCD: where and how to reach the cluster.
+    pub(crate) etcd: EtcdOptions,
+}
+
+/// The ETCD settings of [`Options`]; each one missing is taken from the environment.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) struct EtcdOptions {
+    pub(crate) endpoints: Option<String>,
+    pub(crate) ttl_s: u32,
+    pub(crate) ca: Option<String>,
+    pub(crate) cert: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) password: Option<String>,
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password is never shown.
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("ttl_s", &self.ttl_s)
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .finish()
+    }
 }
 
 impl Options {
@@ -190,6 +226,55 @@ impl Options {
         self.stale_after_s = seconds;
         self
     }
+
+    /// ETCD: the cluster's client URLs, comma-separated (`http://10.0.0.1:2379,...`;
+    /// a bare `host:port` means `http://`). Unset or empty: `UNILOCK_ETCD_ENDPOINTS`,
+    /// else `ETCDCTL_ENDPOINTS`, else `http://127.0.0.1:2379`. Requests fail over
+    /// between them in order.
+    pub fn etcd_endpoints(mut self, endpoints: impl Into<String>) -> Self {
+        self.etcd.endpoints = Some(endpoints.into());
+        self
+    }
+
+    /// ETCD: the lease TTL in seconds (0: 10). The library renews the lease every third
+    /// of it while the handle waits or holds; a holder that cannot renew it for a whole
+    /// TTL (paused, cut off from etcd) loses the lock, and its next call says so
+    /// (`ENOLCK`). etcd may raise a very short TTL to its minimum.
+    pub fn etcd_lease_ttl_s(mut self, seconds: u32) -> Self {
+        self.etcd.ttl_s = seconds;
+        self
+    }
+
+    /// ETCD over `https://`: the CA certificates (PEM) that sign the servers'
+    /// certificates, instead of the system's web roots. Unset: `UNILOCK_ETCD_CACERT`,
+    /// else `ETCDCTL_CACERT`.
+    pub fn etcd_ca(mut self, pem_file: impl Into<String>) -> Self {
+        self.etcd.ca = Some(pem_file.into());
+        self
+    }
+
+    /// ETCD over `https://`: a client certificate (PEM, with its chain) and its private
+    /// key (PEM), for a cluster that authenticates clients by certificate. Unset:
+    /// `UNILOCK_ETCD_CERT`/`UNILOCK_ETCD_KEY`, else `ETCDCTL_CERT`/`ETCDCTL_KEY`.
+    pub fn etcd_client_cert(mut self, cert: impl Into<String>, key: impl Into<String>) -> Self {
+        self.etcd.cert = Some(cert.into());
+        self.etcd.key = Some(key.into());
+        self
+    }
+
+    /// ETCD: a user and password, for a cluster with authentication enabled. Unset:
+    /// `UNILOCK_ETCD_USER` (`name` or `name:password`) and `UNILOCK_ETCD_PASSWORD`,
+    /// else the `ETCDCTL_` ones. The password is never shown in a message or by
+    /// `Debug`.
+    pub fn etcd_credentials(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.etcd.user = Some(user.into());
+        self.etcd.password = Some(password.into());
+        self
+    }
 }
 
 /// One lock on a file and who holds it.
@@ -220,6 +305,38 @@ pub struct Holder {
     pub processes: Vec<Process>,
     /// DOTLOCK: the lock file and its owner record; `None` for the kernel's locks.
     pub lock_file: Option<LockFile>,
+    /// ETCD: the key in the lock's queue and what its value says; `None` otherwise.
+    pub etcd: Option<EtcdKey>,
+}
+
+/// An ETCD lock key ([`Holder::etcd`]): one place in the lock's queue.
+///
+/// For ETCD holders, [`Holder::start`] is the key's create revision too, [`Holder::pid`]
+/// and [`Holder::command`] are what the key's value says (on its host, which may be
+/// another machine), and [`Holder::processes`] names the process only when it runs on
+/// this host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdKey {
+    /// The key, `NAME/<lease id in hex>`.
+    pub key: String,
+    /// Its lease.
+    pub lease: i64,
+    /// Its create revision: its place in the queue, and the holder's fencing token
+    /// ([`Lock::fence`]).
+    pub revision: u64,
+    /// The host that made it, when its value says (unilock's keys do; etcdctl's are
+    /// empty).
+    pub host: Option<String>,
+    /// The pid of the process that made it, on that host.
+    pub pid: Option<i32>,
+    /// That process's command name.
+    pub command: Option<String>,
+    /// When it was made, in seconds since the Unix epoch.
+    pub since: Option<u64>,
+    /// False for the holder (the lowest create revision), true for a waiter.
+    pub waiting: bool,
+    /// The endpoints it was read from.
+    pub endpoints: Vec<String>,
 }
 
 /// A process that has a lock ([`Holder::processes`]).

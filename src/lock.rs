@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use crate::dotlock::DotLock;
+use crate::etcd::EtcdLock;
 use crate::kernel_lock::KernelLock;
 use crate::range::ByteRange;
 use crate::wait::{CallState, Deadline};
@@ -32,6 +33,8 @@ pub struct Lock {
     kernel: Vec<KernelLock>,
     /// The DOTLOCK lock file, taken before the kernel locks.
     dot: Option<DotLock>,
+    /// An ETCD handle (alone: nothing else is then set).
+    etcd: Option<EtcdLock>,
     /// [`Backend`] bits.
     backends: u32,
     /// A set: what the whole handle holds (`NONE`, or a mode), to restore on failure.
@@ -49,7 +52,8 @@ fn backend_bits(options: &Options) -> Result<u32> {
     let known = Backend::Flock as u32
         | Backend::Ofd as u32
         | Backend::Posix as u32
-        | Backend::Dotlock as u32;
+        | Backend::Dotlock as u32
+        | Backend::Etcd as u32;
     if options.backends & !known != 0 {
         return Err(Error::new(
             libc::EINVAL,
@@ -78,6 +82,22 @@ fn backend_bits(options: &Options) -> Result<u32> {
             libc::EINVAL,
             "the OFD and POSIX backends cannot be combined: choose one fcntl mechanism",
         ));
+    }
+    if options.backends & Backend::Etcd as u32 != 0 {
+        if options.backends != Backend::Etcd as u32 {
+            return Err(Error::new(
+                libc::EINVAL,
+                "the ETCD backend cannot be combined with the file backends: a handle \
+                 locks in etcd or in the file system",
+            ));
+        }
+        if options.flags.contains(Flags::FAIR) || options.flags.contains(Flags::UNLINK) {
+            return Err(Error::new(
+                libc::EOPNOTSUPP,
+                "UNILOCK_FAIR and UNILOCK_UNLINK do not apply to the ETCD backend, whose \
+                 queue is first come, first served already and which has no file",
+            ));
+        }
     }
     let bits = if options.backends == 0 {
         Backend::Flock as u32
@@ -133,6 +153,14 @@ impl Lock {
     pub fn open(path: impl AsRef<Path>, options: &Options) -> Result<Lock> {
         let bits = backend_bits(options)?;
         let path = path.as_ref();
+        if bits == Backend::Etcd as u32 {
+            let name = path
+                .to_str()
+                .ok_or_else(|| Error::new(libc::EINVAL, "the etcd lock name is not valid UTF-8"))?;
+            let mut lock = Lock::assemble(Vec::new(), None, bits);
+            lock.etcd = Some(EtcdLock::open(name, options)?);
+            return Ok(lock);
+        }
         let name = path.display().to_string();
         let cpath = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| Error::new(libc::EINVAL, "the path contains a NUL byte"))?;
@@ -172,6 +200,12 @@ impl Lock {
                 "the DOTLOCK backend needs a path: its lock file is made next to the file",
             ));
         }
+        if bits & Backend::Etcd as u32 != 0 {
+            return Err(Error::new(
+                libc::EINVAL,
+                "the ETCD backend needs a lock name, not a descriptor",
+            ));
+        }
         let mut kernel = Vec::new();
         for b in ORDER.into_iter().filter(|&b| bits & b as u32 != 0) {
             kernel.push(KernelLock::from_fd(fd, b, options)?);
@@ -183,6 +217,7 @@ impl Lock {
         Lock {
             kernel,
             dot,
+            etcd: None,
             backends,
             held: AtomicU8::new(NONE),
             call: CallState::default(),
@@ -207,6 +242,10 @@ impl Lock {
     pub fn fd(&self) -> Result<RawFd> {
         match self.kernel.first() {
             Some(k) => Ok(k.fd()),
+            None if self.etcd.is_some() => Err(Error::new(
+                libc::EOPNOTSUPP,
+                "an ETCD handle has no descriptor: its lock is a key in etcd",
+            )),
             None => Err(Error::new(
                 libc::EOPNOTSUPP,
                 "a DOTLOCK handle has no descriptor: its lock file exists only while held",
@@ -216,7 +255,9 @@ impl Lock {
 
     /// The mechanism of this handle; for a set, the first one it takes.
     pub fn backend(&self) -> Backend {
-        if self.dot.is_some() {
+        if self.etcd.is_some() {
+            Backend::Etcd
+        } else if self.dot.is_some() {
             Backend::Dotlock
         } else {
             self.kernel[0].backend()
@@ -226,7 +267,7 @@ impl Lock {
     /// The backends of this handle, in taking order (DOTLOCK, FLOCK, then OFD or
     /// POSIX): one for a handle that is not a set.
     pub fn backends(&self) -> Vec<Backend> {
-        [Backend::Dotlock]
+        [Backend::Etcd, Backend::Dotlock]
             .into_iter()
             .chain(ORDER)
             .filter(|&b| self.backends & b as u32 != 0)
@@ -235,9 +276,11 @@ impl Lock {
 
     fn range(&self, start: u64, len: u64) -> Result<ByteRange> {
         let range = ByteRange::from_api(start, len)?;
-        let whole_only = Backend::Flock as u32 | Backend::Dotlock as u32;
+        let whole_only = Backend::Flock as u32 | Backend::Dotlock as u32 | Backend::Etcd as u32;
         if self.backends & whole_only != 0 && !range.is_whole() {
-            let which = if self.backends & Backend::Dotlock as u32 != 0 {
+            let which = if self.backends & Backend::Etcd as u32 != 0 {
+                "ETCD"
+            } else if self.backends & Backend::Dotlock as u32 != 0 {
                 "DOTLOCK"
             } else {
                 "FLOCK"
@@ -293,6 +336,9 @@ impl Lock {
         }
         let _call = self.call.begin(true)?;
         let deadline = Deadline::after(timeout);
+        if let Some(e) = &self.etcd {
+            return e.lock(&self.call, mode, &deadline);
+        }
         match self.single() {
             Some(k) => k.lock(&self.call, mode, range, &deadline),
             None => self.lock_set(mode, range, &deadline),
@@ -357,6 +403,9 @@ impl Lock {
     pub fn unlock(&self, start: u64, len: u64) -> Result<()> {
         let range = self.range(start, len)?;
         let _call = self.call.begin(false)?;
+        if let Some(e) = &self.etcd {
+            return e.unlock();
+        }
         match self.single() {
             Some(k) => k.unlock(range),
             None => self.unlock_set(range),
@@ -387,6 +436,9 @@ impl Lock {
     /// order.
     pub fn query(&self, mode: Mode, start: u64, len: u64) -> Result<Option<Holder>> {
         let range = self.range(start, len)?;
+        if let Some(e) = &self.etcd {
+            return e.query();
+        }
         if let Some(d) = &self.dot {
             if let Some(h) = d.query()? {
                 return Ok(Some(h));
@@ -405,6 +457,9 @@ impl Lock {
     /// and the DOTLOCK lock file's owner first when the handle has DOTLOCK and the lock
     /// file exists (stale or not).
     pub fn list(&self) -> Result<Vec<Holder>> {
+        if let Some(e) = &self.etcd {
+            return e.list();
+        }
         let mut out = match &self.dot {
             Some(d) => d.list()?,
             None => Vec::new(),
@@ -469,17 +524,42 @@ impl Lock {
         if let Some(d) = &self.dot {
             d.wake_waiters();
         }
+        if let Some(e) = &self.etcd {
+            e.wake();
+        }
     }
 
     /// DOTLOCK: refreshes the lock file's modification time, so that processes using
     /// [`Options::stale_after_s`] (or liblockfile, after 5 minutes, for lock files
     /// whose owner it cannot check) do not judge it stale; call it at least three
     /// times per `stale_after_s`. `ENOLCK` when the lock file was removed by another
-    /// process meanwhile. No lock held, or no DOTLOCK: nothing to do.
+    /// process meanwhile. ETCD: renews the lease now (instead of at the next third of
+    /// its TTL); `ENOLCK` when it was lost. No lock held, or a kernel backend: nothing
+    /// to do.
     pub fn touch(&self) -> Result<()> {
+        if let Some(e) = &self.etcd {
+            return e.touch();
+        }
         match &self.dot {
             Some(d) => d.touch(),
             None => Ok(()),
+        }
+    }
+
+    /// ETCD: the fencing token of the lock this handle holds: the create revision of
+    /// its key, which grows with every grant of the lock. Pass it with each write to a
+    /// storage system that remembers the highest token it has seen and refuses lower
+    /// ones: a holder that lost the lock without knowing it (paused past its lease)
+    /// then cannot overwrite its successor's work. `ENOLCK` when the handle holds no
+    /// lock, or lost it (its lease expired); `EOPNOTSUPP` for the file backends, whose
+    /// locks have no tokens.
+    pub fn fence(&self) -> Result<u64> {
+        match &self.etcd {
+            Some(e) => e.fence(),
+            None => Err(Error::new(
+                libc::EOPNOTSUPP,
+                "fencing tokens belong to the ETCD backend; file locks have none",
+            )),
         }
     }
 
@@ -509,6 +589,9 @@ impl Lock {
         }
         if let Some(d) = &mut self.dot {
             result = result.and(d.close());
+        }
+        if let Some(e) = &self.etcd {
+            result = result.and(e.close());
         }
         result
     }

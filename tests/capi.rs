@@ -202,7 +202,8 @@ fn a_foreign_pointer_gives_ebadf() {
 fn options_size_is_checked_like_copy_struct_from_user() {
     let dir = TempDir::new("capi-size");
     let path = dir.file("f");
-    for size in [0u32, 4, std::mem::size_of::<unilock_options>() as u32 - 1] {
+    // Smaller than the first version of the struct (up to stale_after_s, 20 bytes).
+    for size in [0u32, 4, 19] {
         let mut o = options(0, 0);
         o.size = size;
         let (rc, l) = open(&path, &o);
@@ -211,12 +212,26 @@ fn options_size_is_checked_like_copy_struct_from_user() {
         assert!(!last_error().is_empty());
     }
 
+    // A caller built against the first version (20 bytes): the fields it lacks are
+    // zero, and the bytes past its struct are never read.
+    #[repr(C, align(8))]
+    struct First([u8; 24]);
+    let mut first = First([0xff; 24]);
+    first.0[..4].copy_from_slice(&20u32.to_ne_bytes());
+    first.0[4..20].fill(0);
+    first.0[4..8].copy_from_slice(&UNILOCK_BACKEND_OFD.to_ne_bytes());
+    let (rc, l) = open(&path, (&first as *const First).cast());
+    assert_eq!(rc, 0, "{}", last_error());
+    // SAFETY: a handle from unilock_open.
+    assert_eq!(unsafe { unilock_lock(l, UNILOCK_EXCLUSIVE, 5, 5, 0) }, 0);
+    assert_eq!(unsafe { unilock_close(l) }, 0);
+
     // A caller built against a larger, later struct: the tail it sets to zero is fine.
     #[repr(C, align(8))]
-    struct Later([u8; 64]);
+    struct Later([u8; 128]);
     let later = |tail_byte: Option<usize>| {
-        let mut buf = Later([0; 64]);
-        buf.0[..4].copy_from_slice(&64u32.to_ne_bytes());
+        let mut buf = Later([0; 128]);
+        buf.0[..4].copy_from_slice(&128u32.to_ne_bytes());
         buf.0[4..8].copy_from_slice(&UNILOCK_BACKEND_OFD.to_ne_bytes());
         if let Some(at) = tail_byte {
             buf.0[at] = 1;
@@ -230,7 +245,7 @@ fn options_size_is_checked_like_copy_struct_from_user() {
     // library checks before reading).
     assert_eq!(unsafe { unilock_lock(l, UNILOCK_EXCLUSIVE, 5, 5, 0) }, 0);
     assert_eq!(unsafe { unilock_close(l) }, 0);
-    for at in [std::mem::size_of::<unilock_options>(), 40, 63] {
+    for at in [std::mem::size_of::<unilock_options>(), 100, 127] {
         let (rc, l) = later(Some(at));
         assert_eq!(rc, -libc::E2BIG, "non-zero byte {at} of the tail");
         assert!(l.is_null());
@@ -243,7 +258,7 @@ fn unknown_bits_and_incompatible_backends_give_einval() {
     let dir = TempDir::new("capi-bits");
     let path = dir.file("f");
     for (what, backends, flags) in [
-        ("backend bit 16", 16, 0),
+        ("backend bit 32", 32, 0),
         ("backend bit 31", 1 << 31, 0),
         ("flag bit 32", 0, 32),
         ("flag bit 31", 0, 1 << 31),

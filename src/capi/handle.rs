@@ -42,6 +42,29 @@ pub const UNILOCK_BACKEND_POSIX: unilock_backend = 4;
 /// (0644 lets other users' tools read the owner's pid, and lets them hold up a
 /// release by flocking the lock file).
 pub const UNILOCK_BACKEND_DOTLOCK: unilock_backend = 8;
+/// A lock in an etcd cluster (v3 API), for processes on several machines. The "path"
+/// given to `unilock_open` is a lock name (not empty, at most 4096 bytes, UTF-8); the
+/// cluster is reached at `.endpoints` (else `$UNILOCK_ETCD_ENDPOINTS`, else
+/// `$ETCDCTL_ENDPOINTS`, else `http://127.0.0.1:2379`). The keys and the queue are
+/// those of etcd's `concurrency.Mutex`: `etcdctl lock NAME` and Go's clientv3 exclude
+/// it and are excluded by it. Exclusive locks of the whole name only (`UNILOCK_SHARED`
+/// and byte ranges: `-EOPNOTSUPP`); alone only (with other backends: `-EINVAL`);
+/// `UNILOCK_FAIR` and `UNILOCK_UNLINK`: `-EOPNOTSUPP` (the queue is first come, first
+/// served already); `UNILOCK_CREATE`, `UNILOCK_FOLLOW` and `UNILOCK_INHERIT` have no
+/// effect; `unilock_open_fd`: `-EINVAL`; `unilock_fd`: `-EOPNOTSUPP`.
+///
+/// The lock lives on a lease of `.lease_ttl_s` seconds (10 when 0) that a thread of
+/// the library renews every third of it while the handle waits or holds. A holder
+/// that cannot renew it for a whole TTL (paused, cut off from etcd) loses the lock:
+/// the next call on the handle fails with `-ENOLCK`, never silently succeeds. Waits
+/// watch the key ahead (no polling), time out and are cancelled like the file
+/// backends'. `unilock_fence` gives the fencing token; `unilock_touch` renews the lease
+/// at once; `unilock_query` and `unilock_list` read the queue (`start` is a key's
+/// create revision, `pid` and `command` what its value says, on `unilock_holder_host`).
+/// Errors reaching etcd are the socket's (`-ECONNREFUSED`, `-ETIMEDOUT`,
+/// `-EHOSTUNREACH`, `-EPROTO` for TLS), `-EIO` when the cluster cannot serve (no
+/// leader), `-EACCES` for a refused user or certificate.
+pub const UNILOCK_BACKEND_ETCD: unilock_backend = 16;
 
 /// A lock mode (`UNILOCK_SHARED`, `UNILOCK_EXCLUSIVE`); a plain integer type for the
 /// same reason as `unilock_backend`.
@@ -91,7 +114,7 @@ pub const UNILOCK_FAIR: u32 = 16;
 /// only what the caller's version has. A `size` smaller than this first version gives
 /// `-EINVAL`; non-zero bytes past what this version knows give `-E2BIG`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct unilock_options {
     /// `sizeof(unilock_options)`.
     pub size: u32,
@@ -106,6 +129,47 @@ pub struct unilock_options {
     /// DOTLOCK: a lock file not refreshed this many seconds is stale; 0 = only a
     /// dead owner makes it stale.
     pub stale_after_s: u32,
+    /// ETCD: the lease TTL in seconds; 0 means 10.
+    pub lease_ttl_s: u32,
+    /// ETCD: the cluster's client URLs, comma-separated (`"http://10.0.0.1:2379,..."`;
+    /// `host:port` means `http://`); NULL or "": from the environment (see
+    /// `UNILOCK_BACKEND_ETCD`). The strings of this struct are read by `unilock_open`
+    /// and not kept.
+    pub endpoints: *const c_char,
+    /// ETCD over `https://`: a PEM file of the CA certificates that sign the servers'
+    /// certificates (NULL: `$UNILOCK_ETCD_CACERT`, else `$ETCDCTL_CACERT`, else the
+    /// usual web roots).
+    pub ca_file: *const c_char,
+    /// ETCD over `https://`: a PEM client certificate, for a cluster that checks them
+    /// (NULL: `$UNILOCK_ETCD_CERT`, else `$ETCDCTL_CERT`). Needs `key_file`.
+    pub cert_file: *const c_char,
+    /// Its PEM private key (NULL: `$UNILOCK_ETCD_KEY`, else `$ETCDCTL_KEY`).
+    pub key_file: *const c_char,
+    /// ETCD with authentication: the user (NULL: `$UNILOCK_ETCD_USER`, else
+    /// `$ETCDCTL_USER`, either of which may be `name:password`).
+    pub user: *const c_char,
+    /// Its password (NULL: `$UNILOCK_ETCD_PASSWORD`, else `$ETCDCTL_PASSWORD`). Never
+    /// shown in a message.
+    pub password: *const c_char,
+}
+
+impl Default for unilock_options {
+    fn default() -> Self {
+        unilock_options {
+            size: 0,
+            backends: 0,
+            flags: 0,
+            mode: 0,
+            stale_after_s: 0,
+            lease_ttl_s: 0,
+            endpoints: std::ptr::null(),
+            ca_file: std::ptr::null(),
+            cert_file: std::ptr::null(),
+            key_file: std::ptr::null(),
+            user: std::ptr::null(),
+            password: std::ptr::null(),
+        }
+    }
 }
 
 /// One lock on a file and who holds it.
@@ -146,6 +210,26 @@ fn mode(raw: unilock_mode) -> Result<Mode> {
 /// The largest options struct accepted (as the kernel caps such structs at a page).
 const MAX_OPTIONS_SIZE: u32 = 4096;
 
+/// The size of the first version of `unilock_options` (up to `stale_after_s`): callers
+/// built against it pass this `size`, and the fields after it read as zero.
+const FIRST_OPTIONS_SIZE: u32 = 20;
+
+/// An optional string of the options: NULL or "" is `None`.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string.
+unsafe fn option_string(p: *const c_char, field: &str) -> Result<Option<String>> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: the caller promises a NUL-terminated string.
+    let s = unsafe { CStr::from_ptr(p) };
+    let s = s
+        .to_str()
+        .map_err(|_| Error::new(libc::EINVAL, format!("options .{field} is not valid UTF-8")))?;
+    Ok((!s.is_empty()).then(|| s.to_owned()))
+}
+
 /// Reads a caller's options struct by its `size`.
 ///
 /// # Safety
@@ -157,10 +241,13 @@ unsafe fn read_options(o: *const unilock_options) -> Result<Options> {
     // SAFETY: `size` is the first field; every version of the struct has it.
     let size = unsafe { std::ptr::read_unaligned(o.cast::<u32>()) };
     let known = std::mem::size_of::<unilock_options>() as u32;
-    if size < known {
+    if size < FIRST_OPTIONS_SIZE {
         return Err(Error::new(
             libc::EINVAL,
-            format!("options size {size} is smaller than this library's {known}; set .size"),
+            format!(
+                "options size {size} is smaller than the first version's \
+                 {FIRST_OPTIONS_SIZE}; set .size to sizeof(unilock_options)"
+            ),
         ));
     }
     if size > MAX_OPTIONS_SIZE {
@@ -171,19 +258,42 @@ unsafe fn read_options(o: *const unilock_options) -> Result<Options> {
     }
     // SAFETY: the caller promises `size` readable bytes at `o`.
     let bytes = unsafe { std::slice::from_raw_parts(o.cast::<u8>(), size as usize) };
-    if bytes[known as usize..].iter().any(|&b| b != 0) {
+    if bytes.len() > known as usize && bytes[known as usize..].iter().any(|&b| b != 0) {
         return Err(Error::new(
             libc::E2BIG,
             "options set fields this version of the library does not know",
         ));
     }
-    // SAFETY: at least `known` bytes are readable; the struct is plain data.
-    let ours = unsafe { std::ptr::read_unaligned(o) };
+    // What the caller's version has; the fields it lacks stay zero (NULL).
+    let mut ours = unilock_options::default();
+    let given = bytes.len().min(known as usize);
+    // SAFETY: `given` bytes are readable at `o` and fit in `ours`; the struct is plain
+    // data for which any bytes read from a caller's (zeroed or set) fields are valid.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (&mut ours as *mut unilock_options).cast::<u8>(),
+            given,
+        )
+    };
+    // SAFETY: the caller promises each non-NULL string field is NUL-terminated.
+    let etcd = unsafe {
+        crate::EtcdOptions {
+            endpoints: option_string(ours.endpoints, "endpoints")?,
+            ttl_s: ours.lease_ttl_s,
+            ca: option_string(ours.ca_file, "ca_file")?,
+            cert: option_string(ours.cert_file, "cert_file")?,
+            key: option_string(ours.key_file, "key_file")?,
+            user: option_string(ours.user, "user")?,
+            password: option_string(ours.password, "password")?,
+        }
+    };
     Ok(Options {
         backends: ours.backends,
         flags: Flags::from_bits_retain(ours.flags),
         create_mode: ours.mode,
         stale_after_s: ours.stale_after_s,
+        etcd,
     })
 }
 
@@ -510,7 +620,8 @@ pub unsafe extern "C" fn unilock_cancel(l: *mut unilock) -> c_int {
 /// stale by age; call it at least three times per `stale_after_s` (and every minute or
 /// so when liblockfile users without pid checks share the lock file). `-ENOLCK` when
 /// another process removed the lock file meanwhile, judging it stale. Holding nothing,
-/// or the kernel backends: nothing to do, returns 0.
+/// or the kernel backends: nothing to do, returns 0. ETCD: renews the lease at once
+/// (the library also does so every third of its TTL); `-ENOLCK` when it was lost.
 #[doc = safety!(
     "`l` is NULL or a handle that `unilock_open` or `unilock_open_fd` returned and \
      that is not yet closed. A pointer to a closed handle, or one the library never \
@@ -521,6 +632,31 @@ pub unsafe extern "C" fn unilock_cancel(l: *mut unilock) -> c_int {
 pub unsafe extern "C" fn unilock_touch(l: *mut unilock) -> c_int {
     guard(|| {
         Entered::new(l)?.lock().touch()?;
+        Ok(0)
+    })
+}
+
+/// ETCD: stores in `*token` the fencing token of the lock the handle holds: the
+/// create revision of its key, which grows with every grant of the lock (by unilock,
+/// `etcdctl lock` or any clientv3 user). Pass it with every write to a storage system
+/// that remembers the highest token it has accepted and refuses lower ones: a holder
+/// that lost the lock without knowing it (paused past its lease) can then do no
+/// damage. `-ENOLCK` when the handle holds no lock or has lost it (then it holds
+/// nothing); `-EOPNOTSUPP` for the file backends; `-EINVAL` when `token` is NULL.
+#[doc = safety!(
+    "`l` is NULL or a handle that `unilock_open` returned and that is not yet closed \
+     (see `unilock_touch`); `token` is NULL or points to a writable `uint64_t`."
+)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn unilock_fence(l: *mut unilock, token: *mut u64) -> c_int {
+    guard(|| {
+        let entered = Entered::new(l)?;
+        if token.is_null() {
+            return Err(null_argument("token"));
+        }
+        let t = entered.lock().fence()?;
+        // SAFETY: non-null pointer to the caller's uint64_t.
+        unsafe { token.write(t) };
         Ok(0)
     })
 }

@@ -1,7 +1,9 @@
 //! Every process that has a lock: the pids behind a `unilock_holder` record. A
 //! separate call rather than fields of the record, whose size callers compile in.
 
-use std::ffi::c_int;
+use std::ffi::{c_char, c_int};
+
+use crate::Error;
 
 use super::boundary::{guard, null_argument};
 use super::handle::unilock_holder;
@@ -63,5 +65,61 @@ pub unsafe extern "C" fn unilock_holder_pids(
         // SAFETY: non-null pointer to the caller's size_t.
         unsafe { count.write(found.len()) };
         Ok(0)
+    })
+}
+
+/// Writes the name of the host that the lock `*h` describes is held on (as
+/// `unilock_query` or `unilock_list` filled it) into `buf`, NUL-terminated and cut to
+/// `cap` bytes, and returns the name's length (which may be `cap` or more: call again
+/// with a larger buffer). ETCD: the host the key's value names, "" for a key without
+/// one (`etcdctl lock`'s); DOTLOCK: the lock record's `host=`; the kernel's locks:
+/// this host. `-ENOENT` when the lock is gone; `buf` may be NULL when `cap` is 0.
+///
+/// # Safety
+/// `h` points to a `unilock_holder`, `buf` to `cap` writable bytes (or is NULL with
+/// `cap` 0).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn unilock_holder_host(
+    l: *mut unilock,
+    h: *const unilock_holder,
+    buf: *mut c_char,
+    cap: usize,
+) -> c_int {
+    guard(|| {
+        let entered = Entered::new(l)?;
+        if h.is_null() {
+            return Err(null_argument("h"));
+        }
+        if buf.is_null() && cap > 0 {
+            return Err(null_argument("buf (with cap > 0)"));
+        }
+        // SAFETY: non-null pointer to the caller's holder record (plain data).
+        let h = unsafe { std::ptr::read_unaligned(h) };
+        let found = entered
+            .lock()
+            .list()?
+            .into_iter()
+            .find(|x| {
+                (x.backend as u32, x.mode as u32, x.start, x.len)
+                    == (h.backend, h.mode, h.start, h.len)
+            })
+            .ok_or_else(|| Error::new(libc::ENOENT, "that lock is no longer held"))?;
+        let host = if let Some(k) = &found.etcd {
+            k.host.clone().unwrap_or_default()
+        } else if let Some(f) = &found.lock_file {
+            f.host.clone().unwrap_or_default()
+        } else {
+            crate::sys::host_name().unwrap_or_default()
+        };
+        let bytes = host.as_bytes();
+        if cap > 0 {
+            let n = bytes.len().min(cap - 1);
+            // SAFETY: `buf` has room for `cap` bytes and n + 1 <= cap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast::<u8>(), n);
+                buf.add(n).write(0);
+            }
+        }
+        Ok(c_int::try_from(bytes.len()).unwrap_or(c_int::MAX))
     })
 }

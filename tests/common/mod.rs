@@ -50,6 +50,7 @@ pub fn name(b: Backend) -> &'static str {
         Backend::Ofd => "ofd",
         Backend::Posix => "posix",
         Backend::Dotlock => "dotlock",
+        Backend::Etcd => "etcd",
     }
 }
 

@@ -195,13 +195,14 @@ enum Value {
 }
 
 /// The kernel's name of a lock type as /proc/locks and lslocks print it (OFD locks
-/// are `OFDLCK`), and `DOTLOCK` for lock files.
+/// are `OFDLCK`), `DOTLOCK` for lock files and `ETCD` for etcd keys.
 pub fn type_name(b: Backend) -> &'static str {
     match b {
         Backend::Flock => "FLOCK",
         Backend::Ofd => "OFDLCK",
         Backend::Posix => "POSIX",
         Backend::Dotlock => "DOTLOCK",
+        Backend::Etcd => "ETCD",
     }
 }
 
@@ -580,6 +581,7 @@ mod tests {
                 Vec::new()
             },
             lock_file: None,
+            etcd: None,
         }
     }
 
