@@ -250,18 +250,29 @@ impl Client {
         &self.endpoints
     }
 
-    /// An agent of its own for a watch, so that [`Agent::shutdown`] (a cancel) ends
-    /// that watch and nothing else.
-    pub(crate) fn watch_agent(&self) -> Agent {
+    /// An agent of its own for a lock call, so that [`Agent::shutdown`] (a cancel)
+    /// ends that call's requests and nothing else.
+    pub(crate) fn call_agent(&self) -> Agent {
         make_agent(&self.tls)
+    }
+
+    /// [`Client::call_via`] through the client's own agent.
+    pub(crate) fn call(
+        &self,
+        path: &str,
+        body: &Value,
+        deadline: Option<Instant>,
+    ) -> Result<Value> {
+        self.call_via(&self.agent, path, body, deadline)
     }
 
     /// Calls `path` (`/v3/kv/range`, ...) with `body`, failing over between the
     /// endpoints, before `deadline` (and within [`REQUEST_TIMEOUT`] per request). While
     /// the cluster answers but cannot serve (an election), tries again for up to
     /// [`UNAVAILABLE_BUDGET`].
-    pub(crate) fn call(
+    pub(crate) fn call_via(
         &self,
+        agent: &Agent,
         path: &str,
         body: &Value,
         deadline: Option<Instant>,
@@ -285,7 +296,7 @@ impl Client {
                     return Err(Self::unreachable(errors, libc::ETIMEDOUT));
                 }
                 let limit = remaining.map_or(REQUEST_TIMEOUT, |r| r.min(REQUEST_TIMEOUT));
-                match self.post(&self.agent, ep, path, &body, limit) {
+                match self.post(agent, ep, path, &body, limit) {
                     Ok(v) => {
                         self.current.store(ep, Ordering::Relaxed);
                         return Ok(v);

@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use ureq::Agent;
 
 use super::client::{Client, int};
 use crate::{Error, Result};
@@ -49,12 +50,14 @@ impl Lease {
     /// on that thread when the lease is found lost (to end a wait).
     pub(crate) fn grant(
         client: &Arc<Client>,
+        via: &Agent,
         ttl: u32,
         deadline: Option<Instant>,
         on_lost: impl Fn() + Send + 'static,
     ) -> Result<Arc<Lease>> {
         let sent = boot_ns();
-        let answer = client.call(
+        let answer = client.call_via(
+            via,
             "/v3/lease/grant",
             &json!({"TTL": ttl.to_string()}),
             deadline,

@@ -37,9 +37,12 @@ pub(crate) struct EtcdLock {
     /// The process that opened the handle: the lease is its.
     opener: i32,
     held: Mutex<Held>,
-    /// The agent of the watch in progress: a cancel, a close or a lost lease shuts it
-    /// down, which ends the watch at once.
+    /// The agent of the lock call in progress: a cancel, a close or a lost lease shuts
+    /// it down, which ends the call's request or watch at once.
     watch: Arc<Mutex<Option<Agent>>>,
+    /// The agent of the last lock call that was not shut down, kept for the next one
+    /// (with its open connection).
+    spare: Mutex<Option<Agent>>,
 }
 
 #[derive(Default)]
@@ -59,6 +62,11 @@ fn held_here() -> MutexGuard<'static, HashMap<Vec<u8>, u64>> {
     HELD.get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Locks an agent slot (poisoning ignored: it holds no invariant).
+fn slot(m: &Mutex<Option<Agent>>) -> MutexGuard<'_, Option<Agent>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The end of the key range that starts with `prefix` (etcd's "prefix end").
@@ -134,6 +142,7 @@ impl EtcdLock {
             opener: sys::getpid(),
             held: Mutex::new(Held::default()),
             watch: Arc::new(Mutex::new(None)),
+            spare: Mutex::new(None),
         })
     }
 
@@ -187,22 +196,43 @@ impl EtcdLock {
                 return lease.check().map_err(|e| self.lost(&mut held, e));
             }
         }
-        let at = deadline.remaining().map(|r| Instant::now() + r);
-        let unary_deadline = if deadline.is_try() { None } else { at };
         if deadline.is_try() {
             // A quick look first: a held lock answers EAGAIN without a lease.
             if let Some(first) = self.first(None)? {
                 return Err(self.busy(&first));
             }
         }
+        // Every request of this call goes through an agent that a cancel, a close or a
+        // lost lease can shut down from another thread.
+        let agent = slot(&self.spare)
+            .take()
+            .unwrap_or_else(|| self.client.call_agent());
+        *slot(&self.watch) = Some(agent.clone());
+        let taken = if call.cancelled() {
+            Err(cancelled(&self.name))
+        } else {
+            self.take(call, &agent, deadline)
+        };
+        if slot(&self.watch).take().is_some() {
+            // Not shut down: keep it, and its connections, for the next call.
+            *slot(&self.spare) = Some(agent);
+        }
+        taken
+    }
+
+    /// The body of [`EtcdLock::lock`] for a handle that holds nothing, through `agent`.
+    fn take(&self, call: &CallState, agent: &Agent, deadline: &Deadline) -> Result<()> {
+        let at = deadline.remaining().map(|r| Instant::now() + r);
+        let unary_deadline = if deadline.is_try() { None } else { at };
         let watch = self.watch.clone();
-        let lease = Lease::grant(&self.client, self.ttl, unary_deadline, move || {
-            if let Some(agent) = watch.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let lease = Lease::grant(&self.client, agent, self.ttl, unary_deadline, move || {
+            if let Some(agent) = slot(&watch).take() {
                 agent.shutdown();
             }
-        })?;
+        })
+        .map_err(|e| self.why(call, None, e))?;
         let key = [self.prefix.as_slice(), format!("{:x}", lease.id).as_bytes()].concat();
-        match self.enqueue_and_wait(call, &lease, &key, deadline, unary_deadline) {
+        match self.enqueue_and_wait(call, agent, &lease, &key, deadline, unary_deadline) {
             Ok(revision) => {
                 held_here().insert(key.clone(), sys::thread_id());
                 *self.held() = Held {
@@ -216,8 +246,22 @@ impl EtcdLock {
                 // Leave the queue (or release a grant that raced the deadline or the
                 // cancel): revoking the lease deletes the key.
                 let _ = lease.revoke(&self.client);
-                Err(e)
+                Err(self.why(call, Some(&lease), e))
             }
+        }
+    }
+
+    /// The error a lock call returns for `e`: a request cut short by a cancel, a close
+    /// or a lost lease says so rather than how its connection ended.
+    fn why(&self, call: &CallState, lease: Option<&Lease>, e: Error) -> Error {
+        if e.errno() == libc::ECANCELED || call.cancelled() {
+            return cancelled(&self.name);
+        }
+        match lease.map(Lease::check) {
+            Some(Err(lost)) => {
+                Error::new(lost.errno(), format!("{}: {}", self.name, lost.detail()))
+            }
+            _ => e,
         }
     }
 
@@ -238,6 +282,7 @@ impl EtcdLock {
     fn enqueue_and_wait(
         &self,
         call: &CallState,
+        agent: &Agent,
         lease: &Lease,
         key: &[u8],
         deadline: &Deadline,
@@ -250,7 +295,7 @@ impl EtcdLock {
                                          "lease": lease.id.to_string()}}],
             "failure": [{"request_range": {"key": encode(key)}}],
         });
-        let answer = self.client.call("/v3/kv/txn", &txn, unary)?;
+        let answer = self.client.call_via(agent, "/v3/kv/txn", &txn, unary)?;
         let revision = if answer["succeeded"].as_bool() == Some(true) {
             int(&answer["header"]["revision"])
         } else {
@@ -272,7 +317,7 @@ impl EtcdLock {
                 {"request_range": {"key": encode(key)}},
                 {"request_range": queue_range(&self.prefix, json!({"sort_order": "ASCEND", "limit": "1"}))},
             ]});
-            let answer = self.client.call("/v3/kv/txn", &look, unary)?;
+            let answer = self.client.call_via(agent, "/v3/kv/txn", &look, unary)?;
             let part = |i: usize| answer["responses"][i]["response_range"]["kvs"][0].clone();
             if part(1).is_null() {
                 return Err(Error::new(
@@ -312,20 +357,14 @@ impl EtcdLock {
             // is replaced.
             let limit =
                 Duration::from_secs(u64::from(self.ttl)).min(remaining.unwrap_or(Duration::MAX));
-            let agent = self.client.watch_agent();
-            *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(agent.clone());
-            if call.cancelled() || lease.check().is_err() {
-                self.watch.lock().unwrap_or_else(|p| p.into_inner()).take();
-                continue;
-            }
             let from = int(&answer["header"]["revision"]) + 1;
             let ended = self
                 .client
-                .watch_delete(&agent, &decode(&ahead["key"]), from, limit);
-            self.watch.lock().unwrap_or_else(|p| p.into_inner()).take();
+                .watch_delete(agent, &decode(&ahead["key"]), from, limit);
             match ended {
                 Ok(WatchEnd::Deleted) | Ok(WatchEnd::Ended) => {}
-                Err(_) if call.cancelled() => {}
+                // Shut down: the cancel, close or lost lease is seen at the loop's top.
+                Err(_) if call.cancelled() || lease.check().is_err() => {}
                 // The watch could not start here: the next look fails over, after a
                 // pause that a cancel ends.
                 Err(_) => crate::wait::sleep(call, Duration::from_millis(100))?,
@@ -338,7 +377,7 @@ impl EtcdLock {
 
     /// Ends the wait in progress at once (a cancel or a close).
     pub(crate) fn wake(&self) {
-        if let Some(agent) = self.watch.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(agent) = slot(&self.watch).take() {
             agent.shutdown();
         }
     }
