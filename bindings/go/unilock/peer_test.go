@@ -22,7 +22,8 @@ import (
 // The cross-process tests run this test binary again as a peer process: with
 // UNILOCK_GO_PEER=KIND and UNILOCK_GO_PEER_PATH=PATH set, TestMain takes an exclusive
 // lock on PATH with KIND, prints "locked", holds it until stdin closes, releases it,
-// prints "released" and exits.
+// prints "released" and exits. KIND etcd: PATH is a lock name in the etcd cluster at
+// UNILOCK_GO_PEER_ENDPOINTS.
 func TestMain(m *testing.M) {
 	if kind := os.Getenv("UNILOCK_GO_PEER"); kind != "" {
 		os.Exit(runPeer(kind, os.Getenv("UNILOCK_GO_PEER_PATH")))
@@ -56,6 +57,17 @@ func runPeer(kind, path string) int {
 			backend = unilock.BackendOFD
 		}
 		l, err := unilock.Open(path, unilock.WithCreate(0o600), unilock.WithBackend(backend))
+		if err == nil {
+			err = l.Lock(context.Background(), unilock.Exclusive)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		unlock = l.Close
+	case "etcd":
+		l, err := unilock.Open(path, unilock.WithBackend(unilock.BackendEtcd),
+			unilock.WithEndpoints(os.Getenv("UNILOCK_GO_PEER_ENDPOINTS")))
 		if err == nil {
 			err = l.Lock(context.Background(), unilock.Exclusive)
 		}

@@ -3,7 +3,8 @@
 // Package unilock is the Go binding of libunilock: advisory file locking for Linux
 // over flock(2), open file description (OFD) locks and POSIX record locks, with
 // shared and exclusive modes, byte ranges, waits that sleep in the kernel and end on a
-// context's cancellation or deadline, and queries of who holds a lock.
+// context's cancellation or deadline, and queries of who holds a lock; and, with
+// BackendEtcd, locks in an etcd cluster for processes on several machines.
 //
 //	l, err := unilock.Open("/var/lock/app.lock", unilock.WithCreate(0o600))
 //	if err != nil { ... }
@@ -26,8 +27,20 @@
 //     context.DeadlineExceeded; errors.Is(err, ErrTimeout) and os.IsTimeout(err) hold
 //     for a deadline;
 //   - errors.Is(err, ErrCanceled) (syscall.ECANCELED): Cancel ended the wait;
+//   - errors.Is(err, ErrLockLost) (syscall.ENOLCK): the handle lost the lock it held
+//     (an ETCD lease that expired or was revoked) and holds nothing;
 //   - errors.Is(err, fs.ErrNotExist), fs.ErrPermission, syscall.EOPNOTSUPP (a byte
-//     range on a FLOCK handle), syscall.EINVAL, ...; fs.ErrClosed after Close.
+//     range on a FLOCK handle, a shared ETCD lock), syscall.EINVAL, ...; fs.ErrClosed
+//     after Close.
+//
+// # Across machines
+//
+// With WithBackend(BackendEtcd) the path given to Open is a lock name in an etcd
+// cluster (WithEndpoints, WithLeaseTTL, WithCAFile, WithCertFile, WithKeyFile,
+// WithUser, WithPassword), exclusive only; the keys and the queue are those of
+// etcd's concurrency.Mutex, so `etcdctl lock NAME` and clientv3 users exclude it. The
+// lock lives on a lease that the library renews; once it is lost, the next call fails
+// with ErrLockLost. Fence gives the lock's fencing token.
 //
 // # Goroutines and deadlock detection
 //
@@ -151,10 +164,15 @@ const (
 	BackendPOSIX Backend = C.UNILOCK_BACKEND_POSIX
 	// BackendDotlock is lock files by existence (liblockfile, lockfile(1), mailbox .lock files).
 	BackendDotlock Backend = C.UNILOCK_BACKEND_DOTLOCK
+	// BackendEtcd is a lock in an etcd cluster, across machines: the path is a lock
+	// name (etcd's concurrency.Mutex keys NAME/<lease>, as `etcdctl lock NAME`).
+	// Exclusive only; alone only.
+	BackendEtcd Backend = C.UNILOCK_BACKEND_ETCD
 )
 
 // String names a single backend as the library, the command and the Python binding
-// do: "FLOCK" (also for BackendDefault, which selects it), "OFD", "POSIX", "DOTLOCK".
+// do: "FLOCK" (also for BackendDefault, which selects it), "OFD", "POSIX", "DOTLOCK",
+// "ETCD".
 func (b Backend) String() string {
 	switch b {
 	case BackendDefault, BackendFlock:
@@ -165,6 +183,8 @@ func (b Backend) String() string {
 		return "POSIX"
 	case BackendDotlock:
 		return "DOTLOCK"
+	case BackendEtcd:
+		return "ETCD"
 	}
 	return fmt.Sprintf("Backend(%#x)", uint32(b))
 }
@@ -197,6 +217,12 @@ var (
 	// ErrCanceled matches a Lock ended by Cancel (syscall.ECANCELED). A Lock ended by
 	// its context's cancellation returns context.Canceled instead.
 	ErrCanceled error = syscall.ECANCELED
+	// ErrLockLost matches a call on a handle that lost the lock it held, and holds
+	// nothing now (syscall.ENOLCK): an ETCD lease that expired (the process was
+	// paused, or cut off from etcd, for a whole lease TTL) or was revoked, after
+	// which another process may hold the lock; also Fence on a handle that holds no
+	// lock, and a POSIX handle used in a forked child.
+	ErrLockLost error = syscall.ENOLCK
 )
 
 type options struct {
@@ -204,7 +230,18 @@ type options struct {
 	flags      uint32
 	mode       uint32
 	staleAfter uint32
+	// ETCD; etcd lists the ETCD options given, for Open's check of the backend.
+	leaseTTL                                   uint32
+	endpoints, caFile, certFile, keyFile, user string
+	password                                   secret
+	etcd                                       []string
 }
+
+// secret is a password: no fmt verb prints it.
+type secret string
+
+func (secret) String() string   { return "<password hidden>" }
+func (secret) GoString() string { return "<password hidden>" }
 
 // Option configures Open.
 type Option func(*options)
@@ -231,15 +268,108 @@ func WithStaleAfter(d time.Duration) Option {
 	return func(o *options) { o.staleAfter = uint32((d + time.Second - 1) / time.Second) }
 }
 
-func (o *options) c() C.unilock_options {
-	var co C.unilock_options
+// WithEndpoints gives the etcd cluster's client URLs (BackendEtcd), e.g.
+// "https://10.0.0.1:2379"; "host:port" means http://. Without it: the environment's
+// UNILOCK_ETCD_ENDPOINTS, else ETCDCTL_ENDPOINTS, else http://127.0.0.1:2379.
+func WithEndpoints(urls ...string) Option {
+	return func(o *options) {
+		o.endpoints = strings.Join(urls, ",")
+		o.etcd = append(o.etcd, "WithEndpoints")
+	}
+}
+
+// WithLeaseTTL sets the etcd lease's TTL (BackendEtcd; whole seconds, rounded up;
+// 10 s by default). The library renews the lease every third of it while the handle
+// waits or holds; a holder that cannot renew it for a whole TTL loses the lock.
+func WithLeaseTTL(d time.Duration) Option {
+	return func(o *options) {
+		o.leaseTTL = uint32((d + time.Second - 1) / time.Second)
+		o.etcd = append(o.etcd, "WithLeaseTTL")
+	}
+}
+
+// WithCAFile names a PEM file of the CA certificates that sign the etcd servers'
+// certificates (BackendEtcd over https://; without it: $UNILOCK_ETCD_CACERT, else
+// $ETCDCTL_CACERT, else the usual web roots).
+func WithCAFile(path string) Option {
+	return func(o *options) { o.caFile = path; o.etcd = append(o.etcd, "WithCAFile") }
+}
+
+// WithCertFile names a PEM client certificate, for an etcd cluster that checks them
+// (BackendEtcd; needs WithKeyFile; without it: $UNILOCK_ETCD_CERT, else $ETCDCTL_CERT).
+func WithCertFile(path string) Option {
+	return func(o *options) { o.certFile = path; o.etcd = append(o.etcd, "WithCertFile") }
+}
+
+// WithKeyFile names the client certificate's PEM private key (BackendEtcd; without
+// it: $UNILOCK_ETCD_KEY, else $ETCDCTL_KEY).
+func WithKeyFile(path string) Option {
+	return func(o *options) { o.keyFile = path; o.etcd = append(o.etcd, "WithKeyFile") }
+}
+
+// WithUser names the etcd user to authenticate as (BackendEtcd; without it:
+// $UNILOCK_ETCD_USER, else $ETCDCTL_USER, either of which may be "name:password").
+func WithUser(user string) Option {
+	return func(o *options) { o.user = user; o.etcd = append(o.etcd, "WithUser") }
+}
+
+// WithPassword gives the etcd user's password (BackendEtcd; without it:
+// $UNILOCK_ETCD_PASSWORD, else $ETCDCTL_PASSWORD). It is passed to the library for
+// Open only, and shown by no error or message.
+func WithPassword(password string) Option {
+	return func(o *options) { o.password = secret(password); o.etcd = append(o.etcd, "WithPassword") }
+}
+
+// c fills a unilock_options; free releases its C strings, once unilock_open (which
+// keeps none of them) has returned.
+func (o *options) c() (co C.unilock_options, free func(), err error) {
 	C.unilock_options_init(&co)
 	co.backends = C.uint32_t(o.backends)
 	co.flags = C.uint32_t(o.flags)
 	co.mode = C.uint32_t(o.mode)
 	co.stale_after_s = C.uint32_t(o.staleAfter)
-	return co
+	co.lease_ttl_s = C.uint32_t(o.leaseTTL)
+	if len(o.etcd) > 0 && o.backends&uint32(BackendEtcd) == 0 {
+		// The name would otherwise be a file of this machine, locked here only.
+		return co, func() {}, optionError(strings.Join(o.etcd, ", ") + " need WithBackend(BackendEtcd)")
+	}
+	var strs []*C.char
+	free = func() {
+		for _, p := range strs {
+			C.free(unsafe.Pointer(p))
+		}
+	}
+	for _, f := range []struct {
+		name  string
+		value string
+		dst   **C.char
+	}{
+		{"WithEndpoints", o.endpoints, &co.endpoints},
+		{"WithCAFile", o.caFile, &co.ca_file},
+		{"WithCertFile", o.certFile, &co.cert_file},
+		{"WithKeyFile", o.keyFile, &co.key_file},
+		{"WithUser", o.user, &co.user},
+		{"WithPassword", string(o.password), &co.password},
+	} {
+		if f.value == "" {
+			continue // NULL: the library reads the environment
+		}
+		if strings.IndexByte(f.value, 0) >= 0 {
+			free()
+			return co, func() {}, optionError(f.name + ": a NUL byte would cut the string")
+		}
+		p := C.CString(f.value)
+		strs = append(strs, p)
+		*f.dst = p
+	}
+	return co, free, nil
 }
+
+// optionError is an invalid combination of options: it matches syscall.EINVAL.
+type optionError string
+
+func (e optionError) Error() string { return string(e) }
+func (e optionError) Unwrap() error { return syscall.EINVAL }
 
 // Lock is an open lock handle: one lock owner on one file. Two Locks on one file
 // exclude each other, in one goroutine too; closing one never releases another's
@@ -259,11 +389,15 @@ func Open(path string, opts ...Option) (*Lock, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	co := o.c()
 	// C would see the path cut at a NUL byte, another file: refused as os.Open does.
 	if strings.IndexByte(path, 0) >= 0 {
 		return nil, &fs.PathError{Op: "open", Path: path, Err: syscall.EINVAL}
 	}
+	co, free, err := o.c()
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer free()
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	var h *C.unilock
@@ -280,7 +414,11 @@ func OpenFile(f *os.File, opts ...Option) (*Lock, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	co := o.c()
+	co, free, err := o.c()
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: f.Name(), Err: err}
+	}
+	defer free()
 	var h *C.unilock
 	rc := C.unilock_open_fd(C.int(f.Fd()), &co, &h)
 	runtime.KeepAlive(f)
@@ -464,18 +602,26 @@ func (l *Lock) Cancel() bool {
 	return C.unilock_cancel(h) == 1
 }
 
-// Holder is one lock on a file and who holds it.
+// Holder is one lock on a file and who holds it. ETCD: one key of the lock's queue,
+// Start its create revision (the holder's is the fencing token), Pid, Command and
+// Host what the key's value says.
 type Holder struct {
 	Backend Backend // the one mechanism that holds it
 	Mode    Mode
-	Start   uint64
+	Start   uint64 // first byte; ETCD: the key's create revision
 	Len     uint64 // 0: to the end of the file and beyond
 	Pid     int    // a live process that holds it; -1 when it cannot be known
 	Self    bool   // this process holds it
 	Command string // the holder's command name; "" when unknown
+	// Host is the host it is held on (unilock_holder_host): ETCD, the host its key
+	// names ("" for a key of `etcdctl lock`); DOTLOCK, the lock file's host=; the
+	// kernel's locks, this host. "" when unknown.
+	Host string
 }
 
-func holderFromC(c *C.unilock_holder) Holder {
+// holderFromC is the record *c, with its host asked of the library through h (with
+// l.mu held for reading).
+func holderFromC(h *C.unilock, c *C.unilock_holder) Holder {
 	return Holder{
 		Backend: Backend(c.backend),
 		Mode:    Mode(c.mode),
@@ -484,11 +630,28 @@ func holderFromC(c *C.unilock_holder) Holder {
 		Pid:     int(c.pid),
 		Self:    c.self != 0,
 		Command: C.GoString(&c.command[0]),
+		Host:    holderHost(h, c),
+	}
+}
+
+// holderHost is unilock_holder_host's answer; "" when the lock is gone meanwhile.
+func holderHost(h *C.unilock, c *C.unilock_holder) string {
+	buf := make([]byte, 256)
+	for {
+		n := C.unilock_holder_host(h, c, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)))
+		if n < 0 {
+			return ""
+		}
+		if int(n) < len(buf) {
+			return string(buf[:n])
+		}
+		buf = make([]byte, int(n)+1)
 	}
 }
 
 // Query tells whether mode on the whole file could be taken now, taking nothing:
-// nil when it could, else one conflicting lock.
+// nil when it could, else one conflicting lock. ETCD: nil when nobody holds the lock
+// or this handle does, else the holder.
 func (l *Lock) Query(mode Mode) (*Holder, error) { return l.QueryRange(mode, 0, 0) }
 
 // QueryRange is Query for length bytes from start.
@@ -506,12 +669,13 @@ func (l *Lock) QueryRange(mode Mode, start, length uint64) (*Holder, error) {
 	if rc == 0 {
 		return nil, nil
 	}
-	holder := holderFromC(&who)
+	holder := holderFromC(h, &who)
 	return &holder, nil
 }
 
 // List returns every lock on the file, from any process and any mechanism (like
-// lslocks for one file).
+// lslocks for one file). ETCD: the lock's queue, the holder first, then the waiters
+// in the order they will be served.
 func (l *Lock) List() ([]Holder, error) {
 	h, err := l.use("list")
 	if err != nil {
@@ -528,7 +692,7 @@ func (l *Lock) List() ([]Holder, error) {
 		if int(count) <= len(buf) {
 			out := make([]Holder, int(count))
 			for i := range out {
-				out[i] = holderFromC(&buf[i])
+				out[i] = holderFromC(h, &buf[i])
 			}
 			return out, nil
 		}
@@ -537,6 +701,8 @@ func (l *Lock) List() ([]Holder, error) {
 }
 
 // Touch refreshes a DOTLOCK lock file's time; for the kernel backends it does nothing.
+// ETCD: renews the lease now (the library also does so every third of its TTL); an
+// error matching ErrLockLost when it was lost.
 func (l *Lock) Touch() error {
 	h, err := l.use("touch")
 	if err != nil {
@@ -544,6 +710,26 @@ func (l *Lock) Touch() error {
 	}
 	defer l.mu.RUnlock()
 	return l.result("touch", C.unilock_touch(h))
+}
+
+// Fence returns the fencing token of the ETCD lock the handle holds: the create
+// revision of its key, which grows with every grant of the lock (by unilock,
+// `etcdctl lock` or any clientv3 user). Send it with every write to a store that
+// remembers the highest token it accepted and refuses lower ones: a holder that lost
+// its lease without knowing it (paused past its TTL) can then do no damage. An error
+// matching ErrLockLost when the handle holds no lock or has lost it;
+// syscall.EOPNOTSUPP for the file backends.
+func (l *Lock) Fence() (uint64, error) {
+	h, err := l.use("fence")
+	if err != nil {
+		return 0, err
+	}
+	defer l.mu.RUnlock()
+	var token C.uint64_t
+	if rc := C.unilock_fence(h, &token); rc < 0 {
+		return 0, pathError("fence", l.path, rc)
+	}
+	return uint64(token), nil
 }
 
 // Fd is the descriptor the handle locks through. It belongs to the handle: do not

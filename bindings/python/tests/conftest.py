@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,17 @@ HERE = Path(__file__).parent
 class Peer:
     """Another process holding a lock (tests/peer.py)."""
 
-    def __init__(self, kind: str, path, hold=None) -> None:
+    def __init__(self, kind: str, path, hold=None, env=None) -> None:
         args = [sys.executable, str(HERE / "peer.py"), kind, str(path)]
         if hold is not None:
             args.append(str(hold))
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=None if env is None else {**os.environ, **env},
+        )
         line = self.proc.stdout.readline()
         assert line == "locked\n", f"peer said {line!r}"
 
@@ -37,8 +44,8 @@ class Peer:
 def peer():
     peers = []
 
-    def start(kind, path, hold=None):
-        p = Peer(kind, path, hold)
+    def start(kind, path, hold=None, env=None):
+        p = Peer(kind, path, hold, env)
         peers.append(p)
         return p
 

@@ -3,7 +3,8 @@
     python peer.py KIND PATH [HOLD_SECONDS]
 
 Takes an exclusive lock on PATH with KIND (unilock-filelock, filelock, unilock-lock,
-unilock-ofd, unilock-softfilelock, filelock-softfilelock), prints "locked" and
+unilock-ofd, unilock-softfilelock, filelock-softfilelock, unilock-etcd: PATH is then
+a lock name in the etcd at $UNILOCK_TEST_ETCD_ENDPOINTS), prints "locked" and
 flushes, then holds it until stdin closes (or for HOLD_SECONDS), releases it, prints
 "released" and exits.
 """
@@ -31,6 +32,12 @@ def main() -> None:
         import unilock
 
         lock = unilock.Lock(path, backend="ofd")
+    elif kind == "unilock-etcd":  # PATH is a lock name, the cluster in the environment
+        import os
+
+        import unilock
+
+        lock = unilock.Lock(path, backend="etcd", endpoints=os.environ["UNILOCK_TEST_ETCD_ENDPOINTS"])
     elif kind == "unilock-softfilelock":
         import unilock
 

@@ -19,9 +19,11 @@ def test_version_is_the_major_this_binding_speaks():
 @pytest.mark.skipif(not HEADER.exists(), reason="not in the source tree")
 def test_every_header_function_is_declared_with_argtypes_and_restype():
     names = set(re.findall(r"^[a-z].*?\b(unilock_\w+)\(", HEADER.read_text(), re.M))
-    assert names == set(_lib._SIGNATURES)
+    assert names == set(_lib._SIGNATURES) | set(_lib._OPTIONAL_SIGNATURES)
+    assert not set(_lib._SIGNATURES) & set(_lib._OPTIONAL_SIGNATURES)
     lib = _lib.lib()
-    for name, (restype, argtypes) in _lib._SIGNATURES.items():
+    for name, (restype, argtypes) in {**_lib._SIGNATURES, **_lib._OPTIONAL_SIGNATURES}.items():
+        assert _lib.has(name)
         fn = getattr(lib, name)
         assert fn.restype is restype
         assert fn.argtypes == argtypes
@@ -29,13 +31,19 @@ def test_every_header_function_is_declared_with_argtypes_and_restype():
 
 @pytest.mark.skipif(not HEADER.exists(), reason="not in the source tree")
 def test_struct_layouts_match_the_header():
-    # unilock_options: five uint32_t; unilock_holder: 2*4 + 2*8 + 2*4 + 16.
-    assert ctypes.sizeof(_lib.Options) == 20
+    # unilock_options: six uint32_t, then six pointers; unilock_holder: 2*4 + 2*8 +
+    # 2*4 + 16.
+    assert ctypes.sizeof(_lib.Options) == 6 * 4 + 6 * ctypes.sizeof(ctypes.c_void_p)
     assert ctypes.sizeof(_lib.CHolder) == 48
     text = HEADER.read_text()
+    body = re.search(r"typedef struct unilock_options \{(.*?)\} unilock_options;", text, re.S).group(1)
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    fields = re.findall(r"^\s*(uint32_t|const char \*)\s*(\w+);", body, re.M)
+    expected = [(name, ctypes.c_uint32 if ctype == "uint32_t" else ctypes.c_char_p) for ctype, name in fields]
+    assert _lib.Options._fields_ == expected
     for name in ("CREATE", "FOLLOW", "INHERIT", "UNLINK", "FAIR", "SHARED", "EXCLUSIVE"):
         assert re.search(rf"#define UNILOCK_{name} (\d+)", text).group(1) == str(getattr(_lib, name))
-    for name in ("FLOCK", "OFD", "POSIX", "DOTLOCK"):
+    for name in ("FLOCK", "OFD", "POSIX", "DOTLOCK", "ETCD"):
         value = re.search(rf"#define UNILOCK_BACKEND_{name} (\d+)", text).group(1)
         assert value == str(getattr(_lib, "BACKEND_" + name))
 

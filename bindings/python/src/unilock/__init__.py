@@ -1,8 +1,10 @@
 """unilock: advisory file locking for Linux over libunilock (flock, OFD and POSIX locks,
-lock files).
+lock files), and locks in an etcd cluster across machines.
 
 - :class:`Lock`: the full C API — backends, shared and exclusive modes, byte ranges,
-  timeouts that sleep in the kernel, cancellation, and who holds a lock.
+  timeouts that sleep in the kernel, cancellation, and who holds a lock; with
+  ``backend="etcd"``, a lock name in an etcd cluster (:meth:`Lock.fence`,
+  :class:`LockLost`).
 - :class:`FileLock`, :class:`SoftFileLock`, :class:`Timeout`: a drop-in for the
   ``filelock`` package (3.16): change ``import filelock`` to ``import unilock as
   filelock``. FileLock uses flock(2), so it excludes filelock.FileLock on the same file;
@@ -15,7 +17,7 @@ the system's (``ctypes.util.find_library``, then the SONAME ``libunilock.so.0``)
 
 from ._filelock import AcquireReturnProxy, BaseFileLock, FileLock, SoftFileLock, Timeout, UnixFileLock
 from ._lib import LibraryNotFoundError, version
-from ._lock import Holder, Lock
+from ._lock import Holder, Lock, LockLost
 
 try:
     from ._version import version as __version__  # written by the build, from Cargo.toml
@@ -35,6 +37,7 @@ __all__ = [
     "Holder",
     "LibraryNotFoundError",
     "Lock",
+    "LockLost",
     "SoftFileLock",
     "Timeout",
     "UnixFileLock",

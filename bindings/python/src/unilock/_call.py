@@ -109,15 +109,17 @@ def _direct_in_main(handle: int, mode: int, start: int, length: int, timeout_ms:
     return _result(out[0])
 
 
-def lock(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo) -> Result:
+def lock(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo, probe_ms: int = PROBE_MS) -> Result:
     """``unilock_lock`` on ``handle``; ``undo(handle)`` releases a grant that arrived
     after an interrupt (it is called before the exception propagates). :func:`cancel`
-    ends it with ECANCELED."""
+    ends it with ECANCELED. ``probe_ms`` is the main thread's first wait; 0 makes it a
+    try (for the ETCD backend, where every wait puts a key in the lock's queue: a
+    short first wait would queue, give up its place and queue again)."""
     call = _Call()
     with _calls_mutex:
         _calls.setdefault(handle, []).append(call)
     try:
-        result = _lock(handle, mode, start, length, timeout_ms, undo, call)
+        result = _lock(handle, mode, start, length, timeout_ms, undo, call, probe_ms)
     finally:
         call.finished = True
         with _calls_mutex:
@@ -131,24 +133,32 @@ def lock(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo)
     return result
 
 
-def _lock(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo, call: _Call) -> Result:
+def _lock(handle: int, mode: int, start: int, length: int, timeout_ms: int, undo, call: _Call, probe_ms: int) -> Result:
     if threading.current_thread() is not threading.main_thread():
         return _direct(handle, mode, start, length, timeout_ms)
     if timeout_ms == 0:
         return _direct_in_main(handle, mode, start, length, 0, undo)
     # Main thread. A first, short wait here: the uncontended case needs no helper
     # thread, and a wait that only this thread could end gets EDEADLK (the library
-    # attributes locks to threads; the helper thread holds nothing).
+    # attributes locks to threads; the helper thread holds nothing). With probe_ms 0
+    # it is a try, which answers EAGAIN when the lock is held.
     began = time.monotonic()
-    probe = timeout_ms if 0 < timeout_ms <= PROBE_MS else PROBE_MS
+    probe = timeout_ms if 0 < timeout_ms <= probe_ms else probe_ms
     first = _direct_in_main(handle, mode, start, length, probe, undo)
-    if first.rc != -errno.ETIMEDOUT or probe == timeout_ms or call.cancelled:
+    still_held = -errno.ETIMEDOUT if probe > 0 else -errno.EAGAIN
+    if first.rc != still_held or probe == timeout_ms:
         return first
+    if call.cancelled:
+        return _cancelled()
     remaining = -1
     if timeout_ms > 0:
         remaining = timeout_ms - int((time.monotonic() - began) * 1000)
         if remaining <= 0:
-            return first
+            if probe == 0:
+                # A blocking call never answers EAGAIN: the library times it out.
+                remaining = 1
+            else:
+                return first
     result = _in_helper(handle, mode, start, length, remaining, undo, call)
     if result.rc == 0:
         # Taken by the helper thread: take it again (a no-op conversion) so that the

@@ -32,6 +32,7 @@ BACKEND_FLOCK = 1
 BACKEND_OFD = 2
 BACKEND_POSIX = 4
 BACKEND_DOTLOCK = 8
+BACKEND_ETCD = 16
 
 SHARED = 1
 EXCLUSIVE = 2
@@ -44,7 +45,10 @@ FAIR = 16
 
 
 class Options(ctypes.Structure):
-    """``unilock_options``: read by its ``size``, so it may grow."""
+    """``unilock_options``: read by its ``size``, so it may grow. A library that
+    predates the ETCD fields accepts this larger struct as long as they are zero (it
+    refuses non-zero bytes it does not know with E2BIG). The strings are read by
+    ``unilock_open`` and not kept: they need to live only for that call."""
 
     _fields_ = [
         ("size", ctypes.c_uint32),
@@ -52,7 +56,19 @@ class Options(ctypes.Structure):
         ("flags", ctypes.c_uint32),
         ("mode", ctypes.c_uint32),
         ("stale_after_s", ctypes.c_uint32),
+        ("lease_ttl_s", ctypes.c_uint32),
+        ("endpoints", ctypes.c_char_p),
+        ("ca_file", ctypes.c_char_p),
+        ("cert_file", ctypes.c_char_p),
+        ("key_file", ctypes.c_char_p),
+        ("user", ctypes.c_char_p),
+        ("password", ctypes.c_char_p),
     ]
+
+    def __repr__(self) -> str:
+        # Never the password, nor the other strings (paths and user are harmless,
+        # but a repr that shows some and hides one invites copying it around).
+        return f"<unilock_options backends={self.backends:#x} flags={self.flags:#x}>"
 
 
 class CHolder(ctypes.Structure):
@@ -105,6 +121,16 @@ _SIGNATURES = {
     "unilock_version": (ctypes.c_char_p, []),
 }
 
+# Functions of later minor versions: a library without them still loads (for the file
+# backends), and the binding's methods that need them raise OSError(EOPNOTSUPP).
+_OPTIONAL_SIGNATURES = {
+    "unilock_fence": (ctypes.c_int, [_handle_p, ctypes.POINTER(ctypes.c_uint64)]),
+    "unilock_holder_host": (
+        ctypes.c_int,
+        [_handle_p, ctypes.POINTER(CHolder), ctypes.c_char_p, ctypes.c_size_t],
+    ),
+}
+
 
 class LibraryNotFoundError(ImportError):
     """libunilock could not be loaded; the message says every place tried and why."""
@@ -115,6 +141,16 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn = getattr(lib, name)
         fn.restype = restype
         fn.argtypes = argtypes
+    for name, (restype, argtypes) in _OPTIONAL_SIGNATURES.items():
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            fn.restype = restype
+            fn.argtypes = argtypes
+
+
+def has(name: str) -> bool:
+    """Whether the loaded library has the function ``name`` (see _OPTIONAL_SIGNATURES)."""
+    return hasattr(lib(), name)
 
 
 #: Where a platform wheel puts the library (bindings/python/build_backend/unilock_build.py).
