@@ -60,6 +60,13 @@ fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+/// The tests of this file run one at a time: they count this process's descriptors
+/// and children, which the others' peers, pipes and files would change meanwhile.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// True once some process waits for a lock on `path` (a `->` line in /proc/locks).
 fn someone_waits_on(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -149,6 +156,7 @@ fn handed_off(
 
 #[test]
 fn one_waiter_child_serves_every_wait_of_a_thread_and_uses_no_descriptor() {
+    let _serial = serial();
     let dir = TempDir::new("waiters-reuse");
     for b in ALL {
         let path = dir.0.join(name(b));
@@ -194,6 +202,7 @@ fn one_waiter_child_serves_every_wait_of_a_thread_and_uses_no_descriptor() {
 
 #[test]
 fn a_threads_waiter_child_is_killed_and_reaped_when_the_thread_exits() {
+    let _serial = serial();
     let dir = TempDir::new("waiters-exit");
     let path = dir.0.join("f");
     let lock = Arc::new(Lock::open(&path, &opts(Backend::Ofd)).unwrap());
@@ -223,6 +232,7 @@ fn a_threads_waiter_child_is_killed_and_reaped_when_the_thread_exits() {
 
 #[test]
 fn a_deadline_or_a_cancel_ends_the_waiter_child_and_the_next_wait_makes_a_new_one() {
+    let _serial = serial();
     let dir = TempDir::new("waiters-abort");
     for b in ALL {
         let path = dir.0.join(name(b));
@@ -286,6 +296,7 @@ fn a_deadline_or_a_cancel_ends_the_waiter_child_and_the_next_wait_makes_a_new_on
 
 #[test]
 fn a_waiter_child_killed_by_someone_else_does_not_lose_the_wait() {
+    let _serial = serial();
     let dir = TempDir::new("waiters-killed");
     for b in ALL {
         let path = dir.0.join(name(b));
@@ -320,6 +331,7 @@ fn a_waiter_child_killed_by_someone_else_does_not_lose_the_wait() {
 
 #[test]
 fn the_holder_after_a_wait_is_this_process_not_its_waiter_child() {
+    let _serial = serial();
     let dir = TempDir::new("waiters-holder");
     let me = std::process::id() as i32;
     for b in ALL {
@@ -410,6 +422,7 @@ fn exec_scenario_main() {
 
 #[test]
 fn an_execve_after_a_wait_ends_the_waiter_child_and_releases_the_locks() {
+    let _serial = serial();
     use std::io::BufRead;
     let dir = TempDir::new("waiters-exec");
     for how in ["main", "thread"] {

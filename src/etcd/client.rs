@@ -283,6 +283,7 @@ impl Client {
         let give_up = deadline.map_or(budget, |d| d.min(budget));
         let mut pause = Duration::from_millis(20);
         let mut reauthenticated = false;
+        let mut retried = false;
         loop {
             let mut errors = Vec::new();
             let mut unavailable = false;
@@ -324,8 +325,23 @@ impl Client {
                 }
                 i += 1;
             }
-            // Every endpoint failed. Connection failures everywhere end the call; a
-            // cluster that answers but cannot serve yet gets some more time.
+            // Every endpoint failed. A connection that broke after it was made (a kept
+            // connection to a member that restarted) is made again once, at once.
+            let broken = errors.iter().any(|e| {
+                ![
+                    libc::ECONNREFUSED,
+                    libc::ETIMEDOUT,
+                    libc::EHOSTUNREACH,
+                    libc::EPROTO,
+                ]
+                .contains(&e.errno())
+            });
+            if broken && !retried && !unavailable {
+                retried = true;
+                continue;
+            }
+            // Connection failures everywhere end the call; a cluster that answers but
+            // cannot serve yet gets some more time.
             if !unavailable || Instant::now() + pause >= give_up {
                 let errno = if unavailable { libc::EIO } else { 0 };
                 return Err(Self::unreachable(errors, errno));
@@ -532,6 +548,9 @@ fn make_agent(tls: &TlsConfig) -> Agent {
 fn transport_error(endpoint: &str, e: &ureq::Error) -> Error {
     let errno = match e {
         ureq::Error::Io(io) => io.raw_os_error().unwrap_or(match io.kind() {
+            // rustls reports a failed handshake (an untrusted or refused certificate)
+            // as invalid data.
+            std::io::ErrorKind::InvalidData => libc::EPROTO,
             std::io::ErrorKind::ConnectionRefused => libc::ECONNREFUSED,
             std::io::ErrorKind::ConnectionReset => libc::ECONNRESET,
             std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => libc::ETIMEDOUT,
