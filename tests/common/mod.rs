@@ -1,6 +1,6 @@
 //! Shared test helpers: a peer process (this test binary re-run in "peer" mode) that
 //! takes locks on command, so that cross-process behaviour is tested with real
-//! processes.
+//! processes; and in [`etcd`], real etcd servers for the etcd tests.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -9,6 +9,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use unilock::{Backend, Flags, Lock, Mode, Options};
+
+pub mod etcd;
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
