@@ -1275,6 +1275,48 @@ mod tests {
     }
 
     #[test]
+    fn etcd_takes_its_endpoints_attached_only_and_its_options_need_it() {
+        let inv = invocation(&["--etcd", "job", "true"]);
+        let etcd = inv.etcd.unwrap();
+        assert_eq!(etcd.endpoints, None);
+        assert_eq!(inv.backends, Backend::Etcd as u32);
+        assert!(matches!(inv.target, Target::File { ref path, .. } if path == "job"));
+        let inv = invocation(&["--etcd=a:1,b:2", "--lease-ttl", "3", "job", "true"]);
+        let etcd = inv.etcd.unwrap();
+        assert_eq!(etcd.endpoints.as_deref(), Some("a:1,b:2"));
+        assert_eq!(etcd.lease_ttl, Some(3));
+        assert_eq!(etcd.kill_on_loss, None);
+        let inv = invocation(&["-b", "ETCD", "--kill-on-loss", "job", "true"]);
+        assert_eq!(inv.etcd.unwrap().kill_on_loss, Some(DEFAULT_GRACE));
+        let inv = invocation(&["--etcd", "--kill=0.5", "job", "true"]);
+        assert_eq!(
+            inv.etcd.unwrap().kill_on_loss,
+            Some(Duration::from_millis(500))
+        );
+        // A password: kept, never shown by Debug, and its argument marked to blank.
+        let inv = invocation(&["-n", "--etcd", "--etcd-user", "bob:pw", "job", "true"]);
+        assert_eq!(inv.secret_arg, Some(4));
+        let etcd = inv.etcd.unwrap();
+        assert_eq!(
+            (etcd.user.as_deref(), etcd.password.as_deref()),
+            (Some("bob"), Some("pw"))
+        );
+        assert!(!format!("{etcd:?}").contains("pw\""));
+        let inv = invocation(&["--etcd", "--etcd-user=bob", "job", "true"]);
+        assert_eq!((inv.secret_arg, inv.etcd.unwrap().password), (None, None));
+        assert!(message(&["--etcd", "--et", "job", "true"]).contains("ambiguous"));
+        assert!(message(&["--lease-ttl", "3", "job", "true"]).contains("add --etcd"));
+        assert!(message(&["--etcd", "-s", "job", "true"]).contains("exclusive only"));
+        assert!(message(&["--etcd", "job"]).contains("needs a command"));
+        // Asking about a shared lock is the same question.
+        assert!(
+            invocation(&["--etcd", "-s", "--list", "job"])
+                .etcd
+                .is_some()
+        );
+    }
+
+    #[test]
     fn mode_and_stale() {
         assert_eq!(
             invocation(&["--mode", "0644", "f", "x"]).create_mode,

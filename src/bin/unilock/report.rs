@@ -754,6 +754,77 @@ mod tests {
         );
     }
 
+    fn etcd_holder(pid: Option<i32>, host: Option<&str>, waiting: bool) -> Holder {
+        Holder {
+            backend: Backend::Etcd,
+            mode: Mode::Exclusive,
+            start: 12,
+            len: 0,
+            pid: pid.unwrap_or(-1),
+            is_self: false,
+            command: if pid.is_some() { "unilock" } else { "" }.to_string(),
+            processes: Vec::new(),
+            lock_file: None,
+            etcd: Some(unilock::EtcdKey {
+                key: "a/b/694d7f2a1b3c8e01".into(),
+                lease: 0x694d7f2a1b3c8e01,
+                revision: 12,
+                host: host.map(str::to_string),
+                pid,
+                command: pid.map(|_| "unilock".to_string()),
+                since: Some(1_700_000_000),
+                waiting,
+                endpoints: vec!["http://127.0.0.1:2379".into()],
+            }),
+        }
+    }
+
+    #[test]
+    fn etcd_rows_name_the_host_revision_lease_and_place_in_the_queue() {
+        assert_eq!(
+            holder_sentence(&etcd_holder(Some(42), Some("web1"), false)),
+            "pid 42 (unilock) on host web1 holds the etcd lock a/b (key \
+             a/b/694d7f2a1b3c8e01, revision 12)"
+        );
+        assert!(
+            holder_sentence(&etcd_holder(None, None, false))
+                .starts_with("a client that left no record")
+        );
+        let rows = [
+            Row {
+                holder: etcd_holder(Some(42), Some("web1"), false),
+                path: PathBuf::from("a/b"),
+            },
+            Row {
+                holder: etcd_holder(None, None, true),
+                path: PathBuf::from("a/b"),
+            },
+        ];
+        let style = Style::default().for_etcd();
+        let t = render(&rows, &style, false);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "COMMAND     PID TYPE MODE  HOST REVISION LEASE            WAITING PATH HOLDERS",
+                "unilock      42 ETCD WRITE web1       12 694d7f2a1b3c8e01 0       a/b",
+                "(undefined)  -1 ETCD WRITE            12 694d7f2a1b3c8e01 1       a/b",
+            ]
+        );
+        let j: serde_json::Value = serde_json::from_str(&render(&rows, &style, true)).unwrap();
+        assert_eq!(j["locks"][0]["lease"], "694d7f2a1b3c8e01");
+        assert_eq!(j["locks"][1]["waiting"], true);
+        assert_eq!(j["locks"][1]["host"], serde_json::Value::Null);
+        // An etcd row's name is not a file to look at; file rows have no etcd keys.
+        let all = Style::new(Some("SIZE,START,KEY,SINCE,REVISION"), true, true, false).unwrap();
+        assert_eq!(
+            render(&rows[..1], &all, false),
+            " 0 a/b/694d7f2a1b3c8e01 1700000000 12\n"
+        );
+        let file = render(&[row(holder("x", 1, 0, 0))], &all, false);
+        assert_eq!(file, " 0   \n");
+    }
+
     #[test]
     fn sizes_read_as_util_linux_prints_them() {
         assert_eq!(human_size(0), "0B");
