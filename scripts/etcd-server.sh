@@ -8,6 +8,10 @@
 #                                      its client URL (http://127.0.0.1:PORT) on stdout
 #   scripts/etcd-server.sh stop DIR    kills that member and removes DIR
 #
+# ETCD_SERVER_FSYNC=1 keeps etcd's fsync of its log and database (for the benchmarks,
+# which measure a member as a user would run it); by default a test member runs with
+# --unsafe-no-fsync.
+#
 # A caller stops it whatever happens:
 #   url=$(scripts/etcd-server.sh start "$dir")
 #   trap 'scripts/etcd-server.sh stop "$dir"' EXIT
@@ -45,7 +49,7 @@ alive() {
 }
 
 start() {
-    local dir=$1 attempt client peer pid url deadline
+    local dir=$1 attempt client peer pid url deadline no_fsync=(--unsafe-no-fsync)
     command -v etcd >/dev/null && command -v etcdctl >/dev/null ||
         die "etcd is not installed: apt-get install etcd-server etcd-client"
     if [ -f "$dir/pid" ] && alive "$(cat "$dir/pid")"; then
@@ -53,14 +57,15 @@ start() {
     fi
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
+    [ "${ETCD_SERVER_FSYNC:-0}" = 1 ] && no_fsync=()
     for attempt in 1 2 3 4 5; do
         read -r client peer < <(free_ports)
         url=http://127.0.0.1:$client
         rm -rf "$dir/data"
         : >"$dir/etcd.log"
         # --unsafe-no-fsync: accepted by 3.4.23 though not in its --help; a test
-        # member need not survive a crash of the machine. --bcrypt-cost 4: users
-        # authenticate fast.
+        # member need not survive a crash of the machine (ETCD_SERVER_FSYNC=1 leaves
+        # it out). --bcrypt-cost 4: users authenticate fast.
         etcd --name m0 --data-dir "$dir/data" \
             --listen-client-urls "$url" --advertise-client-urls "$url" \
             --listen-peer-urls "http://127.0.0.1:$peer" \
@@ -68,7 +73,7 @@ start() {
             --initial-cluster "m0=http://127.0.0.1:$peer" \
             --initial-cluster-token "etcd-server.sh-$$-$attempt" \
             --heartbeat-interval 10 --election-timeout 100 \
-            --unsafe-no-fsync --bcrypt-cost 4 \
+            "${no_fsync[@]}" --bcrypt-cost 4 \
             --logger zap --log-outputs stderr \
             </dev/null >>"$dir/etcd.log" 2>&1 &
         pid=$!
