@@ -15,6 +15,8 @@
 #   make check                fmt, clippy, cargo test, then the C checks
 #   make faults               every injected system call failure x every errno
 #   make bench                the benchmarks, into BENCHMARKS.md and docs/ (scripts/bench.sh)
+#   make bench-etcd           the ETCD backend's part of them alone, against a private
+#                             etcd, into target/bench/etcd.md (scripts/bench-etcd.sh)
 #   make python-dist          the Python sdist and manylinux wheel, into target/python-dist
 #   make torture SECONDS=600  every torture scenario (tests/torture.rs) for that long each
 #   make fuzz SECONDS=600     the fuzz tests with new seeds for SECONDS (default 60)
@@ -75,7 +77,7 @@ NATIVE_LIBS  := $(shell sed -n 's/^Libs.private: *//p' unilock.pc.in)
 # The .pc file says ${prefix}/... when a directory lies under PREFIX.
 pc_dir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
 
-.PHONY: all build install install-debug install-strip uninstall check check-python check-go python-dist faults torture fuzz bench bench-bindings deb check-deb clean FORCE
+.PHONY: all build install install-debug install-strip uninstall check check-python check-go python-dist faults torture fuzz bench bench-etcd bench-bindings deb check-deb clean FORCE
 
 all: build $(PC_FILE)
 
@@ -173,10 +175,17 @@ bench-bindings: build
 	bash bindings/bench.sh
 
 # Runs the benchmarks once and writes BENCHMARKS.md and docs/bench-*.svg
-# (scripts/bench.sh); the wall time it reports starts here, building included.
+# (scripts/bench.sh, which runs scripts/bench-etcd.sh for section 7); the wall time
+# it reports starts here, building included.
 bench:
 	@BENCH_STARTED_NS=$$(date +%s%N); export BENCH_STARTED_NS; \
 	$(MAKE) --no-print-directory build && bash scripts/bench.sh
+
+# Section 7 of `make bench` alone, for iterating on the ETCD backend (about 40 s):
+# prints the tables and writes target/bench/etcd.md and etcd.json; BENCHMARKS.md is
+# left as it is.
+bench-etcd: build
+	CARGO="$(CARGO)" CARGOFLAGS="$(CARGOFLAGS)" CC="$(CC)" bash scripts/bench-etcd.sh
 
 # Seconds per scenario: SECONDS on the command line only (bash exports its own SECONDS
 # when asked to), else UNILOCK_TORTURE_SECONDS, else 60. `make check` runs the short form.
