@@ -585,6 +585,24 @@ fn a_revoked_lease_is_reported_and_the_status_is_75_after_the_command() {
 }
 
 #[test]
+fn a_lease_revoked_after_the_last_renewal_is_found_when_the_command_ends() {
+    let etcd = Etcd::start();
+    let began = Instant::now();
+    // The default TTL (10 s): the command ends before the first renewal (3 s).
+    let holder = spawn(&[&at(&etcd), "late", "sh", "-c", "sleep 1.5; echo finished"]);
+    wait_until("the holder", || queue(&etcd, "late").len() == 1);
+    etcd.ctl(&["lease", "revoke", &holder_lease(&etcd, "late")]);
+    let out = holder.finish(began);
+    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
+    assert!(out.stdout.contains("finished"), "{}", out.stdout);
+    assert_eq!(out.code, LOST, "{}", out.stderr);
+    assert!(out.stderr.contains("its key is gone"), "{}", out.stderr);
+    // A lock held to the end is not reported lost.
+    let out = run(&[&at(&etcd), "late", "sleep", "0.5"]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+}
+
+#[test]
 fn kill_on_loss_kills_a_command_that_ignores_sigterm_and_what_it_started() {
     let etcd = Etcd::start();
     let dir = TempDir::new("cli-etcd-kill");

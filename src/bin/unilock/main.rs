@@ -722,8 +722,8 @@ impl Cli {
     /// process stopped). A lost lock is said on stderr when it is found; with
     /// `--kill-on-loss` the command and the processes it started get SIGTERM, then
     /// SIGKILL after the grace period. The command's end is followed by one more
-    /// renewal, so that a loss since the last one is not missed either. Returns the
-    /// command's status and whether the lock was lost.
+    /// check ([`Cli::lost_by_now`]), so that a loss since the last renewal is not
+    /// missed either. Returns the command's status and whether the lock was lost.
     fn wait_under_lease(
         &self,
         lock: &Lock,
@@ -749,22 +749,35 @@ impl Cli {
                 stop.set();
             }
             let found = watcher.and_then(|w| w.join().ok()).flatten();
-            let lost = match found {
-                Some(_) => true,
-                // Was it held up to the command's end?
-                None => match lock.touch() {
-                    Err(e) if e.errno() == libc::ENOLCK => {
-                        self.warn(&self.etcd_message(name, &e));
-                        true
-                    }
-                    _ => false,
-                },
-            };
+            let lost = found.is_some() || self.lost_by_now(lock, name);
             if let (Some(Some(terminated)), Some(grace)) = (found, kill) {
                 self.end_leftovers(terminated + grace);
             }
             (status, lost)
         })
+    }
+
+    /// Whether the etcd lock was lost since the lease watch last renewed it, once the
+    /// command has ended (said on stderr): by the clock (no renewal confirmed for a
+    /// whole TTL, which the library tells without a request), or because its key is
+    /// gone from the queue (its lease revoked: it cannot come back, so a key still
+    /// there proves the lock was held up to now). One read of the queue, lighter than
+    /// a renewal; when etcd cannot be reached for it, the release that follows says so.
+    fn lost_by_now(&self, lock: &Lock, name: &str) -> bool {
+        if let Err(e) = lock.fence() {
+            self.warn(&self.etcd_message(name, &e));
+            return e.errno() == libc::ENOLCK;
+        }
+        match lock.list() {
+            Ok(queue) if !queue.iter().any(|h| h.is_self) => {
+                self.warn(&format!(
+                    "{name}: the etcd lock was lost: its key is gone from etcd (its lease was \
+                     revoked, or expired); another process may hold it now"
+                ));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The lease watch of [`Cli::wait_under_lease`], until `stop`: `None` while the lock
