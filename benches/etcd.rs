@@ -15,7 +15,9 @@
 //!    watcher reading the DELETE event (the baseline of the hand-off);
 //! 2. the uncontended `lock` + `unlock` pair of an ETCD handle (`unilock::Lock`);
 //! 3. the hand-off: a holder in another process unlocks, a waiter blocked in `lock` in
-//!    this process returns; interleaved with the watch-event rounds of 1;
+//!    this process returns; interleaved with the watch-event rounds of 1, and with
+//!    observed hand-offs on another lock, whose keys a watcher watches too, which
+//!    tell the release's event from what the waiter does after it;
 //! 4. the command, `unilock --etcd=URL NAME true`, against `etcdctl lock NAME true`;
 //! 5. the threads and memory an ETCD handle adds to a host process (in a fresh
 //!    process), and the size of the stripped C library.
@@ -29,7 +31,7 @@
 //! `--unilock PATH` (the command), `--library PATH` (libunilock.so),
 //! `--library-without-etcd PATH` (the same library built without the `etcd` feature,
 //! for comparison). It re-runs itself for its helper processes: `--watcher URL KEY
-//! [prefix]`, `--holder URL NAME` and `--memory URL NAME CYCLES`.
+//! [prefix]`, `--holder URL NAME...` and `--memory URL NAME CYCLES`.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -78,7 +80,7 @@ impl Config {
                 requests: 200,
                 handoffs: 200,
                 pairs: 200,
-                commands: 30,
+                commands: 60,
                 cycles: 100,
             }
         }
@@ -88,6 +90,8 @@ impl Config {
 /// The lock names and the watched key (the member is the benchmark's own).
 const WATCH_KEY: &str = "unilock-bench/watched";
 const HANDOFF_NAME: &str = "unilock-bench-handoff";
+/// The lock of the observed hand-offs, whose keys a watcher of the benchmark watches.
+const OBSERVED_NAME: &str = "unilock-bench-handoff-observed";
 const PAIR_NAME: &str = "unilock-bench-pair";
 const COMMAND_NAME: &str = "unilock-bench-command";
 const MEMORY_NAME: &str = "unilock-bench-memory";
@@ -501,23 +505,30 @@ fn watcher_main(url: &str, key: &str, prefix: bool) {
     }
 }
 
-/// The holder process, driven through stdin: `L` locks (answers `H`); `R` followed
-/// by a count of watchers (u64 LE) waits until the member has more than that many
-/// (the waiter is in its watch), reads the clock, unlocks, and answers with that
-/// time and how long `unlock` took (two u64 LE; the time is 0 if the watch was not
-/// seen within 10 s).
-fn holder_main(url: &str, name: &str) {
+/// The holder process, with a handle on each lock of `names`, driven through stdin
+/// (each command followed by the index of a lock, one byte): `L` locks (answers
+/// `H`); `R` followed by a count of watchers (u64 LE) waits until the member has
+/// more than that many (the waiter is in its watch), reads the clock, unlocks, and
+/// answers with that time and how long `unlock` took (two u64 LE; the time is 0 if
+/// the watch was not seen within 10 s).
+fn holder_main(url: &str, names: &[String]) {
     die_with_parent();
     let gw = Gateway::new(url);
-    let lock = Lock::open(
-        name,
-        &Options::new().backend(Backend::Etcd).etcd_endpoints(url),
-    )
-    .expect("holder: open");
+    let locks: Vec<Lock> = names
+        .iter()
+        .map(|name| {
+            Lock::open(
+                name,
+                &Options::new().backend(Backend::Etcd).etcd_endpoints(url),
+            )
+            .expect("holder: open")
+        })
+        .collect();
     let mut input = std::io::stdin().lock();
     let mut output = std::io::stdout().lock();
-    let mut command = [0u8; 1];
+    let mut command = [0u8; 2];
     while input.read_exact(&mut command).is_ok() {
+        let lock = &locks[usize::from(command[1])];
         match command[0] {
             b'L' => {
                 lock.lock(Mode::Exclusive, 0, 0, None)
@@ -610,16 +621,18 @@ struct Handoff {
     event: f64,
 }
 
-/// One hand-off, or `None` when the holder did not see the waiter's watch.
-/// `queue` watches the lock's keys.
+/// One hand-off on lock `which` of the holder's, or `None` when the holder did not
+/// see the waiter's watch. `queue`, when given, watches the lock's keys (and fills
+/// in [`Handoff::event`]).
 fn handoff_round(
     gw: &Gateway,
     holder: &mut Helper,
-    queue: &mut Helper,
+    which: u8,
+    queue: Option<&mut Helper>,
     waiter: &Lock,
     idle: u64,
 ) -> Option<Handoff> {
-    holder.to.write_all(b"L").unwrap();
+    holder.to.write_all(&[b'L', which]).unwrap();
     let mut reply = [0u8; 1];
     holder.from.read_exact(&mut reply).unwrap();
     assert_eq!(&reply, b"H", "the holder took the lock");
@@ -628,7 +641,7 @@ fn handoff_round(
         gw.await_watchers(|n| n == idle),
         "the member keeps a waiter's watch after its lock call returned"
     );
-    holder.to.write_all(b"R").unwrap();
+    holder.to.write_all(&[b'R', which]).unwrap();
     holder.to.write_all(&idle.to_le_bytes()).unwrap();
     holder.to.flush().unwrap();
     waiter
@@ -643,16 +656,20 @@ fn handoff_round(
     // The queue's events of the round: the two keys put, the holder's deleted (the
     // first delete), then the waiter's.
     let mut deletes = Vec::new();
-    while deletes.len() < 2 {
-        let line = queue.line();
-        if let Some(t) = line.strip_prefix("D ") {
-            deletes.push(t.parse::<u64>().expect("a time"));
+    if let Some(queue) = queue {
+        while deletes.len() < 2 {
+            let line = queue.line();
+            if let Some(t) = line.strip_prefix("D ") {
+                deletes.push(t.parse::<u64>().expect("a time"));
+            }
         }
     }
     (t0 != 0).then(|| Handoff {
         latency: t1.saturating_sub(t0) as f64,
         unlock: took as f64,
-        event: deletes[0].saturating_sub(t0) as f64,
+        event: deletes
+            .first()
+            .map_or(0.0, |&t| t.saturating_sub(t0) as f64),
     })
 }
 
@@ -665,58 +682,75 @@ fn bench_handoff(
 ) {
     let mut watcher = Helper::start(&["--watcher", url, WATCH_KEY]);
     assert_eq!(watcher.line(), "C", "the watch is created");
-    let queue_prefix = format!("{HANDOFF_NAME}/");
+    let queue_prefix = format!("{OBSERVED_NAME}/");
     let mut queue = Helper::start(&["--watcher", url, &queue_prefix, "prefix"]);
     assert_eq!(queue.line(), "C", "the queue's watch is created");
     // The watchers' two watches are the member's only ones between rounds.
     let idle = gw.watchers();
-    let mut holder = Helper::start(&["--holder", url, HANDOFF_NAME]);
-    let waiter = Lock::open(
-        HANDOFF_NAME,
-        &Options::new().backend(Backend::Etcd).etcd_endpoints(url),
-    )
-    .expect("waiter: open");
+    let mut holder = Helper::start(&["--holder", url, HANDOFF_NAME, OBSERVED_NAME]);
+    let open = |name: &str| {
+        Lock::open(
+            name,
+            &Options::new().backend(Backend::Etcd).etcd_endpoints(url),
+        )
+        .expect("waiter: open")
+    };
+    let (waiter, observed) = (open(HANDOFF_NAME), open(OBSERVED_NAME));
     let (mut watch, mut delete, mut handoff, mut revoke) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut event, mut rest) = (Vec::new(), Vec::new());
+    let (mut watched, mut watched_unlock, mut event, mut rest) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut unseen = 0;
     let warmup = 3;
     for round in 0..cfg.handoffs + warmup {
-        // Interleaved, alternating which goes first.
-        let (w, h) = if round % 2 == 0 {
-            let w = watch_round(gw, &mut watcher);
-            (w, handoff_round(gw, &mut holder, &mut queue, &waiter, idle))
-        } else {
-            let h = handoff_round(gw, &mut holder, &mut queue, &waiter, idle);
-            (watch_round(gw, &mut watcher), h)
-        };
-        if round < warmup {
-            continue;
-        }
-        watch.push(w.0);
-        delete.push(w.1);
-        match h {
-            Some(h) => {
-                handoff.push(h.latency);
-                revoke.push(h.unlock);
-                event.push(h.event);
-                rest.push(h.latency - h.event);
+        // Interleaved, each kind first in turn.
+        for kind in (0..3).map(|k| (k + round) % 3) {
+            let keep = round >= warmup;
+            match kind {
+                0 => {
+                    let (w, d) = watch_round(gw, &mut watcher);
+                    if keep {
+                        watch.push(w);
+                        delete.push(d);
+                    }
+                }
+                1 => match handoff_round(gw, &mut holder, 0, None, &waiter, idle) {
+                    Some(h) if keep => {
+                        handoff.push(h.latency);
+                        revoke.push(h.unlock);
+                    }
+                    Some(_) => {}
+                    None => unseen += 1,
+                },
+                _ => match handoff_round(gw, &mut holder, 1, Some(&mut queue), &observed, idle) {
+                    Some(h) if keep => {
+                        watched.push(h.latency);
+                        watched_unlock.push(h.unlock);
+                        event.push(h.event);
+                        rest.push(h.latency - h.event);
+                    }
+                    Some(_) => {}
+                    None => unseen += 1,
+                },
             }
-            None => unseen += 1,
         }
     }
     drop(holder);
     drop(queue);
     drop(watcher);
     waiter.close().expect("waiter: close");
+    observed.close().expect("waiter: close");
 
     let (w50, w99, wmax) = report.latency("etcd.watch_event", &watch);
     let (d50, d99, dmax) = report.latency("etcd.request.deleterange", &delete);
     let (h50, h99, hmax) = report.latency("etcd.handoff", &handoff);
     let (r50, r99, rmax) = report.latency("etcd.handoff.holder_unlock", &revoke);
-    let (e50, e99, emax) = report.latency("etcd.handoff.revoke_event", &event);
-    let (x50, x99, xmax) = report.latency("etcd.handoff.after_event", &rest);
+    let (o50, o99, omax) = report.latency("etcd.handoff_observed", &watched);
+    let (u50, u99, umax) = report.latency("etcd.handoff_observed.holder_unlock", &watched_unlock);
+    let (e50, e99, emax) = report.latency("etcd.handoff_observed.release_event", &event);
+    let (x50, x99, xmax) = report.latency("etcd.handoff_observed.after_event", &rest);
     report.num("etcd.handoff.rounds", handoff.len() as f64);
+    report.num("etcd.handoff_observed.rounds", watched.len() as f64);
     report.num("etcd.handoff.watch_unseen", f64::from(unseen));
     let ratio50 = h50 / w50;
     let ratio99 = h99 / w99;
@@ -759,32 +793,37 @@ fn bench_handoff(
          `unlock` call (which revokes its lease: etcd deletes the key) and sends that time \
          over a pipe; the latency runs from there to the return of the waiter's `lock`. \
          Before each round this process waits until the last round's watch is gone from \
-         the member. Two processes, two handles, each with its own lease. A second \
-         watcher process watches the lock's keys (`NAME/`) the same way as the baseline's, \
-         which splits the hand-off in two: until that watcher reads the DELETE event of \
-         the holder's key, and from there until the waiter's `lock` returns. {} rounds of \
-         each, after {warmup} of warm-up, interleaved (watch event, hand-off, then the \
-         other way round).{unseen_note}\n\n\
+         the member. Two processes, two handles, each with its own lease.\n\n\
+         The observed hand-off: the same on another lock whose keys (`NAME/`) a second \
+         watcher process watches like the baseline's, which splits it in two: until that \
+         watcher reads the DELETE event of the holder's key, and from there until the \
+         waiter's `lock` returns. The observer is one more process for etcd to send the \
+         event to and for the machine to wake, so the target is taken on the plain \
+         hand-off.\n\n\
+         {} rounds of each of the three, after {warmup} of warm-up, interleaved (each \
+         kind first in turn).{unseen_note}\n\n\
          | what | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|\n\
          | one watch event: delete sent → the watcher reads the DELETE event | {w50:.2} | {w99:.2} | {wmax:.2} |\n\
          | the delete's own round trip (same rounds) | {d50:.2} | {d99:.2} | {dmax:.2} |\n\
          | **hand-off**: the holder's `unlock` called → the waiter's `lock` returns | {h50:.2} | {h99:.2} | {hmax:.2} |\n\
-         | of which: `unlock` called → a watcher of the queue reads the holder's key's DELETE event | {e50:.2} | {e99:.2} | {emax:.2} |\n\
+         | the holder's `unlock` call alone (the lease revoke's round trip, same rounds) | {r50:.2} | {r99:.2} | {rmax:.2} |\n\
+         | observed hand-off: the holder's `unlock` called → the waiter's `lock` returns | {o50:.2} | {o99:.2} | {omax:.2} |\n\
+         | of which: `unlock` called → the observer reads the holder's key's DELETE event | {e50:.2} | {e99:.2} | {emax:.2} |\n\
          | of which: that event read → the waiter's `lock` returns | {x50:.2} | {x99:.2} | {xmax:.2} |\n\
-         | the holder's `unlock` call alone (the lease revoke's round trip, same rounds) | {r50:.2} | {r99:.2} | {rmax:.2} |\n\n\
+         | the holder's `unlock` call alone (same rounds) | {u50:.2} | {u99:.2} | {umax:.2} |\n\n\
          - Hand-off / watch event: p50 {ratio50:.2}x, p99 {ratio99:.2}x (target: p50 at \
          most {HANDOFF_TARGET:.2}x: {}).\n\
          - Where a hand-off's time goes, p50: first the holder's `unlock`, {r50:.2} ms, \
          against {:.2} ms for a bare `lease/revoke` in 7.1 ({:.2} ms with a timeout on \
          the request, as the library sets one: ureq then resolves the address on a new \
          thread for each request, and on a loaded machine that thread waits for a CPU); \
-         its key's DELETE event reaches a watcher {e50:.2} ms after the call, against \
-         {w50:.2} ms after a bare delete. Then the waiter, which reads the same event on \
-         its own watch, looks at the queue once more before it returns (the three-range \
-         `kv/txn` of 7.1: {:.2} ms on a kept connection, {:.2} ms on a new one, which it \
-         needs: the watch ended by closing the connection it was made on; plus the \
-         resolving thread): {x50:.2} ms. A bare watch event has neither the library's \
-         request overhead on the release nor the second round trip.\n\n",
+         in the observed rounds the key's DELETE event reached a watcher {e50:.2} ms after \
+         the call, against {w50:.2} ms after a bare delete. Then the waiter, which reads \
+         the same event on its own watch, looks at the queue once more before it returns \
+         (the three-range `kv/txn` of 7.1: {:.2} ms on a kept connection, {:.2} ms on a \
+         new one, which it needs: the watch ended by closing the connection it was made \
+         on; plus the resolving thread): {x50:.2} ms. A bare watch event has neither the \
+         library's request overhead on the release nor the second round trip.\n\n",
         handoff.len(),
         yes_no(met),
         p50("revoke"),
@@ -1211,7 +1250,7 @@ fn main() {
                 args.get(3).is_some_and(|a| a == "prefix"),
             );
         }
-        Some("--holder") => return holder_main(&args[1], &args[2]),
+        Some("--holder") => return holder_main(&args[1], &args[2..]),
         Some("--memory") => {
             return memory_main(&args[1], &args[2], args[3].parse().expect("cycles"));
         }
