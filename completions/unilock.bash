@@ -9,7 +9,7 @@ _unilock_options() {
 }
 
 # The columns of --output (`unilock --list --output X` names them when X is unknown).
-_unilock_columns="COMMAND PID TYPE SIZE INODE MAJ:MIN MODE M START END PATH BLOCKER HOLDERS HOST STARTTIME STALE"
+_unilock_columns="COMMAND PID TYPE SIZE INODE MAJ:MIN MODE M START END PATH BLOCKER HOLDERS HOST STARTTIME STALE REVISION LEASE WAITING KEY SINCE"
 
 _unilock() {
     local cur=${COMP_WORDS[COMP_CWORD]}
@@ -19,7 +19,7 @@ _unilock() {
         -b | --backend)
             # A set is a comma-separated list: complete the last name.
             local done=${cur%"${cur##*,}"}
-            local names=(flock ofd posix dotlock) n
+            local names=(flock ofd posix dotlock etcd) n
             for n in "${names[@]}"; do
                 [[ $done$n == "$cur"* ]] && COMPREPLY+=("$done$n")
             done
@@ -40,6 +40,10 @@ _unilock() {
             compopt -o nospace 2>/dev/null
             return
             ;;
+        --etcd-cacert | --etcd-cert | --etcd-key)
+            mapfile -t COMPREPLY < <(compgen -f -- "$cur")
+            return
+            ;;
         --fd)
             local fd
             for fd in /proc/$$/fd/*; do
@@ -49,8 +53,8 @@ _unilock() {
             return
             ;;
         -w | --wait | --timeout | -E | --conflict-exit-code | --range | --start | \
-            --length | --stale | --mode)
-            return # a number: nothing to offer
+            --length | --stale | --mode | --lease-ttl | --etcd-user)
+            return # a number, or a name: nothing to offer
             ;;
     esac
     # The first word that is not an option (nor an option's argument) is the file,
@@ -60,7 +64,8 @@ _unilock() {
         word=${COMP_WORDS[i]}
         case $word in
             -b | --backend | -c | --command | --output | --fd | -w | --wait | --timeout | -E | \
-                --conflict-exit-code | --range | --start | --length | --stale | --mode)
+                --conflict-exit-code | --range | --start | --length | --stale | --mode | \
+                --etcd-cacert | --etcd-cert | --etcd-key | --etcd-user | --lease-ttl)
                 ((i++))
                 ;;
             -*) ;;

@@ -67,8 +67,51 @@ pub struct Invocation {
     /// How `--test` and `--list` print (`--output`, `--noheadings`, `--raw`,
     /// `--bytes`).
     pub table: crate::report::Style,
+    /// `--etcd` or `-b etcd`: where and how to reach etcd; `None` for the file
+    /// backends.
+    pub etcd: Option<Etcd>,
+    /// The index in `argv` (the program name at 0) of an argument that holds a
+    /// password (`--etcd-user NAME:PASSWORD`), to blank out of `ps`.
+    pub secret_arg: Option<usize>,
     pub target: Target,
 }
+
+/// The etcd settings of the command line; what is missing comes from the
+/// environment (the library reads it).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Etcd {
+    /// `--etcd=ENDPOINTS`.
+    pub endpoints: Option<String>,
+    pub cacert: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub user: Option<String>,
+    /// From `--etcd-user NAME:PASSWORD`; never printed.
+    pub password: Option<String>,
+    /// `--lease-ttl`, in seconds.
+    pub lease_ttl: Option<u32>,
+    /// `--kill-on-loss[=GRACE]`: the grace between SIGTERM and SIGKILL.
+    pub kill_on_loss: Option<Duration>,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password is never shown.
+        f.debug_struct("Etcd")
+            .field("endpoints", &self.endpoints)
+            .field("cacert", &self.cacert)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .field("lease_ttl", &self.lease_ttl)
+            .field("kill_on_loss", &self.kill_on_loss)
+            .finish()
+    }
+}
+
+/// How long `--kill-on-loss` waits after SIGTERM before SIGKILL, when it says not.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -139,18 +182,46 @@ enum Opt {
     NoHeadings,
     Raw,
     Bytes,
+    Etcd,
+    EtcdCacert,
+    EtcdCert,
+    EtcdKey,
+    EtcdUser,
+    LeaseTtl,
+    KillOnLoss,
+}
+
+/// Whether a long option takes a value: none, one (`--name=value` or `--name value`),
+/// or an optional one, which getopt takes only in the `--name=value` form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Takes {
+    Nothing,
+    Value,
+    Optional,
 }
 
 struct LongOption {
     name: &'static str,
-    takes_value: bool,
+    takes: Takes,
     opt: Opt,
 }
 
 const fn long(name: &'static str, takes_value: bool, opt: Opt) -> LongOption {
     LongOption {
         name,
-        takes_value,
+        takes: if takes_value {
+            Takes::Value
+        } else {
+            Takes::Nothing
+        },
+        opt,
+    }
+}
+
+const fn optional(name: &'static str, opt: Opt) -> LongOption {
+    LongOption {
+        name,
+        takes: Takes::Optional,
         opt,
     }
 }
@@ -193,6 +264,13 @@ const EXTRA_LONG: &[LongOption] = &[
     long("noheadings", false, Opt::NoHeadings),
     long("raw", false, Opt::Raw),
     long("bytes", false, Opt::Bytes),
+    optional("etcd", Opt::Etcd),
+    long("etcd-cacert", true, Opt::EtcdCacert),
+    long("etcd-cert", true, Opt::EtcdCert),
+    long("etcd-key", true, Opt::EtcdKey),
+    long("etcd-user", true, Opt::EtcdUser),
+    long("lease-ttl", true, Opt::LeaseTtl),
+    optional("kill-on-loss", Opt::KillOnLoss),
 ];
 
 /// flock's short options `+sexnoFuw:E:hV?`, plus `-b`.
@@ -226,7 +304,7 @@ fn find_long(name: &str) -> Result<&'static LongOption, UsageError> {
         };
         if matches
             .iter()
-            .all(|o| o.opt == first.opt && o.takes_value == first.takes_value)
+            .all(|o| o.opt == first.opt && o.takes == first.takes)
         {
             return Ok(first);
         }
@@ -269,6 +347,18 @@ struct Settings {
     noheadings: bool,
     raw: bool,
     bytes: bool,
+    /// `--etcd` was given.
+    etcd: bool,
+    etcd_endpoints: Option<String>,
+    etcd_cacert: Option<String>,
+    etcd_cert: Option<String>,
+    etcd_key: Option<String>,
+    etcd_user: Option<String>,
+    etcd_password: Option<String>,
+    lease_ttl: Option<u32>,
+    kill_on_loss: Option<Duration>,
+    /// The index in the arguments of the one that holds a password.
+    secret_arg: Option<usize>,
 }
 
 fn text(value: &OsStr) -> String {
@@ -341,13 +431,20 @@ fn parse_backends(value: &OsStr) -> Result<u32, UsageError> {
             "ofd" | "ofdlck" | "fcntl" => Backend::Ofd as u32,
             "posix" => Backend::Posix as u32,
             "dotlock" => Backend::Dotlock as u32,
+            "etcd" => Backend::Etcd as u32,
             _ => {
                 return Err(UsageError::plain(format!(
-                    "unknown backend: '{name}' (expected flock, ofd, posix or dotlock, \
+                    "unknown backend: '{name}' (expected flock, ofd, posix, dotlock or etcd, \
                      comma-separated for a set)"
                 )));
             }
         };
+    }
+    if bits & Backend::Etcd as u32 != 0 && bits != Backend::Etcd as u32 {
+        return Err(UsageError::plain(
+            "the ETCD backend cannot be combined with the file backends: a lock is in etcd \
+             or in the file system",
+        ));
     }
     let fcntl = Backend::Ofd as u32 | Backend::Posix as u32;
     if bits & fcntl == fcntl {
@@ -368,6 +465,31 @@ fn parse_mode(value: &OsStr) -> Result<u32, UsageError> {
     }
 }
 
+/// `--kill-on-loss=GRACE`: seconds, fractions allowed, as `-w`.
+fn parse_grace(value: &OsStr) -> Result<Duration, UsageError> {
+    let s = text(value);
+    let invalid = || {
+        UsageError::plain(format!(
+            "invalid grace period: '{s}' (expected seconds between SIGTERM and SIGKILL)"
+        ))
+    };
+    let secs: f64 = s.parse().map_err(|_| invalid())?;
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(invalid());
+    }
+    Ok(Duration::from_micros((secs * 1e6) as u64))
+}
+
+/// `--lease-ttl SECS`: whole seconds, at least 1.
+fn parse_ttl(value: &OsStr) -> Result<u32, UsageError> {
+    let s = text(value);
+    s.parse().ok().filter(|&t: &u32| t >= 1).ok_or_else(|| {
+        UsageError::plain(format!(
+            "invalid lease TTL: '{s}' (expected whole seconds, at least 1)"
+        ))
+    })
+}
+
 fn parse_stale(value: &OsStr) -> Result<u32, UsageError> {
     let s = text(value);
     s.parse().map_err(|_| {
@@ -383,7 +505,8 @@ fn apply(
     opt: Opt,
     value: Option<&OsStr>,
 ) -> Result<Option<Parsed>, UsageError> {
-    let value = || value.expect("the parser supplies a value to options that take one");
+    let given = value;
+    let value = || given.expect("the parser supplies a value to options that take one");
     match opt {
         Opt::Shared => settings.operation = Some(Operation::Lock(Mode::Shared)),
         Opt::Exclusive => settings.operation = Some(Operation::Lock(Mode::Exclusive)),
@@ -452,6 +575,34 @@ fn apply(
         Opt::NoHeadings => settings.noheadings = true,
         Opt::Raw => settings.raw = true,
         Opt::Bytes => settings.bytes = true,
+        Opt::Etcd => {
+            settings.etcd = true;
+            settings.etcd_endpoints = given.map(text).filter(|e| !e.is_empty());
+        }
+        Opt::EtcdCacert => settings.etcd_cacert = Some(text(value())),
+        Opt::EtcdCert => settings.etcd_cert = Some(text(value())),
+        Opt::EtcdKey => settings.etcd_key = Some(text(value())),
+        Opt::EtcdUser => {
+            let s = text(value());
+            let (user, password) = match s.split_once(':') {
+                Some((user, password)) => (user.to_string(), Some(password.to_string())),
+                None => (s, None),
+            };
+            if user.is_empty() {
+                return Err(UsageError::plain(
+                    "--etcd-user needs a user name (NAME or NAME:PASSWORD)",
+                ));
+            }
+            settings.etcd_user = Some(user);
+            settings.etcd_password = password;
+        }
+        Opt::LeaseTtl => settings.lease_ttl = Some(parse_ttl(value())?),
+        Opt::KillOnLoss => {
+            settings.kill_on_loss = Some(match given {
+                Some(v) => parse_grace(v)?,
+                None => DEFAULT_GRACE,
+            });
+        }
     }
     Ok(None)
 }
@@ -486,16 +637,16 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, UsageError> {
                 None => (body.to_string(), None),
             };
             let option = find_long(&name)?;
-            let value = match (option.takes_value, inline) {
-                (false, Some(_)) => {
+            let value = match (option.takes, inline) {
+                (Takes::Nothing, Some(_)) => {
                     return Err(UsageError::getopt(format!(
                         "option '--{}' doesn't allow an argument",
                         option.name
                     )));
                 }
-                (false, None) => None,
-                (true, Some(v)) => Some(v),
-                (true, None) => match args.get(i) {
+                (Takes::Nothing | Takes::Optional, None) => None,
+                (Takes::Value | Takes::Optional, Some(v)) => Some(v),
+                (Takes::Value, None) => match args.get(i) {
                     Some(v) => {
                         i += 1;
                         Some(v.clone())
@@ -510,6 +661,10 @@ pub fn parse(args: &[OsString]) -> Result<Parsed, UsageError> {
             };
             if let Some(done) = apply(&mut settings, option.opt, value.as_deref())? {
                 return Ok(done);
+            }
+            if option.opt == Opt::EtcdUser && settings.etcd_password.is_some() {
+                // The argument just read holds a password: blanked once parsed.
+                settings.secret_arg = Some(i - 1);
             }
             continue;
         }
@@ -560,9 +715,11 @@ fn finish(s: Settings, operands: &[OsString]) -> Result<Invocation, UsageError> 
             "the --no-fork and --close options are incompatible",
         ));
     }
+    let etcd = etcd_settings(&s, operands)?;
     let range = (s.start.unwrap_or(0), s.len.unwrap_or(0));
     let ranged = s.start.is_some() || s.len.is_some();
     let backends = match s.backends {
+        _ if etcd.is_some() => Backend::Etcd as u32,
         Some(b) => b,
         None if ranged => Backend::Ofd as u32,
         None => 0,
@@ -620,6 +777,11 @@ fn finish(s: Settings, operands: &[OsString]) -> Result<Invocation, UsageError> 
     }
     let table = crate::report::Style::new(s.output.as_deref(), s.noheadings, s.raw, s.bytes)
         .map_err(UsageError::plain)?;
+    let table = if etcd.is_some() {
+        table.for_etcd()
+    } else {
+        table
+    };
     let operation = s.operation.unwrap_or(Operation::Lock(Mode::Exclusive));
     if operation == Operation::Lock(Mode::Shared) && dotlock && s.report.is_none() {
         return Err(UsageError::plain(
@@ -753,8 +915,113 @@ fn finish(s: Settings, operands: &[OsString]) -> Result<Invocation, UsageError> 
         create_mode: s.create_mode,
         json: s.json,
         table,
+        etcd,
+        secret_arg: s.secret_arg.map(|i| i + 1),
         target,
     })
+}
+
+/// The etcd settings when `--etcd` or `-b etcd` asks for an etcd lock (`None`
+/// otherwise), after refusing what cannot go with one: each message says what to do.
+fn etcd_settings(s: &Settings, operands: &[OsString]) -> Result<Option<Etcd>, UsageError> {
+    let by_backend = s.backends == Some(Backend::Etcd as u32);
+    if s.etcd && s.backends.is_some() && !by_backend {
+        return Err(UsageError::plain(
+            "--etcd cannot be combined with --backend or --fcntl naming a file backend: a \
+             lock is in etcd or in the file system",
+        ));
+    }
+    let etcd_only = [
+        (s.etcd_cacert.is_some(), "--etcd-cacert"),
+        (s.etcd_cert.is_some(), "--etcd-cert"),
+        (s.etcd_key.is_some(), "--etcd-key"),
+        (s.etcd_user.is_some(), "--etcd-user"),
+        (s.lease_ttl.is_some(), "--lease-ttl"),
+        (s.kill_on_loss.is_some(), "--kill-on-loss"),
+    ];
+    if !s.etcd && !by_backend {
+        if let Some((_, option)) = etcd_only.iter().find(|(given, _)| *given) {
+            return Err(UsageError::plain(format!(
+                "{option} applies to etcd locks only: add --etcd (or -b etcd)"
+            )));
+        }
+        return Ok(None);
+    }
+    let why = "an etcd lock is a key in etcd, not a file";
+    let refused = [
+        (
+            s.operation == Some(Operation::Lock(Mode::Shared)) && s.report.is_none(),
+            "etcd locks are exclusive only (etcd's lock recipe, which etcdctl lock and \
+             unilock share, has no shared mode): drop -s"
+                .to_string(),
+        ),
+        (
+            s.operation == Some(Operation::Unlock),
+            "-u has nothing to release with --etcd: an etcd lock is released when its \
+             command ends (or its lease expires); drop -u"
+                .to_string(),
+        ),
+        (
+            s.no_fork,
+            "--no-fork cannot keep an etcd lock: unilock must stay while the command runs, \
+             to keep the lock's lease alive and release it after; drop -F"
+                .to_string(),
+        ),
+        (
+            s.start.is_some() || s.len.is_some(),
+            format!("{why}: it has no byte ranges; drop --range, --start and --length"),
+        ),
+        (
+            s.fair,
+            "--fair is what an etcd lock does already: its waiters are served first come, \
+             first served; drop --fair"
+                .to_string(),
+        ),
+        (
+            s.unlink,
+            format!("{why}: --unlink has no file to delete; drop --unlink"),
+        ),
+        (
+            s.create_mode.is_some(),
+            format!("{why}: --mode has no file to create; drop --mode"),
+        ),
+        (
+            s.follow,
+            format!("{why}: --follow has no symbolic link to follow; drop --follow"),
+        ),
+        (
+            s.fd.is_some(),
+            format!(
+                "{why}: it cannot be taken on a descriptor; give a lock name, as in \
+                 'unilock --etcd NAME COMMAND'"
+            ),
+        ),
+        (
+            s.kill_on_loss.is_some() && s.report.is_some(),
+            "--kill-on-loss applies to a command that runs under the lock, not to --test \
+             or --list"
+                .to_string(),
+        ),
+    ];
+    if let Some((_, message)) = refused.into_iter().find(|(bad, _)| *bad) {
+        return Err(UsageError::plain(message));
+    }
+    if s.report.is_none() && s.fd.is_none() && operands.len() == 1 {
+        return Err(UsageError::plain(format!(
+            "{why}: it cannot be taken on a descriptor, and a lock name needs a command to \
+             run, as in 'unilock --etcd NAME COMMAND'"
+        )));
+    }
+    Ok(Some(Etcd {
+        endpoints: s.etcd_endpoints.clone(),
+        cacert: s.etcd_cacert.clone(),
+        cert: s.etcd_cert.clone(),
+        key: s.etcd_key.clone(),
+        user: s.etcd_user.clone(),
+        password: s.etcd_password.clone(),
+        lease_ttl: s.lease_ttl,
+        kill_on_loss: s.kill_on_loss,
+    }))
 }
 
 /// `$SHELL -c COMMAND` (`/bin/sh` when `SHELL` is unset or empty), as flock's `-c`.
@@ -1005,6 +1272,48 @@ mod tests {
             invocation(&["-s", "-b", "dotlock", "--test", "f"]).target,
             Target::Report { .. }
         ));
+    }
+
+    #[test]
+    fn etcd_takes_its_endpoints_attached_only_and_its_options_need_it() {
+        let inv = invocation(&["--etcd", "job", "true"]);
+        let etcd = inv.etcd.unwrap();
+        assert_eq!(etcd.endpoints, None);
+        assert_eq!(inv.backends, Backend::Etcd as u32);
+        assert!(matches!(inv.target, Target::File { ref path, .. } if path == "job"));
+        let inv = invocation(&["--etcd=a:1,b:2", "--lease-ttl", "3", "job", "true"]);
+        let etcd = inv.etcd.unwrap();
+        assert_eq!(etcd.endpoints.as_deref(), Some("a:1,b:2"));
+        assert_eq!(etcd.lease_ttl, Some(3));
+        assert_eq!(etcd.kill_on_loss, None);
+        let inv = invocation(&["-b", "ETCD", "--kill-on-loss", "job", "true"]);
+        assert_eq!(inv.etcd.unwrap().kill_on_loss, Some(DEFAULT_GRACE));
+        let inv = invocation(&["--etcd", "--kill=0.5", "job", "true"]);
+        assert_eq!(
+            inv.etcd.unwrap().kill_on_loss,
+            Some(Duration::from_millis(500))
+        );
+        // A password: kept, never shown by Debug, and its argument marked to blank.
+        let inv = invocation(&["-n", "--etcd", "--etcd-user", "bob:pw", "job", "true"]);
+        assert_eq!(inv.secret_arg, Some(4));
+        let etcd = inv.etcd.unwrap();
+        assert_eq!(
+            (etcd.user.as_deref(), etcd.password.as_deref()),
+            (Some("bob"), Some("pw"))
+        );
+        assert!(!format!("{etcd:?}").contains("pw\""));
+        let inv = invocation(&["--etcd", "--etcd-user=bob", "job", "true"]);
+        assert_eq!((inv.secret_arg, inv.etcd.unwrap().password), (None, None));
+        assert!(message(&["--etcd", "--et", "job", "true"]).contains("ambiguous"));
+        assert!(message(&["--lease-ttl", "3", "job", "true"]).contains("add --etcd"));
+        assert!(message(&["--etcd", "-s", "job", "true"]).contains("exclusive only"));
+        assert!(message(&["--etcd", "job"]).contains("needs a command"));
+        // Asking about a shared lock is the same question.
+        assert!(
+            invocation(&["--etcd", "-s", "--list", "job"])
+                .etcd
+                .is_some()
+        );
     }
 
     #[test]

@@ -32,6 +32,13 @@ const EX_NOINPUT: i32 = 66;
 const EX_UNAVAILABLE: i32 = 69;
 const EX_OSERR: i32 = 71;
 const EX_CANTCREAT: i32 = 73;
+/// EX_TEMPFAIL: the etcd lock was lost (its lease expired or was revoked) while the
+/// command ran, or before it started; retrying later may succeed.
+const EX_LOCK_LOST: i32 = 75;
+
+/// How soon a lease watch that could not reach etcd tries again (the library decides
+/// the lease is lost once a whole TTL passed without a confirmed renewal).
+const TOUCH_RETRY: Duration = Duration::from_millis(250);
 
 /// How long a `--verbose` wait sleeps before it looks at the holder again.
 const VERBOSE_RECHECK: Duration = Duration::from_secs(1);
@@ -56,15 +63,21 @@ fn main() {
             ));
             0
         }
-        Ok(Parsed::Run(invocation)) => match (Cli {
-            name,
-            inv: *invocation,
-        })
-        .run()
-        {
-            End::Code(code) => code,
-            End::Signal(signal) => sys::die_by(signal),
-        },
+        Ok(Parsed::Run(invocation)) => {
+            if let Some(i) = invocation.secret_arg {
+                // `--etcd-user NAME:PASSWORD`: out of what ps(1) shows, at once.
+                sys::blank_secret(i);
+            }
+            match (Cli {
+                name,
+                inv: *invocation,
+            })
+            .run()
+            {
+                End::Code(code) => code,
+                End::Signal(signal) => sys::die_by(signal),
+            }
+        }
         Err(usage) => {
             if let Some(message) = usage.message {
                 let prefix = match argv.first() {
@@ -150,14 +163,71 @@ impl Cli {
             Backend::Ofd,
             Backend::Posix,
             Backend::Dotlock,
+            Backend::Etcd,
         ]
         .into_iter()
         .filter(|&b| inv.backends & b as u32 != 0);
-        Options::new()
+        let mut o = Options::new()
             .backends(backends)
             .flags(flags)
             .create_mode(inv.create_mode.unwrap_or(0))
-            .stale_after_s(inv.stale_after_s.unwrap_or(0))
+            .stale_after_s(inv.stale_after_s.unwrap_or(0));
+        if let Some(e) = &inv.etcd {
+            // What is not given here, the library takes from the environment (an
+            // empty value counts as not given).
+            if let Some(endpoints) = &e.endpoints {
+                o = o.etcd_endpoints(endpoints);
+            }
+            if let Some(ttl) = e.lease_ttl {
+                o = o.etcd_lease_ttl_s(ttl);
+            }
+            if let Some(ca) = &e.cacert {
+                o = o.etcd_ca(ca);
+            }
+            if e.cert.is_some() || e.key.is_some() {
+                o = o.etcd_client_cert(
+                    e.cert.clone().unwrap_or_default(),
+                    e.key.clone().unwrap_or_default(),
+                );
+            }
+            if let Some(user) = &e.user {
+                o = o.etcd_credentials(user, e.password.clone().unwrap_or_default());
+            }
+        }
+        o
+    }
+
+    /// The name of the lock, for messages: `NAME: ...`, unless the library's detail
+    /// starts with it already.
+    fn etcd_message(&self, name: &str, e: &Error) -> String {
+        let detail = e.detail();
+        if detail.starts_with(&format!("{name}: ")) {
+            detail.to_string()
+        } else {
+            format!("{name}: {detail}")
+        }
+    }
+
+    /// An etcd handle could not be made: a bad endpoint, name or option (64), a TLS
+    /// file that cannot be read (66), a build without etcd (69).
+    fn etcd_open_failed(&self, name: &str, e: &Error) -> Exit {
+        match e.errno() {
+            libc::EOPNOTSUPP => self.fail(EX_UNAVAILABLE, &unsupported(e)),
+            libc::EINVAL => self.fail(EX_USAGE, &self.etcd_message(name, e)),
+            _ => self.fail(EX_NOINPUT, &self.etcd_message(name, e)),
+        }
+    }
+
+    /// An etcd call failed (unreachable, refused, TLS, authentication): 65 with the
+    /// library's sentence, which names the endpoints and never a password; a lock
+    /// found lost: 75.
+    fn etcd_failed(&self, name: &str, e: &Error) -> Exit {
+        let code = match e.errno() {
+            libc::ENOLCK => EX_LOCK_LOST,
+            libc::ENOMEM => EX_OSERR,
+            _ => EX_DATAERR,
+        };
+        self.fail(code, &self.etcd_message(name, e))
     }
 
     /// flock's `open_file` codes: 71 for a lack of memory or descriptors, 73 for a
@@ -281,26 +351,38 @@ impl Cli {
         let began = Instant::now();
         match lock.lock(mode, start, len, Some(Duration::ZERO)) {
             Err(e) if e.is_would_block() && timeout != Some(Duration::ZERO) => {}
-            other => return other,
+            // A try never waits: ETIMEDOUT is a request that got no answer in time (an
+            // etcd endpoint that does not answer), not a conflict.
+            other => return other.map_err(not_a_wait),
         }
         watch();
         let deadline = timeout.and_then(|t| began.checked_add(t));
+        // Likewise an ETIMEDOUT before the deadline (or without one).
+        let checked = |r: Result<(), Error>| {
+            r.map_err(|e| match deadline {
+                Some(at) if Instant::now() >= at => e,
+                _ => not_a_wait(e),
+            })
+        };
         if !self.inv.verbose {
             // What is left of the timeout (never 0, which would be one more try).
             let left = deadline.map(|at| {
                 at.saturating_duration_since(Instant::now())
                     .max(Duration::from_nanos(1))
             });
-            return lock.lock(mode, start, len, left);
+            return checked(lock.lock(mode, start, len, left));
         }
-        let same = |a: &Option<Holder>, b: &Option<Holder>| match (a, b) {
-            (Some(a), Some(b)) => {
-                (a.pid, a.mode, a.backend, a.start, a.len)
-                    == (b.pid, b.mode, b.backend, b.start, b.len)
-            }
-            _ => false,
-        };
-        let mut holder = self.say_holder(lock, mode, "waiting for the lock: ");
+        let holder = self.say_holder(lock, mode, "waiting for the lock: ");
+        if lock.backend() == Backend::Etcd {
+            // A wait cut into slices would leave the queue and join it again at its
+            // end each time: one wait, and a thread that says when the holder changes.
+            let left = deadline.map(|at| {
+                at.saturating_duration_since(Instant::now())
+                    .max(Duration::from_nanos(1))
+            });
+            return checked(self.wait_telling_holders(lock, mode, left, holder));
+        }
+        let mut holder = holder;
         if self.inv.fair {
             // A fair wait cut into slices would go to the back of the line each time.
             let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
@@ -328,7 +410,7 @@ impl Cli {
                         return Err(e);
                     }
                     let now = self.holder_now(lock, mode).ok().flatten();
-                    if now.is_some() && !same(&now, &holder) {
+                    if now.is_some() && !same_holder(&now, &holder) {
                         holder = self.say_holder(lock, mode, "still waiting: ");
                     }
                 }
@@ -337,12 +419,51 @@ impl Cli {
         }
     }
 
+    /// `--verbose` with an etcd lock: one lock call for the whole wait, and meanwhile a
+    /// thread that looks at the holder every [`VERBOSE_RECHECK`] and says when it
+    /// changed (a slice of the wait per look would lose the place in the queue).
+    fn wait_telling_holders(
+        &self,
+        lock: &Lock,
+        mode: Mode,
+        left: Option<Duration>,
+        holder: Option<Holder>,
+    ) -> Result<(), Error> {
+        let (start, len) = self.inv.range;
+        let Ok(stop) = sys::Event::new() else {
+            return lock.lock(mode, start, len, left);
+        };
+        std::thread::scope(|scope| {
+            let stop = &stop;
+            scope.spawn(move || {
+                let mut holder = holder;
+                while let [false] = sys::poll([stop.as_fd()], Some(VERBOSE_RECHECK)) {
+                    let now = self.holder_now(lock, mode).ok().flatten();
+                    // Not this process's own key, which leads the queue for a moment
+                    // before the lock call returns.
+                    if now.as_ref().is_some_and(|h| !h.is_self) && !same_holder(&now, &holder) {
+                        holder = self.say_holder(lock, mode, "still waiting: ");
+                    }
+                }
+            });
+            let taken = lock.lock(mode, start, len, left);
+            stop.set();
+            taken
+        })
+    }
+
     /// `FILE COMMAND...` and `FILE -c COMMAND`. The signals that would end `unilock`
     /// are taken over first (see `signals`): one that comes before the command starts
     /// ends `unilock` holding nothing; one that comes while it runs goes to the command.
     fn lock_file(&self, path: &OsString, command: &[OsString]) -> Result<End, Exit> {
         let shown = path.to_string_lossy();
         let signals = signals::Signals::take_over();
+        if self.inv.etcd.is_some() {
+            // Before the library starts the thread that keeps the lease alive: a thread
+            // that does not block SIGCHLD would take the command's, which the signalfd
+            // would then never see.
+            signals.before_fork();
+        }
         // The descriptor goes to the command unless -o: with Flags::INHERIT it is
         // opened without close-on-exec, as flock(1)'s.
         let inherit = if self.inv.close {
@@ -350,8 +471,14 @@ impl Cli {
         } else {
             Flags::INHERIT
         };
-        let lock = Lock::open(path, &self.options(Flags::CREATE | inherit))
-            .map_err(|e| self.open_failed(&shown, &e))?;
+        let etcd = self.inv.etcd.is_some();
+        let lock = Lock::open(path, &self.options(Flags::CREATE | inherit)).map_err(|e| {
+            if etcd {
+                self.etcd_open_failed(&shown, &e)
+            } else {
+                self.open_failed(&shown, &e)
+            }
+        })?;
         // Released when the handle is dropped: after a signal or a failure, and after
         // the command for --unlink and DOTLOCK. Otherwise held until every copy of the
         // descriptor is closed (see the module comment); a POSIX lock until this
@@ -360,7 +487,10 @@ impl Cli {
         // command, which keeps this pid, and is stale once the command has exited);
         // with --unlink the file is deleted while still held, unless a process the
         // command left behind shares the lock (then it stays).
-        let release = self.inv.unlink || lock.backends().contains(&Backend::Dotlock);
+        // An etcd lock is released after the command (its lease is this process's).
+        let release = self.inv.unlink
+            || lock.backends().contains(&Backend::Dotlock)
+            || lock.backends().contains(&Backend::Etcd);
         let (end, ran) = self.lock_and_execute(&lock, &shown, EX_NOINPUT, &signals, command);
         if ran && !release {
             std::mem::forget(lock);
@@ -388,7 +518,8 @@ impl Cli {
             }
             taken?;
             ran = true;
-            self.execute(command, signals)
+            let etcd = (lock.backend() == Backend::Etcd).then_some((lock, subject));
+            self.execute(command, signals, etcd)
         });
         (end, ran)
     }
@@ -457,6 +588,8 @@ impl Cli {
                         Exit(128 + signal)
                     } else if e.is_would_block() || e.is_timeout() {
                         self.conflict(lock, mode, e.is_timeout())
+                    } else if lock.backend() == Backend::Etcd {
+                        self.etcd_failed(subject, &e)
                     } else {
                         self.lock_failed(subject, &e, read_only_code)
                     }
@@ -495,18 +628,48 @@ impl Cli {
     /// 128+N when signal N killed it. `unilock` waits for the command through the
     /// signals it receives meanwhile (passed on to the command), and when the command
     /// died of a signal after `unilock` received one, it ends by the one it received.
-    fn execute(&self, command: &[OsString], signals: &signals::Signals) -> Result<End, Exit> {
+    ///
+    /// An etcd lock (`etcd`: the handle and the lock name) gives the command its fencing
+    /// token in `UNILOCK_FENCE`, and is watched while the command runs (see
+    /// [`Cli::wait_under_lease`]): a lost lock makes the status [`EX_LOCK_LOST`].
+    fn execute(
+        &self,
+        command: &[OsString],
+        signals: &signals::Signals,
+        etcd: Option<(&Lock, &str)>,
+    ) -> Result<End, Exit> {
         let argv = sys::Argv::new(command)
             .ok_or_else(|| self.fail(EX_USAGE, "an argument contains a NUL byte"))?;
         sys::default_action(libc::SIGCHLD);
+        let envp = match etcd {
+            None => None,
+            Some((lock, name)) => {
+                let token = lock.fence().map_err(|e| self.etcd_failed(name, &e))?;
+                if self.inv.verbose {
+                    self.warn(&format!("{name}: the etcd lock's fencing token is {token}"));
+                }
+                Some(sys::Envp::with(&[("UNILOCK_FENCE", token.to_string())]))
+            }
+        };
         if self.inv.verbose {
             print_out(&format!("{}: executing {}\n", self.name, argv.program()));
         }
         if self.inv.no_fork {
             self.exec(&argv, signals);
         }
+        let kill = self.inv.etcd.as_ref().and_then(|e| e.kill_on_loss);
+        if etcd.is_some() && kill.is_some() {
+            // Whatever the command leaves behind stays this process's descendant, to
+            // be found and ended with it if the lock is lost.
+            sys::become_subreaper();
+        }
         signals.before_fork();
-        let pid = match sys::spawn(&argv, self.close_fd(), signals.command_mask()) {
+        let pid = match sys::spawn(
+            &argv,
+            self.close_fd(),
+            signals.command_mask(),
+            envp.as_ref(),
+        ) {
             Ok(pid) => pid,
             Err(sys::SpawnError::Clone(e)) => {
                 return Err(self.fail(EX_OSERR, &format!("fork failed: {}", sys::strerror(e))));
@@ -525,7 +688,11 @@ impl Cli {
                 }));
             }
         };
-        Ok(match signals.wait_for(pid) {
+        let (status, lost) = match etcd {
+            None => (signals.wait_for(pid), false),
+            Some((lock, name)) => self.wait_under_lease(lock, name, pid, signals, kill),
+        };
+        let end = match status {
             Ok((sys::Status::Exited(code), _)) => End::Code(code),
             Ok((sys::Status::Killed(_), Some(received))) => End::Signal(received),
             Ok((sys::Status::Killed(signal), None)) => End::Code(128 + signal),
@@ -534,7 +701,168 @@ impl Cli {
                 self.warn(&format!("waitpid failed: {}", sys::strerror(e)));
                 End::Code(1)
             }
+        };
+        Ok(match end {
+            End::Code(code) if lost => {
+                self.warn(&format!(
+                    "exiting with status {EX_LOCK_LOST} instead of the command's {code}: the \
+                     etcd lock was lost while it ran"
+                ));
+                End::Code(EX_LOCK_LOST)
+            }
+            other => other,
         })
+    }
+
+    /// Waits for the command `pid` under the etcd lock `lock`, as
+    /// [`signals::Signals::wait_for`] does, while a thread renews the lock's lease
+    /// every 0.3 TTL with [`Lock::touch`] (the renewals the library would make anyway,
+    /// so no request is added) and so learns at once when etcd says the lease is gone,
+    /// or when no renewal was confirmed for a whole TTL (etcd unreachable, or this
+    /// process stopped). A lost lock is said on stderr when it is found; with
+    /// `--kill-on-loss` the command and the processes it started get SIGTERM, then
+    /// SIGKILL after the grace period. The command's end is followed by one more
+    /// check ([`Cli::lost_by_now`]), so that a loss since the last renewal is not
+    /// missed either. Returns the command's status and whether the lock was lost.
+    fn wait_under_lease(
+        &self,
+        lock: &Lock,
+        name: &str,
+        pid: libc::pid_t,
+        signals: &signals::Signals,
+        kill: Option<Duration>,
+    ) -> (Result<(sys::Status, Option<i32>), sys::Errno>, bool) {
+        let ttl = self
+            .inv
+            .etcd
+            .as_ref()
+            .and_then(|e| e.lease_ttl)
+            .unwrap_or(10);
+        let period = Duration::from_secs(u64::from(ttl)).mul_f64(0.3);
+        let stop = sys::Event::new().ok();
+        std::thread::scope(|scope| {
+            let watcher = stop.as_ref().map(|stop| {
+                scope.spawn(move || self.watch_lease(lock, name, pid, stop, period, kill))
+            });
+            let status = signals.wait_for(pid);
+            if let Some(stop) = &stop {
+                stop.set();
+            }
+            let found = watcher.and_then(|w| w.join().ok()).flatten();
+            let lost = found.is_some() || self.lost_by_now(lock, name);
+            if let (Some(Some(terminated)), Some(grace)) = (found, kill) {
+                self.end_leftovers(terminated + grace);
+            }
+            (status, lost)
+        })
+    }
+
+    /// Whether the etcd lock was lost since the lease watch last renewed it, once the
+    /// command has ended (said on stderr): by the clock (no renewal confirmed for a
+    /// whole TTL, which the library tells without a request), or because its key is
+    /// gone from the queue (its lease revoked: it cannot come back, so a key still
+    /// there proves the lock was held up to now). One read of the queue, lighter than
+    /// a renewal; when etcd cannot be reached for it, the release that follows says so.
+    fn lost_by_now(&self, lock: &Lock, name: &str) -> bool {
+        if let Err(e) = lock.fence() {
+            self.warn(&self.etcd_message(name, &e));
+            return e.errno() == libc::ENOLCK;
+        }
+        match lock.list() {
+            Ok(queue) if !queue.iter().any(|h| h.is_self) => {
+                self.warn(&format!(
+                    "{name}: the etcd lock was lost: its key is gone from etcd (its lease was \
+                     revoked, or expired); another process may hold it now"
+                ));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The lease watch of [`Cli::wait_under_lease`], until `stop`: `None` while the lock
+    /// is held; once it is lost, `Some(when SIGTERM was sent)` (`Some(None)` without
+    /// `--kill-on-loss`).
+    fn watch_lease(
+        &self,
+        lock: &Lock,
+        name: &str,
+        pid: libc::pid_t,
+        stop: &sys::Event,
+        period: Duration,
+        kill: Option<Duration>,
+    ) -> Option<Option<Instant>> {
+        let mut wait = period;
+        let lost = loop {
+            if let [true] = sys::poll([stop.as_fd()], Some(wait)) {
+                return None;
+            }
+            match lock.touch() {
+                Ok(()) => wait = period,
+                Err(e) if e.errno() == libc::ENOLCK => break e,
+                // Not confirmed now (etcd unreachable): again soon. The library counts
+                // the lease lost once a whole TTL passed without a confirmed renewal.
+                Err(_) => wait = TOUCH_RETRY.min(period),
+            }
+        };
+        self.warn(&self.etcd_message(name, &lost));
+        let Some(grace) = kill else {
+            self.warn(&format!(
+                "the command (pid {pid}) goes on running without the lock; {} exits with \
+                 status {EX_LOCK_LOST} when it ends",
+                self.name
+            ));
+            return Some(None);
+        };
+        self.warn(&format!(
+            "--kill-on-loss: sending SIGTERM to the command (pid {pid}) and the processes \
+             it started; SIGKILL in {} s if they have not ended",
+            seconds(grace)
+        ));
+        let terminated = Instant::now();
+        signal_all(pid, libc::SIGTERM);
+        if let [false] = sys::poll([stop.as_fd()], Some(grace)) {
+            self.warn(&format!(
+                "--kill-on-loss: the command (pid {pid}) did not end within {} s: SIGKILL",
+                seconds(grace)
+            ));
+            signal_all(pid, libc::SIGKILL);
+        }
+        Some(Some(terminated))
+    }
+
+    /// `--kill-on-loss`, after the command has ended: the processes it left behind
+    /// (this process's descendants, as a child subreaper) get until `deadline` to end
+    /// after their SIGTERM, then SIGKILL.
+    fn end_leftovers(&self, deadline: Instant) {
+        let mut killed_at: Option<Instant> = None;
+        loop {
+            sys::reap_any();
+            let left = sys::descendants();
+            if left.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            match killed_at {
+                None if now >= deadline => {
+                    self.warn(&format!(
+                        "--kill-on-loss: SIGKILL to the processes the command left behind: {left:?}"
+                    ));
+                    for &p in &left {
+                        sys::kill(p, libc::SIGKILL);
+                    }
+                    killed_at = Some(now);
+                }
+                Some(at) if now >= at + Duration::from_secs(2) => {
+                    self.warn(&format!(
+                        "--kill-on-loss: processes {left:?} have not ended after SIGKILL"
+                    ));
+                    return;
+                }
+                _ => {}
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `--close` with `--fd N`: N, which the command does not get; else -1.
@@ -567,6 +895,9 @@ impl Cli {
     /// lock file a `-b dotlock,...` set on FILE takes).
     fn report(&self, path: &OsString, kind: Report) -> Result<i32, Exit> {
         let shown = path.to_string_lossy();
+        if self.inv.etcd.is_some() {
+            return self.report_etcd(&shown, kind);
+        }
         let lock = Lock::open(path, &self.options(Flags::empty()))
             .map_err(|e| self.open_failed(&shown, &e))?;
         let file = absolute(Path::new(path));
@@ -630,12 +961,80 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// `--test` and `--list` of an etcd lock: the holder, or the whole queue (the
+    /// holder, then the waiters in the order they will be served); PATH is the name.
+    fn report_etcd(&self, name: &str, kind: Report) -> Result<i32, Exit> {
+        let lock = Lock::open(name, &self.options(Flags::empty()))
+            .map_err(|e| self.etcd_open_failed(name, &e))?;
+        let holders = match kind {
+            Report::Test => lock.query(Mode::Exclusive, 0, 0).map(Vec::from_iter),
+            Report::List => lock.list(),
+        }
+        .map_err(|e| self.etcd_failed(name, &e))?;
+        let rows: Vec<report::Row> = holders
+            .into_iter()
+            .map(|holder| report::Row {
+                holder,
+                path: PathBuf::from(name),
+            })
+            .collect();
+        let style = &self.inv.table;
+        if kind == Report::List || self.inv.json || !rows.is_empty() {
+            print_out(&report::render(&rows, style, self.inv.json));
+        } else if self.inv.verbose {
+            self.warn(&format!("{name}: the etcd lock is free"));
+        }
+        Ok(match kind {
+            Report::Test if !rows.is_empty() => self.inv.conflict_exit_code,
+            _ => 0,
+        })
+    }
+}
+
 /// `path` made absolute, its symbolic links and `..` resolved where it exists (as
 /// lslocks shows the path the kernel has), else joined to the current directory.
 fn absolute(path: &Path) -> PathBuf {
     std::fs::canonicalize(path)
         .or_else(|_| std::path::absolute(path))
         .unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Sends `signal` to the command `pid` and every other descendant of this process
+/// (the processes the command started, and those it left behind).
+fn signal_all(pid: libc::pid_t, signal: i32) {
+    sys::kill(pid, signal);
+    for p in sys::descendants() {
+        if p != pid {
+            sys::kill(p, signal);
+        }
+    }
+}
+
+/// A duration as seconds for a message: "5", "0.5".
+fn seconds(d: Duration) -> String {
+    let text = format!("{:.3}", d.as_secs_f64());
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// Whether two looks at the holder found the same lock.
+fn same_holder(a: &Option<Holder>, b: &Option<Holder>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            (a.pid, a.mode, a.backend, a.start, a.len) == (b.pid, b.mode, b.backend, b.start, b.len)
+        }
+        _ => false,
+    }
+}
+
+/// An ETIMEDOUT that is not the end of a wait for the lock (a request that got no
+/// answer in time) as an error of its own, so that it is not taken for a conflict.
+fn not_a_wait(e: Error) -> Error {
+    if e.is_timeout() {
+        Error::new(libc::EHOSTUNREACH, e.detail())
+    } else {
+        e
+    }
 }
 
 /// The library's "not supported yet", said with the option that asked for it.

@@ -16,8 +16,31 @@ fn span(h: &Holder) -> String {
     }
 }
 
-/// "pid 1234 (sleep) holds an exclusive FLOCK lock on the whole file".
+/// "pid 1234 (sleep) holds an exclusive FLOCK lock on the whole file"; for an etcd
+/// lock "pid 1234 (sleep) on host web1 holds the etcd lock backup (key
+/// backup/694d7f2a1b3c8e01, revision 12)".
 pub fn holder_sentence(h: &Holder) -> String {
+    if let Some(k) = &h.etcd {
+        let who = match (k.pid, k.command.as_deref(), k.host.as_deref()) {
+            (Some(pid), Some(command), Some(host)) => {
+                format!("pid {pid} ({command}) on host {host}")
+            }
+            (Some(pid), None, Some(host)) => format!("pid {pid} on host {host}"),
+            (Some(pid), _, None) => format!("pid {pid} on an unnamed host"),
+            (None, ..) => "a client that left no record (etcdctl lock, or another etcd \
+                           client)"
+                .to_string(),
+        };
+        let name = k
+            .key
+            .rsplit_once('/')
+            .map_or(k.key.as_str(), |(name, _)| name);
+        let verb = if k.waiting { "waits for" } else { "holds" };
+        return format!(
+            "{who} {verb} the etcd lock {name} (key {}, revision {})",
+            k.key, k.revision
+        );
+    }
     let who = match (h.pid, h.command.as_str()) {
         (pid, _) if pid <= 0 => "an unknown process".to_string(),
         (pid, "") => format!("pid {pid}"),
@@ -55,6 +78,11 @@ pub enum Column {
     Host,
     StartTime,
     Stale,
+    Revision,
+    Lease,
+    Waiting,
+    Key,
+    Since,
 }
 
 /// Every column: its name (the JSON key is the name in lower case) and whether the
@@ -76,6 +104,11 @@ const COLUMNS: &[(Column, &str, bool)] = &[
     (Column::Host, "HOST", false),
     (Column::StartTime, "STARTTIME", true),
     (Column::Stale, "STALE", false),
+    (Column::Revision, "REVISION", true),
+    (Column::Lease, "LEASE", false),
+    (Column::Waiting, "WAITING", false),
+    (Column::Key, "KEY", false),
+    (Column::Since, "SINCE", true),
 ];
 
 /// lslocks' default columns, and HOLDERS.
@@ -95,6 +128,21 @@ const DEFAULT: &[Column] = &[
 /// Added to the default columns when a DOTLOCK lock file is listed: its owner record.
 const DOTLOCK_DEFAULT: &[Column] = &[Column::Host, Column::StartTime, Column::Stale];
 
+/// The default columns of an etcd lock's queue (`--etcd`): who, where, and its place;
+/// no sizes or bytes, which it has not. PATH is the lock name.
+const ETCD_DEFAULT: &[Column] = &[
+    Column::Command,
+    Column::Pid,
+    Column::Type,
+    Column::Mode,
+    Column::Host,
+    Column::Revision,
+    Column::Lease,
+    Column::Waiting,
+    Column::Path,
+    Column::Holders,
+];
+
 fn info(c: Column) -> (&'static str, bool) {
     let &(_, name, right) = COLUMNS
         .iter()
@@ -113,9 +161,17 @@ pub struct Style {
     noheadings: bool,
     raw: bool,
     bytes: bool,
+    /// The rows are an etcd lock's queue: [`ETCD_DEFAULT`] columns.
+    etcd: bool,
 }
 
 impl Style {
+    /// The same style for the queue of an etcd lock.
+    pub fn for_etcd(mut self) -> Style {
+        self.etcd = true;
+        self
+    }
+
     /// The style the options ask for; the message of a usage error for an unknown
     /// column name.
     pub fn new(
@@ -164,6 +220,7 @@ impl Style {
     fn columns(&self, rows: &[Row]) -> Vec<Column> {
         let mut out = match &self.columns {
             Some(c) => c.clone(),
+            None if self.etcd => ETCD_DEFAULT.to_vec(),
             None => {
                 let mut c = DEFAULT.to_vec();
                 if rows.iter().any(|r| r.holder.backend == Backend::Dotlock) {
@@ -244,8 +301,15 @@ fn human_size(bytes: u64) -> String {
 fn value(row: &Row, column: Column, style: &Style) -> Value {
     use std::os::unix::fs::MetadataExt;
     let h = &row.holder;
-    let meta = || std::fs::metadata(&row.path).ok();
+    // An etcd lock's PATH is its name, not a file.
+    let meta = || {
+        h.etcd
+            .is_none()
+            .then(|| std::fs::metadata(&row.path).ok())
+            .flatten()
+    };
     let record = h.lock_file.as_ref();
+    let key = h.etcd.as_ref();
     match column {
         Column::Command => Value::Text(command_cell(h.pid, &h.command)),
         Column::Pid => Value::Number(h.pid.into()),
@@ -267,6 +331,8 @@ fn value(row: &Row, column: Column, style: &Style) -> Value {
             .into(),
         ),
         Column::M => Value::Bool(false),
+        // An etcd lock has no bytes (its holder's `start` is its revision).
+        Column::Start if key.is_some() => Value::Number(0),
         Column::Start => Value::Number(h.start.into()),
         Column::End => Value::Number(if h.len == 0 {
             0
@@ -292,6 +358,7 @@ fn value(row: &Row, column: Column, style: &Style) -> Value {
         ),
         Column::Host => record
             .and_then(|r| r.host.clone())
+            .or_else(|| key.and_then(|k| k.host.clone()))
             .map_or(Value::Null, Value::Text),
         Column::StartTime => record
             .and_then(|r| r.start)
@@ -299,6 +366,14 @@ fn value(row: &Row, column: Column, style: &Style) -> Value {
         Column::Stale => record
             .and_then(|r| r.stale.clone())
             .map_or(Value::Null, Value::Text),
+        Column::Revision => key.map_or(Value::Null, |k| Value::Number(k.revision.into())),
+        // Hexadecimal, as etcdctl takes it (`etcdctl lease revoke ID`) and the key ends.
+        Column::Lease => key.map_or(Value::Null, |k| Value::Text(format!("{:x}", k.lease))),
+        Column::Waiting => key.map_or(Value::Null, |k| Value::Bool(k.waiting)),
+        Column::Key => key.map_or(Value::Null, |k| Value::Text(k.key.clone())),
+        Column::Since => key
+            .and_then(|k| k.since)
+            .map_or(Value::Null, |t| Value::Number(t.into())),
     }
 }
 
@@ -525,7 +600,7 @@ Options:
      --fd <number>        lock this descriptor and run the command
      --verbose            say who holds the lock while waiting, and how long it took
 
- -b, --backend <list>     flock (default), ofd, posix or dotlock; a,b for a set
+ -b, --backend <list>     flock (default), ofd, posix, dotlock or etcd; a,b: a set
      --fcntl              same as --backend ofd (fcntl F_OFD_SETLK)
      --range <start>[:<len>]  lock a byte range (len 0: to the end; implies --fcntl)
      --start <offset>, --length <number>  the range, as newer flock(1) takes it
@@ -543,15 +618,27 @@ Options:
      --raw                with --test or --list: unaligned, escaped cells
      --bytes              with --test or --list: SIZE in bytes
 
+     --etcd[=<endpoints>] lock the name <file> in etcd (-b etcd); endpoints
+                          comma-separated, else $UNILOCK_ETCD_ENDPOINTS,
+                          $ETCDCTL_ENDPOINTS or http://127.0.0.1:2379
+     --etcd-cacert <file> etcd: CA certificates of the servers (PEM)
+     --etcd-cert <file>   etcd: client certificate (PEM), with --etcd-key <file>
+     --etcd-user <name>[:<password>]  etcd: user (or $UNILOCK_ETCD_PASSWORD)
+     --lease-ttl <secs>   etcd: lease TTL (default 10)
+     --kill-on-loss[=<secs>]  etcd: if the lock is lost, SIGTERM the command,
+                          SIGKILL after <secs> (default 5)
+
  -h, --help               display this help
  -V, --version            display version
 
 Exit status: the command's (128+N if signal N killed it); 1 or -E on conflict or
 timeout; 64 usage (options that cannot go together), 65 lock failure, 66 cannot
-open, 69 cannot execute, 71 system error, 73 cannot create.
+open, 69 cannot execute, 71 system error, 73 cannot create, 75 etcd lock lost
+while the command ran.
 
-Backends: FLOCK, OFD, POSIX, DOTLOCK (any case with -b); the TYPE column prints
-OFD locks as OFDLCK, as lslocks(8) does.
+Backends: FLOCK, OFD, POSIX, DOTLOCK, ETCD (any case with -b); the TYPE column
+prints OFD locks as OFDLCK, as lslocks(8) does. The command of an etcd lock gets
+its fencing token in UNILOCK_FENCE.
 
 For more details see unilock(1).
 "
@@ -665,6 +752,77 @@ mod tests {
             render(&[], &Style::default(), true),
             "{\n   \"locks\": []\n}\n"
         );
+    }
+
+    fn etcd_holder(pid: Option<i32>, host: Option<&str>, waiting: bool) -> Holder {
+        Holder {
+            backend: Backend::Etcd,
+            mode: Mode::Exclusive,
+            start: 12,
+            len: 0,
+            pid: pid.unwrap_or(-1),
+            is_self: false,
+            command: if pid.is_some() { "unilock" } else { "" }.to_string(),
+            processes: Vec::new(),
+            lock_file: None,
+            etcd: Some(unilock::EtcdKey {
+                key: "a/b/694d7f2a1b3c8e01".into(),
+                lease: 0x694d7f2a1b3c8e01,
+                revision: 12,
+                host: host.map(str::to_string),
+                pid,
+                command: pid.map(|_| "unilock".to_string()),
+                since: Some(1_700_000_000),
+                waiting,
+                endpoints: vec!["http://127.0.0.1:2379".into()],
+            }),
+        }
+    }
+
+    #[test]
+    fn etcd_rows_name_the_host_revision_lease_and_place_in_the_queue() {
+        assert_eq!(
+            holder_sentence(&etcd_holder(Some(42), Some("web1"), false)),
+            "pid 42 (unilock) on host web1 holds the etcd lock a/b (key \
+             a/b/694d7f2a1b3c8e01, revision 12)"
+        );
+        assert!(
+            holder_sentence(&etcd_holder(None, None, false))
+                .starts_with("a client that left no record")
+        );
+        let rows = [
+            Row {
+                holder: etcd_holder(Some(42), Some("web1"), false),
+                path: PathBuf::from("a/b"),
+            },
+            Row {
+                holder: etcd_holder(None, None, true),
+                path: PathBuf::from("a/b"),
+            },
+        ];
+        let style = Style::default().for_etcd();
+        let t = render(&rows, &style, false);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "COMMAND     PID TYPE MODE  HOST REVISION LEASE            WAITING PATH HOLDERS",
+                "unilock      42 ETCD WRITE web1       12 694d7f2a1b3c8e01 0       a/b",
+                "(undefined)  -1 ETCD WRITE            12 694d7f2a1b3c8e01 1       a/b",
+            ]
+        );
+        let j: serde_json::Value = serde_json::from_str(&render(&rows, &style, true)).unwrap();
+        assert_eq!(j["locks"][0]["lease"], "694d7f2a1b3c8e01");
+        assert_eq!(j["locks"][1]["waiting"], true);
+        assert_eq!(j["locks"][1]["host"], serde_json::Value::Null);
+        // An etcd row's name is not a file to look at; file rows have no etcd keys.
+        let all = Style::new(Some("SIZE,START,KEY,SINCE,REVISION"), true, true, false).unwrap();
+        assert_eq!(
+            render(&rows[..1], &all, false),
+            " 0 a/b/694d7f2a1b3c8e01 1700000000 12\n"
+        );
+        let file = render(&[row(holder("x", 1, 0, 0))], &all, false);
+        assert_eq!(file, " 0   \n");
     }
 
     #[test]

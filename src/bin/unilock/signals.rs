@@ -182,7 +182,10 @@ impl Signals {
     }
 
     /// Makes SIGCHLD readable from the signalfd, before the command is forked: its exit
-    /// then wakes [`Signals::wait_for`] however late it comes.
+    /// then wakes [`Signals::wait_for`] however late it comes. SIGCHLD is blocked in
+    /// the calling thread and in the threads it starts afterwards: a thread started
+    /// before, that does not block it, could take it instead (an etcd lock's lease
+    /// thread), so an etcd lock calls this before it is taken.
     pub fn before_fork(&self) {
         if self.fd.is_some() {
             sys::block(&sys::SigSet::of(&[libc::SIGCHLD]));

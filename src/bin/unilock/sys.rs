@@ -52,6 +52,39 @@ impl Argv {
     }
 }
 
+/// An environment for `execvpe`: this process's, with some variables replaced.
+pub struct Envp {
+    _strings: Vec<CString>,
+    pointers: Vec<*const libc::c_char>,
+}
+
+impl Envp {
+    /// This process's environment with each of `set` (name, value) put in place of a
+    /// variable of that name.
+    pub fn with(set: &[(&str, String)]) -> Envp {
+        let replaced = |name: &[u8]| set.iter().any(|(n, _)| n.as_bytes() == name);
+        let mut strings: Vec<CString> = std::env::vars_os()
+            .filter(|(name, _)| !replaced(name.as_bytes()))
+            .filter_map(|(name, value)| {
+                let mut entry = name.as_bytes().to_vec();
+                entry.push(b'=');
+                entry.extend_from_slice(value.as_bytes());
+                CString::new(entry).ok()
+            })
+            .collect();
+        strings.extend(
+            set.iter()
+                .filter_map(|(name, value)| CString::new(format!("{name}={value}")).ok()),
+        );
+        let mut pointers: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        pointers.push(std::ptr::null());
+        Envp {
+            _strings: strings,
+            pointers,
+        }
+    }
+}
+
 /// Sets `signal` to its default action (`SIGCHLD`: flock clears an inherited
 /// "ignore", which would make the command's status unobtainable). `SIGPIPE`, which the
 /// Rust runtime ignores in this process, is reset in the command only
@@ -71,6 +104,8 @@ struct Launch {
     close_fd: libc::c_int,
     /// The signal mask the command starts with.
     mask: libc::sigset_t,
+    /// The command's environment; null for this process's.
+    envp: *const *const libc::c_char,
     /// The errno of a failed `execvp`; 0 while it has not failed.
     errno: libc::c_int,
 }
@@ -90,7 +125,11 @@ unsafe fn become_the_command(launch: &Launch) -> Errno {
             libc::close(launch.close_fd);
         }
         libc::sigprocmask(libc::SIG_SETMASK, &launch.mask, std::ptr::null_mut());
-        libc::execvp(*launch.argv, launch.argv);
+        if launch.envp.is_null() {
+            libc::execvp(*launch.argv, launch.argv);
+        } else {
+            libc::execvpe(*launch.argv, launch.argv, launch.envp);
+        }
         *libc::__errno_location()
     }
 }
@@ -114,6 +153,7 @@ pub fn exec(argv: &Argv, close_fd: libc::c_int, mask: &SigSet) -> Errno {
         argv: argv.pointers.as_ptr(),
         close_fd,
         mask: mask.0,
+        envp: std::ptr::null(),
         errno: 0,
     };
     // SAFETY: `pointers` is a NULL-terminated array of pointers into `strings`.
@@ -135,19 +175,26 @@ pub enum SpawnError {
 /// more so while its waiter children share its memory). Unlike `posix_spawnp`, the
 /// program is run by `execvp`, which runs a file without a `#!` line through
 /// `/bin/sh`, as flock(1) does. `close_fd` (or -1) is closed in the command; `mask`
-/// is its signal mask. Returns once the command has exec'd (or failed to).
-pub fn spawn(argv: &Argv, close_fd: libc::c_int, mask: &SigSet) -> Result<libc::pid_t, SpawnError> {
+/// is its signal mask; `envp` its environment (`None`: this process's). Returns once
+/// the command has exec'd (or failed to).
+pub fn spawn(
+    argv: &Argv,
+    close_fd: libc::c_int,
+    mask: &SigSet,
+    envp: Option<&Envp>,
+) -> Result<libc::pid_t, SpawnError> {
     const STACK: usize = 64 * 1024;
     let mut stack = vec![0u128; STACK / 16];
     let mut launch = Launch {
         argv: argv.pointers.as_ptr(),
         close_fd,
         mask: mask.0,
+        envp: envp.map_or(std::ptr::null(), |e| e.pointers.as_ptr()),
         errno: 0,
     };
     // SAFETY: the child runs `run_launch` on `stack` (16-byte aligned, its top passed as
-    // the kernel wants it on x86_64 and aarch64) with a pointer to `launch`; both
-    // outlive it, since with CLONE_VFORK this call returns only once the child has
+    // the kernel wants it on x86_64 and aarch64) with a pointer to `launch`; both, and
+    // the argv and envp arrays it points to, outlive it, since with CLONE_VFORK this call returns only once the child has
     // exec'd or exited.
     let pid = unsafe {
         libc::clone(
@@ -396,4 +443,123 @@ pub fn die_by(signal: libc::c_int) -> ! {
     // SAFETY: unblocks `signal`, whose pending instance then ends the process.
     unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set.0, std::ptr::null_mut()) };
     exit_now(128 + signal)
+}
+
+/// `waitpid(-1, WNOHANG)` until nothing is left to reap: collects the children that
+/// ended (the processes the command left behind reparent to a child subreaper).
+pub fn reap_any() {
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid out-pointer for the call.
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if r <= 0 {
+            return;
+        }
+    }
+}
+
+/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`): the processes the
+/// command leaves behind, orphaned, become its children instead of init's, so that
+/// they can all be found (and signalled) as its descendants. False where the kernel
+/// refuses.
+pub fn become_subreaper() -> bool {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes integers only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 }
+}
+
+/// Every live process descended from this one (children, their children, ...), from
+/// the parent pids of /proc/PID/stat; zombies are left out (nothing to signal).
+pub fn descendants() -> Vec<libc::pid_t> {
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let mut parents: Vec<(libc::pid_t, libc::pid_t)> = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "PID (COMM) STATE PPID ...": the command name may hold spaces and ')'.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = after.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if state != "Z" && state != "X" {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut found = vec![me];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|&&(pid, ppid)| ppid == parent && pid != me)
+                .map(|&(pid, _)| pid),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// The argument vector the C runtime gave `main`, as [`capture_argv`] saw it.
+static ARGV: std::sync::atomic::AtomicPtr<*mut libc::c_char> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+static ARGC: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Runs before `main` (glibc calls `.init_array` functions with argc, argv and envp):
+/// keeps where the arguments are, so that [`blank_secret`] can overwrite one in place.
+extern "C" fn capture_argv(
+    argc: libc::c_int,
+    argv: *mut *mut libc::c_char,
+    _envp: *mut *mut libc::c_char,
+) {
+    use std::sync::atomic::Ordering;
+    if argc > 0 && !argv.is_null() {
+        ARGC.store(argc as usize, Ordering::Relaxed);
+        ARGV.store(argv, Ordering::Relaxed);
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CAPTURE_ARGV: extern "C" fn(libc::c_int, *mut *mut libc::c_char, *mut *mut libc::c_char) =
+    capture_argv;
+
+/// Overwrites with `x` what follows the first `:` of argument `index` (0: the program),
+/// in the memory that /proc/PID/cmdline, and so ps(1), shows: a password given as
+/// `--etcd-user NAME:PASSWORD` is visible to other users only until this runs. Does
+/// nothing where the arguments were not captured.
+pub fn blank_secret(index: usize) {
+    use std::sync::atomic::Ordering;
+    let argv = ARGV.load(Ordering::Relaxed);
+    if argv.is_null() || index >= ARGC.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: argv[index] (index < argc) is a NUL-terminated string of this process's
+    // argument area, which stays mapped and writable for its whole life; the bytes
+    // written are within its length and the terminating NUL is kept.
+    unsafe {
+        let arg = *argv.add(index);
+        if arg.is_null() {
+            return;
+        }
+        let len = libc::strlen(arg);
+        let bytes = std::slice::from_raw_parts_mut(arg.cast::<u8>(), len);
+        if let Some(colon) = bytes.iter().position(|&b| b == b':') {
+            bytes[colon + 1..].fill(b'x');
+        }
+    }
 }
