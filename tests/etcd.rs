@@ -696,3 +696,18 @@ fn bad_names_endpoints_and_requests_get_clear_errors() {
     let f = Lock::open(file.file("f"), &Options::new()).unwrap();
     assert_eq!(errno(f.fence()), libc::EOPNOTSUPP);
 }
+
+#[test]
+fn a_release_after_the_lease_was_revoked_elsewhere_says_the_lock_was_lost() {
+    let etcd = Etcd::start();
+    let l = Lock::open("revoked", &opts(&etcd.endpoints(), 30)).unwrap();
+    l.lock(Mode::Exclusive, 0, 0, None).unwrap();
+    let key = l.list().unwrap()[0].etcd.clone().unwrap();
+    etcd.ctl(&["lease", "revoke", &format!("{:x}", key.lease)]);
+    let e = l.unlock(0, 0).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOLCK, "{}", e.message());
+    // Said once: the handle holds nothing now and locks again.
+    l.unlock(0, 0).unwrap();
+    l.lock(Mode::Exclusive, 0, 0, None).unwrap();
+    assert!(l.fence().unwrap() > key.revision);
+}
