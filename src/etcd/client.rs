@@ -15,8 +15,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
+use std::net::ToSocketAddrs;
+
 use ureq::Agent;
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::{Error, Options, Result};
 
@@ -541,7 +545,43 @@ fn make_agent(tls: &TlsConfig) -> Agent {
         .proxy(None)
         .user_agent(concat!("unilock/", env!("CARGO_PKG_VERSION")))
         .build();
-    Agent::new_with_config(config)
+    Agent::with_parts(config, DefaultConnector::new(), InPlaceResolver)
+}
+
+/// Resolves an endpoint's host in the calling thread. ureq's own resolver starts a
+/// thread for each lookup when a request has a timeout (all of ours do), which costs
+/// a thread and a millisecond or more per request; an endpoint is usually an address,
+/// which needs no lookup at all, and a name is looked up by the C library within the
+/// time limits of resolv.conf.
+#[derive(Debug)]
+struct InPlaceResolver;
+
+impl Resolver for InPlaceResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        _: &ureq::config::Config,
+        _: NextTimeout,
+    ) -> std::result::Result<ResolvedSocketAddrs, ureq::Error> {
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let authority = uri.authority().ok_or(ureq::Error::HostNotFound)?;
+        let port = authority
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let mut out = self.empty();
+        // ureq keeps at most 16 addresses.
+        for a in (host, port).to_socket_addrs()?.take(16) {
+            out.push(a);
+        }
+        if out.is_empty() {
+            return Err(ureq::Error::HostNotFound);
+        }
+        Ok(out)
+    }
 }
 
 /// A transport failure as an errno and a message naming the endpoint.

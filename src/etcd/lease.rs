@@ -155,7 +155,9 @@ impl Lease {
     }
 
     /// Stops renewing and revokes the lease, which deletes its keys at once.
-    pub(crate) fn revoke(&self, client: &Client) -> Result<()> {
+    /// `Ok(false)` when etcd no longer had the lease (it expired or was revoked by
+    /// someone else: its keys are gone too).
+    pub(crate) fn revoke(&self, client: &Client) -> Result<bool> {
         self.stop();
         let deadline = Instant::now() + Duration::from_secs(5);
         match client.call(
@@ -163,9 +165,8 @@ impl Lease {
             &json!({"ID": self.id.to_string()}),
             Some(deadline),
         ) {
-            // Already gone: its keys are deleted too.
-            Err(e) if e.errno() == libc::ENOLCK => Ok(()),
-            other => other.map(drop),
+            Err(e) if e.errno() == libc::ENOLCK => Ok(false),
+            other => other.map(|_| true),
         }
     }
 

@@ -395,8 +395,19 @@ impl EtcdLock {
         held_here().remove(&held.key);
         *held = Held::default();
         drop(held);
-        lease.revoke(&self.client).map_err(|e| {
-            Error::new(
+        match lease.revoke(&self.client) {
+            Ok(true) => Ok(()),
+            // The lock was lost before this release, which must not pass for the end
+            // of a section that was exclusive throughout.
+            Ok(false) => Err(Error::new(
+                libc::ENOLCK,
+                format!(
+                    "{}: the lock was lost before this release: etcd no longer had its lease \
+                     (it expired or was revoked); another process may have held it meanwhile",
+                    self.name
+                ),
+            )),
+            Err(e) => Err(Error::new(
                 e.errno(),
                 format!(
                     "{}: the release could not reach etcd ({}); the lock is released when its \
@@ -405,8 +416,8 @@ impl EtcdLock {
                     e.detail(),
                     lease.ttl
                 ),
-            )
-        })
+            )),
+        }
     }
 
     /// The lock's fencing token: the create revision of this handle's key.
