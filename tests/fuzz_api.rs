@@ -1750,7 +1750,8 @@ fn valued() -> impl Strategy<Value = Valued> {
             "nfs",
             "flock,",
             ",ofd",
-            "etcd",
+            "etcd,flock",
+            "ofd,etcd",
             "flock;ofd",
             "o fd",
         ])

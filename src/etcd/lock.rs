@@ -291,12 +291,22 @@ impl EtcdLock {
         let txn = json!({
             "compare": [{"key": encode(key), "target": "CREATE", "result": "EQUAL",
                          "create_revision": "0"}],
+            // The put, then the queue's first key as it is after the put: when that is
+            // ours, the lock is free and taken in this one round trip.
             "success": [{"request_put": {"key": encode(key), "value": encode(my_record().as_bytes()),
-                                         "lease": lease.id.to_string()}}],
+                                         "lease": lease.id.to_string()}},
+                        {"request_range": queue_range(&self.prefix, json!({"sort_order": "ASCEND", "limit": "1"}))}],
             "failure": [{"request_range": {"key": encode(key)}}],
         });
         let answer = self.client.call_via(agent, "/v3/kv/txn", &txn, unary)?;
         let revision = if answer["succeeded"].as_bool() == Some(true) {
+            let first = &answer["responses"][1]["response_range"]["kvs"][0];
+            if decode(&first["key"]) == key {
+                return Ok(int(&answer["header"]["revision"]));
+            }
+            if deadline.is_try() {
+                return Err(self.busy(first));
+            }
             int(&answer["header"]["revision"])
         } else {
             int(&answer["responses"][0]["response_range"]["kvs"][0]["create_revision"])
@@ -362,6 +372,15 @@ impl EtcdLock {
                 .client
                 .watch_delete(agent, &decode(&ahead["key"]), from, limit);
             match ended {
+                // The key ahead was the holder's: no key can come before ours now (a
+                // new key gets a higher create revision), so the lock is ours without
+                // another look, as long as the lease lives.
+                Ok(WatchEnd::Deleted) if ahead["key"] == first["key"] => {
+                    lease.check().map_err(|e| {
+                        Error::new(e.errno(), format!("{}: {}", self.name, e.detail()))
+                    })?;
+                    return Ok(revision);
+                }
                 Ok(WatchEnd::Deleted) | Ok(WatchEnd::Ended) => {}
                 // Shut down: the cancel, close or lost lease is seen at the loop's top.
                 Err(_) if call.cancelled() || lease.check().is_err() => {}
