@@ -442,11 +442,15 @@ func TestNewThreadsThatReuseAnExitedThreadsIdentityStillWait(t *testing.T) {
 		}
 		// This thread holds 10-19 through h1: the library says EDEADLK, the binding
 		// waits on a new thread, which gets 10-19 once h1 lets go, then exits.
-		time.AfterFunc(50*time.Millisecond, func() { _ = h1.Unlock() })
+		unlocked := make(chan struct{})
+		time.AfterFunc(50*time.Millisecond, func() { _ = h1.Unlock(); close(unlocked) })
 		if err := h2.LockRange(ctx, unilock.Exclusive, 10, 10); err != nil {
 			result <- err
 			return
 		}
+		// h2 may get the lock while h1's Unlock is still returning: h1 is used
+		// again only once it has (a second call at once would be EBUSY).
+		<-unlocked
 		if err := h1.LockRange(ctx, unilock.Exclusive, 0, 10); err != nil {
 			result <- err
 			return
