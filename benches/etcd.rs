@@ -420,10 +420,11 @@ fn bench_requests(cfg: &Config, gw: &Gateway, report: &mut Report) -> Vec<(Strin
     }
     let what = [
         "`kv/range`: one key (a linearizable read)",
-        "the same with a timeout on the request, as the library sets one (ureq then \
-         resolves the address on a new thread each time)",
-        "`kv/txn` of three ranges: a waiter's look at the queue, made again after each \
-         watch event",
+        "the same with a timeout on the request (ureq's own resolver then looks the \
+         address up on a new thread each time; the library resolves in the calling \
+         thread)",
+        "`kv/txn` of three ranges: a waiter's look at the queue, made again after a \
+         watch event unless the deleted key was the holder's",
         "the same on a new connection (connect included)",
         "`kv/put`: one key (a write: etcd's log is fsynced)",
         "`lease/grant` (a write)",
@@ -813,23 +814,16 @@ fn bench_handoff(
          | the holder's `unlock` call alone (same rounds) | {u50:.2} | {u99:.2} | {umax:.2} |\n\n\
          - Hand-off / watch event: p50 {ratio50:.2}x, p99 {ratio99:.2}x (target: p50 at \
          most {HANDOFF_TARGET:.2}x: {}).\n\
-         - Where a hand-off's time goes, p50: first the holder's `unlock`, {r50:.2} ms, \
-         against {:.2} ms for a bare `lease/revoke` in 7.1 ({:.2} ms with a timeout on \
-         the request, as the library sets one: ureq then resolves the address on a new \
-         thread for each request, and on a loaded machine that thread waits for a CPU); \
-         in the observed rounds the key's DELETE event reached a watcher {e50:.2} ms after \
-         the call, against {w50:.2} ms after a bare delete. Then the waiter, which reads \
-         the same event on its own watch, looks at the queue once more before it returns \
-         (the three-range `kv/txn` of 7.1: {:.2} ms on a kept connection, {:.2} ms on a \
-         new one, which it needs: the watch ended by closing the connection it was made \
-         on; plus the resolving thread): {x50:.2} ms. A bare watch event has neither the \
-         library's request overhead on the release nor the second round trip.\n\n",
+         - Where a hand-off's time goes, p50: first the holder's `unlock` (its lease \
+         revoke), {r50:.2} ms, against {:.2} ms for a bare `lease/revoke` in 7.1; in the \
+         observed rounds the key's DELETE event reached a watcher {e50:.2} ms after the \
+         call, against {w50:.2} ms after a bare delete. Then the waiter, which reads the \
+         same event on its own watch and whose key ahead was the holder's, returns without \
+         another look at the queue (no key can come before its own any more): \
+         {x50:.2} ms.\n\n",
         handoff.len(),
         yes_no(met),
         p50("revoke"),
-        p50("revoke_timeout"),
-        p50("recheck"),
-        p50("recheck_new_connection"),
     ));
 }
 
@@ -865,9 +859,10 @@ fn bench_pairs(cfg: &Config, url: &str, report: &mut Report) {
         "### 7.2 Uncontended lock + unlock\n\n\
          One ETCD handle (`unilock::Lock`, the Rust API; the C API calls the same code) \
          takes and releases a free lock, {} times after 5 of warm-up; each call timed on \
-         its own. A `lock` is three round trips (a lease grant and a `kv/txn` that puts \
-         the key only if absent, both writes; then the queue look of 7.1) and starts the \
-         lease's keep-alive thread; an `unlock` is one (the lease revoke, a write).\n\n\
+         its own. A `lock` of a free lock is two round trips (a lease grant, and a `kv/txn` \
+         that puts the key only if absent and reads the queue's first key after the put, \
+         both writes) and starts the lease's keep-alive thread; an `unlock` is one (the \
+         lease revoke, a write).\n\n\
          | call | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|\n",
         cfg.pairs
     ));
