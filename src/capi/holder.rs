@@ -3,7 +3,20 @@
 
 use std::ffi::{c_char, c_int};
 
-use crate::Error;
+use crate::{Error, Holder, Lock};
+
+/// The locks of the handle's file (its list) that a caller's record describes: the
+/// same backend, mode, start and len.
+fn described(
+    lock: &Lock,
+    h: &unilock_holder,
+) -> crate::Result<impl Iterator<Item = Holder> + use<>> {
+    let key = (h.backend, h.mode, h.start, h.len);
+    Ok(lock
+        .list()?
+        .into_iter()
+        .filter(move |x| (x.backend as u32, x.mode as u32, x.start, x.len) == key))
+}
 
 use super::boundary::{guard, null_argument};
 use super::handle::unilock_holder;
@@ -46,14 +59,7 @@ pub unsafe extern "C" fn unilock_holder_pids(
         }
         // SAFETY: non-null pointer to the caller's holder record (plain data).
         let h = unsafe { std::ptr::read_unaligned(h) };
-        let mut found: Vec<i32> = entered
-            .lock()
-            .list()?
-            .into_iter()
-            .filter(|x| {
-                (x.backend as u32, x.mode as u32, x.start, x.len)
-                    == (h.backend, h.mode, h.start, h.len)
-            })
+        let mut found: Vec<i32> = described(entered.lock(), &h)?
             .flat_map(|x| x.processes.into_iter().map(|p| p.pid))
             .collect();
         found.sort_unstable();
@@ -95,14 +101,8 @@ pub unsafe extern "C" fn unilock_holder_host(
         }
         // SAFETY: non-null pointer to the caller's holder record (plain data).
         let h = unsafe { std::ptr::read_unaligned(h) };
-        let found = entered
-            .lock()
-            .list()?
-            .into_iter()
-            .find(|x| {
-                (x.backend as u32, x.mode as u32, x.start, x.len)
-                    == (h.backend, h.mode, h.start, h.len)
-            })
+        let found = described(entered.lock(), &h)?
+            .next()
             .ok_or_else(|| Error::new(libc::ENOENT, "that lock is no longer held"))?;
         let host = if let Some(k) = &found.etcd {
             k.host.clone().unwrap_or_default()

@@ -173,7 +173,7 @@ impl EtcdLock {
             let _ = lease.revoke(&self.client);
         }
         *held = Held::default();
-        Error::new(e.errno(), format!("{}: {}", self.name, e.detail()))
+        self.named(e)
     }
 
     /// Takes the lock (exclusive only, the whole "file"), as `Lock::lock`.
@@ -251,6 +251,11 @@ impl EtcdLock {
         }
     }
 
+    /// `e` with this lock's name in front of its detail.
+    fn named(&self, e: Error) -> Error {
+        Error::new(e.errno(), format!("{}: {}", self.name, e.detail()))
+    }
+
     /// The error a lock call returns for `e`: a request cut short by a cancel, a close
     /// or a lost lease says so rather than how its connection ended.
     fn why(&self, call: &CallState, lease: Option<&Lease>, e: Error) -> Error {
@@ -258,9 +263,7 @@ impl EtcdLock {
             return cancelled(&self.name);
         }
         match lease.map(Lease::check) {
-            Some(Err(lost)) => {
-                Error::new(lost.errno(), format!("{}: {}", self.name, lost.detail()))
-            }
+            Some(Err(lost)) => self.named(lost),
             _ => e,
         }
     }
@@ -316,9 +319,7 @@ impl EtcdLock {
             if call.cancelled() {
                 return Err(cancelled(&self.name));
             }
-            lease
-                .check()
-                .map_err(|e| Error::new(e.errno(), format!("{}: {}", self.name, e.detail())))?;
+            lease.check().map_err(|e| self.named(e))?;
             // One read: the key just ahead of ours, ours, and the holder.
             let look = json!({"success": [
                 {"request_range": queue_range(&self.prefix, json!({
@@ -376,9 +377,7 @@ impl EtcdLock {
                 // new key gets a higher create revision), so the lock is ours without
                 // another look, as long as the lease lives.
                 Ok(WatchEnd::Deleted) if ahead["key"] == first["key"] => {
-                    lease.check().map_err(|e| {
-                        Error::new(e.errno(), format!("{}: {}", self.name, e.detail()))
-                    })?;
+                    lease.check().map_err(|e| self.named(e))?;
                     return Ok(revision);
                 }
                 Ok(WatchEnd::Deleted) | Ok(WatchEnd::Ended) => {}
@@ -466,9 +465,7 @@ impl EtcdLock {
         };
         match lease.renew_now() {
             Err(e) if e.errno() == libc::ENOLCK => Err(self.lost(&mut self.held(), e)),
-            other => {
-                other.map_err(|e| Error::new(e.errno(), format!("{}: {}", self.name, e.detail())))
-            }
+            other => other.map_err(|e| self.named(e)),
         }
     }
 
