@@ -27,6 +27,8 @@
 //!   from the caller's return.
 //! - `state` is also the child's `CLONE_CHILD_CLEARTID` word: if the child dies (killed
 //!   by anyone), the kernel sets it to 0 and wakes the thread, which then knows.
+//! - The child is kept on the CPU of the thread it serves (`sched_setaffinity`, asked
+//!   again only when the thread has moved): see [`Slot::follow_caller`].
 //! - A deadline or a cancel (which sets the POKE bit of `state` and wakes it) kills the
 //!   child with SIGKILL, which aborts the kernel wait; the thread waits until the kernel
 //!   has cleared `state`, reaps it, and creates a new child at its next wait.
@@ -90,6 +92,9 @@ pub(crate) struct Slot {
     parent: AtomicI32,
     /// The child's pid, 0 when there is none (touched only by the owning thread).
     pid: AtomicI32,
+    /// The CPU the child is kept on, -1 before its first job (touched only by the
+    /// owning thread).
+    cpu: AtomicI32,
     /// Written by the owning thread while the child is IDLE, read by the child once
     /// `seq` moved (release/acquire on `seq`).
     job: UnsafeCell<Job>,
@@ -111,6 +116,7 @@ impl Slot {
             owner_word: AtomicPtr::new(std::ptr::null_mut()),
             parent: AtomicI32::new(0),
             pid: AtomicI32::new(0),
+            cpu: AtomicI32::new(-1),
             job: UnsafeCell::new(Job {
                 fd: -1,
                 call: KernelCall::Flock { op: 0 },
@@ -146,6 +152,7 @@ impl Slot {
         ) {
             Ok(pid) => {
                 self.pid.store(pid, Ordering::Relaxed);
+                self.cpu.store(-1, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {
@@ -171,6 +178,27 @@ impl Slot {
             sys::futex_wait_shared(&self.state, s, Some(Duration::from_millis(100)));
         }
         let _ = sys::reap(pid);
+    }
+
+    /// Keeps the child on the CPU the calling thread runs on (it moves only when the
+    /// thread did). The kernel wakes a sleeping task on the CPU it last ran on when it
+    /// can: the child, blocked in the lock call on the thread's CPU, is woken where a
+    /// thread blocked in that call itself would have been, and its wake-up of the
+    /// thread, which sleeps on that CPU too, is then a switch on one CPU rather than
+    /// a wake-up of another, idle one. A refusal (a seccomp filter, a cpuset without
+    /// that CPU) leaves the child where it is, and is not asked again before the
+    /// thread moves.
+    fn follow_caller(&self) {
+        let Some(cpu) = sys::current_cpu() else {
+            return;
+        };
+        let Ok(cpu32) = i32::try_from(cpu) else {
+            return;
+        };
+        if self.cpu.load(Ordering::Relaxed) != cpu32 {
+            let _ = sys::pin_to_cpu(self.pid.load(Ordering::Relaxed), cpu);
+            self.cpu.store(cpu32, Ordering::Relaxed);
+        }
     }
 
     /// Reaps a child that ended by itself.
@@ -341,6 +369,7 @@ pub(crate) fn run(
     deadline: &Deadline,
     cancelled: impl Fn() -> bool,
 ) -> Outcome {
+    slot.follow_caller();
     // SAFETY: the child is IDLE: it reads the job only after `seq` moves below.
     unsafe { *slot.job.get() = job };
     slot.result.store(1, Ordering::SeqCst);

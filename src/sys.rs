@@ -1106,6 +1106,29 @@ pub(crate) fn spawn_helper(
     Err(libc::ENOSYS)
 }
 
+/// The CPU the calling thread runs on (`sched_getcpu(3)`, answered by the vDSO or
+/// rseq without a system call on Linux); `None` when the C library cannot tell.
+pub(crate) fn current_cpu() -> Option<usize> {
+    // SAFETY: sched_getcpu takes no argument and returns a CPU number or -1.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
+}
+
+/// Restricts process `pid` (a waiter child of this process) to `cpu` alone
+/// (`sched_setaffinity(2)`).
+pub(crate) fn pin_to_cpu(pid: libc::pid_t, cpu: usize) -> Result<(), Errno> {
+    // SAFETY: cpu_set_t is plain data, all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+        return Err(libc::EINVAL);
+    }
+    // SAFETY: `cpu` is below the set's size in bits, checked above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: passes a pid and a pointer to a local set of the size given.
+    let rc = unsafe { libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 { Ok(()) } else { Err(errno()) }
+}
+
 /// This host's name: the node name of `uname(2)` (no descriptor needed); `None` when
 /// the call fails or the name is not UTF-8.
 pub(crate) fn host_name() -> Option<String> {

@@ -396,6 +396,19 @@ fn spawn(
     job: &WaiterJob,
     owner_is_process: bool,
 ) -> std::result::Result<Option<sys::Waiter>, Errno> {
+    let waiter = spawn_anywhere(job, owner_is_process)?;
+    if let (Some(w), Some(cpu)) = (&waiter, sys::current_cpu()) {
+        // On the waiting thread's CPU, for the reason given in helper.rs
+        // (`follow_caller`); a refusal leaves it where it is.
+        let _ = sys::pin_to_cpu(w.pid, cpu);
+    }
+    Ok(waiter)
+}
+
+fn spawn_anywhere(
+    job: &WaiterJob,
+    owner_is_process: bool,
+) -> std::result::Result<Option<sys::Waiter>, Errno> {
     if !forked_child_only() {
         match sys::spawn_shared_waiter(job) {
             Ok(w) => {

@@ -37,10 +37,17 @@ fn gettid() -> i32 {
 
 /// The waiter children of thread `tid` of this process.
 fn waiter_children(tid: i32) -> Vec<i32> {
+    children(tid)
+        .into_iter()
+        .filter(|pid| command(*pid).as_deref() == Some(WAITER))
+        .collect()
+}
+
+/// Every child of thread `tid` (a first wait's child keeps its thread's name).
+fn children(tid: i32) -> Vec<i32> {
     let list = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).unwrap();
     list.split_whitespace()
         .map(|p| p.parse().unwrap())
-        .filter(|pid| command(*pid).as_deref() == Some(WAITER))
         .collect()
 }
 
@@ -194,6 +201,105 @@ fn one_waiter_child_serves_every_wait_of_a_thread_and_uses_no_descriptor() {
                 "{b:?}: the same child serves every wait"
             );
             assert_eq!(w.fds, first.fds, "{b:?}: descriptors after each wait");
+        }
+        drop(go);
+        thread.join().unwrap();
+    }
+}
+
+/// The CPUs this process may run on, in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills a cpu_set_t (zero bytes: the empty set), and
+    // CPU_ISSET reads it below its size in bits.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
+        (0..8 * size)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Keeps the calling thread on `cpu` alone.
+fn pin_thread(cpu: usize) {
+    // SAFETY: as in allowed_cpus; sched_setaffinity(0) applies to this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_setaffinity(0, size, &set), 0, "to CPU {cpu}");
+    }
+}
+
+/// The `Cpus_allowed_list` of process `pid` (`"0"`, `"0-1"`, ...).
+fn cpus_allowed_list(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list in /proc/PID/status")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn every_waiter_child_runs_on_the_cpu_of_the_thread_that_waits() {
+    let _serial = serial();
+    let dir = TempDir::new("waiters-cpu");
+    let cpus = allowed_cpus();
+    // The first and the last CPU this process may use (one CPU: that one, twice).
+    let (a, z) = (cpus[0], *cpus.last().unwrap());
+    for b in ALL {
+        let path = dir.0.join(name(b));
+        let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
+        let mut peer = holder(&path, b);
+        assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+        let (go, jobs) = mpsc::channel::<Option<usize>>();
+        let (report, results) = mpsc::channel();
+        let waiter = lock.clone();
+        let thread = std::thread::spawn(move || {
+            report.send(gettid()).unwrap();
+            for cpu in jobs {
+                if let Some(cpu) = cpu {
+                    pin_thread(cpu);
+                }
+                waiter.lock(Mode::Exclusive, 0, 0, None).unwrap();
+                waiter.unlock(0, 0).unwrap();
+                report.send(0).unwrap();
+            }
+        });
+        let tid = results.recv().unwrap();
+        // The CPUs allowed to the thread's children while it waits (on `cpu`, or
+        // where the scheduler puts it).
+        let mut wait_on = |cpu: Option<usize>| {
+            assert_eq!(peer.cmd("lock h ex 0 0 0"), "ok");
+            go.send(cpu).unwrap();
+            wait_until("the waiter blocks in the kernel", || {
+                someone_waits_on(&path)
+            });
+            let allowed: Vec<String> = children(tid)
+                .iter()
+                .map(|&c| cpus_allowed_list(c))
+                .collect();
+            assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+            assert_eq!(results.recv_timeout(Duration::from_secs(10)).unwrap(), 0);
+            allowed
+        };
+        // The first wait has a child of its own, made while the thread may run on
+        // any CPU: it is kept on one.
+        let first = wait_on(None);
+        assert!(
+            matches!(&first[..], [one] if cpus.iter().any(|c| c.to_string() == *one)),
+            "{b:?}: the first wait's child is kept on one CPU (of {cpus:?}): {first:?}"
+        );
+        // The kept child, from the second wait, follows the thread.
+        for cpu in [z, a, z, z, a] {
+            assert_eq!(
+                wait_on(Some(cpu)),
+                vec![cpu.to_string()],
+                "{b:?}: the one waiter child is on its thread's CPU {cpu} (of {cpus:?})"
+            );
         }
         drop(go);
         thread.join().unwrap();
