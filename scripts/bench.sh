@@ -320,6 +320,19 @@ total_text="$((total_s / 60)) min $((total_s % 60)) s"
     echo
     cat "$work/bindings.md"
     echo
+    python3 - "$work/core.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+k = "handoff.flock"
+print("Beside them, the C API's FLOCK hand-off in the same run (section 2, unpinned, "
+      "as the bindings' processes are): p50 {:.1f} µs with a 10 s timeout, {:.1f} µs "
+      "without, against {:.1f} µs for the raw blocking `flock(2)`. The bindings add "
+      "their own calls on top: cgo for Go; for Python, the interpreter's lock (GIL) and, "
+      "in the main thread, the helper thread that lets Ctrl-C interrupt the wait, with "
+      "the releasing thread of `bench.py` in the same interpreter.".format(
+          d[f"{k}.timed.p50_us"], d[f"{k}.untimed.p50_us"], d[f"{k}.raw.p50_us"]))
+PY
+    echo
     echo "## 7. The ETCD backend"
     echo
     echo "The ETCD backend (issue 13) against one watch event, \`etcdctl lock\` and etcd's"
