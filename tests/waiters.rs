@@ -278,10 +278,18 @@ fn every_waiter_child_runs_on_the_cpu_of_the_thread_that_waits() {
             wait_until("the waiter blocks in the kernel", || {
                 someone_waits_on(&path)
             });
-            let allowed: Vec<String> = children(tid)
-                .iter()
-                .map(|&c| cpus_allowed_list(c))
-                .collect();
+            // A first wait's child is restricted just after it is made, and may block
+            // in the kernel a moment before that.
+            let allowed_now = || -> Vec<String> {
+                children(tid)
+                    .iter()
+                    .map(|&c| cpus_allowed_list(c))
+                    .collect()
+            };
+            wait_until("the waiter child is kept on one CPU", || {
+                allowed_now().iter().all(|a| !a.contains(['-', ',']))
+            });
+            let allowed = allowed_now();
             assert_eq!(peer.cmd("unlock h 0 0"), "ok");
             assert_eq!(results.recv_timeout(Duration::from_secs(10)).unwrap(), 0);
             allowed
