@@ -144,16 +144,7 @@ impl World {
     fn new(tag: &str) -> World {
         let bin = TempDir::new(&format!("perm-bin-{tag}"));
         std::fs::set_permissions(&bin.0, Permissions::from_mode(0o755)).unwrap();
-        let exe = bin.0.join("peer");
-        // A hard link, where it can be made, is never open for writing: a copy being
-        // written while another thread forks may make its exec fail with ETXTBSY.
-        if std::fs::hard_link(std::env::current_exe().unwrap(), &exe).is_err() {
-            std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
-        }
-        let mode = std::fs::metadata(&exe).unwrap().mode();
-        if mode & 0o005 != 0o005 {
-            std::fs::set_permissions(&exe, Permissions::from_mode(mode | 0o055)).unwrap();
-        }
+        let exe = common::runnable_self(&bin.0, "peer");
         let sticky = bin.0.join("sticky");
         std::fs::create_dir(&sticky).unwrap();
         std::fs::set_permissions(&sticky, Permissions::from_mode(0o1777)).unwrap();

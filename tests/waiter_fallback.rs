@@ -162,15 +162,6 @@ fn install_filter(only_vm: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// This test binary, or a copy of it that user nobody can run.
-fn runnable_exe(dir: &TempDir) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let copy = dir.0.join("exe");
-    std::fs::copy(&exe, &copy).unwrap();
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    copy
-}
-
 /// Runs `scenario` in a child while this process holds an exclusive lock on each
 /// file, releasing each one when the child says it waits for it; `as_nobody` runs the
 /// child as user 65534 (RLIMIT_NPROC does not bind root).
@@ -186,7 +177,7 @@ fn run(scenario: &str, as_nobody: bool) {
         l.lock(Mode::Exclusive, 0, 0, Some(Duration::ZERO)).unwrap();
         held.push((b, Some(l)));
     }
-    let mut command = Command::new(runnable_exe(&dir));
+    let mut command = Command::new(common::runnable_self(&dir.0, "exe"));
     command
         .args([
             "--exact",

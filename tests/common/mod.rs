@@ -40,6 +40,23 @@ impl Drop for TempDir {
     }
 }
 
+/// This test binary at `dir/name`, runnable by every user: a hard link where one can
+/// be made (it is never open for writing: a copy being written while another thread
+/// forks may make its exec fail with ETXTBSY), else a copy.
+pub fn runnable_self(dir: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let me = std::env::current_exe().unwrap();
+    let exe = dir.join(name);
+    if std::fs::hard_link(&me, &exe).is_err() {
+        std::fs::copy(&me, &exe).unwrap();
+    }
+    let mode = std::fs::metadata(&exe).unwrap().mode();
+    if mode & 0o005 != 0o005 {
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(mode | 0o055)).unwrap();
+    }
+    exe
+}
+
 /// The three kernel backends.
 pub const ALL: [Backend; 3] = [Backend::Flock, Backend::Ofd, Backend::Posix];
 /// A timeout that tries once.
