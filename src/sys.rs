@@ -1115,13 +1115,14 @@ pub(crate) fn current_cpu() -> Option<usize> {
 }
 
 /// Restricts process `pid` (a waiter child of this process) to `cpu` alone
-/// (`sched_setaffinity(2)`).
+/// (`sched_setaffinity(2)`). A pid of 0 or below is refused: `sched_setaffinity(0)`
+/// would restrict the calling thread, which belongs to the host.
 pub(crate) fn pin_to_cpu(pid: libc::pid_t, cpu: usize) -> Result<(), Errno> {
-    // SAFETY: cpu_set_t is plain data, all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+    if pid <= 0 || cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
         return Err(libc::EINVAL);
     }
+    // SAFETY: cpu_set_t is plain data, all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `cpu` is below the set's size in bits, checked above.
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: passes a pid and a pointer to a local set of the size given.
@@ -1192,5 +1193,38 @@ pub(crate) fn for_each_name(dir: BorrowedFd<'_>, mut each: impl FnMut(&CStr)) ->
             }
             at += reclen;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPUs the calling thread may run on.
+    fn my_cpus() -> Vec<usize> {
+        // SAFETY: sched_getaffinity fills a cpu_set_t (zero bytes: the empty set), and
+        // CPU_ISSET reads it below its size in bits.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
+            (0..8 * size)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn pinning_refuses_pid_zero_and_leaves_the_calling_thread_where_it_may_run() {
+        std::thread::spawn(|| {
+            let before = my_cpus();
+            let cpu = current_cpu().expect("sched_getcpu");
+            assert_eq!(pin_to_cpu(0, cpu), Err(libc::EINVAL));
+            assert_eq!(pin_to_cpu(-1, cpu), Err(libc::EINVAL));
+            assert_eq!(pin_to_cpu(getpid(), usize::MAX), Err(libc::EINVAL));
+            assert_eq!(my_cpus(), before);
+        })
+        .join()
+        .unwrap();
     }
 }
