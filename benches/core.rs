@@ -1001,10 +1001,11 @@ impl Drop for FloorHelper {
 enum Placement {
     /// Neither is kept anywhere: the scheduler decides.
     Free,
-    /// Both kept on CPU 0: the release wakes a waiter on the releasing CPU.
+    /// Both kept on the first CPU this process may use: the release wakes a waiter on
+    /// the releasing CPU.
     OneCpu,
-    /// The holder kept on CPU 1, the waiting thread on CPU 0: the release wakes
-    /// another CPU.
+    /// The holder kept on the second CPU, the waiting thread on the first: the release
+    /// wakes another CPU.
     TwoCpus,
 }
 
@@ -1026,25 +1027,29 @@ impl Placement {
         }
     }
 
-    /// The holder's CPU and the waiting thread's.
-    fn cpus(self) -> (Option<usize>, Option<usize>) {
-        match self {
-            Placement::Free => (None, None),
-            Placement::OneCpu => (Some(0), Some(0)),
-            Placement::TwoCpus => (Some(1), Some(0)),
+    /// The holder's CPU and the waiting thread's, of the CPUs this process may use.
+    fn cpus(self, allowed: &[usize]) -> (Option<usize>, Option<usize>) {
+        match (self, allowed) {
+            (Placement::OneCpu, [first, ..]) => (Some(*first), Some(*first)),
+            (Placement::TwoCpus, [first, second, ..]) => (Some(*second), Some(*first)),
+            _ => (None, None),
         }
     }
 }
 
-/// The CPUs this process may run on.
-fn cpus_allowed() -> usize {
-    // SAFETY: sched_getaffinity fills a cpu_set_t, for which zero bytes are valid.
+/// The CPUs this process may run on, in order (empty when the kernel does not say).
+fn cpus_allowed() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills a cpu_set_t, for which zero bytes are valid, and
+    // CPU_ISSET reads it below its size in bits.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return 1;
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(0, size, &mut set) != 0 {
+            return Vec::new();
         }
-        libc::CPU_COUNT(&set) as usize
+        (0..8 * size)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
     }
 }
 
@@ -1065,7 +1070,7 @@ fn handoff_samples(
     backend: Backend,
     placement: Placement,
 ) -> (Vec<Vec<f64>>, usize) {
-    let (holder_cpu, waiter_cpu) = placement.cpus();
+    let (holder_cpu, waiter_cpu) = placement.cpus(&cpus_allowed());
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -1128,7 +1133,7 @@ fn handoff_samples(
 }
 
 fn bench_handoff(cfg: &Config, dir: &Path, report: &mut Report) {
-    let placements: &[Placement] = if cpus_allowed() >= 2 {
+    let placements: &[Placement] = if cpus_allowed().len() >= 2 {
         &[Placement::OneCpu, Placement::TwoCpus, Placement::Free]
     } else {
         &[Placement::Free]
@@ -1155,8 +1160,9 @@ fn bench_handoff(cfg: &Config, dir: &Path, report: &mut Report) {
          to the scheduler, the holder and the waiter settle on one CPU or on two \
          depending on the run, and the raw call's p50 swings between those two costs \
          from one run to the next. So each backend is measured three times: holder and \
-         waiting thread kept on **one CPU** (CPU 0), on **two CPUs** (holder on CPU 1, \
-         waiter on CPU 0), both with `sched_setaffinity`, and **unpinned**. The targets \
+         waiting thread kept on **one CPU** (the first this process may use), on **two \
+         CPUs** (the holder on the second, the waiter on the first), both with \
+         `sched_setaffinity`, and **unpinned**. The targets \
          (issue 11: unilock's p50 within 1.5x and p99 within 2x of the raw call's, timed \
          and untimed; issue 2: timed within 1.5x of untimed) are judged on the two \
          pinned placements, where raw and unilock meet the same situation; the unpinned \
