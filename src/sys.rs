@@ -1200,18 +1200,11 @@ pub(crate) fn for_each_name(dir: BorrowedFd<'_>, mut each: impl FnMut(&CStr)) ->
 mod tests {
     use super::*;
 
-    /// The CPUs the calling thread may run on.
-    fn my_cpus() -> Vec<usize> {
-        // SAFETY: sched_getaffinity fills a cpu_set_t (zero bytes: the empty set), and
-        // CPU_ISSET reads it below its size in bits.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            let size = std::mem::size_of::<libc::cpu_set_t>();
-            assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
-            (0..8 * size)
-                .filter(|&c| libc::CPU_ISSET(c, &set))
-                .collect()
-        }
+    /// The calling thread's `Cpus_allowed_list` (`/proc/thread-self/status`).
+    fn my_cpus() -> String {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"));
+        line.expect("Cpus_allowed_list").to_string()
     }
 
     #[test]
