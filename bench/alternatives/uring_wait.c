@@ -19,16 +19,25 @@
  * A thread whose call returned while an abort was under way takes the abort's
  * completion before it goes on, so that no task work reaches the host's next call.
  *
+ * A deadline needs no other thread: the waiting thread submits, with its wait, an
+ * IORING_OP_TIMEOUT (IORING_TIMEOUT_ETIME_SUCCESS, so that its expiry does not break
+ * the link) linked to the operation that makes the restarted call fail: closing the
+ * wait's own descriptor (FLOCK, OFD: a dup of the lock's, whose lock belongs to the
+ * open file description and survives), or reading an invalid l_whence from a pipe
+ * into the struct flock (POSIX, where closing any descriptor of the file would drop
+ * the process's locks on it). Their completions are task work for the thread.
+ *
  * Usage: uring_wait ROUNDS DIR. The holder and the waiter run on the first CPU this
  * process may use, then the holder on the second (when there is one). Prints rows:
  * | backend | placement | raw p50 / p99 µs | this p50 / p99 µs | p50 ratio |
- * and one line per backend on an abort 20 ms into a wait.
+ * one line per backend on an abort 20 ms into a wait, and one on 20 ms deadlines.
  * Exits 2 when io_uring cannot be set up here (the rows then say so).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/io_uring.h>
+#include <linux/time_types.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -140,6 +149,18 @@ static int arm_poll(struct ring *r, int efd)
     return (int)syscall(SYS_io_uring_enter, r->fd, 1, 0, 0, NULL, 0);
 }
 
+/* The next submission entry, cleared. */
+static struct io_uring_sqe *next_sqe(struct ring *r)
+{
+    unsigned tail = atomic_load_explicit(r->sq_tail, memory_order_relaxed);
+    unsigned i = tail & *r->sq_mask;
+    struct io_uring_sqe *e = &r->sqes[i];
+    memset(e, 0, sizeof *e);
+    r->sq_array[i] = i;
+    atomic_store_explicit(r->sq_tail, tail + 1, memory_order_release);
+    return e;
+}
+
 /* Takes one completion, waiting for it. */
 static void take_completion(struct ring *r)
 {
@@ -232,6 +253,54 @@ static void waiter_abort(struct waiter *w)
     uint64_t one = 1;
     if (write(w->efd, &one, sizeof one) != sizeof one)
         abort();
+}
+
+/* A wait with a deadline of `ms`, ended by io_uring alone (the lock stays held by
+ * another process): returns the lock call's errno. */
+static int deadline_wait(struct waiter *w, int ms)
+{
+    struct __kernel_timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    int wait_fd = dup(w->fd);
+    int poison[2];
+    short invalid = 99;
+    if (wait_fd < 0 || pipe(poison) != 0 ||
+        write(poison[1], &invalid, sizeof invalid) != sizeof invalid)
+        return -1;
+    w->fl = (struct flock){.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_len = WHOLE};
+    struct io_uring_sqe *e = next_sqe(&w->ring);
+    e->opcode = IORING_OP_TIMEOUT;
+    e->addr = (uint64_t)(uintptr_t)&ts;
+    e->len = 1;
+    e->timeout_flags = IORING_TIMEOUT_ETIME_SUCCESS;
+    e->flags = IOSQE_IO_LINK;
+    e = next_sqe(&w->ring);
+    if (w->backend == POSIX) {
+        e->opcode = IORING_OP_READ;
+        e->fd = poison[0];
+        e->addr = (uint64_t)(uintptr_t)&w->fl.l_whence;
+        e->len = sizeof w->fl.l_whence;
+        e->off = (uint64_t)-1;
+    } else {
+        e->opcode = IORING_OP_CLOSE;
+        e->fd = wait_fd;
+    }
+    if (syscall(SYS_io_uring_enter, w->ring.fd, 2, 0, 0, NULL, 0) != 2)
+        return -1;
+    int rc;
+    if (w->backend == FLOCK)
+        rc = flock(wait_fd, LOCK_EX);
+    else if (w->backend == OFD)
+        rc = fcntl(wait_fd, F_OFD_SETLKW, &w->fl);
+    else
+        rc = fcntl(w->fd, F_SETLKW, &w->fl);
+    int err = rc == 0 ? 0 : errno;
+    take_completion(&w->ring);
+    take_completion(&w->ring);
+    if (w->backend == POSIX)
+        close(wait_fd);
+    close(poison[0]);
+    close(poison[1]);
+    return err;
 }
 
 /* ---- the holder process ---- */
@@ -384,6 +453,23 @@ int main(int argc, char **argv)
                        NAMES[backend], r == -ECANCELED ? "ECANCELED" : strerror(-r),
                        (double)(t1 - t0) / 1e6, someone_blocked() ? "no" : "yes",
                        slept == 0 ? "yes" : "no");
+                /* Deadlines of 20 ms ended by io_uring alone. */
+                double over[5];
+                int err = 0;
+                for (int k = 0; k < 5; k++) {
+                    uint64_t d0 = now_ns();
+                    err = deadline_wait(&w, 20);
+                    over[k] = (double)(now_ns() - d0) / 1e6 - 20.0;
+                }
+                qsort(over, 5, sizeof(double), by_value);
+                printf("ABORT %s: a 20 ms deadline with no other thread (a linked io_uring "
+                       "timeout, then %s): the wait failed with %s, %.2f ms late (median of "
+                       "5); no request left waiting: %s\n",
+                       NAMES[backend],
+                       backend == POSIX ? "a read of an invalid l_whence into the struct flock"
+                                        : "a close of the wait's own descriptor",
+                       err == EBADF ? "EBADF" : err == EINVAL ? "EINVAL" : strerror(err),
+                       over[2], someone_blocked() ? "no" : "yes");
                 say('U');
                 hear(&c, 1);
             }
