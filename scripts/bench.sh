@@ -369,10 +369,12 @@ d = json.load(open(sys.argv[1]))
 k = "handoff.flock"
 print("Beside them, the C API's FLOCK hand-off in the same run (section 2, unpinned, "
       "as the bindings' processes are): p50 {:.1f} µs with a 10 s timeout, {:.1f} µs "
-      "without, against {:.1f} µs for the raw blocking `flock(2)`. The bindings add "
-      "their own calls on top: cgo for Go; for Python, the interpreter's lock (GIL) and, "
-      "in the main thread, the helper thread that lets Ctrl-C interrupt the wait, with "
-      "the releasing thread of `bench.py` in the same interpreter.".format(
+      "without, against {:.1f} µs for the raw blocking `flock(2)`. Section 2's holder "
+      "releases as soon as the waiter is blocked; the Go bench releases 2 ms after the "
+      "wait began, and `bench.py` 5-55 ms after, when the waiting CPU has gone idle and "
+      "its wake-up costs more. The bindings add their own calls on top: cgo for Go; "
+      "for Python, the interpreter's lock (GIL) and, in the main thread, the helper "
+      "thread that lets Ctrl-C interrupt the wait.".format(
           d[f"{k}.timed.p50_us"], d[f"{k}.untimed.p50_us"], d[f"{k}.raw.p50_us"]))
 PY
     echo
