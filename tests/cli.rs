@@ -8,6 +8,10 @@
 
 mod common;
 
+use common::cli::{
+    Outcome, assert_documented, lock_schema, locks, outcome, send_signal, wait_until,
+};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,13 +64,6 @@ impl Drop for TempDir {
     }
 }
 
-struct Outcome {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
 fn run(tool: &str, args: &[&str]) -> Outcome {
     let began = Instant::now();
     let out = Command::new(tool)
@@ -74,27 +71,7 @@ fn run(tool: &str, args: &[&str]) -> Outcome {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
-    let elapsed = began.elapsed();
-    use std::os::unix::process::ExitStatusExt;
-    Outcome {
-        code: out
-            .status
-            .code()
-            .unwrap_or_else(|| 128 + out.status.signal().unwrap()),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed,
-    }
-}
-
-/// The `locks` array of `--list --json` or `--test --json` output.
-fn locks(json: &str) -> Vec<serde_json::Value> {
-    let v: serde_json::Value =
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
-    v["locks"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no locks array: {json}"))
-        .clone()
+    outcome(out, began.elapsed())
 }
 
 /// Exit code of `sh -c script` (for scripts that run the tools themselves).
@@ -1029,21 +1006,6 @@ fn help_and_version() {
 /// and DOTLOCK lock files are `unilock`'s own, flock and OFD locks the command's too.
 const SIGNAL_BACKENDS: [&str; 4] = ["posix", "dotlock", "flock", "ofd"];
 
-/// Sends `signal` (a name: "TERM") to `pid` alone.
-fn send_signal(pid: u32, signal: &str) {
-    let out = sh(&format!("kill -s {signal} {pid}"));
-    assert_eq!(out.code, 0, "kill -s {signal} {pid}: {}", out.stderr);
-}
-
-/// Polls `ready` every millisecond; fails, naming `what`, after 10 seconds.
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready() {
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// How `child` ended, waiting up to 10 seconds for it.
 fn ending(child: &mut Child, what: &str) -> std::process::ExitStatus {
     let mut status = None;
@@ -1566,16 +1528,7 @@ fn list_output_columns_noheadings_raw_and_bytes() {
 /// docs/locks.schema.json, with every column: types, enums, and no unknown key.
 #[test]
 fn json_output_follows_the_documented_schema() {
-    let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/locks.schema.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let props = schema["$defs"]["lock"]["properties"].as_object().unwrap();
-    let all: Vec<String> = props.keys().map(|k| k.to_ascii_uppercase()).collect();
-    let all = all.join(",");
+    let (props, all) = lock_schema();
     let dir = TempDir::new("schema");
     let file = dir.file("f");
     std::fs::write(format!("{file}.lock"), "999999999\nhost=elsewhere\n").unwrap();
@@ -1609,15 +1562,7 @@ fn json_output_follows_the_documented_schema() {
         let top = v.as_object().unwrap();
         assert_eq!(top.keys().collect::<Vec<_>>(), ["locks"], "{doc}");
         for lock in v["locks"].as_array().unwrap() {
-            for (key, value) in lock.as_object().unwrap() {
-                let rule = props
-                    .get(key)
-                    .unwrap_or_else(|| panic!("undocumented key {key}: {doc}"));
-                assert!(
-                    conforms(value, rule),
-                    "{key}: {value} against {rule}: {doc}"
-                );
-            }
+            assert_documented(lock, &props, doc);
             kinds.insert(lock["type"].as_str().unwrap_or("").to_string());
         }
     }
@@ -1633,49 +1578,6 @@ fn json_output_follows_the_documented_schema() {
             documents[0]
         );
     }
-}
-
-/// A JSON value against the subset of JSON Schema that docs/locks.schema.json uses:
-/// `type` (one or a list), `enum`, `minimum`, `items` and `pattern` (a prefix check
-/// of the holders' "PID,COMMAND,FD" shape).
-fn conforms(value: &serde_json::Value, rule: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    if let Some(options) = rule["enum"].as_array() {
-        return options.contains(value);
-    }
-    let types: Vec<&str> = match &rule["type"] {
-        Value::String(t) => vec![t.as_str()],
-        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
-        _ => return false,
-    };
-    let typed = types.iter().any(|t| match *t {
-        "string" => value.is_string(),
-        "integer" => value.is_i64() || value.is_u64(),
-        "boolean" => value.is_boolean(),
-        "null" => value.is_null(),
-        "array" => value.is_array(),
-        _ => false,
-    });
-    if !typed {
-        return false;
-    }
-    if let (Some(min), Some(n)) = (rule["minimum"].as_i64(), value.as_i64()) {
-        if n < min {
-            return false;
-        }
-    }
-    if let (Some(items), Some(rule)) = (value.as_array(), rule.get("items")) {
-        return items.iter().all(|item| {
-            conforms(item, rule)
-                && item.as_str().is_none_or(|s| {
-                    let parts: Vec<&str> = s.split(',').collect();
-                    parts.len() >= 3
-                        && parts[0].parse::<i64>().is_ok()
-                        && parts[parts.len() - 1].parse::<i64>().is_ok()
-                })
-        });
-    }
-    true
 }
 
 /// `--fair` on a file it cannot open for writing (a directory here) is a usage error

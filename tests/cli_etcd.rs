@@ -13,10 +13,13 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TempDir;
+use common::cli::{
+    Outcome, assert_documented, lock_schema, locks, outcome, send_signal, wait_until,
+};
 use common::etcd::Etcd;
 
 const UNILOCK: &str = env!("CARGO_BIN_EXE_unilock");
@@ -34,26 +37,6 @@ fn unilock() -> Command {
     }
     c.stdin(Stdio::null());
     c
-}
-
-struct Outcome {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-fn outcome(out: Output, elapsed: Duration) -> Outcome {
-    use std::os::unix::process::ExitStatusExt;
-    Outcome {
-        code: out
-            .status
-            .code()
-            .unwrap_or_else(|| 128 + out.status.signal().unwrap()),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed,
-    }
 }
 
 /// Runs `unilock ARGS` to its end.
@@ -80,33 +63,11 @@ fn host() -> String {
         .to_string()
 }
 
-/// The `locks` array of a `--list --json` or `--test --json` document.
-fn locks(json: &str) -> Vec<serde_json::Value> {
-    let v: serde_json::Value =
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
-    v["locks"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no locks array: {json}"))
-        .clone()
-}
-
 /// The lock's queue as `--list --json` shows it.
 fn queue(etcd: &Etcd, name: &str) -> Vec<serde_json::Value> {
     let out = run(&[&at(etcd), "--list", "--json", name]);
     assert_eq!(out.code, 0, "--list: {}", out.stderr);
     locks(&out.stdout)
-}
-
-/// Waits (up to 10 s) until `ready`.
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let began = Instant::now();
-    while !ready() {
-        assert!(
-            began.elapsed() < Duration::from_secs(10),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A process kept running by the test (killed on drop if still running).
@@ -172,15 +133,6 @@ fn hold(etcd: &Etcd, name: &str, secs: &str) -> Running {
                 .any(|l| l["pid"].as_i64() == Some(pid))
     });
     holder
-}
-
-fn send_signal(pid: u32, signal: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok || std::thread::panicking(), "kill -{signal} {pid}");
 }
 
 fn alive(pid: i64) -> bool {
@@ -303,27 +255,6 @@ fn the_command_gets_its_fencing_token_which_grows_with_every_grant() {
     assert_eq!(out.stdout.trim(), "unset");
 }
 
-/// The JSON schema's rules, as tests/cli.rs checks them (type, enum).
-fn conforms(value: &serde_json::Value, rule: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    if let Some(options) = rule["enum"].as_array() {
-        return options.contains(value);
-    }
-    let types: Vec<&str> = match &rule["type"] {
-        Value::String(t) => vec![t.as_str()],
-        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
-        _ => return false,
-    };
-    types.iter().any(|t| match *t {
-        "string" => value.is_string(),
-        "integer" => value.is_i64() || value.is_u64(),
-        "boolean" => value.is_boolean(),
-        "null" => value.is_null(),
-        "array" => value.is_array(),
-        _ => false,
-    })
-}
-
 #[test]
 fn test_and_list_show_the_holder_then_the_waiters_in_order() {
     let etcd = Etcd::start();
@@ -397,16 +328,7 @@ fn test_and_list_show_the_holder_then_the_waiters_in_order() {
     assert!(rows[2].contains("(undefined)"));
 
     // Every document, with every column, follows docs/locks.schema.json.
-    let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/locks.schema.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let props = schema["$defs"]["lock"]["properties"].as_object().unwrap();
-    let all: Vec<String> = props.keys().map(|k| k.to_ascii_uppercase()).collect();
-    let all = all.join(",");
+    let (props, all) = lock_schema();
     for args in [
         &["--list", "--json", "q"][..],
         &["--list", "--json", "--output", &all, "q"],
@@ -414,12 +336,7 @@ fn test_and_list_show_the_holder_then_the_waiters_in_order() {
     ] {
         let out = run(&[&[at(&etcd).as_str()][..], args].concat());
         for lock in locks(&out.stdout) {
-            for (key, value) in lock.as_object().unwrap() {
-                let rule = props
-                    .get(key)
-                    .unwrap_or_else(|| panic!("undocumented key {key}: {}", out.stdout));
-                assert!(conforms(value, rule), "{key}: {value} against {rule}");
-            }
+            assert_documented(&lock, &props, &out.stdout);
         }
     }
 }

@@ -6,17 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::io::{BufRead, Write};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::TempDir;
 use common::etcd::Etcd;
+use common::{PEER_ENV, Peer, TempDir};
 use unilock::{Backend, Lock, Mode, Options};
-
-const PEER_ENV: &str = "UNILOCK_ETCD_PEER";
-/// What starts a peer's answer on its stdout.
-const ANSWER: &str = "peer-answer: ";
 
 fn opts(endpoints: &str, ttl: u32) -> Options {
     Options::new()
@@ -29,77 +25,16 @@ fn errno(r: unilock::Result<impl std::fmt::Debug>) -> i32 {
     r.expect_err("the call should have failed").errno()
 }
 
-/// A process (this test binary in peer mode) that opens an ETCD handle and takes
-/// commands on stdin: `lock MS` (-1 forever), `unlock`, `fence`, `touch`, each
-/// answered by `ok [VALUE]` or `err ERRNO MESSAGE`; or runs the exclusion worker.
-struct Peer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+/// A peer (this test binary in peer mode, `common::Peer`) that opens an ETCD handle
+/// and takes commands on stdin: `lock MS` (-1 forever), `unlock`, `fence`, `touch`,
+/// each answered by `ok [VALUE]` or `err ERRNO MESSAGE`; or runs the exclusion worker.
+fn peer(endpoints: &str, ttl: u32, name: &str) -> Peer {
+    Peer::spawn_with(&[endpoints, &ttl.to_string(), name].join("\t"))
 }
 
-impl Peer {
-    fn spawn(endpoints: &str, ttl: u32, name: &str) -> Peer {
-        Peer::spawn_with(&[endpoints, &ttl.to_string(), name])
-    }
-
-    fn spawn_with(args: &[&str]) -> Peer {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "peer_main", "--nocapture", "--test-threads=1"])
-            .env(PEER_ENV, args.join("\t"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Peer {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn send(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    fn recv(&mut self) -> String {
-        loop {
-            let mut line = String::new();
-            assert!(
-                self.stdout.read_line(&mut line).unwrap() > 0,
-                "the peer died"
-            );
-            // The test harness prints its own text (even on the line of the first
-            // answer, after "test peer_main ... "): the answers follow a marker.
-            if let Some((_, answer)) = line.split_once(ANSWER) {
-                return answer.trim_end().to_owned();
-            }
-        }
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        self.send(line);
-        self.recv()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A peer that runs the exclusion worker (see [`worker`]) for `seconds`.
+fn worker_peer(endpoint: &str, log: &str, seconds: u64) -> Peer {
+    Peer::spawn_with(&["worker", endpoint, log, &seconds.to_string()].join("\t"))
 }
 
 /// The peer side (runs only in a peer process).
@@ -114,6 +49,7 @@ fn peer_main() {
     }
     let lock = Lock::open(args[2], &opts(args[0], args[1].parse().unwrap())).unwrap();
     let out = std::io::stdout();
+    writeln!(out.lock(), "@@ ready").unwrap();
     for line in std::io::stdin().lock().lines() {
         let line = line.unwrap();
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -137,7 +73,7 @@ fn peer_main() {
             Ok(v) => format!("ok {v}"),
             Err(e) => format!("err {} {}", e.errno(), e.message()),
         };
-        writeln!(out.lock(), "{ANSWER}{text}").unwrap();
+        writeln!(out.lock(), "@@ {text}").unwrap();
     }
 }
 
@@ -146,6 +82,7 @@ fn peer_main() {
 /// of one line are atomic and ordered), until `seconds` have passed.
 fn worker(endpoint: &str, log: &str, seconds: u64) {
     let lock = Lock::open("excl", &opts(endpoint, 2)).unwrap();
+    println!("@@ ready");
     let pid = std::process::id();
     let mut file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
     let end = Instant::now() + Duration::from_secs(seconds);
@@ -177,7 +114,7 @@ fn processes_on_two_endpoints_exclude_each_other_with_random_kills() {
     let seconds = 8u64;
     let start = Instant::now();
     let mut workers: Vec<Peer> = (0..6)
-        .map(|i| Peer::spawn_with(&["worker", &etcd.endpoint(i % 2), &logp, &seconds.to_string()]))
+        .map(|i| worker_peer(&etcd.endpoint(i % 2), &logp, seconds))
         .collect();
     let mut kills = 0;
     let mut seed = 0x2545_f491_u64;
@@ -191,20 +128,15 @@ fn processes_on_two_endpoints_exclude_each_other_with_random_kills() {
         // Logged once the victim is dead: from then on another process may enter (its
         // lease expires 2 s later), and before it the victim may still log.
         workers[i].signal(libc::SIGKILL);
-        workers[i].child.wait().unwrap();
+        workers[i].wait();
         let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         f.write_all(format!("kill {victim}\n").as_bytes()).unwrap();
         let remaining = seconds - start.elapsed().as_secs().min(seconds - 1);
-        workers[i] = Peer::spawn_with(&[
-            "worker",
-            &etcd.endpoint(i % 2),
-            &logp,
-            &remaining.to_string(),
-        ]);
+        workers[i] = worker_peer(&etcd.endpoint(i % 2), &logp, remaining);
         kills += 1;
     }
     for mut w in workers {
-        assert!(w.child.wait().unwrap().success(), "a worker failed");
+        assert!(w.wait().success(), "a worker failed");
     }
     let text = std::fs::read_to_string(&log).unwrap();
     let (mut inside, mut last_token, mut enters) = (None::<String>, 0u64, 0);
@@ -256,7 +188,7 @@ fn a_killed_holder_is_replaced_within_its_ttl_and_a_stopped_one_learns_it_lost_t
     let waiter = Lock::open("job", &opts(&ep, 2)).unwrap();
 
     // SIGKILL: the lease expires, the waiter gets the lock within TTL + 1 s.
-    let mut holder = Peer::spawn(&ep, 2, "job");
+    let mut holder = peer(&ep, 2, "job");
     let first: u64 = holder.cmd("lock -1")[3..].parse().unwrap();
     holder.signal(libc::SIGKILL);
     takes_within_ttl_and_a_second(&waiter);
@@ -266,7 +198,7 @@ fn a_killed_holder_is_replaced_within_its_ttl_and_a_stopped_one_learns_it_lost_t
 
     // SIGSTOP past the TTL: the waiter gets the lock, and the resumed holder's next
     // call says it lost it.
-    let mut holder = Peer::spawn(&ep, 2, "job");
+    let mut holder = peer(&ep, 2, "job");
     let held: u64 = holder.cmd("lock -1")[3..].parse().unwrap();
     assert!(held > second);
     holder.signal(libc::SIGSTOP);
@@ -297,7 +229,7 @@ fn a_killed_holder_is_replaced_within_its_ttl_and_a_stopped_one_learns_it_lost_t
 fn a_held_lease_is_kept_alive_past_its_ttl_and_its_thread_ends_with_it() {
     let etcd = Etcd::start();
     // Threads are counted in a process of their own, which does nothing else.
-    let mut a = Peer::spawn(&etcd.endpoints(), 1, "keep");
+    let mut a = peer(&etcd.endpoints(), 1, "keep");
     let threads = |p: &mut Peer| -> usize { p.cmd("threads")[3..].parse().unwrap() };
     let before = threads(&mut a);
     let token = a.cmd("lock -1");
@@ -507,7 +439,7 @@ fn authentication_by_user_and_password_which_no_message_shows() {
 fn timed_and_cancelled_waits_end_on_time_and_leave_the_queue() {
     let etcd = Etcd::start();
     let o = opts(&etcd.endpoints(), 2);
-    let holder = Peer::spawn(&etcd.endpoints(), 2, "tq");
+    let holder = peer(&etcd.endpoints(), 2, "tq");
     let mut holder = holder;
     assert!(holder.cmd("lock -1").starts_with("ok"));
     let l = Lock::open("tq", &o).unwrap();
@@ -576,16 +508,16 @@ fn timed_and_cancelled_waits_end_on_time_and_leave_the_queue() {
 fn list_and_query_name_the_holder_then_the_waiters_in_order() {
     let etcd = Etcd::start();
     let ep = etcd.endpoints();
-    let mut holder = Peer::spawn(&ep, 5, "q");
+    let mut holder = peer(&ep, 5, "q");
     let token: u64 = holder.cmd("lock -1")[3..].parse().unwrap();
-    let mut w1 = Peer::spawn(&ep, 5, "q");
+    let mut w1 = peer(&ep, 5, "q");
     w1.send("lock -1");
     let t = Instant::now();
     while etcd.keys_with_prefix("q/").len() < 2 {
         assert!(t.elapsed() < Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut w2 = Peer::spawn(&ep, 5, "q");
+    let mut w2 = peer(&ep, 5, "q");
     w2.send("lock -1");
     while etcd.keys_with_prefix("q/").len() < 3 {
         assert!(t.elapsed() < Duration::from_secs(5));

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use unilock::{Backend, Flags, Lock, Mode, Options};
 
+pub mod cli;
 pub mod etcd;
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -129,11 +130,22 @@ impl Peer {
         Self::start(Command::new(std::env::current_exe().unwrap()))
     }
 
+    /// Starts this test binary as a peer whose `peer_main` reads `setup` from
+    /// [`PEER_ENV`] (a peer of its own protocol, which says "@@ ready" first and
+    /// prefixes its replies with "@@ ").
+    pub fn spawn_with(setup: &str) -> Peer {
+        Self::start_with(Command::new(std::env::current_exe().unwrap()), setup)
+    }
+
     /// Runs `command` (a test binary that has the `peer_main` test) as a peer.
-    fn start(mut command: Command) -> Peer {
+    fn start(command: Command) -> Peer {
+        Self::start_with(command, "1")
+    }
+
+    fn start_with(mut command: Command, setup: &str) -> Peer {
         let mut child = command
             .args(["--exact", "peer_main", "--nocapture", "--test-threads=1"])
-            .env(PEER_ENV, "1")
+            .env(PEER_ENV, setup)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -185,6 +197,17 @@ impl Peer {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits for the peer to end.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
+    /// Sends signal `sig` to the peer (not reaped yet, so the pid is still its own).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
     }
 }
 
