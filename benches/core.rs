@@ -42,6 +42,9 @@ use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 mod raw;
+mod report;
+
+use report::{Report, yes_no};
 
 use ::unilock::capi::{
     UNILOCK_BACKEND_FLOCK, UNILOCK_BACKEND_OFD, UNILOCK_BACKEND_POSIX, UNILOCK_CREATE,
@@ -147,10 +150,6 @@ fn percentile(samples: &[f64], q: f64) -> f64 {
 
 fn median(samples: &[f64]) -> f64 {
     percentile(samples, 0.5)
-}
-
-fn yes_no(met: bool) -> &'static str {
-    if met { "yes" } else { "**no**" }
 }
 
 /// The text of a C API return code and the thread's last error.
@@ -330,61 +329,18 @@ impl Drop for Handle {
 // ---------------------------------------------------------------------------------
 // Results: a flat summary (machine-readable) and the Markdown report
 
-#[derive(Default)]
-struct Report {
-    /// key -> value, in insertion order.
-    summary: Vec<(String, String)>,
-    /// The issue's targets: what, measured, target, met.
-    targets: Vec<(String, String, String, bool)>,
-    markdown: String,
-}
-
-impl Report {
-    fn num(&mut self, key: impl Into<String>, value: f64) {
-        self.summary.push((key.into(), format!("{value:.4}")));
-    }
-
-    fn text(&mut self, key: impl Into<String>, value: &str) {
-        let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
-        self.summary.push((key.into(), format!("\"{escaped}\"")));
-    }
-
-    fn flag(&mut self, key: impl Into<String>, value: bool) {
-        self.summary.push((key.into(), value.to_string()));
-    }
-
-    fn target(&mut self, what: String, measured: String, target: String, met: bool) {
-        self.targets.push((what, measured, target, met));
-    }
-
-    /// The targets table, then the sections.
-    fn document(&self) -> String {
-        let mut out = String::from(
-            "## Targets at a glance\n\n\
-             The targets of issue 2, each measured below.\n\n\
-             | target | measured | limit | met |\n|---|---:|---:|---|\n",
-        );
-        for (what, measured, target, met) in &self.targets {
-            let _ = writeln!(out, "| {what} | {measured} | {target} | {} |", yes_no(*met));
-        }
-        let met = self.targets.iter().filter(|t| t.3).count();
-        let _ = writeln!(out, "\n{met} of {} targets met.\n", self.targets.len());
-        out.push_str(&self.markdown);
-        out
-    }
-
-    fn md(&mut self, text: &str) {
-        self.markdown.push_str(text);
-    }
-
-    fn json(&self) -> String {
-        let body: Vec<String> = self
-            .summary
-            .iter()
-            .map(|(k, v)| format!("  \"{k}\": {v}"))
-            .collect();
-        format!("{{\n{}\n}}", body.join(",\n"))
-    }
+/// The targets table, then the sections.
+fn document(report: &Report) -> String {
+    let mut out = String::from(
+        "## Targets at a glance\n\n\
+         The targets of issue 2, each measured below.\n\n\
+         | target | measured | limit | met |\n|---|---:|---:|---|\n",
+    );
+    out.push_str(&report.targets_md());
+    let (met, all) = report.targets_met();
+    let _ = writeln!(out, "\n{met} of {all} targets met.\n");
+    out.push_str(report.markdown());
+    out
 }
 
 // ---------------------------------------------------------------------------------
@@ -606,7 +562,7 @@ fn bench_pairs(cfg: &Config, dir: &Path, report: &mut Report) {
             ),
             format!("{:.2}x", r.ratio),
             format!("{target:.2}x"),
-            met,
+            yes_no(met),
         );
         if let Some((raw_s, unilock_s)) = r.setup_s {
             report.num(format!("{key}.setup_raw_s"), raw_s);
@@ -1259,7 +1215,7 @@ fn bench_handoff(cfg: &Config, dir: &Path, report: &mut Report) {
                 format!("hand-off p50, timed / untimed waiter, {name}"),
                 format!("{timed_ratio:.2}x"),
                 "1.50x".to_string(),
-                met,
+                yes_no(met),
             );
             for (i, kind) in [(UNTIMED, "untimed"), (TIMED, "timed")] {
                 let r50 = p50s[i] / p50s[RAW];
@@ -1268,13 +1224,13 @@ fn bench_handoff(cfg: &Config, dir: &Path, report: &mut Report) {
                     format!("hand-off p50 / raw p50, {kind}, {name}"),
                     format!("{r50:.2}x ({:.1} / {:.1} µs)", p50s[i], p50s[RAW]),
                     "1.50x".to_string(),
-                    r50 <= 1.5,
+                    yes_no(r50 <= 1.5),
                 );
                 report.target(
                     format!("hand-off p99 / raw p99, {kind}, {name}"),
                     format!("{r99:.2}x ({:.1} / {:.1} µs)", p99s[i], p99s[RAW]),
                     "2.00x".to_string(),
-                    r99 <= 2.0,
+                    yes_no(r99 <= 2.0),
                 );
             }
         }
@@ -1368,7 +1324,7 @@ fn bench_timeouts(cfg: &Config, dir: &Path, report: &mut Report) {
             format!("timeout overshoot p99, {}", backend.name()),
             format!("{:.2} ms", p99 / 1000.0),
             "2 ms".to_string(),
-            met,
+            yes_no(met),
         );
         let _ = writeln!(
             overshoot_md,
@@ -1401,7 +1357,7 @@ fn bench_timeouts(cfg: &Config, dir: &Path, report: &mut Report) {
             format!("CPU per second of waiting, {}", backend.name()),
             format!("{total:.3} ms"),
             "1 ms".to_string(),
-            met,
+            yes_no(met),
         );
         let _ = writeln!(
             cpu_md,
@@ -1566,7 +1522,7 @@ fn bench_contended(cfg: &Config, dir: &Path, report: &mut Report) {
                         format!("contended grants/s vs raw, {} N={n} {kind}", backend.name()),
                         format!("{r:.2}x"),
                         "at least 0.8x".to_string(),
-                        r >= 0.8,
+                        yes_no(r >= 0.8),
                     );
                     (format!("{r:.2}x"), yes_no(r >= 0.8).to_string())
                 };
@@ -1902,10 +1858,10 @@ fn bench_memory(cfg: &Config, dir: &Path, report: &mut Report) {
     report.num("memory.waiters.heap_bytes_each", heap);
     report.num("memory.waiters.fds_each", fds);
     report.target(
-        "descriptors per live waiter child".into(),
+        "descriptors per live waiter child",
         format!("{fds:.2} ({helpers:.0} children, {rss:.0} B RSS each)"),
         "0".into(),
-        fds == 0.0,
+        yes_no(fds == 0.0),
     );
     report.md(&format!(
         "### Waiter children\n\n\
@@ -2020,7 +1976,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     ));
 
-    let document = report.document();
+    let document = document(&report);
     print!("{document}");
     if let Some(path) = markdown {
         std::fs::write(&path, &document).expect("write the Markdown report");

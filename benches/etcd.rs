@@ -33,7 +33,6 @@
 //! for comparison). It re-runs itself for its helper processes: `--watcher URL KEY
 //! [prefix]`, `--holder URL NAME...` and `--memory URL NAME CYCLES`.
 
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -42,7 +41,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
+
 use unilock::{Backend, Lock, Mode, Options};
+
+mod report;
+
+use report::{Report, yes_no};
 
 // ---------------------------------------------------------------------------------
 // Configuration
@@ -131,10 +135,6 @@ fn stats_ms(samples: &[f64]) -> (f64, f64, f64) {
         percentile(samples, 0.99) / 1e6,
         percentile(samples, 1.0) / 1e6,
     )
-}
-
-fn yes_no(met: bool) -> &'static str {
-    if met { "yes" } else { "**no**" }
 }
 
 /// Dies with the parent (a helper process must not outlive the benchmark).
@@ -279,61 +279,13 @@ fn prefix_range(prefix: &str) -> Value {
 // ---------------------------------------------------------------------------------
 // Results: a flat summary (machine-readable), the targets' rows and the Markdown
 
-#[derive(Default)]
-struct Report {
-    summary: Vec<(String, String)>,
-    targets: Vec<(String, String, String, String)>,
-    markdown: String,
-}
-
-impl Report {
-    fn num(&mut self, key: impl Into<String>, value: f64) {
-        self.summary.push((key.into(), format!("{value:.4}")));
-    }
-
-    fn text(&mut self, key: impl Into<String>, value: &str) {
-        let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
-        self.summary.push((key.into(), format!("\"{escaped}\"")));
-    }
-
-    fn flag(&mut self, key: impl Into<String>, value: bool) {
-        self.summary.push((key.into(), value.to_string()));
-    }
-
-    /// Three statistics of `samples` (ns) under `key`, in µs.
-    fn latency(&mut self, key: &str, samples: &[f64]) -> (f64, f64, f64) {
-        let (p50, p99, max) = stats_ms(samples);
-        self.num(format!("{key}.p50_us"), p50 * 1e3);
-        self.num(format!("{key}.p99_us"), p99 * 1e3);
-        self.num(format!("{key}.max_us"), max * 1e3);
-        (p50, p99, max)
-    }
-
-    fn target(&mut self, what: &str, measured: String, limit: String, met: &str) {
-        self.targets
-            .push((what.to_owned(), measured, limit, met.to_owned()));
-    }
-
-    fn md(&mut self, text: &str) {
-        self.markdown.push_str(text);
-    }
-
-    fn targets_md(&self) -> String {
-        let mut out = String::new();
-        for (what, measured, limit, met) in &self.targets {
-            let _ = writeln!(out, "| {what} | {measured} | {limit} | {met} |");
-        }
-        out
-    }
-
-    fn json(&self) -> String {
-        let body: Vec<String> = self
-            .summary
-            .iter()
-            .map(|(k, v)| format!("  \"{k}\": {v}"))
-            .collect();
-        format!("{{\n{}\n}}", body.join(",\n"))
-    }
+/// Three statistics of `samples` (ns) under `key` in `report`, in µs; returned in ms.
+fn latency(report: &mut Report, key: &str, samples: &[f64]) -> (f64, f64, f64) {
+    let (p50, p99, max) = stats_ms(samples);
+    report.num(format!("{key}.p50_us"), p50 * 1e3);
+    report.num(format!("{key}.p99_us"), p99 * 1e3);
+    report.num(format!("{key}.max_us"), max * 1e3);
+    (p50, p99, max)
 }
 
 // ---------------------------------------------------------------------------------
@@ -433,7 +385,7 @@ fn bench_requests(cfg: &Config, gw: &Gateway, report: &mut Report) -> Vec<(Strin
     ];
     let mut rows = Vec::new();
     for ((name, what), s) in names.iter().zip(what).zip(&samples) {
-        let (p50, p99, max) = report.latency(&format!("etcd.request.{name}"), s);
+        let (p50, p99, max) = latency(report, &format!("etcd.request.{name}"), s);
         rows.push((
             format!(
                 "| {what} | {} | {p50:.2} | {p99:.2} | {max:.2} |\n",
@@ -742,14 +694,18 @@ fn bench_handoff(
     waiter.close().expect("waiter: close");
     observed.close().expect("waiter: close");
 
-    let (w50, w99, wmax) = report.latency("etcd.watch_event", &watch);
-    let (d50, d99, dmax) = report.latency("etcd.request.deleterange", &delete);
-    let (h50, h99, hmax) = report.latency("etcd.handoff", &handoff);
-    let (r50, r99, rmax) = report.latency("etcd.handoff.holder_unlock", &revoke);
-    let (o50, o99, omax) = report.latency("etcd.handoff_observed", &watched);
-    let (u50, u99, umax) = report.latency("etcd.handoff_observed.holder_unlock", &watched_unlock);
-    let (e50, e99, emax) = report.latency("etcd.handoff_observed.release_event", &event);
-    let (x50, x99, xmax) = report.latency("etcd.handoff_observed.after_event", &rest);
+    let (w50, w99, wmax) = latency(report, "etcd.watch_event", &watch);
+    let (d50, d99, dmax) = latency(report, "etcd.request.deleterange", &delete);
+    let (h50, h99, hmax) = latency(report, "etcd.handoff", &handoff);
+    let (r50, r99, rmax) = latency(report, "etcd.handoff.holder_unlock", &revoke);
+    let (o50, o99, omax) = latency(report, "etcd.handoff_observed", &watched);
+    let (u50, u99, umax) = latency(
+        report,
+        "etcd.handoff_observed.holder_unlock",
+        &watched_unlock,
+    );
+    let (e50, e99, emax) = latency(report, "etcd.handoff_observed.release_event", &event);
+    let (x50, x99, xmax) = latency(report, "etcd.handoff_observed.after_event", &rest);
     report.num("etcd.handoff.rounds", handoff.len() as f64);
     report.num("etcd.handoff_observed.rounds", watched.len() as f64);
     report.num("etcd.handoff.watch_unseen", f64::from(unseen));
@@ -867,7 +823,7 @@ fn bench_pairs(cfg: &Config, url: &str, report: &mut Report) {
         cfg.pairs
     ));
     for (what, key, samples) in rows {
-        let (p50, p99, max) = report.latency(&format!("etcd.uncontended.{key}"), samples);
+        let (p50, p99, max) = latency(report, &format!("etcd.uncontended.{key}"), samples);
         report.md(&format!("| {what} | {p50:.2} | {p99:.2} | {max:.2} |\n"));
     }
     report.md("\n");
@@ -976,7 +932,7 @@ fn bench_commands(cfg: &Config, url: &str, unilock: &Path, report: &mut Report) 
     ));
     let mut p = Vec::new();
     for ((key, what, _), t) in cmds.iter().zip(&times) {
-        let (p50, p99, max) = report.latency(&format!("etcd.command.{key}"), t);
+        let (p50, p99, max) = latency(report, &format!("etcd.command.{key}"), t);
         p.push((p50, p99));
         report.md(&format!("| {what} | {p50:.2} | {p99:.2} | {max:.2} |\n"));
     }
@@ -1343,7 +1299,7 @@ fn main() {
     ));
     drop(member);
 
-    let document = report.markdown.clone();
+    let document = report.markdown().to_owned();
     print!("{document}");
     if let Some(path) = markdown {
         std::fs::write(&path, &document).expect("write the Markdown report");

@@ -51,23 +51,16 @@ func runPeer(kind, path string) int {
 			return 2
 		}
 		unlock = fh.Close
-	case "lock", "ofd":
-		backend := unilock.BackendFlock
-		if kind == "ofd" {
-			backend = unilock.BackendOFD
+	case "lock", "ofd", "etcd":
+		opts := []unilock.Option{unilock.WithCreate(0o600), unilock.WithBackend(unilock.BackendFlock)}
+		switch kind {
+		case "ofd":
+			opts = []unilock.Option{unilock.WithCreate(0o600), unilock.WithBackend(unilock.BackendOFD)}
+		case "etcd":
+			opts = []unilock.Option{unilock.WithBackend(unilock.BackendEtcd),
+				unilock.WithEndpoints(os.Getenv("UNILOCK_GO_PEER_ENDPOINTS"))}
 		}
-		l, err := unilock.Open(path, unilock.WithCreate(0o600), unilock.WithBackend(backend))
-		if err == nil {
-			err = l.Lock(context.Background(), unilock.Exclusive)
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 2
-		}
-		unlock = l.Close
-	case "etcd":
-		l, err := unilock.Open(path, unilock.WithBackend(unilock.BackendEtcd),
-			unilock.WithEndpoints(os.Getenv("UNILOCK_GO_PEER_ENDPOINTS")))
+		l, err := unilock.Open(path, opts...)
 		if err == nil {
 			err = l.Lock(context.Background(), unilock.Exclusive)
 		}
