@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 mod raw;
 mod report;
 
-use report::{Report, yes_no};
+use report::{Report, mono_ns, percentile, yes_no};
 
 use ::unilock::capi::{
     UNILOCK_BACKEND_FLOCK, UNILOCK_BACKEND_OFD, UNILOCK_BACKEND_POSIX, UNILOCK_CREATE,
@@ -127,26 +127,6 @@ impl Config {
 
 // ---------------------------------------------------------------------------------
 // Small helpers: clocks, statistics, errors
-
-/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process of the machine.
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Nearest-rank percentile (`q` in 0..=1) of unsorted samples.
-fn percentile(samples: &[f64], q: f64) -> f64 {
-    assert!(!samples.is_empty(), "no samples");
-    let mut v = samples.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
 
 fn median(samples: &[f64]) -> f64 {
     percentile(samples, 0.5)

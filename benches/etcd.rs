@@ -46,7 +46,7 @@ use unilock::{Backend, Lock, Mode, Options};
 
 mod report;
 
-use report::{Report, yes_no};
+use report::{Report, mono_ns, percentile, yes_no};
 
 // ---------------------------------------------------------------------------------
 // Configuration
@@ -107,26 +107,6 @@ const COMMAND_TARGET: f64 = 1.0;
 
 // ---------------------------------------------------------------------------------
 // Small helpers: clocks, statistics
-
-/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process of the machine.
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Nearest-rank percentile (`q` in 0..=1) of unsorted samples.
-fn percentile(samples: &[f64], q: f64) -> f64 {
-    assert!(!samples.is_empty(), "no samples");
-    let mut v = samples.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
 
 /// p50, p99 and max of samples in ns, as ms.
 fn stats_ms(samples: &[f64]) -> (f64, f64, f64) {

@@ -1,10 +1,31 @@
 //! The results of a benchmark program, shared by the library's suite
 //! (`benches/core.rs`) and the ETCD benchmark (`benches/etcd.rs`): a flat summary
-//! (printed as JSON), the issue targets' rows, and the Markdown sections.
+//! (printed as JSON), the issue targets' rows, and the Markdown sections; and the
+//! clock and the percentile both measure with.
 // Each program uses a part of it.
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process of the machine.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Nearest-rank percentile (`q` in 0..=1) of unsorted samples.
+pub fn percentile(samples: &[f64], q: f64) -> f64 {
+    assert!(!samples.is_empty(), "no samples");
+    let mut v = samples.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
 
 /// A target row's verdict: "yes" or "**no**" (a row can also say why it was not
 /// measured, see [`Report::target`]).
