@@ -57,10 +57,12 @@ pub enum Call {
     Uname,
     /// `kcmp`.
     Kcmp,
+    /// `io_uring_setup`.
+    Uring,
 }
 
 /// Every kind, for tests that go through them all.
-pub const ALL: [Call; 20] = [
+pub const ALL: [Call; 21] = [
     Call::Open,
     Call::Stat,
     Call::Fcntl,
@@ -81,6 +83,7 @@ pub const ALL: [Call; 20] = [
     Call::ProcRead,
     Call::Uname,
     Call::Kcmp,
+    Call::Uring,
 ];
 
 /// One rule: the `nth` next call of `call` fails with `errno` (and, when `every`, all

@@ -57,6 +57,7 @@ mod holders;
 mod inode_table;
 mod kernel_lock;
 mod lock;
+mod own_wait;
 mod range;
 mod sys;
 mod wait;

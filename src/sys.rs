@@ -204,6 +204,21 @@ pub(crate) fn fcntl_lock(
     Ok(())
 }
 
+/// `fcntl(2)` with a blocking record-lock command (`F_SETLKW`, `F_OFD_SETLKW`) on the
+/// struct at `fl`, made once: `EINTR` is returned, not retried (the caller decides).
+/// `fl` may be memory the kernel writes to while the call sleeps (a ring's completion
+/// queue, see [`crate::own_wait`]): the call reads it again when it is restarted.
+pub(crate) fn fcntl_lock_at(
+    fd: RawFd,
+    cmd: libc::c_int,
+    fl: *mut libc::flock,
+) -> Result<(), Errno> {
+    // SAFETY: `fl` points to a struct flock that stays mapped and writable for the
+    // duration of the call (the caller's); the descriptor is the caller's.
+    let rc = gate!(FcntlLock, unsafe { libc::fcntl(fd, cmd, fl) });
+    if rc == -1 { Err(errno()) } else { Ok(()) }
+}
+
 static PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 thread_local! {
@@ -1221,3 +1236,6 @@ mod tests {
         .unwrap();
     }
 }
+
+// After the macros above, which it uses.
+pub(crate) mod uring;

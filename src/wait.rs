@@ -1,7 +1,10 @@
 //! Timed and cancellable waits.
 //!
 //! No kernel lock call takes a timeout, and a library may not take a signal from its
-//! host to interrupt one. So a blocking lock call is made by a *waiter child*: a
+//! host to interrupt one. Where io_uring serves, an OFD or POSIX wait is the waiting
+//! thread's own `fcntl` call, which an io_uring completion ends at the deadline or on
+//! cancel ([`crate::own_wait`]). Otherwise, and for flock waits, a blocking lock call
+//! is made by a *waiter child*: a
 //! process that shares this process's memory and descriptor table (`clone(CLONE_VM |
 //! CLONE_FILES)`, no exit signal), blocks in the kernel (`flock(LOCK_EX)`,
 //! `F_OFD_SETLKW`, `F_SETLKW`) and reports when it gets the lock. Because the
@@ -30,9 +33,9 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::helper;
 use crate::sys::{self, ChildExit, Errno, KernelCall, WaiterJob};
 use crate::{Error, Result};
+use crate::{helper, own_wait};
 
 /// When a lock call gives up.
 #[derive(Clone, Copy, Debug)]
@@ -111,6 +114,10 @@ pub(crate) struct CallState {
     /// The state word of the persistent waiter child that the call in progress waits
     /// on (null when none): a cancel pokes it.
     waiting_on: AtomicPtr<AtomicU32>,
+    /// The words of the thread's own wait that the call in progress makes (null when
+    /// none), and the state a cancel expects to find there ([`own_wait::abort`]).
+    own_wait: AtomicPtr<own_wait::Words>,
+    own_wait_state: AtomicU32,
     after_grant: Mutex<Option<(RawFd, KernelCall)>>,
 }
 
@@ -182,6 +189,20 @@ impl CallState {
             // SAFETY: the word belongs to a waiter slot, and slots are never freed.
             helper::poke(unsafe { AtomicU32::from_ptr(word as *mut u32) });
         }
+        let own = self.own_wait.load(Ordering::SeqCst);
+        if !own.is_null() {
+            let expected = self.own_wait_state.load(Ordering::SeqCst);
+            // SAFETY: the words belong to an own-wait slot, and slots are never freed.
+            own_wait::abort(unsafe { &*own }, expected);
+        }
+    }
+
+    /// Says which own wait the call in progress makes (`words` in state `waiting`), or
+    /// that it makes none (null), for `cancel`.
+    pub(crate) fn publish_own_wait(&self, words: *const own_wait::Words, waiting: u32) {
+        self.own_wait_state.store(waiting, Ordering::SeqCst);
+        self.own_wait
+            .store(words as *mut own_wait::Words, Ordering::SeqCst);
     }
 
     #[cfg(feature = "capi")]
@@ -284,6 +305,23 @@ const UNKNOWN: u8 = 0;
 const SHARED: u8 = 1;
 const FORKED: u8 = 2;
 const PERSISTENT: u8 = 3;
+/// The waiting thread's own call, ended by io_uring ([`own_wait`]).
+const OWN: u8 = 4;
+
+/// Whether fcntl waits may be the thread's own ([`own_wait`]): not under valgrind
+/// (which does not follow a ring's shared memory) nor with `UNILOCK_WAITER` set to
+/// `child` or `per-wait`; decided once.
+fn own_waits() -> bool {
+    static DECIDED: OnceLock<bool> = OnceLock::new();
+    *DECIDED.get_or_init(|| {
+        let asked = std::env::var_os("UNILOCK_WAITER");
+        let yes = asked.is_none_or(|v| v != "child" && v != "per-wait") && !forked_child_only();
+        if !yes {
+            own_wait::disable();
+        }
+        yes
+    })
+}
 
 /// Waits in the kernel for `call` on `fd`, until it is granted, the deadline passes
 /// or `state` is cancelled. `owner_is_process` is true for POSIX locks, which only a
@@ -298,6 +336,16 @@ pub(crate) fn in_kernel(
     state: &CallState,
 ) -> Result<Option<Outcome>> {
     let after_grant = *state.after_grant.lock().unwrap_or_else(|p| p.into_inner());
+    if let KernelCall::Fcntl { cmd, fl } = &call {
+        if own_waits() {
+            if let Some(outcome) =
+                own_wait::wait(fd.as_raw_fd(), *cmd, fl, after_grant, deadline, state)
+            {
+                MECHANISM.store(OWN, Ordering::Relaxed);
+                return Ok(Some(outcome));
+            }
+        }
+    }
     if !forked_child_only() {
         match helper::acquire() {
             Ok(Some(slot)) => {
@@ -451,6 +499,7 @@ pub(crate) fn sleep(state: &CallState, d: Duration) -> Result<()> {
 pub(crate) fn mechanism() -> &'static str {
     match MECHANISM.load(Ordering::Relaxed) {
         UNKNOWN => "not yet chosen",
+        OWN => "the waiting thread's own call, ended by io_uring (flock: persistent waiter child)",
         PERSISTENT => "persistent waiter child per thread (clone CLONE_VM|CLONE_FILES, futex)",
         SHARED => "shared waiter child (clone CLONE_VM|CLONE_FILES)",
         _ => "forked waiter child",

@@ -6,9 +6,12 @@
 //! works once the faults stop.
 //!
 //! The scenario, per backend: open; try-lock; query; list; unlock; a timed wait for a
-//! lock another process holds (a waiter child, its exit descriptor, the cancel
-//! eventfd, ppoll, kill and reap); a lock once it is free; then, faults off, the same
+//! lock another process holds (the thread's own `fcntl` call, or a waiter child, its
+//! exit descriptor, the cancel eventfd, ppoll, kill and reap); a lock once it is free; then, faults off, the same
 //! handle must lock and unlock, and after its close another process must get the lock.
+//!
+//! `io_uring_setup`, made once per waiting thread, is refused on its own: a transient
+//! refusal sends one wait to a waiter child, a lasting one all later waits.
 //!
 //! `UNILOCK_FAULT_ERRNOS=all` runs every errno of the list for every call (the long
 //! form, `make faults`); the default runs a rotating subset so that `make check`
@@ -205,20 +208,78 @@ fn matrix(b: Backend) {
     );
 }
 
-/// One test, in a fixed order: the POSIX scenario makes its waits through a
-/// `CLONE_VM` waiter child; once an injected `EPERM` on that clone has made the process
-/// fall back to forked waiters (as under a seccomp filter), the OFD and FLOCK scenarios
-/// exercise those.
+/// One test, in a fixed order: the POSIX and OFD scenarios make their waits in the
+/// waiting thread itself (io_uring); once an injected `EPERM` on `io_uring_setup` has
+/// turned that off ([`io_uring_refused`]), the POSIX scenario makes its waits through
+/// a `CLONE_VM` waiter child; once an injected `EPERM` on that clone has made the
+/// process fall back to forked waiters (as under a seccomp filter), the FLOCK scenario
+/// exercises those.
 #[test]
 fn every_failing_call_of_each_backend_ends_cleanly() {
-    for b in [
-        Backend::Posix,
-        Backend::Ofd,
-        Backend::Flock,
-        Backend::Dotlock,
-    ] {
+    matrix(Backend::Posix);
+    matrix(Backend::Ofd);
+    io_uring_refused();
+    for b in [Backend::Posix, Backend::Flock, Backend::Dotlock] {
         matrix(b);
     }
+}
+
+/// A timed wait for an OFD lock that another process holds, made by a new thread (a
+/// thread sets up its ring at its first wait): it must end with ETIMEDOUT on time.
+fn wait_in_new_thread(lock: &std::sync::Arc<Lock>, context: &str) {
+    let lock = lock.clone();
+    let (took, result) = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let r = lock.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(50)));
+        (start.elapsed(), r)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(result.unwrap_err().errno(), libc::ETIMEDOUT, "{context}");
+    assert!(
+        took >= Duration::from_millis(50) && took < Duration::from_secs(2),
+        "{context}: a 50 ms wait took {took:?}"
+    );
+}
+
+/// `io_uring_setup` refused at a thread's first wait: with ENOMEM (for now), that wait
+/// is served by a waiter child and the next thread tries io_uring again; with EPERM
+/// (for good, as under a seccomp filter), no later wait of the process tries it.
+fn io_uring_refused() {
+    let _one = serial();
+    let dir = TempDir::new("faults-uring");
+    let path = dir.file("f");
+    let lock = std::sync::Arc::new(Lock::open(&path, &options(Backend::Ofd)).unwrap());
+    let mut peer = Peer::spawn();
+    assert_eq!(
+        peer.cmd(&format!(
+            "open_bits p {} {}",
+            path.display(),
+            Backend::Ofd as u32
+        )),
+        "ok"
+    );
+    assert_eq!(peer.cmd("lock p ex 0 0 0"), "ok");
+    for (errno, tries_again) in [(libc::ENOMEM, true), (libc::EPERM, false)] {
+        let context = format!("io_uring_setup fails with errno {errno}");
+        let injected = fault::injected();
+        fault::fail_nth(Call::Uring, 1, errno);
+        wait_in_new_thread(&lock, &context);
+        fault::clear();
+        assert_eq!(
+            fault::injected(),
+            injected + 1,
+            "{context}: the thread set up no ring"
+        );
+        let before = fault::count(Call::Uring);
+        wait_in_new_thread(&lock, &context);
+        assert_eq!(
+            fault::count(Call::Uring) > before,
+            tries_again,
+            "{context}: whether the next thread tries io_uring again"
+        );
+    }
+    assert_eq!(peer.cmd("unlock p 0 0"), "ok");
 }
 
 /// An injected EINTR is retried where the library retries it: the scenario's calls

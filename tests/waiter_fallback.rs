@@ -1,7 +1,8 @@
-//! Waits where no waiter child of the usual kind can be made (SPEC: "blocking calls
-//! never answer -EAGAIN"): with RLIMIT_NPROC reached, under a seccomp filter that
-//! refuses every way to make a process, and under one that refuses only `CLONE_VM`
-//! (where the forked fallback waiter must die with its host). Each scenario runs in a
+//! Waits where no waiter of the usual kind can be made (SPEC: "blocking calls never
+//! answer -EAGAIN"): with RLIMIT_NPROC reached, under a seccomp filter that refuses
+//! io_uring and every way to make a process, under one that refuses io_uring and
+//! `CLONE_VM` (where the forked fallback waiter must die with its host), and under one
+//! that refuses io_uring alone (OFD and POSIX waits then use waiter children). Each scenario runs in a
 //! child process (this test binary again) that restricts itself and then waits for
 //! locks this process holds, in every kernel backend: a timed wait ends with
 //! ETIMEDOUT on time, a cancelled one with ECANCELED, and a wait ends with the lock
@@ -78,6 +79,12 @@ fn run_scenario(scenario: &str, dir: &Path) -> Result<(), String> {
         }
         println!("@@ granted {}", name(b));
     }
+    let mechanism = unilock::capi::wait_mechanism();
+    if scenario.starts_with("seccomp") && mechanism.contains("io_uring") {
+        return Err(format!(
+            "io_uring was refused, yet the waits used: {mechanism}"
+        ));
+    }
     Ok(())
 }
 
@@ -95,16 +102,30 @@ fn restrict(scenario: &str) -> Result<(), String> {
             }
             Ok(())
         }
-        "seccomp-all" => install_filter(false),
-        "seccomp-vm" => install_filter(true),
+        "seccomp-all" => install_filter(Refuse::Everything),
+        "seccomp-vm" => install_filter(Refuse::CloneVm),
+        "seccomp-uring" => install_filter(Refuse::IoUring),
         _ => Err(format!("unknown scenario {scenario}")),
     }
 }
 
-/// A seccomp filter that makes `clone` fail with EPERM (only with `CLONE_VM` in its
-/// flags when `only_vm`), `clone3` with ENOSYS (so that the C library falls back to
-/// `clone`), and `fork` and `vfork` with EPERM unless `only_vm`.
-fn install_filter(only_vm: bool) -> Result<(), String> {
+/// What a seccomp filter of [`install_filter`] refuses besides `io_uring_setup`.
+#[derive(Clone, Copy, PartialEq)]
+enum Refuse {
+    /// Nothing else.
+    IoUring,
+    /// `clone` with `CLONE_VM` in its flags.
+    CloneVm,
+    /// `clone`, `fork` and `vfork`.
+    Everything,
+}
+
+/// A seccomp filter that makes `io_uring_setup` fail with EPERM (as Docker's default
+/// profile does), `clone3` with ENOSYS (so that the C library falls back to `clone`),
+/// and, as `refuse` says, `clone` (with `CLONE_VM` in its flags, or any) and `fork` and
+/// `vfork` with EPERM.
+fn install_filter(refuse: Refuse) -> Result<(), String> {
+    let only_vm = refuse == Refuse::CloneVm;
     const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
@@ -113,7 +134,9 @@ fn install_filter(only_vm: bool) -> Result<(), String> {
     const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
     let errno = |e: i32| libc::SECCOMP_RET_ERRNO | e as u32;
     let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    let clone_rule = if only_vm {
+    let clone_rule = if refuse == Refuse::IoUring {
+        vec![op(RET_K, 0, 0, ALLOW)]
+    } else if only_vm {
         // args[0] (the flags, low word) has CLONE_VM: refuse.
         vec![
             op(LD_W_ABS, 0, 0, 16),
@@ -124,12 +147,18 @@ fn install_filter(only_vm: bool) -> Result<(), String> {
     } else {
         vec![op(RET_K, 0, 0, errno(libc::EPERM))]
     };
-    let fork_rule = if only_vm { ALLOW } else { errno(libc::EPERM) };
+    let fork_rule = if refuse == Refuse::Everything {
+        errno(libc::EPERM)
+    } else {
+        ALLOW
+    };
     let mut prog = vec![
         op(LD_W_ABS, 0, 0, 4),
         op(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
         op(RET_K, 0, 0, ALLOW),
         op(LD_W_ABS, 0, 0, 0),
+        op(JEQ_K, 0, 1, libc::SYS_io_uring_setup as u32),
+        op(RET_K, 0, 0, errno(libc::EPERM)),
         op(JEQ_K, 0, 1, libc::SYS_clone3 as u32),
         op(RET_K, 0, 0, errno(libc::ENOSYS)),
         op(JEQ_K, 0, 1, libc::SYS_fork as u32),
@@ -252,6 +281,13 @@ fn waits_work_when_seccomp_forbids_clone_vm() {
     run("seccomp-vm", false);
 }
 
+/// OFD and POSIX waits, which are the waiting thread's own where io_uring serves, use
+/// the persistent waiter child where it is refused.
+#[test]
+fn waits_work_when_seccomp_forbids_io_uring() {
+    run("seccomp-uring", false);
+}
+
 /// Where only `CLONE_VM` is refused, flock and OFD waits use a forked waiter: when its
 /// host is killed, the waiter dies too instead of waiting on with the host's
 /// descriptors.
@@ -335,7 +371,7 @@ fn orphan_host_main() {
     let dir = PathBuf::from(std::env::var_os(DIR_ENV).unwrap());
     let b = common::backend_named(&backend);
     let lock = Lock::open(dir.join(&backend), &opts(b)).unwrap();
-    install_filter(true).unwrap();
+    install_filter(Refuse::CloneVm).unwrap();
     let _ = lock.lock(Mode::Exclusive, 0, 0, None);
     std::process::exit(3);
 }

@@ -1,8 +1,18 @@
-//! The persistent waiter child (README, "How waiting works"): one per thread that had
-//! to wait, reused by every later wait of that thread, ended when a deadline or a
-//! cancel aborts its call, killed and reaped when its thread exits, gone at once when
-//! its thread replaces its program with execve (so no lock outlives the program), never
-//! named as a lock's holder, and without descriptors of its own.
+//! How a thread waits (README, "How waiting works").
+//!
+//! The persistent waiter child (flock waits, and every wait where io_uring is refused
+//! or `UNILOCK_WAITER=child`): one per thread that had to wait, reused by every later
+//! wait of that thread, ended when a deadline or a cancel aborts its call, killed and
+//! reaped when its thread exits, gone at once when its thread replaces its program with
+//! execve (so no lock outlives the program), never named as a lock's holder, and
+//! without descriptors of its own.
+//!
+//! The thread's own wait (OFD and POSIX waits, where io_uring serves): no child and no
+//! descriptor.
+//!
+//! Every wait, whatever serves it: it ends on time at a deadline and at once on a
+//! cancel, and leaves nothing behind that could interrupt the thread's later system
+//! calls; a grant that races a deadline or a cancel is either kept or released.
 //!
 //! Another process (a peer: this test binary again) holds the lock; a thread of this
 //! process waits for it; the test releases it and looks at the thread's children in
@@ -61,6 +71,43 @@ fn command(pid: i32) -> Option<String> {
 fn state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit(')').next()?.trim_start().chars().next()
+}
+
+/// True when OFD and POSIX waits are expected to be the waiting thread's own: io_uring
+/// can be set up here, the kernel has `IORING_OP_FUTEX_WAIT` (Linux 6.7), and
+/// `UNILOCK_WAITER` does not ask for children.
+fn own_waits_expected() -> bool {
+    if std::env::var_os("UNILOCK_WAITER").is_some_and(|v| v == "child" || v == "per-wait") {
+        return false;
+    }
+    // SAFETY: uname fills a local struct.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::uname(&mut u) }, 0);
+    // SAFETY: uname wrote a NUL-terminated release string.
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    // io_uring_setup(2) with 1 entry and default parameters (120 bytes of zeroes).
+    let mut params = [0u8; 120];
+    // SAFETY: the kernel reads and writes `params`, a struct io_uring_params.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr()) };
+    if fd >= 0 {
+        // SAFETY: the descriptor just returned, closed once.
+        unsafe { libc::close(fd as i32) };
+    }
+    fd >= 0 && version >= (6, 7)
+}
+
+/// The backends whose waits use waiter children in this process.
+fn child_backends() -> Vec<Backend> {
+    if own_waits_expected() {
+        vec![Backend::Flock]
+    } else {
+        ALL.to_vec()
+    }
 }
 
 fn open_descriptors() -> usize {
@@ -165,7 +212,7 @@ fn handed_off(
 fn one_waiter_child_serves_every_wait_of_a_thread_and_uses_no_descriptor() {
     let _serial = serial();
     let dir = TempDir::new("waiters-reuse");
-    for b in ALL {
+    for b in child_backends() {
         let path = dir.0.join(name(b));
         let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
         let mut peer = holder(&path, b);
@@ -250,7 +297,7 @@ fn every_waiter_child_runs_on_the_cpu_of_the_thread_that_waits() {
     let cpus = allowed_cpus();
     // The first and the last CPU this process may use (one CPU: that one, twice).
     let (a, z) = (cpus[0], *cpus.last().unwrap());
-    for b in ALL {
+    for b in child_backends() {
         let path = dir.0.join(name(b));
         let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
         let mut peer = holder(&path, b);
@@ -319,8 +366,9 @@ fn a_threads_waiter_child_is_killed_and_reaped_when_the_thread_exits() {
     let _serial = serial();
     let dir = TempDir::new("waiters-exit");
     let path = dir.0.join("f");
-    let lock = Arc::new(Lock::open(&path, &opts(Backend::Ofd)).unwrap());
-    let mut peer = holder(&path, Backend::Ofd);
+    let b = child_backends()[0];
+    let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
+    let mut peer = holder(&path, b);
     assert_eq!(peer.cmd("unlock h 0 0"), "ok");
     let (go, results, thread) = waiting_thread(lock);
     // The persistent child comes at the thread's second wait.
@@ -348,7 +396,7 @@ fn a_threads_waiter_child_is_killed_and_reaped_when_the_thread_exits() {
 fn a_deadline_or_a_cancel_ends_the_waiter_child_and_the_next_wait_makes_a_new_one() {
     let _serial = serial();
     let dir = TempDir::new("waiters-abort");
-    for b in ALL {
+    for b in child_backends() {
         let path = dir.0.join(name(b));
         let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
         let mut peer = holder(&path, b);
@@ -412,7 +460,7 @@ fn a_deadline_or_a_cancel_ends_the_waiter_child_and_the_next_wait_makes_a_new_on
 fn a_waiter_child_killed_by_someone_else_does_not_lose_the_wait() {
     let _serial = serial();
     let dir = TempDir::new("waiters-killed");
-    for b in ALL {
+    for b in child_backends() {
         let path = dir.0.join(name(b));
         let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
         let mut peer = holder(&path, b);
@@ -448,7 +496,7 @@ fn the_holder_after_a_wait_is_this_process_not_its_waiter_child() {
     let _serial = serial();
     let dir = TempDir::new("waiters-holder");
     let me = std::process::id() as i32;
-    for b in ALL {
+    for b in child_backends() {
         let path = dir.0.join(name(b));
         let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
         let mut peer = holder(&path, b);
@@ -509,7 +557,7 @@ fn exec_scenario_main() {
     let lock = Lock::open(&path, &opts(backend)).unwrap();
     let run = move || {
         // A first wait, which times out (the test holds the lock until it reads the
-        // line below): the next wait has the persistent child.
+        // line below): the next wait has the persistent child, or the thread's ring.
         let first = lock.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(20)));
         assert_eq!(first.unwrap_err().errno(), libc::ETIMEDOUT);
         println!("@@ warmed");
@@ -536,6 +584,8 @@ fn exec_scenario_main() {
 
 #[test]
 fn an_execve_after_a_wait_ends_the_waiter_child_and_releases_the_locks() {
+    // Every backend: where the wait was the thread's own, the locks are released all
+    // the same, and no child is left.
     let _serial = serial();
     use std::io::BufRead;
     let dir = TempDir::new("waiters-exec");
@@ -569,16 +619,24 @@ fn an_execve_after_a_wait_ends_the_waiter_child_and_releases_the_locks() {
             }
             wait_until("the child waits", || someone_waits_on(&path));
             mine.unlock(0, 0).unwrap();
-            let helper: i32 = loop {
+            let helpers: Vec<i32> = loop {
                 line.clear();
                 assert!(
                     out.read_line(&mut line).unwrap() > 0,
                     "{how} {b:?}: child ended"
                 );
-                if let Some(at) = line.find("@@ locked ") {
-                    break line[at + 10..].trim().parse().expect("one waiter child");
+                if let Some(at) = line.find("@@ locked") {
+                    break line[at + 9..]
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|w| !w.is_empty())
+                        .map(|w| w.parse().unwrap())
+                        .collect();
                 }
             };
+            // One waiter child, or none where the wait was the thread's own.
+            let expected = usize::from(child_backends().contains(&b));
+            assert_eq!(helpers.len(), expected, "{how} {b:?}: {helpers:?}");
             let pid = child.id() as i32;
             wait_until("the child runs sleep", || {
                 command(pid).as_deref() == Some("sleep")
@@ -592,12 +650,196 @@ fn an_execve_after_a_wait_ends_the_waiter_child_and_releases_the_locks() {
                 got.is_ok(),
                 "{how} {b:?}: the lock outlived execve: {got:?}"
             );
-            wait_until(&format!("{how} {b:?}: waiter child {helper} ends"), || {
-                matches!(state(helper), None | Some('Z'))
-            });
+            for &helper in &helpers {
+                wait_until(&format!("{how} {b:?}: waiter child {helper} ends"), || {
+                    matches!(state(helper), None | Some('Z'))
+                });
+            }
             mine.unlock(0, 0).unwrap();
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Sleeps in `epoll_wait(2)` on an empty epoll set for `d`; `Err` with the errno when
+/// the call fails (EINTR if something interrupted it with no signal handler to run).
+fn epoll_sleep(d: Duration) -> Result<Duration, i32> {
+    // SAFETY: epoll_create1 takes a flag; the descriptor is closed below.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(ep >= 0);
+    let mut ev = [libc::epoll_event { events: 0, u64: 0 }];
+    let start = Instant::now();
+    // Whole milliseconds, rounded up: the call sleeps at least `d`.
+    let ms = d.as_nanos().div_ceil(1_000_000) as i32;
+    // SAFETY: one writable event for the kernel, on the descriptor just made.
+    let rc = unsafe { libc::epoll_wait(ep, ev.as_mut_ptr(), 1, ms) };
+    let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    // SAFETY: the descriptor made above, closed once.
+    unsafe { libc::close(ep) };
+    if rc < 0 { Err(e) } else { Ok(start.elapsed()) }
+}
+
+#[test]
+fn fcntl_waits_are_the_threads_own_with_no_child_and_no_descriptor() {
+    let _serial = serial();
+    let dir = TempDir::new("waiters-own");
+    let expected = own_waits_expected();
+    for b in [Backend::Ofd, Backend::Posix] {
+        let path = dir.0.join(name(b));
+        let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
+        let mut peer = holder(&path, b);
+        assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+        let (go, results, thread) = waiting_thread(lock);
+        let first = handed_off(&mut peer, &path, &go, &results, None);
+        assert!(first.result.is_ok(), "{b:?}: {:?}", first.result);
+        for timeout in [
+            None,
+            Some(Duration::from_secs(10)),
+            None,
+            Some(Duration::from_millis(500)),
+        ] {
+            let w = handed_off(&mut peer, &path, &go, &results, timeout);
+            assert!(w.result.is_ok(), "{b:?}: {:?}", w.result);
+            assert_eq!(w.fds, first.fds, "{b:?}: descriptors after each wait");
+            if expected {
+                assert!(w.children.is_empty(), "{b:?}: no child: {:?}", w.children);
+            } else {
+                // io_uring refused here: the persistent waiter child serves.
+                assert_eq!(w.children.len(), 1, "{b:?}: {:?}", w.children);
+            }
+        }
+        drop(go);
+        thread.join().unwrap();
+    }
+}
+
+#[test]
+fn a_wait_ends_on_time_or_on_cancel_and_leaves_nothing_to_interrupt_later_calls() {
+    let _serial = serial();
+    let dir = TempDir::new("waiters-own-abort");
+    for b in ALL {
+        let path = dir.0.join(name(b));
+        let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
+        let mut peer = holder(&path, b);
+        let waiter = lock.clone();
+        let (go, jobs) = mpsc::channel::<Option<Duration>>();
+        let (report, results) = mpsc::channel();
+        // Each job: one wait, then an epoll_wait that spans the wait's deadline (when
+        // it had one and was granted before it) plus 100 ms.
+        let thread = std::thread::spawn(move || {
+            for timeout in jobs {
+                let start = Instant::now();
+                let result = waiter.lock(Mode::Exclusive, 0, 0, timeout);
+                let took = start.elapsed();
+                if result.is_ok() {
+                    waiter.unlock(0, 0).unwrap();
+                }
+                let quiet =
+                    timeout.unwrap_or_default().saturating_sub(took) + Duration::from_millis(100);
+                let slept = epoll_sleep(quiet);
+                report.send((result, took, slept, quiet)).unwrap();
+            }
+        });
+        // A deadline, with the lock held throughout.
+        go.send(Some(Duration::from_millis(150))).unwrap();
+        let (result, took, slept, quiet) = results.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(result.unwrap_err().errno(), libc::ETIMEDOUT, "{b:?}");
+        assert!(
+            took >= Duration::from_millis(150) && took < Duration::from_millis(1150),
+            "{b:?}: a 150 ms wait took {took:?}"
+        );
+        assert!(
+            matches!(slept, Ok(d) if d >= quiet),
+            "{b:?}: after a deadline: {slept:?}"
+        );
+        // A cancel from this thread.
+        go.send(None).unwrap();
+        wait_until("the waiter blocks in the kernel", || {
+            someone_waits_on(&path)
+        });
+        let at = Instant::now();
+        assert!(lock.cancel());
+        let (result, _, slept, quiet) = results.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(result.unwrap_err().errno(), libc::ECANCELED, "{b:?}");
+        assert!(
+            at.elapsed() < Duration::from_secs(1),
+            "{b:?}: the cancel took {:?}",
+            at.elapsed()
+        );
+        assert!(
+            matches!(slept, Ok(d) if d >= quiet),
+            "{b:?}: after a cancel: {slept:?}"
+        );
+        // A timed wait granted long before its deadline: its timeout must not fire
+        // into the epoll_wait that follows, which spans the deadline.
+        go.send(Some(Duration::from_millis(300))).unwrap();
+        wait_until("the waiter blocks in the kernel", || {
+            someone_waits_on(&path)
+        });
+        assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+        let (result, _, slept, quiet) = results.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(result.is_ok(), "{b:?}: {result:?}");
+        assert!(quiet > Duration::from_millis(250), "{b:?}: {quiet:?}");
+        assert!(
+            matches!(slept, Ok(d) if d >= quiet),
+            "{b:?}: after a grant: {slept:?}"
+        );
+        drop(go);
+        thread.join().unwrap();
+    }
+}
+
+#[test]
+fn a_grant_that_races_a_deadline_or_a_cancel_is_kept_or_released() {
+    let _serial = serial();
+    let dir = TempDir::new("waiters-own-race");
+    for b in ALL {
+        let path = dir.0.join(name(b));
+        let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
+        let mut peer = holder(&path, b);
+        let (mut kept, mut ended) = (0, 0);
+        for round in 0..120u64 {
+            let by_cancel = round % 2 == 1;
+            let waiter = lock.clone();
+            let timeout = (!by_cancel).then(|| Duration::from_millis(4));
+            let thread = std::thread::spawn(move || waiter.lock(Mode::Exclusive, 0, 0, timeout));
+            // The release lands around the deadline or the cancel: before, at or after.
+            std::thread::sleep(Duration::from_micros(3000 + (round * 37) % 2000));
+            let canceller = by_cancel.then(|| {
+                let canceller = lock.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_micros(200));
+                    canceller.cancel()
+                })
+            });
+            assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+            let result = thread.join().unwrap();
+            if let Some(c) = canceller {
+                c.join().unwrap();
+            }
+            // Whoever holds the lock now: the peer's try says.
+            let peer_got = peer.cmd("lock h ex 0 0 0");
+            match result {
+                Ok(()) => {
+                    kept += 1;
+                    assert_ne!(peer_got, "ok", "{b:?} round {round}: granted, yet not held");
+                    lock.unlock(0, 0).unwrap();
+                    assert_eq!(peer.cmd("lock h ex 0 0 0"), "ok");
+                }
+                Err(e) => {
+                    ended += 1;
+                    let want = if by_cancel {
+                        libc::ECANCELED
+                    } else {
+                        libc::ETIMEDOUT
+                    };
+                    assert_eq!(e.errno(), want, "{b:?} round {round}");
+                    assert_eq!(peer_got, "ok", "{b:?} round {round}: failed, yet held");
+                }
+            }
+        }
+        // Both outcomes happened, or the race was never run.
+        assert!(kept > 0 && ended > 0, "{b:?}: kept {kept}, ended {ended}");
     }
 }

@@ -1,0 +1,366 @@
+//! The thread's own wait: a blocking `fcntl` lock call (OFD and POSIX locks) made by
+//! the waiting thread itself, which a deadline or a cancel can still end, with no
+//! signal and no other thread or process.
+//!
+//! Why: when the holder and the waiter share a CPU, a raw blocking call costs one
+//! switch, from the releasing process to the waiting thread. Any design in which a
+//! helper makes the call adds a second switch, from the helper to the thread, and
+//! measures about twice the raw call (BENCHMARKS.md, section 2). Here the thread makes
+//! the call, so a hand-off costs what the raw call's does.
+//!
+//! How the call is ended early (Linux 6.7: `IORING_OP_FUTEX_WAIT`):
+//! - Each thread that waits has a ring of its own ([`crate::sys::uring`]), which takes no
+//!   descriptor, and keeps one request in it: a futex wait on its slot's `abort` word.
+//! - The `struct flock` that the call reads is written where the ring's *next
+//!   completion* will go (a 32-byte completion has the struct's size). The call reads
+//!   that memory again each time the kernel restarts it.
+//! - A cancel (from any thread) moves the slot's state from WAITING to ABORTING and
+//!   wakes the `abort` word. The futex wait completes; its completion is task work for
+//!   the waiting thread, which wakes the thread's sleep in the lock call. The kernel
+//!   runs the task work, which writes the completion over the `struct flock`, and
+//!   restarts the call, which reads an invalid `l_whence` (every completion's
+//!   `user_data` here makes it -1) and fails with `EINVAL`.
+//! - A deadline is an `IORING_OP_TIMEOUT` submitted with the wait: its completion does
+//!   the same at the deadline, with no other thread.
+//! - A call that got the lock keeps it, even if an abort raced it: the completion then
+//!   lands after the call returned.
+//!
+//! Nothing is left for later: before the call returns to its caller, the thread takes
+//! every completion its wait caused (the abort's, after the aborter's wake; the
+//! timeout's, removed with `IORING_OP_TIMEOUT_REMOVE` if it has not fired). So no task
+//! work of ours reaches a later system call of the host, where it could make a call
+//! such as `epoll_wait` fail with `EINTR`.
+//!
+//! Where io_uring is refused (`kernel.io_uring_disabled`, a seccomp filter, a kernel
+//! before 6.7, valgrind), waits use the waiter children of [`crate::wait`]; so do flock
+//! waits, whose argument is a descriptor in a register, not memory a completion can
+//! overwrite.
+
+use std::cell::{Cell, UnsafeCell};
+use std::os::fd::RawFd;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::sys::uring::{self, Cqe, Ring, Timespec};
+use crate::sys::{self, KernelCall};
+use crate::wait::{CallState, Deadline, Outcome};
+
+/// Phases of a slot's `state` (its low two bits; the rest counts the waits).
+const IDLE: u32 = 0;
+const WAITING: u32 = 1;
+const ABORTING: u32 = 2;
+const PHASE: u32 = 3;
+const GENERATION: u32 = 4;
+
+/// `user_data` of the requests: the tag above `0xffff_ffff`, so that a completion
+/// written over a `struct flock` leaves `l_type` and `l_whence` at -1.
+const fn tag(n: u64) -> u64 {
+    (n << 32) | 0xffff_ffff
+}
+const ABORT: u64 = tag(1);
+const TIMER: u64 = tag(2);
+const REMOVE: u64 = tag(3);
+
+const _: () = assert!(std::mem::size_of::<libc::flock>() <= std::mem::size_of::<Cqe>());
+
+/// The words a cancel from another thread touches.
+#[repr(C)]
+pub(crate) struct Words {
+    /// Generation and phase: WAITING while the call may be aborted.
+    state: AtomicU32,
+    /// The word of the ring's futex wait: bumped and woken by an abort.
+    abort: AtomicU32,
+}
+
+/// One thread's own-wait state. Never freed: a cancel may still look at the words of a
+/// slot whose thread has exited (it then finds no WAITING and does nothing).
+struct Slot {
+    words: Words,
+    /// The process that made the ring (a copy inherited through fork() has none).
+    pid: AtomicI32,
+    /// The thread's ring and whether its futex wait is armed: only the owning thread
+    /// touches them.
+    ring: UnsafeCell<Option<Ring>>,
+    armed: Cell<bool>,
+}
+
+// SAFETY: `words` and `pid` are atomics; `ring` and `armed` are only used by the thread
+// that owns the slot (a slot changes owner only through FREE, when no thread uses it).
+unsafe impl Sync for Slot {}
+
+impl Slot {
+    fn new() -> &'static Slot {
+        Box::leak(Box::new(Slot {
+            words: Words {
+                state: AtomicU32::new(IDLE),
+                abort: AtomicU32::new(0),
+            },
+            pid: AtomicI32::new(0),
+            ring: UnsafeCell::new(None),
+            armed: Cell::new(false),
+        }))
+    }
+
+    /// The ring of the calling (owning) thread.
+    #[allow(clippy::mut_from_ref)]
+    fn ring(&self) -> Option<&mut Ring> {
+        // SAFETY: only the owning thread calls this, and never holds two results.
+        unsafe { (*self.ring.get()).as_mut() }
+    }
+
+    /// Arms the futex wait on `abort` unless it is armed; true once the kernel has
+    /// taken it. False when it is not taken yet (it stays queued, and the next call
+    /// submits it) or the kernel refuses it (then own waits are turned off).
+    fn arm(&self, ring: &mut Ring) -> bool {
+        loop {
+            if !self.armed.get() {
+                let val = self.words.abort.load(Ordering::SeqCst);
+                ring.push(uring::futex_wait(&self.words.abort, val, ABORT));
+                self.armed.set(true);
+            }
+            if ring.has_queued() && (ring.enter(0).is_err() || ring.has_queued()) {
+                return false;
+            }
+            // A kernel without IORING_OP_FUTEX_WAIT completes it at once with an error;
+            // a word that moved since it was read, with EAGAIN (armed again).
+            let Some(cqe) = ring.reap() else { return true };
+            self.armed.set(false);
+            if cqe.user_data != ABORT || cqe.res != -libc::EAGAIN {
+                disable();
+                return false;
+            }
+        }
+    }
+}
+
+/// Whether this process can use its own waits: decided by the first ring.
+static AVAILABLE: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const YES: u8 = 1;
+const NO: u8 = 2;
+
+/// Slots of exited threads (never freed; only `try_lock`ed, see helper.rs's FREE).
+static FREE: Mutex<Vec<&'static Slot>> = Mutex::new(Vec::new());
+
+/// The calling thread's slot; its destructor unmaps the ring and frees the slot.
+struct Mine(Cell<Option<&'static Slot>>);
+
+impl Drop for Mine {
+    fn drop(&mut self) {
+        let Some(slot) = self.0.take() else { return };
+        if slot.pid.load(Ordering::Relaxed) != sys::getpid() {
+            return; // a copy made by fork(): the ring was the parent's
+        }
+        // SAFETY: the owning thread, which is exiting: nothing else uses the ring.
+        if let Some(mut ring) = unsafe { (*slot.ring.get()).take() } {
+            ring.unmap();
+        }
+        slot.armed.set(false);
+        if let Ok(mut free) = FREE.try_lock() {
+            free.push(slot);
+        }
+    }
+}
+
+thread_local! {
+    static MINE: Mine = const { Mine(Cell::new(None)) };
+}
+
+/// Turns own waits off for this process (the caller knows io_uring cannot serve).
+pub(crate) fn disable() {
+    AVAILABLE.store(NO, Ordering::Relaxed);
+}
+
+/// The calling thread's slot with its ring armed; `None` where own waits cannot serve
+/// (for good, or for this wait: no memory, no descriptor for the ring's setup).
+fn mine() -> Option<&'static Slot> {
+    if AVAILABLE.load(Ordering::Relaxed) == NO {
+        return None;
+    }
+    let me = sys::getpid();
+    let slot = MINE
+        .try_with(|mine| match mine.0.get() {
+            Some(s) if s.pid.load(Ordering::Relaxed) == me => s,
+            _ => {
+                let s = FREE
+                    .try_lock()
+                    .ok()
+                    .and_then(|mut f| f.pop())
+                    .unwrap_or_else(Slot::new);
+                // SAFETY: the slot was free (or new, or the forked copy of this
+                // thread's): no thread uses its ring. A forked copy's mappings were not
+                // inherited, so it is dropped without unmapping.
+                unsafe { *s.ring.get() = None };
+                s.armed.set(false);
+                s.pid.store(me, Ordering::Relaxed);
+                mine.0.set(Some(s));
+                s
+            }
+        })
+        .ok()?;
+    if slot.ring().is_none() {
+        match Ring::new() {
+            Ok(ring) => {
+                // SAFETY: the owning thread; no reference to the ring is alive.
+                unsafe { *slot.ring.get() = Some(ring) };
+            }
+            // For now, or for this thread: no memory, no descriptor free for the
+            // setup, or the thread's 16 registered rings all taken by the host's own.
+            Err(libc::ENOMEM | libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::EBUSY) => {
+                return None;
+            }
+            Err(_) => {
+                disable();
+                return None;
+            }
+        }
+    }
+    let ring = slot.ring()?;
+    if !slot.arm(ring) {
+        if AVAILABLE.load(Ordering::Relaxed) == UNKNOWN {
+            disable();
+        }
+        return None;
+    }
+    AVAILABLE.store(YES, Ordering::Relaxed);
+    Some(slot)
+}
+
+/// Ends the own wait that `words` serve if its state is still `expected` (a cancel:
+/// see the module's documentation). A stale `expected` does nothing.
+pub(crate) fn abort(words: &Words, expected: u32) {
+    if expected & PHASE != WAITING {
+        return;
+    }
+    if words
+        .state
+        .compare_exchange(
+            expected,
+            (expected & !PHASE) | ABORTING,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        )
+        .is_ok()
+    {
+        words.abort.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(&words.abort);
+    }
+}
+
+/// Waits for the `fcntl` lock call `cmd` with `fl` on `fd` in the calling thread,
+/// until it is granted, the deadline passes or `state` is cancelled; `after_grant` is
+/// made as soon as the call succeeded. `None` when own waits cannot serve here (the
+/// caller uses a waiter child).
+pub(crate) fn wait(
+    fd: RawFd,
+    cmd: libc::c_int,
+    fl: &libc::flock,
+    after_grant: Option<(RawFd, KernelCall)>,
+    deadline: &Deadline,
+    state: &CallState,
+) -> Option<Outcome> {
+    let slot = mine()?;
+    loop {
+        if state.cancelled() {
+            return Some(Outcome::Cancelled);
+        }
+        let remaining = deadline.remaining();
+        if remaining == Some(Duration::ZERO) {
+            return Some(Outcome::TimedOut);
+        }
+        let ring = slot.ring()?;
+        if !slot.arm(ring) {
+            return None;
+        }
+        let at = ring.next_completion() as *mut libc::flock;
+        // SAFETY: `at` is a completion-sized entry of the ring's mapping, which the
+        // kernel writes only when a request completes; none can before WAITING below
+        // (the futex wait needs an abort, the timeout is not submitted yet).
+        unsafe { at.write(*fl) };
+        let turn = (slot.words.state.load(Ordering::SeqCst) & !PHASE).wrapping_add(GENERATION);
+        slot.words.state.store(turn | WAITING, Ordering::SeqCst);
+        state.publish_own_wait(&slot.words, turn | WAITING);
+        let ts = remaining.map(|left| Timespec {
+            sec: left.as_secs().min(i64::MAX as u64) as i64,
+            nsec: left.subsec_nanos() as i64,
+        });
+        if let Some(ts) = &ts {
+            ring.push(uring::timeout(ts, TIMER));
+            let _ = ring.enter(0);
+        }
+        // The timeout not taken (no memory): this attempt ends before its call.
+        let unarmed = ring.has_queued();
+        let rc = if unarmed || state.cancelled() {
+            Err(libc::ECANCELED)
+        } else {
+            sys::fcntl_lock_at(fd, cmd, at)
+        };
+        if rc.is_ok() {
+            if let Some((then_fd, then)) = &after_grant {
+                sys::raw_lock_call(*then_fd, then);
+            }
+        }
+        state.publish_own_wait(std::ptr::null(), 0);
+        let aborted = slot
+            .words
+            .state
+            .compare_exchange(turn | WAITING, turn, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err();
+        let fired = settle(slot, ring, aborted, ts.is_some());
+        slot.words.state.store(turn, Ordering::SeqCst);
+        match rc {
+            Ok(()) => return Some(Outcome::Granted),
+            Err(_) if unarmed => return None,
+            // A signal of the host's, a cancel or a deadline (the checks above say
+            // which), or an abort meant for an earlier wait: look again.
+            Err(libc::EINTR | libc::ECANCELED) => {}
+            Err(_) if aborted || fired => {}
+            Err(e) => return Some(Outcome::Failed(e)),
+        }
+    }
+}
+
+/// Takes every completion of the wait that just ended: the abort's (`aborted`: an
+/// aborter moved the state, and wakes the futex right after), and the timeout's
+/// (`timed`), which is removed if it has not fired. Re-arms the futex wait if it
+/// completed. Returns true when the timeout fired.
+fn settle(slot: &Slot, ring: &mut Ring, aborted: bool, timed: bool) -> bool {
+    let mut need_abort = aborted;
+    let mut need_timer = timed;
+    let mut need_remove = false;
+    let mut fired = false;
+    loop {
+        while let Some(cqe) = ring.reap() {
+            match cqe.user_data {
+                ABORT => {
+                    need_abort = false;
+                    slot.armed.set(false);
+                }
+                TIMER => {
+                    need_timer = false;
+                    fired = cqe.res == -libc::ETIME;
+                }
+                REMOVE => need_remove = false,
+                _ => {}
+            }
+        }
+        if need_timer && !need_remove {
+            // The removal completes during the call, and the removed timeout's
+            // completion is task work that runs as the call returns: both are then
+            // in the queue, without waiting.
+            ring.push(uring::timeout_remove(TIMER, REMOVE));
+            need_remove = true;
+            let _ = ring.enter(0);
+            continue;
+        }
+        if !(need_abort || need_timer || need_remove) {
+            break;
+        }
+        // Submits what is queued and waits for a completion. An error (EINTR from a
+        // signal of the host's, EAGAIN) only means: look at the queue again.
+        let _ = ring.enter(1);
+    }
+    slot.arm(ring);
+    fired
+}
