@@ -1190,6 +1190,61 @@ fn a_signal_while_waiting_for_the_lock_ends_unilock_holding_nothing() {
     }
 }
 
+/// The command's exit reaches `unilock` however late it comes: the signal watcher that
+/// runs while `unilock` waits for the lock blocks SIGCHLD, as the main thread does once
+/// it forks the command, so that the SIGCHLD of the command's exit can only be read
+/// from the signalfd. A thread
+/// that did not block it could take the signal, whose default action discards it, and
+/// `unilock` would wait for its command forever.
+#[test]
+fn the_signal_watcher_of_a_waiting_unilock_blocks_sigchld() {
+    for backend in SIGNAL_BACKENDS {
+        let dir = TempDir::new(&format!("sigchld-{backend}"));
+        let file = dir.path("lock");
+        let holder = Holder::start(UNILOCK, &["-b", backend], &file);
+        let mut waiter = Command::new(UNILOCK)
+            .args(["-b", backend, &file, "true"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = waiter.id();
+        let threads = || -> Vec<String> {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| {
+                    d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let name = |tid: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default()
+        };
+        wait_until(&format!("{backend}: the signal watcher runs"), || {
+            threads().iter().any(|t| name(t).trim() == "signals")
+        });
+        // The main thread blocks SIGCHLD before it forks the command; the watcher,
+        // started before that, must block it from its start.
+        for tid in threads().iter().filter(|t| name(t).trim() == "signals") {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+                .unwrap_or_default();
+            let blocked = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigBlk:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok());
+            if let Some(mask) = blocked {
+                assert_ne!(
+                    mask & (1 << (libc::SIGCHLD - 1)),
+                    0,
+                    "{backend}: the signal watcher {tid} does not block SIGCHLD"
+                );
+            }
+        }
+        drop(holder);
+        let status = ending(&mut waiter, backend);
+        assert_eq!(status.code(), Some(0), "{backend}");
+    }
+}
+
 /// A signal ignored when `unilock` starts (SIGINT in a background job of a script)
 /// stays ignored while it waits, and the command starts with no signal blocked.
 #[test]

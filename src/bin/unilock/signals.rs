@@ -147,9 +147,16 @@ impl Signals {
                     return;
                 };
                 let stop = stop.get_or_init(|| event);
+                // The watcher starts with SIGCHLD blocked, as every thread of
+                // `unilock` has it once the command is forked: a thread that did
+                // not block it could be the one the command's SIGCHLD is delivered
+                // to, whose default action then discards it, and the signalfd would
+                // never say that the command ended.
+                let mask = sys::block(&sys::SigSet::of(&[libc::SIGCHLD]));
                 let _ = std::thread::Builder::new()
                     .name("signals".to_string())
                     .spawn_scoped(scope, move || self.watch(fd, stop, lock));
+                sys::set_mask(&mask);
             };
             let mut end = || {
                 *self.watching.lock().unwrap_or_else(|p| p.into_inner()) = false;
