@@ -1594,8 +1594,14 @@ fn memory_main(kind: &str, dir: &Path, count: usize) {
             after = (rss_bytes(), heap_bytes());
             std::mem::forget(handle);
         }
-        "waiters" => {
-            let (b, a, secs, helpers) = waiters_memory(dir, count);
+        "waiters" | "own-waits" => {
+            // FLOCK waits have waiter children; OFD waits are the threads' own.
+            let backend = if kind == "waiters" {
+                Backend::Flock
+            } else {
+                Backend::Ofd
+            };
+            let (b, a, secs, helpers) = waiters_memory(dir, count, backend);
             println!(
                 "{} {} {} {} {secs} {helpers} {} {}",
                 b.0, a.0, b.1, a.1, b.2, a.2
@@ -1638,22 +1644,23 @@ fn waiter_children() -> u64 {
 /// Resident bytes, malloc'd bytes and open descriptors of this process.
 type Usage = (u64, u64, u64);
 
-/// `count` threads, each with its own FLOCK handle on one file, have a first contended
-/// wait that times out, then block at once on the lock a holder process holds and take
-/// it in turn when it is released: each thread has had two contended waits and keeps
-/// its waiter child (made at the second). Returns (RSS, heap, fds)
+/// `count` threads, each with its own `backend` handle on one file, have a first
+/// contended wait that times out, then block at once on the lock a holder process holds
+/// and take it in turn when it is released: each thread has had two contended waits and
+/// keeps its waiter child (made at the second; FLOCK) or its ring (OFD, where io_uring
+/// serves). Returns (RSS, heap, fds)
 /// with the threads and handles made but before any wait, the same after every thread
 /// was granted the lock (the threads still alive), the seconds the waits took, and
 /// the number of waiter children counted.
-fn waiters_memory(dir: &Path, count: usize) -> (Usage, Usage, f64, u64) {
+fn waiters_memory(dir: &Path, count: usize, backend: Backend) -> (Usage, Usage, f64, u64) {
     use std::sync::{Arc, Barrier};
-    let path = dir.join("waiters");
+    let path = dir.join(format!("waiters-{}", backend.key()));
     std::fs::write(&path, b"").expect("create the lock file");
     let exe = std::env::current_exe().expect("current_exe");
     let mut holder = Command::new(exe)
         .arg("--holder")
         .arg(&path)
-        .arg("flock")
+        .arg(backend.key())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -1673,7 +1680,7 @@ fn waiters_memory(dir: &Path, count: usize) -> (Usage, Usage, f64, u64) {
             let (path, made, waiting) = (path.clone(), made.clone(), waiting.clone());
             let (granted, done) = (granted.clone(), done.clone());
             std::thread::spawn(move || {
-                let handle = Handle::open(&path, Backend::Flock);
+                let handle = Handle::open(&path, backend);
                 // A thread's first contended wait has a child of its own, gone when
                 // it ends; the persistent child comes at the second (this one's).
                 let first = handle.lock(0, 0, 1);
@@ -1857,6 +1864,49 @@ fn bench_memory(cfg: &Config, dir: &Path, report: &mut Report) {
          | live waiter children | RSS bytes each | heap bytes each | descriptors each | the waits took |\n\
          |---:|---:|---:|---:|---:|\n\
          | {helpers:.0} | {rss:.0} | {heap:.0} | {fds:.2} | {:.3} s |\n\n",
+        f[4]
+    ));
+
+    // The threads' own waits (OFD): what a thread's ring costs while the thread lives.
+    eprintln!("memory: own waits");
+    let out = Command::new(&exe)
+        .arg("--memory")
+        .arg("own-waits")
+        .arg(dir)
+        .arg(threads.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the own-wait measurement");
+    assert!(out.status.success(), "the own-wait measurement failed");
+    let f: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|x| x.parse().expect("number"))
+        .collect();
+    let each = |after: f64, before: f64| (after - before) / threads as f64;
+    let (rss, heap, fds) = (each(f[1], f[0]), each(f[3], f[2]), each(f[7], f[6]));
+    let children = f[5];
+    report.num("memory.own_waits.threads", threads as f64);
+    report.num("memory.own_waits.children", children);
+    report.num("memory.own_waits.rss_bytes_each", rss);
+    report.num("memory.own_waits.heap_bytes_each", heap);
+    report.num("memory.own_waits.fds_each", fds);
+    report.target(
+        "descriptors per thread with an own wait (OFD)",
+        format!("{fds:.2} ({children:.0} waiter children, {rss:.0} B RSS each)"),
+        "0".into(),
+        yes_no(fds == 0.0),
+    );
+    report.md(&format!(
+        "### The threads' own waits\n\n\
+         The same with OFD handles, whose waits are the waiting threads' own where \
+         io_uring serves: each thread keeps the io_uring it set up at \
+         its first contended wait (its queues mapped in the process, its descriptor \
+         registered with the thread and closed) and no child. Divided by the threads \
+         ({threads}); the ring's pages are the kernel's, and with its context they are \
+         not counted in RSS here.\n\n\
+         | threads | waiter children | RSS bytes each | heap bytes each | descriptors each | the waits took |\n\
+         |---:|---:|---:|---:|---:|---:|\n\
+         | {threads} | {children:.0} | {rss:.0} | {heap:.0} | {fds:.2} | {:.3} s |\n\n",
         f[4]
     ));
 }
