@@ -34,7 +34,14 @@
 //! Where io_uring is refused (`kernel.io_uring_disabled`, a seccomp filter, a kernel
 //! before 6.7, valgrind), waits use the waiter children of [`crate::wait`]; so do flock
 //! waits, whose argument is a descriptor in a register, not memory a completion can
-//! overwrite.
+//! overwrite; and so do waits on filesystems that keep their record locks elsewhere
+//! (NFS, SMB, FUSE, cluster filesystems: [`crate::sys::local_locks`]), some of which
+//! sleep in a way only a fatal signal ends, which a waiter child can be sent.
+//!
+//! The call is made with `syscall(2)`, which is not a thread cancellation point (the C
+//! library's `fcntl` is, for blocking lock commands). A signal handler of the host's
+//! that runs on the waiting thread just as a cancel or a deadline ends the wait may
+//! see its own blocking calls fail with `EINTR`, as a second signal would make them.
 
 use std::cell::{Cell, UnsafeCell};
 use std::os::fd::RawFd;
@@ -53,10 +60,14 @@ const ABORTING: u32 = 2;
 const PHASE: u32 = 3;
 const GENERATION: u32 = 4;
 
-/// `user_data` of the requests: the tag above `0xffff_ffff`, so that a completion
-/// written over a `struct flock` leaves `l_type` and `l_whence` at -1.
+/// The next wait's turn (a multiple of GENERATION).
+static TURNS: AtomicU32 = AtomicU32::new(GENERATION);
+
+/// `user_data` of the requests: the tag in the low byte, every other bit set, so that
+/// a completion written over a `struct flock` leaves `l_whence` (its bytes 2 and 3) at
+/// -1 whatever the byte order.
 const fn tag(n: u64) -> u64 {
-    (n << 32) | 0xffff_ffff
+    0xffff_ffff_ffff_ff00 | n
 }
 const ABORT: u64 = tag(1);
 const TIMER: u64 = tag(2);
@@ -154,9 +165,25 @@ impl Drop for Mine {
         }
         // SAFETY: the owning thread, which is exiting: nothing else uses the ring.
         if let Some(mut ring) = unsafe { (*slot.ring.get()).take() } {
+            // The futex wait must not outlive the slot's use by this thread: a cancel
+            // of the slot's next owner would complete it, and its task work would reach
+            // this thread's last system calls. So it is completed and taken here.
+            if slot.armed.get() {
+                slot.words.abort.fetch_add(1, Ordering::SeqCst);
+                sys::futex_wake(&slot.words.abort);
+                for _ in 0..1000 {
+                    if ring.reap().is_some_and(|cqe| cqe.user_data == ABORT) {
+                        slot.armed.set(false);
+                        break;
+                    }
+                    let _ = ring.enter(1);
+                }
+            }
             ring.unmap();
+            if slot.armed.get() {
+                return; // not taken (should not happen): the slot is not reused
+            }
         }
-        slot.armed.set(false);
         if let Ok(mut free) = FREE.try_lock() {
             free.push(slot);
         }
@@ -278,7 +305,9 @@ pub(crate) fn wait(
         // kernel writes only when a request completes; none can before WAITING below
         // (the futex wait needs an abort, the timeout is not submitted yet).
         unsafe { at.write(*fl) };
-        let turn = (slot.words.state.load(Ordering::SeqCst) & !PHASE).wrapping_add(GENERATION);
+        // Turns are unique in the process: a cancel that read the words of one slot
+        // and the state of another wait never matches.
+        let turn = TURNS.fetch_add(GENERATION, Ordering::Relaxed);
         slot.words.state.store(turn | WAITING, Ordering::SeqCst);
         state.publish_own_wait(&slot.words, turn | WAITING);
         let ts = remaining.map(|left| Timespec {
@@ -298,7 +327,7 @@ pub(crate) fn wait(
         };
         if rc.is_ok() {
             if let Some((then_fd, then)) = &after_grant {
-                sys::raw_lock_call(*then_fd, then);
+                sys::lock_call_once(*then_fd, then);
             }
         }
         state.publish_own_wait(std::ptr::null(), 0);
@@ -357,9 +386,12 @@ fn settle(slot: &Slot, ring: &mut Ring, aborted: bool, timed: bool) -> bool {
         if !(need_abort || need_timer || need_remove) {
             break;
         }
-        // Submits what is queued and waits for a completion. An error (EINTR from a
-        // signal of the host's, EAGAIN) only means: look at the queue again.
-        let _ = ring.enter(1);
+        // Submits what is queued and waits for a completion. EINTR (a signal of the
+        // host's) only means: look at the queue again; no memory for the submission
+        // (EAGAIN, ENOMEM, EBUSY): again a little later.
+        if let Err(libc::EAGAIN | libc::ENOMEM | libc::EBUSY) = ring.enter(1) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     slot.arm(ring);
     fired

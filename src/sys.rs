@@ -208,6 +208,9 @@ pub(crate) fn fcntl_lock(
 /// struct at `fl`, made once: `EINTR` is returned, not retried (the caller decides).
 /// `fl` may be memory the kernel writes to while the call sleeps (a ring's completion
 /// queue, see [`crate::own_wait`]): the call reads it again when it is restarted.
+/// Made with `syscall(2)`, not the C library's `fcntl`, which makes a blocking lock
+/// call a thread cancellation point: a host's `pthread_cancel` must not unwind
+/// through the library.
 pub(crate) fn fcntl_lock_at(
     fd: RawFd,
     cmd: libc::c_int,
@@ -215,8 +218,26 @@ pub(crate) fn fcntl_lock_at(
 ) -> Result<(), Errno> {
     // SAFETY: `fl` points to a struct flock that stays mapped and writable for the
     // duration of the call (the caller's); the descriptor is the caller's.
-    let rc = gate!(FcntlLock, unsafe { libc::fcntl(fd, cmd, fl) });
+    let rc = gate!(FcntlLock, unsafe {
+        libc::syscall(libc::SYS_fcntl, fd, cmd, fl) as libc::c_int
+    });
     if rc == -1 { Err(errno()) } else { Ok(()) }
+}
+
+/// A non-blocking lock call made once as `call` says, on `fd`, with `syscall(2)`; its
+/// result is not looked at (the fair queue's move after a grant, see
+/// [`crate::wait::CallState::set_after_grant`]).
+pub(crate) fn lock_call_once(fd: RawFd, call: &KernelCall) {
+    match call {
+        // SAFETY: flock takes a descriptor and an integer.
+        KernelCall::Flock { op } => unsafe {
+            libc::syscall(libc::SYS_flock, fd, *op);
+        },
+        // SAFETY: `fl` is a live struct flock, read by the kernel.
+        KernelCall::Fcntl { cmd, fl } => unsafe {
+            libc::syscall(libc::SYS_fcntl, fd, *cmd, fl as *const libc::flock);
+        },
+    }
 }
 
 static PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
@@ -907,6 +928,37 @@ pub(crate) fn process_exists(pid: libc::pid_t) -> bool {
     rc == 0 || errno() != libc::ESRCH
 }
 
+/// True for filesystems whose record locks are the kernel's own (no `->lock` method
+/// of their own), whose blocking lock calls sleep interruptibly: a waiting thread's
+/// own call there can be ended by task work ([`crate::own_wait`]). NFS, CIFS, FUSE,
+/// GFS2, OCFS2, Ceph and the like forward locks to a server or a cluster, and some of
+/// them sleep killable only.
+pub(crate) fn local_locks(fs_type: i64) -> bool {
+    const LOCAL: [i64; 20] = [
+        0xEF53,      // ext2, ext3, ext4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0x8584_58F6, // ramfs
+        0xF2F5_2010, // f2fs
+        0xCA45_1A4E, // bcachefs
+        0x794C_7630, // overlayfs
+        0x4D44,      // vfat, msdos
+        0x2011_BAB0, // exfat
+        0x7366_746E, // ntfs3
+        0x3153_464A, // jfs
+        0x5265_4973, // reiserfs
+        0x2FC1_2FC1, // zfs
+        0x7371_7368, // squashfs
+        0xE0F5_E1E2, // erofs
+        0x9660,      // iso9660
+        0x1501_3346, // udf
+        0x3434,      // nilfs2
+        0x482B,      // hfsplus
+    ];
+    LOCAL.contains(&fs_type)
+}
+
 /// The filesystem type (`f_type` of `fstatfs(2)`).
 pub(crate) fn fs_type(fd: BorrowedFd<'_>) -> Result<i64, Errno> {
     let mut st = MaybeUninit::<libc::statfs>::uninit();
@@ -1220,6 +1272,33 @@ mod tests {
         let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
         let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"));
         line.expect("Cpus_allowed_list").to_string()
+    }
+
+    #[test]
+    fn own_waits_are_for_filesystems_whose_record_locks_the_kernel_keeps() {
+        // ext4, xfs, btrfs, tmpfs, overlayfs: the kernel's own lock lists.
+        for local in [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0x794C_7630] {
+            assert!(local_locks(local), "{local:#x}");
+        }
+        // NFS, SMB (cifs, smb2), FUSE, GFS2, OCFS2, Ceph, 9p: locks go to a server,
+        // a cluster or a daemon.
+        for remote in [
+            0x6969,
+            0xFF53_4D42,
+            0xFE53_4D42,
+            0x6573_5546,
+            0x0116_1970,
+            0x7461_636F,
+            0x00C3_6400,
+            0x0102_1997,
+        ] {
+            assert!(!local_locks(remote), "{remote:#x}");
+        }
+        // The file system this test runs on, as the library asks it.
+        let dir = std::env::temp_dir();
+        let f = std::fs::File::open(&dir).unwrap();
+        let kind = fs_type(std::os::fd::AsFd::as_fd(&f)).unwrap();
+        assert!(kind != 0, "{}: f_type {kind:#x}", dir.display());
     }
 
     #[test]

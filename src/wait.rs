@@ -118,6 +118,9 @@ pub(crate) struct CallState {
     /// none), and the state a cancel expects to find there ([`own_wait::abort`]).
     own_wait: AtomicPtr<own_wait::Words>,
     own_wait_state: AtomicU32,
+    /// Whether the handle's file keeps its record locks in the kernel: 0 not asked
+    /// yet, 1 yes, 2 no ([`CallState::on_local_locks`]).
+    local_locks: AtomicU8,
     after_grant: Mutex<Option<(RawFd, KernelCall)>>,
 }
 
@@ -194,6 +197,22 @@ impl CallState {
             let expected = self.own_wait_state.load(Ordering::SeqCst);
             // SAFETY: the words belong to an own-wait slot, and slots are never freed.
             own_wait::abort(unsafe { &*own }, expected);
+        }
+    }
+
+    /// True when the file of `fd` keeps its record locks in the kernel
+    /// ([`sys::local_locks`]), where a waiting thread's own call can be ended early;
+    /// asked once per handle.
+    fn on_local_locks(&self, fd: BorrowedFd<'_>) -> bool {
+        match self.local_locks.load(Ordering::Relaxed) {
+            1 => true,
+            2 => false,
+            _ => {
+                let yes = sys::fs_type(fd).is_ok_and(sys::local_locks);
+                self.local_locks
+                    .store(if yes { 1 } else { 2 }, Ordering::Relaxed);
+                yes
+            }
         }
     }
 
@@ -337,7 +356,7 @@ pub(crate) fn in_kernel(
 ) -> Result<Option<Outcome>> {
     let after_grant = *state.after_grant.lock().unwrap_or_else(|p| p.into_inner());
     if let KernelCall::Fcntl { cmd, fl } = &call {
-        if own_waits() {
+        if own_waits() && state.on_local_locks(fd) {
             if let Some(outcome) =
                 own_wait::wait(fd.as_raw_fd(), *cmd, fl, after_grant, deadline, state)
             {
