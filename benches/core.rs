@@ -1084,11 +1084,11 @@ fn bench_handoff(cfg: &Config, dir: &Path, report: &mut Report) {
          pipe; the latency runs from there to the return of the waiter's call (read on \
          the same clock). {} rounds per waiter, interleaved (raw, floor, untimed, timed, \
          raw, ...). The *floor* is the least any design that makes the blocking call in \
-         a helper can cost (no signal may be taken from the host, so only a helper can \
-         make a kernel wait that a deadline or a cancel can end): a helper thread of \
-         this program, kept on the waiting thread's CPU, makes the raw blocking call \
-         and wakes the waiting thread through one futex word, with nothing else around \
-         it.\n\n\
+         a helper can cost (unilock's FLOCK waits, and every wait where io_uring is \
+         refused; its OFD and POSIX waits are the waiting thread's own call, which an \
+         io_uring completion ends early): a helper thread of this program, kept on the \
+         waiting thread's CPU, makes the raw blocking call and wakes the waiting thread \
+         through one futex word, with nothing else around it.\n\n\
          What a hand-off costs depends first on where the two run. The kernel wakes a \
          blocked task on the CPU it last ran on: when that is the releasing CPU, the \
          waiter runs as soon as the holder sleeps (a few µs); when it is another, idle \

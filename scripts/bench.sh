@@ -100,7 +100,7 @@ fi
 per_wait_table=$(python3 - "$work/core.json" "$work/per-wait.json" <<'PY'
 import json, sys
 now, old = (json.load(open(p)) for p in sys.argv[1:3])
-print("| placement | backend | waiter | raw p50 / p99 µs | floor p50 / p99 µs | per-wait child p50 / p99 µs | kept child p50 / p99 µs | p50 vs raw, per-wait → kept (floor) |")
+print("| placement | backend | waiter | raw p50 / p99 µs | floor p50 / p99 µs | per-wait child p50 / p99 µs | current p50 / p99 µs | p50 vs raw, per-wait → current (floor) |")
 print("|---|---|---|---:|---:|---:|---:|---:|")
 for prefix, where in (("handoff.one_cpu", "one CPU"), ("handoff.two_cpus", "two CPUs"), ("handoff", "unpinned")):
     for b in ("flock", "ofd", "posix"):
@@ -287,36 +287,35 @@ total_text="$((total_s / 60)) min $((total_s % 60)) s"
     echo
     echo "### Wait mechanisms measured"
     echo
-    echo "The hand-off of section 2 with the mechanism the kept waiter child replaced: a"
+    echo "The hand-off of section 2 with the mechanism the current ones replaced: a"
     echo "child created for each wait, which reports the grant by exiting (the same program"
     echo "run again with \`UNILOCK_WAITER=per-wait\`, right after the main suite; the raw"
-    echo "and floor columns are the main suite's). The kept child saves the process"
-    echo "creation and exit. Keeping it on its thread's CPU makes the hand-off to a waiter"
-    echo "on another CPU cost what the raw call's does: the child is woken where the raw"
-    echo "waiter would have been, and it wakes its thread on that same CPU. On one CPU"
-    echo "the raw call is a single switch from the holder to the waiter, and every design"
-    echo "that makes the blocking call in a helper (the only kind a deadline or a cancel"
-    echo "can end without a signal) adds a second switch, from the helper to the waiting"
-    echo "thread: the floor column measures that least cost, with no library around it."
+    echo "and floor columns are the main suite's). The current column is the kept waiter"
+    echo "child for FLOCK and the waiting thread's own call, ended by io_uring, for OFD and"
+    echo "POSIX. The kept child saves the process creation and exit; keeping it on its"
+    echo "thread's CPU makes the hand-off to a waiter on another CPU cost what the raw"
+    echo "call's does. On one CPU the raw call is a single switch from the holder to the"
+    echo "waiter, and every design that makes the blocking call in a helper adds a second"
+    echo "switch, from the helper to the waiting thread: the floor column measures that"
+    echo "least cost, with no library around it. The thread's own call has no second"
+    echo "switch."
     echo
     echo "$per_wait_table"
     echo
-    echo "An alternative measured in the same run, not used by the library yet"
+    echo "The C program that first measured the thread's own wait, run in the same run"
     echo "(\`bench/alternatives/uring_wait.c\`, $uring_rounds rounds per waiter, interleaved with"
-    echo "the raw call's): the waiting thread makes the raw blocking call itself, so the"
-    echo "grant reaches it as it reaches a raw waiter. Before waiting it arms an io_uring"
-    echo "poll on an eventfd; an abort (a deadline's watchdog, a cancel) makes the"
-    echo "restarted call fail (an invalid \`l_whence\` in the \`struct flock\` that fcntl"
-    echo "re-reads; for flock, \`/dev/null\` put in place of the wait's own descriptor),"
-    echo "then writes the eventfd. The poll's completion is task work queued to the"
-    echo "waiting thread, which wakes its sleep in the lock call with no signal: the"
-    echo "kernel restarts the call, and the restarted call fails. A deadline needs no other"
-    echo "thread: submitted with the wait, an io_uring timeout (with"
-    echo "\`IORING_TIMEOUT_ETIME_SUCCESS\`) is linked to the operation that makes the restarted"
-    echo "call fail (closing the wait's own descriptor, a dup of the lock's, for FLOCK and OFD;"
-    echo "reading an invalid \`l_whence\` from a pipe into the \`struct flock\` for POSIX). It"
-    echo "needs io_uring, which seccomp profiles and \`kernel.io_uring_disabled\` may refuse;"
-    echo "the kept waiter child would remain the fallback."
+    echo "the raw call's): before waiting the thread arms an io_uring poll on an eventfd; an"
+    echo "abort (a deadline's watchdog, a cancel) makes the restarted call fail (an invalid"
+    echo "\`l_whence\` in the \`struct flock\` that fcntl re-reads; for flock, \`/dev/null\` put"
+    echo "in place of the wait's own descriptor), then writes the eventfd, whose poll"
+    echo "completion wakes the call with no signal. A deadline there is an io_uring timeout"
+    echo "linked to the operation that makes the restarted call fail (closing a dup of the"
+    echo "lock's descriptor for FLOCK and OFD; reading an invalid \`l_whence\` from a pipe for"
+    echo "POSIX). The library's own wait (README, \"How waiting works\") needs neither the"
+    echo "eventfd nor the pipe: its futex wait and timeout completions are written over the"
+    echo "\`struct flock\` itself. Its FLOCK variant is not used by the library: the abort"
+    echo "must replace or close a descriptor, and closing one drops the process's POSIX"
+    echo "locks on the file."
     echo
     echo "| backend | placement | raw p50 / p99 µs | own wait, io_uring abort p50 / p99 µs | p50 ratio |"
     echo "|---|---|---:|---:|---:|"
