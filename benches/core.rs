@@ -1644,6 +1644,26 @@ fn waiter_children() -> u64 {
 /// Resident bytes, malloc'd bytes and open descriptors of this process.
 type Usage = (u64, u64, u64);
 
+/// Runs the `kind` measurement of [`waiters_memory`] ("waiters": FLOCK handles, "own-waits":
+/// OFD handles) with `threads` threads in a fresh process (this program again); returns
+/// the numbers it printed.
+fn waiters_in_fresh_process(exe: &Path, dir: &Path, kind: &str, threads: usize) -> Vec<f64> {
+    eprintln!("memory: {kind}");
+    let out = Command::new(exe)
+        .arg("--memory")
+        .arg(kind)
+        .arg(dir)
+        .arg(threads.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the measurement of waiting threads");
+    assert!(out.status.success(), "the {kind} measurement failed");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|x| x.parse().expect("number"))
+        .collect()
+}
+
 /// `count` threads, each with its own `backend` handle on one file, have a first
 /// contended wait that times out, then block at once on the lock a holder process holds
 /// and take it in turn when it is released: each thread has had two contended waits and
@@ -1822,20 +1842,7 @@ fn bench_memory(cfg: &Config, dir: &Path, report: &mut Report) {
 
     // The waiter children: what one costs while its thread lives.
     let threads = cfg.mem_waiters;
-    eprintln!("memory: waiters");
-    let out = Command::new(&exe)
-        .arg("--memory")
-        .arg("waiters")
-        .arg(dir)
-        .arg(threads.to_string())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run the waiter measurement");
-    assert!(out.status.success(), "the waiter measurement failed");
-    let f: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(|x| x.parse().expect("number"))
-        .collect();
+    let f = waiters_in_fresh_process(&exe, dir, "waiters", threads);
     let helpers = f[5];
     let each = |after: f64, before: f64| (after - before) / helpers.max(1.0);
     let (rss, heap, fds) = (each(f[1], f[0]), each(f[3], f[2]), each(f[7], f[6]));
@@ -1868,20 +1875,7 @@ fn bench_memory(cfg: &Config, dir: &Path, report: &mut Report) {
     ));
 
     // The threads' own waits (OFD): what a thread's ring costs while the thread lives.
-    eprintln!("memory: own waits");
-    let out = Command::new(&exe)
-        .arg("--memory")
-        .arg("own-waits")
-        .arg(dir)
-        .arg(threads.to_string())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run the own-wait measurement");
-    assert!(out.status.success(), "the own-wait measurement failed");
-    let f: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(|x| x.parse().expect("number"))
-        .collect();
+    let f = waiters_in_fresh_process(&exe, dir, "own-waits", threads);
     let each = |after: f64, before: f64| (after - before) / threads as f64;
     let (rss, heap, fds) = (each(f[1], f[0]), each(f[3], f[2]), each(f[7], f[6]));
     let children = f[5];

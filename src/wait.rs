@@ -330,16 +330,26 @@ const OWN: u8 = 4;
 /// Whether fcntl waits may be the thread's own ([`own_wait`]): not under valgrind
 /// (which does not follow a ring's shared memory) nor with `UNILOCK_WAITER` set to
 /// `child` or `per-wait`; decided once.
+///
+/// An atomic, not a `OnceLock`: a fork() in another thread while one decides would
+/// leave the child's `OnceLock` initializing for ever, and its first wait blocked on
+/// it. Two threads that decide at once decide alike.
 fn own_waits() -> bool {
-    static DECIDED: OnceLock<bool> = OnceLock::new();
-    *DECIDED.get_or_init(|| {
-        let asked = std::env::var_os("UNILOCK_WAITER");
-        let yes = asked.is_none_or(|v| v != "child" && v != "per-wait") && !forked_child_only();
-        if !yes {
-            own_wait::disable();
+    const NO: u8 = 1;
+    const YES: u8 = 2;
+    static DECIDED: AtomicU8 = AtomicU8::new(0);
+    match DECIDED.load(Ordering::Relaxed) {
+        0 => {
+            let asked = std::env::var_os("UNILOCK_WAITER");
+            let yes = asked.is_none_or(|v| v != "child" && v != "per-wait") && !forked_child_only();
+            if !yes {
+                own_wait::disable();
+            }
+            DECIDED.store(if yes { YES } else { NO }, Ordering::Relaxed);
+            yes
         }
-        yes
-    })
+        decided => decided == YES,
+    }
 }
 
 /// Waits in the kernel for `call` on `fd`, until it is granted, the deadline passes
