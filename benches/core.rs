@@ -1644,6 +1644,26 @@ fn waiter_children() -> u64 {
 /// Resident bytes, malloc'd bytes and open descriptors of this process.
 type Usage = (u64, u64, u64);
 
+/// Records what a measurement of [`waiters_in_fresh_process`] (`f`) grew by, per `per`
+/// (waiter children, or threads), under `memory.KEY.*`; returns RSS, heap and
+/// descriptors each.
+fn per_waiter(
+    report: &mut Report,
+    key: &str,
+    f: &[f64],
+    threads: usize,
+    per: f64,
+) -> (f64, f64, f64) {
+    let each = |after: f64, before: f64| (after - before) / per.max(1.0);
+    let (rss, heap, fds) = (each(f[1], f[0]), each(f[3], f[2]), each(f[7], f[6]));
+    report.num(format!("memory.{key}.threads"), threads as f64);
+    report.num(format!("memory.{key}.children"), f[5]);
+    report.num(format!("memory.{key}.rss_bytes_each"), rss);
+    report.num(format!("memory.{key}.heap_bytes_each"), heap);
+    report.num(format!("memory.{key}.fds_each"), fds);
+    (rss, heap, fds)
+}
+
 /// Runs the `kind` measurement of [`waiters_memory`] ("waiters": FLOCK handles, "own-waits":
 /// OFD handles) with `threads` threads in a fresh process (this program again); returns
 /// the numbers it printed.
@@ -1844,13 +1864,7 @@ fn bench_memory(cfg: &Config, dir: &Path, report: &mut Report) {
     let threads = cfg.mem_waiters;
     let f = waiters_in_fresh_process(&exe, dir, "waiters", threads);
     let helpers = f[5];
-    let each = |after: f64, before: f64| (after - before) / helpers.max(1.0);
-    let (rss, heap, fds) = (each(f[1], f[0]), each(f[3], f[2]), each(f[7], f[6]));
-    report.num("memory.waiters.threads", threads as f64);
-    report.num("memory.waiters.children", helpers);
-    report.num("memory.waiters.rss_bytes_each", rss);
-    report.num("memory.waiters.heap_bytes_each", heap);
-    report.num("memory.waiters.fds_each", fds);
+    let (rss, heap, fds) = per_waiter(report, "waiters", &f, threads, helpers);
     report.target(
         "descriptors per live waiter child",
         format!("{fds:.2} ({helpers:.0} children, {rss:.0} B RSS each)"),
@@ -1876,14 +1890,8 @@ fn bench_memory(cfg: &Config, dir: &Path, report: &mut Report) {
 
     // The threads' own waits (OFD): what a thread's ring costs while the thread lives.
     let f = waiters_in_fresh_process(&exe, dir, "own-waits", threads);
-    let each = |after: f64, before: f64| (after - before) / threads as f64;
-    let (rss, heap, fds) = (each(f[1], f[0]), each(f[3], f[2]), each(f[7], f[6]));
     let children = f[5];
-    report.num("memory.own_waits.threads", threads as f64);
-    report.num("memory.own_waits.children", children);
-    report.num("memory.own_waits.rss_bytes_each", rss);
-    report.num("memory.own_waits.heap_bytes_each", heap);
-    report.num("memory.own_waits.fds_each", fds);
+    let (rss, heap, fds) = per_waiter(report, "own_waits", &f, threads, threads as f64);
     report.target(
         "descriptors per thread with an own wait (OFD)",
         format!("{fds:.2} ({children:.0} waiter children, {rss:.0} B RSS each)"),

@@ -273,6 +273,16 @@ extern "C" fn child_main(_arg: *mut libc::c_void) -> libc::c_int {
 /// a fork in another thread cannot leave a child blocked on it.
 static FREE: Mutex<Vec<&'static Slot>> = Mutex::new(Vec::new());
 
+/// A slot from `free` (slots of exited threads, never freed), or a new one. The list is
+/// only `try_lock`ed: one left locked in a forked child by a thread the child does not
+/// have costs a new slot, never a hang.
+pub(crate) fn reuse_or<T>(free: &Mutex<Vec<&'static T>>, new: fn() -> &'static T) -> &'static T {
+    free.try_lock()
+        .ok()
+        .and_then(|mut f| f.pop())
+        .unwrap_or_else(new)
+}
+
 /// The calling thread's slot; its destructor ends the child and frees the slot.
 struct Mine(Cell<Option<&'static Slot>>);
 
@@ -329,11 +339,7 @@ pub(crate) fn acquire() -> Result<Option<&'static Slot>, Errno> {
             Some(s) if s.parent.load(Ordering::Relaxed) == me => s,
             // None yet, or a copy inherited through fork() whose child is the parent's.
             _ => {
-                let s = FREE
-                    .try_lock()
-                    .ok()
-                    .and_then(|mut f| f.pop())
-                    .unwrap_or_else(Slot::new);
+                let s = reuse_or(&FREE, Slot::new);
                 s.pid.store(0, Ordering::Relaxed);
                 s.parent.store(me, Ordering::Relaxed);
                 mine.0.set(Some(s));

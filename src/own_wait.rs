@@ -49,6 +49,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::helper;
 use crate::sys::uring::{self, Cqe, Ring, Timespec};
 use crate::sys::{self, KernelCall};
 use crate::wait::{CallState, Deadline, Outcome};
@@ -210,11 +211,7 @@ fn mine() -> Option<&'static Slot> {
         .try_with(|mine| match mine.0.get() {
             Some(s) if s.pid.load(Ordering::Relaxed) == me => s,
             _ => {
-                let s = FREE
-                    .try_lock()
-                    .ok()
-                    .and_then(|mut f| f.pop())
-                    .unwrap_or_else(Slot::new);
+                let s = helper::reuse_or(&FREE, Slot::new);
                 // SAFETY: the slot was free (or new, or the forked copy of this
                 // thread's): no thread uses its ring. A forked copy's mappings were not
                 // inherited, so it is dropped without unmapping.
