@@ -260,6 +260,15 @@ fn io_uring_refused() {
         "ok"
     );
     assert_eq!(peer.cmd("lock p ex 0 0 0"), "ok");
+    if !common::own_waits_expected() {
+        // io_uring is refused here: the process tried it once, at its first wait, and
+        // never again; a new thread's wait is served by a waiter child.
+        let before = fault::count(Call::Uring);
+        wait_in_new_thread(&lock, "io_uring refused by this machine");
+        assert_eq!(fault::count(Call::Uring), before, "io_uring tried again");
+        assert_eq!(peer.cmd("unlock p 0 0"), "ok");
+        return;
+    }
     for (errno, tries_again) in [(libc::ENOMEM, true), (libc::EPERM, false)] {
         let context = format!("io_uring_setup fails with errno {errno}");
         let injected = fault::injected();

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{ALL, PEER_ENV, Peer, TempDir, name, opts};
+use common::{ALL, PEER_ENV, Peer, TempDir, name, opts, own_waits_expected};
 use unilock::{Backend, Lock, Mode};
 
 const SCENARIO_ENV: &str = "UNILOCK_TEST_EXEC_SCENARIO";
@@ -71,34 +71,6 @@ fn command(pid: i32) -> Option<String> {
 fn state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit(')').next()?.trim_start().chars().next()
-}
-
-/// True when OFD and POSIX waits are expected to be the waiting thread's own: io_uring
-/// can be set up here, the kernel has `IORING_OP_FUTEX_WAIT` (Linux 6.7), and
-/// `UNILOCK_WAITER` does not ask for children.
-fn own_waits_expected() -> bool {
-    if std::env::var_os("UNILOCK_WAITER").is_some_and(|v| v == "child" || v == "per-wait") {
-        return false;
-    }
-    // SAFETY: uname fills a local struct.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::uname(&mut u) }, 0);
-    // SAFETY: uname wrote a NUL-terminated release string.
-    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy();
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    // io_uring_setup(2) with 1 entry and default parameters (120 bytes of zeroes).
-    let mut params = [0u8; 120];
-    // SAFETY: the kernel reads and writes `params`, a struct io_uring_params.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr()) };
-    if fd >= 0 {
-        // SAFETY: the descriptor just returned, closed once.
-        unsafe { libc::close(fd as i32) };
-    }
-    fd >= 0 && version >= (6, 7)
 }
 
 /// The backends whose waits use waiter children in this process.
