@@ -240,11 +240,9 @@ fn mine() -> Option<&'static Slot> {
             }
         }
     }
-    let ring = slot.ring()?;
-    if !slot.arm(ring) {
-        if AVAILABLE.load(Ordering::Relaxed) == UNKNOWN {
-            disable();
-        }
+    // A kernel that refuses the futex wait turns own waits off (in `arm`); one that
+    // has not taken it yet leaves this wait to a waiter child.
+    if !slot.arm(slot.ring()?) {
         return None;
     }
     AVAILABLE.store(YES, Ordering::Relaxed);
@@ -316,8 +314,8 @@ pub(crate) fn wait(
             let _ = ring.enter(0);
         }
         // The timeout not taken (no memory): this attempt ends before its call.
-        let unarmed = ring.has_queued();
-        let rc = if unarmed || state.cancelled() {
+        let timer_queued = ring.has_queued();
+        let rc = if timer_queued || state.cancelled() {
             Err(libc::ECANCELED)
         } else {
             sys::fcntl_lock_at(fd, cmd, at)
@@ -337,7 +335,7 @@ pub(crate) fn wait(
         slot.words.state.store(turn, Ordering::SeqCst);
         match rc {
             Ok(()) => return Some(Outcome::Granted),
-            Err(_) if unarmed => return None,
+            Err(_) if timer_queued => return None,
             // A signal of the host's, a cancel or a deadline (the checks above say
             // which), or an abort meant for an earlier wait: look again.
             Err(libc::EINTR | libc::ECANCELED) => {}

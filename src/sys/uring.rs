@@ -36,10 +36,10 @@ const ENTER_REGISTERED_RING: u32 = 1 << 4;
 const REGISTER_RING_FDS: u32 = 20;
 
 /// Operations.
-pub(crate) const OP_TIMEOUT: u8 = 11;
-pub(crate) const OP_TIMEOUT_REMOVE: u8 = 12;
+const OP_TIMEOUT: u8 = 11;
+const OP_TIMEOUT_REMOVE: u8 = 12;
 /// `IORING_OP_FUTEX_WAIT` (Linux 6.7).
-pub(crate) const OP_FUTEX_WAIT: u8 = 51;
+const OP_FUTEX_WAIT: u8 = 51;
 /// `futex2` flags of `IORING_OP_FUTEX_WAIT`: a 32-bit word, private to this memory.
 const FUTEX2_SIZE_U32: u32 = 0x02;
 const FUTEX2_PRIVATE: u32 = 128;

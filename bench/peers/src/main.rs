@@ -14,6 +14,9 @@ mod agent;
 mod driver;
 mod json;
 mod lockers;
+// The clock and the percentile of the library's own benchmark programs.
+#[path = "../../../benches/report/mod.rs"]
+mod report;
 mod stats;
 
 use std::path::{Path, PathBuf};

@@ -1,16 +1,8 @@
 //! Clocks, CPU time and the statistics of the report.
 
-/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process of the machine
-/// (Python's `time.monotonic_ns` and the C agent read it too).
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+// CLOCK_MONOTONIC in ns (Python's `time.monotonic_ns` and the C agent read it too) and
+// the nearest-rank percentile, as the library's own benchmark programs measure.
+pub use crate::report::{mono_ns, percentile};
 
 /// User + system time of a `struct rusage`, in ns.
 pub fn rusage_ns(ru: &libc::rusage) -> u64 {
@@ -29,15 +21,6 @@ fn rusage(who: libc::c_int) -> u64 {
 /// CPU ns used by this process and its reaped children (unilock's waiter children).
 pub fn cpu_ns() -> u64 {
     rusage(libc::RUSAGE_SELF) + rusage(libc::RUSAGE_CHILDREN)
-}
-
-/// Nearest-rank percentile (`q` in 0..=1) of unsorted samples.
-pub fn percentile(samples: &[f64], q: f64) -> f64 {
-    assert!(!samples.is_empty(), "no samples");
-    let mut v = samples.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
 }
 
 pub fn median(samples: &[f64]) -> f64 {
