@@ -553,7 +553,7 @@ fn acquire(
             cmd: libc::F_OFD_SETLKW,
             fl,
         };
-        match wait::in_kernel(q, wait, false, deadline, call)? {
+        match wait::in_kernel(q, wait, false, deadline, call, None)? {
             Some(Outcome::Granted) => return Ok(()),
             Some(Outcome::Unknown) => {}
             Some(Outcome::Failed(err)) => {

@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 
 use crate::Mode;
+use crate::own_wait;
 use crate::range::{ByteRange, RangeMap};
 use crate::wait::Deadline;
 use crate::{Backend, Error};
@@ -155,6 +156,11 @@ pub(crate) struct Inode {
     /// The cell of the handle whose holding is checked out (then the only handle open
     /// here).
     pub solo: Option<SoloCell>,
+    /// Flock waits in progress here that are their thread's own
+    /// ([`crate::own_wait::FlockFds`]): registered only while no POSIX lock of this
+    /// process is held or reserved here, evicted before one is, and kept until their
+    /// thread has closed their descriptors.
+    pub flock_waits: Vec<&'static own_wait::Words>,
 }
 
 impl Inode {
@@ -239,6 +245,7 @@ impl Inode {
     pub(crate) fn check_out(&mut self, handle: HandleId, backend: Backend, cell: &SoloCell) {
         if self.open_handles != 1
             || self.waiters > 0
+            || !self.flock_waits.is_empty()
             || self.solo.is_some()
             || !self.deferred.is_empty()
             || self
@@ -274,6 +281,19 @@ impl Inode {
             }
         };
         &mut self.holdings[pos]
+    }
+
+    /// Ends the own flock waits in progress here ([`own_wait::evict`]): a POSIX lock
+    /// of this process is about to be held or reserved here.
+    pub(crate) fn evict_flock_waits(&mut self) {
+        for words in &self.flock_waits {
+            own_wait::evict(words);
+        }
+    }
+
+    /// Unregisters the own flock wait of `words` (evicted or not).
+    pub(crate) fn forget_flock_wait(&mut self, words: &own_wait::Words) {
+        self.flock_waits.retain(|w| !std::ptr::eq(*w, words));
     }
 
     /// Closes the deferred descriptors once no POSIX lock is held here, and wakes the
@@ -480,6 +500,9 @@ impl Table {
             }
             inode.deferred.clear();
             inode.waiters = 0;
+            for words in inode.flock_waits.drain(..) {
+                own_wait::forget_in_fork_child(words);
+            }
         }
     }
 

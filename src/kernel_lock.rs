@@ -698,6 +698,12 @@ impl KernelLock {
         let mut table = self.table(key);
         loop {
             let inode = table.inode(key);
+            if self.backend == Backend::Posix {
+                // A flock wait that is the thread's own closes a descriptor of the
+                // file, which would drop the POSIX lock taken here: it moves to a
+                // waiter child first.
+                inode.evict_flock_waits();
+            }
             let conflicts = inode.conflicts(self.id, family, range, mode);
             if let Some(c) = conflicts.first() {
                 if deadline.is_try() {
@@ -735,12 +741,27 @@ impl KernelLock {
             if posix {
                 table.holding_mut(key, self.id, self.backend).pending = Some((range, mode));
             }
+            let flock_fds = if self.backend == Backend::Flock && !table.has_posix_locks(key) {
+                wait::own_flock_fds(fd, deadline, call)
+            } else {
+                None
+            };
+            if let Some(f) = &flock_fds {
+                table.inode(key).flock_waits.push(f.words());
+            }
             table.start_waiting(me, record);
             drop(table);
             let kernel_call = backend::lock_call(self.backend, range, mode, true);
-            let outcome = wait::in_kernel(fd, kernel_call, posix, deadline, call);
+            let outcome =
+                wait::in_kernel(fd, kernel_call, posix, deadline, call, flock_fds.as_ref());
             table = inode_table::table();
             table.done_waiting(me);
+            if let Some(f) = flock_fds {
+                // Closed under the table's mutex: no POSIX lock of this process is
+                // held on the file (one about to be taken evicts the wait first).
+                table.inode(key).forget_flock_wait(f.words());
+                drop(f);
+            }
             // A granted POSIX lock is recorded before the reservation ends: in between,
             // the table would see no POSIX lock here and close a deferred descriptor,
             // which drops every POSIX lock of the process on the file.

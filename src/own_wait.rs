@@ -44,14 +44,14 @@
 //! see its own blocking calls fail with `EINTR`, as a second signal would make them.
 
 use std::cell::{Cell, UnsafeCell};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::helper;
 use crate::sys::uring::{self, Cqe, Ring, Timespec};
-use crate::sys::{self, KernelCall};
+use crate::sys::{self, Errno, KernelCall};
 use crate::wait::{CallState, Deadline, Outcome};
 
 /// Phases of a slot's `state` (its low two bits; the rest counts the waits).
@@ -83,6 +83,13 @@ pub(crate) struct Words {
     state: AtomicU32,
     /// The word of the ring's futex wait: bumped and woken by an abort.
     abort: AtomicU32,
+    /// A flock wait's descriptors ([`FlockFds`]): the one its call is made on, and
+    /// the `O_PATH` one an abort puts in its place; -1 for an `fcntl` wait.
+    flock_fd: AtomicI32,
+    spare_fd: AtomicI32,
+    /// Set when a POSIX lock of this process is about to be taken on the file of the
+    /// flock wait in progress ([`evict`]): the wait goes on through a waiter child.
+    evicted: AtomicBool,
 }
 
 /// One thread's own-wait state. Never freed: a cancel may still look at the words of a
@@ -107,6 +114,9 @@ impl Slot {
             words: Words {
                 state: AtomicU32::new(IDLE),
                 abort: AtomicU32::new(0),
+                flock_fd: AtomicI32::new(-1),
+                spare_fd: AtomicI32::new(-1),
+                evicted: AtomicBool::new(false),
             },
             pid: AtomicI32::new(0),
             ring: UnsafeCell::new(None),
@@ -265,24 +275,141 @@ pub(crate) fn abort(words: &Words, expected: u32) {
         )
         .is_ok()
     {
+        unplug(words);
         words.abort.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake(&words.abort);
     }
 }
 
-/// Waits for the `fcntl` lock call `cmd` with `fl` on `fd` in the calling thread,
-/// until it is granted, the deadline passes or `state` is cancelled; `after_grant` is
-/// made as soon as the call succeeded. `None` when own waits cannot serve here (the
-/// caller uses a waiter child).
+/// Makes the flock call of the wait that `words` serve fail when the kernel restarts
+/// it (or makes it for the first time): its descriptor is replaced by an `O_PATH` one,
+/// on which `flock` fails with `EBADF`. The replaced descriptor's close drops the
+/// POSIX locks this process holds on the file; there are none while the wait is
+/// registered in the process's table ([`evict`]). Nothing for an `fcntl` wait.
+fn unplug(words: &Words) {
+    let (fd, spare) = (
+        words.flock_fd.load(Ordering::SeqCst),
+        words.spare_fd.load(Ordering::SeqCst),
+    );
+    if fd >= 0 && spare >= 0 {
+        sys::replace_fd(spare, fd);
+    }
+}
+
+/// Ends the flock wait that `words` serve for good, whatever its phase: called under
+/// the table's mutex just before this process takes or waits for a POSIX lock on the
+/// file, whose close of the wait's descriptor would then drop it. The waiting thread
+/// goes on through a waiter child ([`Outcome::Unknown`]).
+pub(crate) fn evict(words: &Words) {
+    if words.evicted.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    unplug(words);
+    abort(words, words.state.load(Ordering::SeqCst));
+}
+
+/// In a child just after `fork()`: closes the copies of the descriptors of a flock
+/// wait that a thread of the parent was making.
+pub(crate) fn forget_in_fork_child(words: &Words) {
+    let fd = words.flock_fd.swap(-1, Ordering::SeqCst);
+    if fd >= 0 {
+        sys::close_raw(fd);
+    }
+}
+
+/// The process's `O_PATH` descriptor of `/`, which an abort puts in place of a flock
+/// wait's descriptor ([`unplug`]): opened at the first flock wait that is a thread's
+/// own and kept (close-on-exec); -1 before.
+static SPARE: AtomicI32 = AtomicI32::new(-1);
+
+/// [`SPARE`], opened (again) when it is not an `O_PATH` descriptor (a program that
+/// closes descriptors it did not open may have closed it); `None` when it cannot be.
+fn spare() -> Option<RawFd> {
+    let fd = SPARE.load(Ordering::SeqCst);
+    if fd >= 0 && sys::fd_flags(fd).is_ok_and(|f| f & libc::O_PATH != 0) {
+        return Some(fd);
+    }
+    let new = sys::open(c"/", libc::O_PATH | libc::O_CLOEXEC | libc::O_DIRECTORY, 0)
+        .ok()?
+        .into_raw_fd();
+    match SPARE.compare_exchange(fd, new, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => Some(new),
+        Err(other) => {
+            sys::close_raw(new);
+            Some(other)
+        }
+    }
+}
+
+/// The descriptors of a flock wait that is the thread's own: `dup`, a duplicate of
+/// the handle's descriptor on which the call is made (flock locks belong to the open
+/// file description, which the duplicate shares), and the process's `O_PATH`
+/// descriptor ([`SPARE`]), which an abort puts in its place ([`unplug`]), since `flock` takes its descriptor in
+/// a register, where no completion can make the restarted call fail.
+///
+/// The caller registers the wait in the process's table before the call and drops
+/// this under the table's mutex after it: so no POSIX lock of this process is held
+/// on the file while either descriptor may be closed.
+pub(crate) struct FlockFds {
+    slot: &'static Slot,
+    dup: OwnedFd,
+}
+
+impl FlockFds {
+    /// Makes the descriptors for a flock wait on `fd` by the calling thread; `None`
+    /// where own waits cannot serve (the caller uses a waiter child).
+    pub(crate) fn new(fd: BorrowedFd<'_>) -> Option<FlockFds> {
+        let slot = mine()?;
+        let dup = sys::dup(fd, true).ok()?;
+        let spare = spare()?;
+        slot.words.spare_fd.store(spare, Ordering::SeqCst);
+        slot.words.flock_fd.store(dup.as_raw_fd(), Ordering::SeqCst);
+        slot.words.evicted.store(false, Ordering::SeqCst);
+        Some(FlockFds { slot, dup })
+    }
+
+    /// The words that [`evict`] takes.
+    pub(crate) fn words(&self) -> &'static Words {
+        &self.slot.words
+    }
+}
+
+impl Drop for FlockFds {
+    fn drop(&mut self) {
+        self.slot.words.flock_fd.store(-1, Ordering::SeqCst);
+        self.slot.words.spare_fd.store(-1, Ordering::SeqCst);
+    }
+}
+
+/// The blocking call of an own wait.
+pub(crate) enum Call<'a> {
+    /// `fcntl(fd, cmd, fl)`: OFD and POSIX locks.
+    Fcntl {
+        fd: RawFd,
+        cmd: libc::c_int,
+        fl: &'a libc::flock,
+    },
+    /// `flock(fds.dup, op)`; only without a deadline (no completion can replace the
+    /// descriptor).
+    Flock { fds: &'a FlockFds, op: libc::c_int },
+}
+
+/// Waits for the lock call `call` in the calling thread, until it is granted, the
+/// deadline passes or `state` is cancelled; `after_grant` is made as soon as the call
+/// succeeded. `None` when own waits cannot serve here (the caller uses a waiter
+/// child); [`Outcome::Unknown`] when a flock wait was evicted ([`evict`]).
 pub(crate) fn wait(
-    fd: RawFd,
-    cmd: libc::c_int,
-    fl: &libc::flock,
+    call: Call<'_>,
     after_grant: Option<(RawFd, KernelCall)>,
     deadline: &Deadline,
     state: &CallState,
 ) -> Option<Outcome> {
     let slot = mine()?;
+    if let Call::Flock { fds, .. } = &call {
+        if !std::ptr::eq(fds.slot, slot) || deadline.remaining().is_some() {
+            return None;
+        }
+    }
     loop {
         if state.cancelled() {
             return Some(Outcome::Cancelled);
@@ -296,10 +423,13 @@ pub(crate) fn wait(
             return None;
         }
         let at = ring.next_completion() as *mut libc::flock;
-        // SAFETY: `at` is a completion-sized entry of the ring's mapping, which the
-        // kernel writes only when a request completes; none can before WAITING below
-        // (the futex wait needs an abort, the timeout is not submitted yet).
-        unsafe { at.write(*fl) };
+        if let Call::Fcntl { fl, .. } = &call {
+            // SAFETY: `at` is a completion-sized entry of the ring's mapping, which
+            // the kernel writes only when a request completes; none can before
+            // WAITING below (the futex wait needs an abort, the timeout is not
+            // submitted yet).
+            unsafe { at.write(**fl) };
+        }
         // Turns are unique in the process: a cancel that read the words of one slot
         // and the state of another wait never matches.
         let turn = TURNS.fetch_add(GENERATION, Ordering::Relaxed);
@@ -318,7 +448,7 @@ pub(crate) fn wait(
         let rc = if timer_queued || state.cancelled() {
             Err(libc::ECANCELED)
         } else {
-            sys::fcntl_lock_at(fd, cmd, at)
+            blocking_call(&call, at)
         };
         if rc.is_ok() {
             if let Some((then_fd, then)) = &after_grant {
@@ -333,6 +463,16 @@ pub(crate) fn wait(
             .is_err();
         let fired = settle(slot, ring, aborted, ts.is_some());
         slot.words.state.store(turn, Ordering::SeqCst);
+        if let (Call::Flock { .. }, Err(_)) = (&call, rc) {
+            // The descriptor may have been replaced: the call cannot be made again.
+            if aborted || slot.words.evicted.load(Ordering::SeqCst) {
+                return Some(if state.cancelled() {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::Unknown
+                });
+            }
+        }
         match rc {
             Ok(()) => return Some(Outcome::Granted),
             Err(_) if timer_queued => return None,
@@ -342,6 +482,14 @@ pub(crate) fn wait(
             Err(_) if aborted || fired => {}
             Err(e) => return Some(Outcome::Failed(e)),
         }
+    }
+}
+
+/// Makes the blocking call; `at` is where an `fcntl` call's struct was written.
+fn blocking_call(call: &Call<'_>, at: *mut libc::flock) -> Result<(), Errno> {
+    match call {
+        Call::Fcntl { fd, cmd, .. } => sys::fcntl_lock_at(*fd, *cmd, at),
+        Call::Flock { fds, op } => sys::flock_at(fds.dup.as_raw_fd(), *op),
     }
 }
 

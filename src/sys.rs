@@ -168,6 +168,12 @@ pub(crate) fn status_flags(fd: BorrowedFd<'_>) -> Result<libc::c_int, Errno> {
     retry(|| gate!(Fcntl, unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) }))
 }
 
+/// `fcntl(F_GETFL)` of a descriptor held by number, which may have been closed.
+pub(crate) fn fd_flags(fd: RawFd) -> Result<libc::c_int, Errno> {
+    // SAFETY: F_GETFL only reads flags; a closed descriptor gives EBADF.
+    retry(|| gate!(Fcntl, unsafe { libc::fcntl(fd, libc::F_GETFL) }))
+}
+
 /// `fcntl(F_SETFL)` without `O_NONBLOCK`.
 pub(crate) fn clear_nonblock(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     let flags = status_flags(fd)?;
@@ -222,6 +228,53 @@ pub(crate) fn fcntl_lock_at(
         libc::syscall(libc::SYS_fcntl, fd, cmd, fl) as libc::c_int
     });
     if rc == -1 { Err(errno()) } else { Ok(()) }
+}
+
+/// `flock(2)` with a blocking `op` on `fd`, made once, with `syscall(2)` (see
+/// [`fcntl_lock_at`]): `EINTR` is returned, not retried.
+pub(crate) fn flock_at(fd: RawFd, op: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: flock takes a descriptor and an integer.
+    let rc = gate!(Flock, unsafe {
+        libc::syscall(libc::SYS_flock, fd, op) as libc::c_int
+    });
+    if rc == -1 { Err(errno()) } else { Ok(()) }
+}
+
+/// True when any `fcntl` lock (POSIX or OFD, of any process) is set on the file of
+/// `fd`: `F_OFD_GETLK` finds one that conflicts with a write lock on the whole file.
+pub(crate) fn fcntl_locks_on(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    // SAFETY: an all-zero struct flock is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fcntl_lock(fd, libc::F_OFD_GETLK, &mut fl)?;
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// Puts the file of descriptor `src` in place of descriptor `dst` (`dup3(2)`,
+/// close-on-exec), with a raw system call that leaves `errno` alone. Returns the
+/// kernel's result.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn replace_fd(src: RawFd, dst: RawFd) -> isize {
+    raw_syscall3(
+        libc::SYS_dup3,
+        src as usize,
+        dst as usize,
+        libc::O_CLOEXEC as usize,
+    )
+}
+
+/// See the x86_64 version (here through the C library).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub(crate) fn replace_fd(src: RawFd, dst: RawFd) -> isize {
+    // SAFETY: dup3 takes two descriptors and flags.
+    unsafe { libc::dup3(src, dst, libc::O_CLOEXEC) as isize }
+}
+
+/// `close(2)` of a descriptor this library owns but holds by number.
+pub(crate) fn close_raw(fd: RawFd) {
+    // SAFETY: closing a descriptor the caller owns; nothing uses it afterwards.
+    unsafe { libc::close(fd) };
 }
 
 /// A non-blocking lock call made once as `call` says, on `fd`, with `syscall(2)`; its

@@ -352,27 +352,57 @@ fn own_waits() -> bool {
     }
 }
 
+/// The descriptors with which a flock wait on `fd` can be the waiting thread's own
+/// ([`own_wait::FlockFds`]): only without a deadline, where own waits serve, on a file
+/// that keeps its locks in the kernel and has no `fcntl` lock on it (the close of the
+/// wait's descriptor would drop this process's POSIX locks there, the program's own
+/// included). The caller has checked the table for this process's POSIX locks, and
+/// registers the wait there.
+pub(crate) fn own_flock_fds(
+    fd: BorrowedFd<'_>,
+    deadline: &Deadline,
+    state: &CallState,
+) -> Option<own_wait::FlockFds> {
+    if deadline.remaining().is_some()
+        || !own_waits()
+        || !state.on_local_locks(fd)
+        || sys::fcntl_locks_on(fd) != Ok(false)
+    {
+        return None;
+    }
+    own_wait::FlockFds::new(fd)
+}
+
 /// Waits in the kernel for `call` on `fd`, until it is granted, the deadline passes
 /// or `state` is cancelled. `owner_is_process` is true for POSIX locks, which only a
-/// child sharing the descriptor table can take for us. Returns `None` when no waiter
-/// child can be created here for that kind of lock (the caller then retries with
-/// backoff, see [`sleep`]).
+/// child sharing the descriptor table can take for us; `flock_fds`, from
+/// [`own_flock_fds`], lets a flock wait be the thread's own. Returns `None` when no
+/// waiter child can be created here for that kind of lock (the caller then retries
+/// with backoff, see [`sleep`]).
 pub(crate) fn in_kernel(
     fd: BorrowedFd<'_>,
     call: KernelCall,
     owner_is_process: bool,
     deadline: &Deadline,
     state: &CallState,
+    flock_fds: Option<&own_wait::FlockFds>,
 ) -> Result<Option<Outcome>> {
     let after_grant = *state.after_grant.lock().unwrap_or_else(|p| p.into_inner());
-    if let KernelCall::Fcntl { cmd, fl } = &call {
-        if own_waits() && state.on_local_locks(fd) {
-            if let Some(outcome) =
-                own_wait::wait(fd.as_raw_fd(), *cmd, fl, after_grant, deadline, state)
-            {
-                MECHANISM.store(OWN, Ordering::Relaxed);
-                return Ok(Some(outcome));
-            }
+    let own = match &call {
+        KernelCall::Fcntl { cmd, fl } if own_waits() && state.on_local_locks(fd) => {
+            Some(own_wait::Call::Fcntl {
+                fd: fd.as_raw_fd(),
+                cmd: *cmd,
+                fl,
+            })
+        }
+        KernelCall::Flock { op } => flock_fds.map(|fds| own_wait::Call::Flock { fds, op: *op }),
+        KernelCall::Fcntl { .. } => None,
+    };
+    if let Some(own) = own {
+        if let Some(outcome) = own_wait::wait(own, after_grant, deadline, state) {
+            MECHANISM.store(OWN, Ordering::Relaxed);
+            return Ok(Some(outcome));
         }
     }
     if !forked_child_only() {
@@ -528,7 +558,9 @@ pub(crate) fn sleep(state: &CallState, d: Duration) -> Result<()> {
 pub(crate) fn mechanism() -> &'static str {
     match MECHANISM.load(Ordering::Relaxed) {
         UNKNOWN => "not yet chosen",
-        OWN => "the waiting thread's own call, ended by io_uring (flock: persistent waiter child)",
+        OWN => {
+            "the waiting thread's own call, ended by io_uring (timed flock waits: persistent waiter child)"
+        }
         PERSISTENT => "persistent waiter child per thread (clone CLONE_VM|CLONE_FILES, futex)",
         SHARED => "shared waiter child (clone CLONE_VM|CLONE_FILES)",
         _ => "forked waiter child",

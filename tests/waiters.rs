@@ -7,8 +7,8 @@
 //! execve (so no lock outlives the program), never named as a lock's holder, and
 //! without descriptors of its own.
 //!
-//! The thread's own wait (OFD and POSIX waits, where io_uring serves): no child and no
-//! descriptor.
+//! The thread's own wait (OFD and POSIX waits, and untimed flock waits, where io_uring
+//! serves): no child, no descriptor left, and no POSIX lock of the process dropped.
 //!
 //! Every wait, whatever serves it: it ends on time at a deadline and at once on a
 //! cancel, and leaves nothing behind that could interrupt the thread's later system
@@ -73,13 +73,20 @@ fn state(pid: i32) -> Option<char> {
     stat.rsplit(')').next()?.trim_start().chars().next()
 }
 
-/// The backends whose waits use waiter children in this process.
+/// The backends whose waits use waiter children in this process: every one where
+/// io_uring is refused, else FLOCK's timed waits.
 fn child_backends() -> Vec<Backend> {
     if own_waits_expected() {
         vec![Backend::Flock]
     } else {
         ALL.to_vec()
     }
+}
+
+/// A timeout with which a wait of [`child_backends`] uses a waiter child (an
+/// untimed flock wait is the thread's own where io_uring serves).
+fn child_timeout() -> Option<Duration> {
+    own_waits_expected().then_some(Duration::from_secs(30))
 }
 
 fn open_descriptors() -> usize {
@@ -191,14 +198,14 @@ fn one_waiter_child_serves_every_wait_of_a_thread_and_uses_no_descriptor() {
         assert_eq!(peer.cmd("unlock h 0 0"), "ok");
         let (go, results, thread) = waiting_thread(lock);
         // A thread's first wait has a child of its own, gone once it is granted.
-        let once = handed_off(&mut peer, &path, &go, &results, None);
+        let once = handed_off(&mut peer, &path, &go, &results, child_timeout());
         assert!(once.result.is_ok(), "{b:?}: {:?}", once.result);
         assert!(
             once.children.is_empty(),
             "{b:?}: the first wait's child is gone: {:?}",
             once.children
         );
-        let first = handed_off(&mut peer, &path, &go, &results, None);
+        let first = handed_off(&mut peer, &path, &go, &results, child_timeout());
         assert!(first.result.is_ok(), "{b:?}: {:?}", first.result);
         assert_eq!(
             first.children.len(),
@@ -283,7 +290,7 @@ fn every_waiter_child_runs_on_the_cpu_of_the_thread_that_waits() {
                 if let Some(cpu) = cpu {
                     pin_thread(cpu);
                 }
-                waiter.lock(Mode::Exclusive, 0, 0, None).unwrap();
+                waiter.lock(Mode::Exclusive, 0, 0, child_timeout()).unwrap();
                 waiter.unlock(0, 0).unwrap();
                 report.send(0).unwrap();
             }
@@ -345,11 +352,11 @@ fn a_threads_waiter_child_is_killed_and_reaped_when_the_thread_exits() {
     let (go, results, thread) = waiting_thread(lock);
     // The persistent child comes at the thread's second wait.
     assert!(
-        handed_off(&mut peer, &path, &go, &results, None)
+        handed_off(&mut peer, &path, &go, &results, child_timeout())
             .result
             .is_ok()
     );
-    let w = handed_off(&mut peer, &path, &go, &results, None);
+    let w = handed_off(&mut peer, &path, &go, &results, child_timeout());
     assert!(w.result.is_ok());
     let [child] = w.children[..] else {
         panic!("one waiter child: {:?}", w.children)
@@ -376,11 +383,11 @@ fn a_deadline_or_a_cancel_ends_the_waiter_child_and_the_next_wait_makes_a_new_on
         let (go, results, thread) = waiting_thread(lock.clone());
         // The persistent child comes at the thread's second wait.
         assert!(
-            handed_off(&mut peer, &path, &go, &results, None)
+            handed_off(&mut peer, &path, &go, &results, child_timeout())
                 .result
                 .is_ok()
         );
-        let first = handed_off(&mut peer, &path, &go, &results, None);
+        let first = handed_off(&mut peer, &path, &go, &results, child_timeout());
         let [old] = first.children[..] else {
             panic!("{b:?}: {:?}", first.children)
         };
@@ -398,7 +405,7 @@ fn a_deadline_or_a_cancel_ends_the_waiter_child_and_the_next_wait_makes_a_new_on
         assert_eq!(state(old), None, "{b:?}: the aborted child is reaped");
 
         // A cancel, from this thread while the other one waits.
-        go.send(None).unwrap();
+        go.send(child_timeout()).unwrap();
         wait_until("the waiter blocks in the kernel", || {
             someone_waits_on(&path)
         });
@@ -479,7 +486,7 @@ fn the_holder_after_a_wait_is_this_process_not_its_waiter_child() {
                 // child, which then takes the lock for this process.
                 let first = lock.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(20)));
                 assert_eq!(first.unwrap_err().errno(), libc::ETIMEDOUT);
-                lock.lock(Mode::Exclusive, 0, 0, None).unwrap();
+                lock.lock(Mode::Exclusive, 0, 0, child_timeout()).unwrap();
                 waiter_children(gettid())
             })
         };
@@ -653,11 +660,11 @@ fn epoll_sleep(d: Duration) -> Result<Duration, i32> {
 }
 
 #[test]
-fn fcntl_waits_are_the_threads_own_with_no_child_and_no_descriptor() {
+fn untimed_flock_waits_and_every_fcntl_wait_are_the_threads_own_with_no_child() {
     let _serial = serial();
     let dir = TempDir::new("waiters-own");
     let expected = own_waits_expected();
-    for b in [Backend::Ofd, Backend::Posix] {
+    for b in ALL {
         let path = dir.0.join(name(b));
         let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
         let mut peer = holder(&path, b);
@@ -665,16 +672,33 @@ fn fcntl_waits_are_the_threads_own_with_no_child_and_no_descriptor() {
         let (go, results, thread) = waiting_thread(lock);
         let first = handed_off(&mut peer, &path, &go, &results, None);
         assert!(first.result.is_ok(), "{b:?}: {:?}", first.result);
-        for timeout in [
-            None,
-            Some(Duration::from_secs(10)),
-            None,
-            Some(Duration::from_millis(500)),
-        ] {
-            let w = handed_off(&mut peer, &path, &go, &results, timeout);
+        let timeouts = if b == Backend::Flock {
+            // A timed flock wait has a waiter child (README, "How waiting works").
+            vec![None; 4]
+        } else {
+            vec![
+                None,
+                Some(Duration::from_secs(10)),
+                None,
+                Some(Duration::from_millis(500)),
+            ]
+        };
+        for timeout in timeouts {
+            assert_eq!(peer.cmd("lock h ex 0 0 0"), "ok");
+            go.send(timeout).unwrap();
+            wait_until("the waiter blocks in the kernel", || {
+                someone_waits_on(&path)
+            });
+            let during = children(first.tid);
+            assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+            let w = results.recv_timeout(Duration::from_secs(10)).unwrap();
             assert!(w.result.is_ok(), "{b:?}: {:?}", w.result);
             assert_eq!(w.fds, first.fds, "{b:?}: descriptors after each wait");
             if expected {
+                assert!(
+                    during.is_empty(),
+                    "{b:?}: no child while waiting: {during:?}"
+                );
                 assert!(w.children.is_empty(), "{b:?}: no child: {:?}", w.children);
             } else {
                 // io_uring refused here: the persistent waiter child serves.
@@ -683,6 +707,104 @@ fn fcntl_waits_are_the_threads_own_with_no_child_and_no_descriptor() {
         }
         drop(go);
         thread.join().unwrap();
+    }
+}
+
+/// True when another process cannot take a POSIX write lock on bytes 0..10 of
+/// `path` now.
+fn posix_bytes_held(path: &Path) -> bool {
+    let mut probe = Peer::spawn();
+    assert_eq!(probe.cmd(&format!("open p {} posix", path.display())), "ok");
+    let answer = probe.cmd("lock p ex 0 10 0");
+    assert!(
+        answer == "ok" || answer == format!("err {}", libc::EAGAIN),
+        "{answer}"
+    );
+    answer != "ok"
+}
+
+/// Takes a POSIX write lock on bytes 0..10 of `file` with `fcntl` itself, as a
+/// program that mixes its own locks with the library's does.
+fn raw_posix_lock(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero struct flock is valid; fcntl reads it.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_len = 10;
+    // SAFETY: a valid descriptor and struct.
+    assert_eq!(
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) },
+        0
+    );
+}
+
+/// A flock wait of one thread, while this process holds a POSIX lock on the same file
+/// (through another handle, taken during the wait, or with `fcntl` itself, taken
+/// before): however the wait ends, granted or cancelled, the POSIX lock stays. (A
+/// wait that is the thread's own closes a descriptor of the file when it ends, and
+/// any close drops the process's POSIX locks there.)
+#[test]
+fn a_flock_wait_never_drops_a_posix_lock_this_process_holds_on_the_file() {
+    let _serial = serial();
+    let dir = TempDir::new("waiters-flock-posix");
+    for (k, (raw, cancel)) in [(false, true), (false, false), (true, true), (true, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let path = dir.0.join(format!("f{k}"));
+        let flock = Arc::new(Lock::open(&path, &opts(Backend::Flock)).unwrap());
+        let mut peer = holder(&path, Backend::Flock);
+        let raw_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        if raw {
+            raw_posix_lock(&raw_file);
+        }
+        let waiter = {
+            let flock = flock.clone();
+            std::thread::spawn(move || flock.lock(Mode::Exclusive, 0, 0, None))
+        };
+        wait_until("the flock waiter blocks in the kernel", || {
+            someone_waits_on(&path)
+        });
+        let posix = Lock::open(&path, &opts(Backend::Posix)).unwrap();
+        if !raw {
+            posix
+                .lock(Mode::Exclusive, 0, 10, Some(Duration::ZERO))
+                .unwrap();
+        }
+        assert!(
+            posix_bytes_held(&path),
+            "raw {raw}: held before the wait ends"
+        );
+        if cancel {
+            // The wait may be between its own call and a waiter child's: cancel
+            // until it has ended.
+            let start = Instant::now();
+            while !waiter.is_finished() {
+                flock.cancel();
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "the cancel ends the wait"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let r = waiter.join().unwrap();
+            assert_eq!(r.unwrap_err().errno(), libc::ECANCELED, "raw {raw}");
+        } else {
+            assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+            waiter.join().unwrap().unwrap();
+            flock.unlock(0, 0).unwrap();
+        }
+        assert!(
+            posix_bytes_held(&path),
+            "raw {raw}, cancel {cancel}: the POSIX lock survives the flock wait"
+        );
+        drop(posix);
+        drop(raw_file);
     }
 }
 
