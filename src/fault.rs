@@ -59,10 +59,12 @@ pub enum Call {
     Kcmp,
     /// `io_uring_setup`.
     Uring,
+    /// The creation of the deadline thread ([`crate::own_wait`]).
+    Thread,
 }
 
 /// Every kind, for tests that go through them all.
-pub const ALL: [Call; 21] = [
+pub const ALL: [Call; 22] = [
     Call::Open,
     Call::Stat,
     Call::Fcntl,
@@ -84,6 +86,7 @@ pub const ALL: [Call; 21] = [
     Call::Uname,
     Call::Kcmp,
     Call::Uring,
+    Call::Thread,
 ];
 
 /// One rule: the `nth` next call of `call` fails with `errno` (and, when `every`, all

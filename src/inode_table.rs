@@ -475,6 +475,7 @@ unsafe extern "C" fn after_fork_in_child() {
         }
         g.borrow_mut().take()
     });
+    crate::own_wait::after_fork_in_child();
 }
 
 /// Installs fork handlers once: the table (and then the registry of fair queue
@@ -521,6 +522,9 @@ impl Table {
         if let Some(inode) = self.inodes.get(&key) {
             if inode.open_handles == 0 && inode.holdings.is_empty() && inode.deferred.is_empty() {
                 self.inodes.remove(&key);
+                if self.inodes.is_empty() {
+                    own_wait::close_spare();
+                }
             }
         }
     }

@@ -780,7 +780,12 @@ impl KernelLock {
                     self.restore_flock(file, &mut table, held_before)?;
                     return Err(self.kernel_error(e));
                 }
-                Some(Outcome::Unknown) => continue,
+                // Whether the call got the lock is not known: a flock upgrade may
+                // have let the shared lock go, which the table still records.
+                Some(Outcome::Unknown) => {
+                    self.restore_flock(file, &mut table, held_before)?;
+                    continue;
+                }
                 Some(Outcome::TimedOut) => libc::ETIMEDOUT,
                 Some(Outcome::Cancelled) => libc::ECANCELED,
                 None => {

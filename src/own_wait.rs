@@ -1,6 +1,6 @@
-//! The thread's own wait: a blocking `fcntl` lock call (OFD and POSIX locks) made by
-//! the waiting thread itself, which a deadline or a cancel can still end, with no
-//! signal and no other thread or process.
+//! The thread's own wait: a blocking lock call (`fcntl` for OFD and POSIX locks,
+//! `flock`) made by the waiting thread itself, which a deadline or a cancel can still
+//! end, with no signal and no process.
 //!
 //! Why: when the holder and the waiter share a CPU, a raw blocking call costs one
 //! switch, from the releasing process to the waiting thread. Any design in which a
@@ -11,32 +11,41 @@
 //! How the call is ended early (Linux 6.7: `IORING_OP_FUTEX_WAIT`):
 //! - Each thread that waits has a ring of its own ([`crate::sys::uring`]), which takes no
 //!   descriptor, and keeps one request in it: a futex wait on its slot's `abort` word.
-//! - The `struct flock` that the call reads is written where the ring's *next
-//!   completion* will go (a 32-byte completion has the struct's size). The call reads
-//!   that memory again each time the kernel restarts it.
-//! - A cancel (from any thread) moves the slot's state from WAITING to ABORTING and
+//! - An abort (a cancel from any thread, or the deadline thread below) moves the slot's
+//!   state from WAITING to ABORTING, makes the restarted call fail (next point), and
 //!   wakes the `abort` word. The futex wait completes; its completion is task work for
-//!   the waiting thread, which wakes the thread's sleep in the lock call. The kernel
-//!   runs the task work, which writes the completion over the `struct flock`, and
-//!   restarts the call, which reads an invalid `l_whence` (every completion's
-//!   `user_data` here makes it -1) and fails with `EINVAL`.
-//! - A deadline is an `IORING_OP_TIMEOUT` submitted with the wait: its completion does
-//!   the same at the deadline, with no other thread.
+//!   the waiting thread, which wakes the thread's sleep in the lock call without a
+//!   signal. The kernel runs the task work and restarts the call, which fails.
+//! - An `fcntl` call reads its `struct flock` again when it is restarted: the struct is
+//!   written where the ring's *next completion* will go (a 32-byte completion has its
+//!   size), so the completion itself overwrites it with an invalid `l_whence` (every
+//!   request's `user_data` here makes it -1), and the call fails with `EINVAL`.
+//! - A `flock` call takes its descriptor in a register: it is made on a duplicate of
+//!   the handle's descriptor ([`FlockFds`]), which the abort replaces with an `O_PATH`
+//!   descriptor ([`unplug`]), on which `flock` fails with `EBADF`. That replacement
+//!   closes a descriptor of the file, which drops the POSIX locks this process holds
+//!   there: such a wait is made only on a file with no `fcntl` lock, and it is
+//!   registered in the process's table, where a POSIX lock about to be taken moves it
+//!   to a waiter child first ([`evict`]).
+//! - A deadline is kept by the process's *deadline thread* ([`deadline_thread`]), which
+//!   aborts the waits whose deadlines have passed; before the process has one (a
+//!   thread's first timed wait), an `fcntl` wait submits an `IORING_OP_TIMEOUT`, whose
+//!   completion does the same as an abort's, and a `flock` wait uses a waiter child.
 //! - A call that got the lock keeps it, even if an abort raced it: the completion then
 //!   lands after the call returned.
 //!
 //! Nothing is left for later: before the call returns to its caller, the thread takes
-//! every completion its wait caused (the abort's, after the aborter's wake; the
+//! every completion its wait caused (the abort's, after the aborter's wake; a
 //! timeout's, removed with `IORING_OP_TIMEOUT_REMOVE` if it has not fired). So no task
 //! work of ours reaches a later system call of the host, where it could make a call
-//! such as `epoll_wait` fail with `EINTR`.
+//! such as `epoll_wait` fail with `EINTR`. A deadline kept by the deadline thread
+//! needs nothing after the grant: the thread's state no longer matches.
 //!
 //! Where io_uring is refused (`kernel.io_uring_disabled`, a seccomp filter, a kernel
-//! before 6.7, valgrind), waits use the waiter children of [`crate::wait`]; so do flock
-//! waits, whose argument is a descriptor in a register, not memory a completion can
-//! overwrite; and so do waits on filesystems that keep their record locks elsewhere
-//! (NFS, SMB, FUSE, cluster filesystems: [`crate::sys::local_locks`]), some of which
-//! sleep in a way only a fatal signal ends, which a waiter child can be sent.
+//! before 6.7, valgrind), waits use the waiter children of [`crate::wait`]; so do waits
+//! on filesystems that keep their record locks elsewhere (NFS, SMB, FUSE, cluster
+//! filesystems: [`crate::sys::local_locks`]), some of which sleep in a way only a fatal
+//! signal ends, which a waiter child can be sent.
 //!
 //! The call is made with `syscall(2)`, which is not a thread cancellation point (the C
 //! library's `fcntl` is, for blocking lock commands). A signal handler of the host's
@@ -46,7 +55,9 @@
 use std::cell::{Cell, UnsafeCell};
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering,
+};
 use std::time::Duration;
 
 use crate::helper;
@@ -102,6 +113,13 @@ struct Slot {
     /// touches them.
     ring: UnsafeCell<Option<Ring>>,
     armed: Cell<bool>,
+    /// The deadline of the wait in progress, for the deadline thread: `timer_turn` is
+    /// the state that wait has while it may be aborted (0 when there is no deadline),
+    /// `timer_until` the deadline in `CLOCK_MONOTONIC` nanoseconds.
+    timer_turn: AtomicU32,
+    timer_until: AtomicU64,
+    /// The slot made before this one ([`SLOTS`]).
+    next: AtomicPtr<Slot>,
 }
 
 // SAFETY: `words` and `pid` are atomics; `ring` and `armed` are only used by the thread
@@ -110,7 +128,7 @@ unsafe impl Sync for Slot {}
 
 impl Slot {
     fn new() -> &'static Slot {
-        Box::leak(Box::new(Slot {
+        let slot: &'static Slot = Box::leak(Box::new(Slot {
             words: Words {
                 state: AtomicU32::new(IDLE),
                 abort: AtomicU32::new(0),
@@ -121,7 +139,19 @@ impl Slot {
             pid: AtomicI32::new(0),
             ring: UnsafeCell::new(None),
             armed: Cell::new(false),
-        }))
+            timer_turn: AtomicU32::new(0),
+            timer_until: AtomicU64::new(0),
+            next: AtomicPtr::new(std::ptr::null_mut()),
+        }));
+        let me = slot as *const Slot as *mut Slot;
+        let mut head = SLOTS.load(Ordering::Acquire);
+        loop {
+            slot.next.store(head, Ordering::Relaxed);
+            match SLOTS.compare_exchange_weak(head, me, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return slot,
+                Err(now) => head = now,
+            }
+        }
     }
 
     /// The ring of the calling (owning) thread.
@@ -318,9 +348,19 @@ pub(crate) fn forget_in_fork_child(words: &Words) {
 }
 
 /// The process's `O_PATH` descriptor of `/`, which an abort puts in place of a flock
-/// wait's descriptor ([`unplug`]): opened at the first flock wait that is a thread's
-/// own and kept (close-on-exec); -1 before.
+/// wait's descriptor ([`unplug`]): opened (close-on-exec) under the table's mutex by
+/// a flock wait that is a thread's own, and closed under it once no file is open in
+/// the table ([`close_spare`]); -1 when closed.
 static SPARE: AtomicI32 = AtomicI32::new(-1);
+
+/// Closes [`SPARE`]: called under the table's mutex when the table has become empty,
+/// so no flock wait is in progress (its handle would be in the table).
+pub(crate) fn close_spare() {
+    let fd = SPARE.swap(-1, Ordering::SeqCst);
+    if fd >= 0 {
+        sys::close_raw(fd);
+    }
+}
 
 /// [`SPARE`], opened (again) when it is not an `O_PATH` descriptor (a program that
 /// closes descriptors it did not open may have closed it); `None` when it cannot be.
@@ -405,8 +445,11 @@ pub(crate) fn wait(
     state: &CallState,
 ) -> Option<Outcome> {
     let slot = mine()?;
+    // The deadline thread ends a timed wait with an abort, as a cancel does; without
+    // it, a timeout request in the ring, which cannot end a flock wait.
+    let timer = deadline.remaining().is_some() && deadline_thread();
     if let Call::Flock { fds, .. } = &call {
-        if !std::ptr::eq(fds.slot, slot) || deadline.remaining().is_some() {
+        if !std::ptr::eq(fds.slot, slot) || (deadline.remaining().is_some() && !timer) {
             return None;
         }
     }
@@ -435,13 +478,16 @@ pub(crate) fn wait(
         let turn = TURNS.fetch_add(GENERATION, Ordering::Relaxed);
         slot.words.state.store(turn | WAITING, Ordering::SeqCst);
         state.publish_own_wait(&slot.words, turn | WAITING);
-        let ts = remaining.map(|left| Timespec {
+        let ts = remaining.filter(|_| !timer).map(|left| Timespec {
             sec: left.as_secs().min(i64::MAX as u64) as i64,
             nsec: left.subsec_nanos() as i64,
         });
         if let Some(ts) = &ts {
             ring.push(uring::timeout(ts, TIMER));
             let _ = ring.enter(0);
+        }
+        if let (true, Some(left)) = (timer, remaining) {
+            arm_timer(slot, turn | WAITING, left);
         }
         // The timeout not taken (no memory): this attempt ends before its call.
         let timer_queued = ring.has_queued();
@@ -456,6 +502,7 @@ pub(crate) fn wait(
             }
         }
         state.publish_own_wait(std::ptr::null(), 0);
+        slot.timer_turn.store(0, Ordering::SeqCst);
         let aborted = slot
             .words
             .state
@@ -468,6 +515,8 @@ pub(crate) fn wait(
             if aborted || slot.words.evicted.load(Ordering::SeqCst) {
                 return Some(if state.cancelled() {
                     Outcome::Cancelled
+                } else if deadline.expired() {
+                    Outcome::TimedOut
                 } else {
                     Outcome::Unknown
                 });
@@ -538,4 +587,128 @@ fn settle(slot: &Slot, ring: &mut Ring, aborted: bool, timed: bool) -> bool {
     }
     slot.arm(ring);
     fired
+}
+
+/// Every own-wait slot ever made, newest first, linked through `next`: slots are never
+/// freed, so the list only grows (by the number of threads waiting at once).
+static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The deadline thread: the process it serves (0: none), the word it sleeps on, and
+/// until when it sleeps (`AWAKE` while it looks at the slots, `FOREVER` with no
+/// deadline to wait for).
+static TIMER_PID: AtomicI32 = AtomicI32::new(0);
+static TIMER_WORD: AtomicU32 = AtomicU32::new(0);
+static TIMER_SLEEPS_UNTIL: AtomicU64 = AtomicU64::new(AWAKE);
+const AWAKE: u64 = 0;
+const FOREVER: u64 = u64::MAX;
+/// Held while the thread is started (only `try_lock`ed: one left locked in a forked
+/// child costs that child the thread, never a hang).
+static TIMER_START: Mutex<()> = Mutex::new(());
+
+thread_local! {
+    /// Whether this thread has had a timed own wait before.
+    static TIMED_BEFORE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True when the process's deadline thread serves its timed own waits. It is
+/// started at a thread's second timed wait, so that a process that waits once (as
+/// the command does) has no other thread; false where it cannot be started (the
+/// waits then use a timeout request in the ring, or a waiter child for flock).
+///
+/// Why a thread: a timed flock wait can only be ended by code that replaces its
+/// descriptor ([`unplug`]), and a thread, unlike a waiter child, cannot be killed
+/// alone. It also spares every timed wait the removal of its timeout request (one
+/// system call after the grant).
+pub(crate) fn deadline_thread() -> bool {
+    let me = sys::getpid();
+    if TIMER_PID.load(Ordering::SeqCst) == me {
+        return true;
+    }
+    if !TIMED_BEFORE.try_with(|t| t.replace(true)).unwrap_or(false) {
+        return false;
+    }
+    let Ok(_starting) = TIMER_START.try_lock() else {
+        return false;
+    };
+    if TIMER_PID.load(Ordering::SeqCst) == me {
+        return true;
+    }
+    TIMER_SLEEPS_UNTIL.store(AWAKE, Ordering::SeqCst);
+    if sys::spawn_quiet_thread(TIMER_THREAD, deadline_main).is_err() {
+        return false;
+    }
+    TIMER_PID.store(me, Ordering::SeqCst);
+    true
+}
+
+/// The deadline thread's name (`/proc/PID/task/TID/comm`).
+pub(crate) const TIMER_THREAD: &str = "unilock-timer";
+
+/// Gives the wait in progress on `slot`, in state `expected`, a deadline `left` from
+/// now: the deadline thread aborts it then ([`abort`]) if it is still in that state.
+/// Wakes the thread only when it sleeps past that deadline (or is looking at the
+/// slots now): repeated waits with the same timeout make no system call here.
+fn arm_timer(slot: &Slot, expected: u32, left: Duration) {
+    let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+    let until = sys::monotonic_ns().saturating_add(left);
+    slot.timer_until.store(until, Ordering::SeqCst);
+    slot.timer_turn.store(expected, Ordering::SeqCst);
+    let sleeps = TIMER_SLEEPS_UNTIL.load(Ordering::SeqCst);
+    if sleeps == AWAKE || until < sleeps {
+        TIMER_WORD.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake_shared(&TIMER_WORD);
+    }
+}
+
+/// The deadline thread: aborts every wait whose deadline has passed, then sleeps until
+/// the next deadline or until a wait with an earlier one wakes it.
+fn deadline_main() {
+    loop {
+        let seq = TIMER_WORD.load(Ordering::SeqCst);
+        TIMER_SLEEPS_UNTIL.store(AWAKE, Ordering::SeqCst);
+        let now = sys::monotonic_ns();
+        let mut earliest = FOREVER;
+        let mut p = SLOTS.load(Ordering::Acquire);
+        // SAFETY: every pointer in the list is a leaked, never freed Slot.
+        while let Some(slot) = unsafe { p.as_ref() } {
+            let turn = slot.timer_turn.load(Ordering::SeqCst);
+            if turn != 0 {
+                let until = slot.timer_until.load(Ordering::SeqCst);
+                // `timer_until` is written before `timer_turn`, and every turn is
+                // new: the same turn twice means `until` is that turn's deadline.
+                if slot.timer_turn.load(Ordering::SeqCst) == turn {
+                    if until <= now {
+                        abort(&slot.words, turn);
+                        let _ = slot.timer_turn.compare_exchange(
+                            turn,
+                            0,
+                            Ordering::SeqCst,
+                            Ordering::SeqCst,
+                        );
+                    } else {
+                        earliest = earliest.min(until);
+                    }
+                }
+            }
+            p = slot.next.load(Ordering::Relaxed);
+        }
+        TIMER_SLEEPS_UNTIL.store(earliest, Ordering::SeqCst);
+        if TIMER_WORD.load(Ordering::SeqCst) != seq {
+            continue;
+        }
+        let timeout = (earliest != FOREVER)
+            .then(|| Duration::from_nanos(earliest.saturating_sub(sys::monotonic_ns())));
+        sys::futex_wait_shared(&TIMER_WORD, seq, timeout);
+    }
+}
+
+/// In a child just after `fork()`: no wait of the parent's threads goes on here, and
+/// the deadline thread is the parent's.
+pub(crate) fn after_fork_in_child() {
+    let mut p = SLOTS.load(Ordering::Acquire);
+    // SAFETY: every pointer in the list is a leaked, never freed Slot.
+    while let Some(slot) = unsafe { p.as_ref() } {
+        slot.timer_turn.store(0, Ordering::SeqCst);
+        p = slot.next.load(Ordering::Relaxed);
+    }
 }

@@ -271,6 +271,43 @@ pub(crate) fn replace_fd(src: RawFd, dst: RawFd) -> isize {
     unsafe { libc::dup3(src, dst, libc::O_CLOEXEC) as isize }
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds (the clock of `std::time::Instant`).
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Starts a thread named `name` that runs `main`, with every signal blocked in it (so
+/// that the host's signals go to the host's threads); `Err` as the thread could not
+/// be made.
+pub(crate) fn spawn_quiet_thread(name: &str, main: fn()) -> Result<(), Errno> {
+    if let Some(e) = injected!(Thread) {
+        return Err(e);
+    }
+    // SAFETY: sigset_t is plain data that sigfillset initializes; pthread_sigmask
+    // reads and writes live sets. The creating thread's mask is restored below.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let made = std::thread::Builder::new()
+            .name(name.to_string())
+            .stack_size(64 * 1024)
+            .spawn(main);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        made.map(|_| ())
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EAGAIN))
+    }
+}
+
 /// `close(2)` of a descriptor this library owns but holds by number.
 pub(crate) fn close_raw(fd: RawFd) {
     // SAFETY: closing a descriptor the caller owns; nothing uses it afterwards.

@@ -353,7 +353,8 @@ fn own_waits() -> bool {
 }
 
 /// The descriptors with which a flock wait on `fd` can be the waiting thread's own
-/// ([`own_wait::FlockFds`]): only without a deadline, where own waits serve, on a file
+/// ([`own_wait::FlockFds`]): where own waits serve (with a deadline, where the
+/// process's deadline thread serves), on a file
 /// that keeps its locks in the kernel and has no `fcntl` lock on it (the close of the
 /// wait's descriptor would drop this process's POSIX locks there, the program's own
 /// included). The caller has checked the table for this process's POSIX locks, and
@@ -363,8 +364,8 @@ pub(crate) fn own_flock_fds(
     deadline: &Deadline,
     state: &CallState,
 ) -> Option<own_wait::FlockFds> {
-    if deadline.remaining().is_some()
-        || !own_waits()
+    if !own_waits()
+        || (deadline.remaining().is_some() && !own_wait::deadline_thread())
         || !state.on_local_locks(fd)
         || sys::fcntl_locks_on(fd) != Ok(false)
     {
@@ -558,9 +559,7 @@ pub(crate) fn sleep(state: &CallState, d: Duration) -> Result<()> {
 pub(crate) fn mechanism() -> &'static str {
     match MECHANISM.load(Ordering::Relaxed) {
         UNKNOWN => "not yet chosen",
-        OWN => {
-            "the waiting thread's own call, ended by io_uring (timed flock waits: persistent waiter child)"
-        }
+        OWN => "the waiting thread's own call, ended by io_uring",
         PERSISTENT => "persistent waiter child per thread (clone CLONE_VM|CLONE_FILES, futex)",
         SHARED => "shared waiter child (clone CLONE_VM|CLONE_FILES)",
         _ => "forked waiter child",

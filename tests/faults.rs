@@ -216,6 +216,7 @@ fn matrix(b: Backend) {
 /// exercises those.
 #[test]
 fn every_failing_call_of_each_backend_ends_cleanly() {
+    deadline_thread_refused();
     matrix(Backend::Posix);
     matrix(Backend::Ofd);
     io_uring_refused();
@@ -240,6 +241,70 @@ fn wait_in_new_thread(lock: &std::sync::Arc<Lock>, context: &str) {
         took >= Duration::from_millis(50) && took < Duration::from_secs(2),
         "{context}: a 50 ms wait took {took:?}"
     );
+}
+
+/// How many threads of this process are named `name`.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.trim_end() == name)
+        })
+        .count()
+}
+
+/// The deadline thread refused (no thread can be made): a thread's second timed wait,
+/// which it would serve, still ends on time, through a timeout request in the ring
+/// (OFD) or a waiter child (FLOCK); once threads can be made, the next one starts it.
+/// Runs before anything else in this process has started it.
+fn deadline_thread_refused() {
+    let _one = serial();
+    let dir = TempDir::new("faults-timer");
+    let timer = "unilock-timer";
+    assert_eq!(threads_named(timer), 0, "no deadline thread yet");
+    for b in [Backend::Ofd, Backend::Flock] {
+        let path = dir.file(b.name());
+        let lock = std::sync::Arc::new(Lock::open(&path, &options(b)).unwrap());
+        let mut peer = Peer::spawn();
+        assert_eq!(
+            peer.cmd(&format!("open_bits p {} {}", path.display(), b as u32)),
+            "ok"
+        );
+        assert_eq!(peer.cmd("lock p ex 0 0 0"), "ok");
+        let waits = lock.clone();
+        let (injected, tried) = std::thread::spawn(move || {
+            let timed = |context: &str| {
+                let start = std::time::Instant::now();
+                let r = waits.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(50)));
+                let took = start.elapsed();
+                assert_eq!(r.unwrap_err().errno(), libc::ETIMEDOUT, "{b:?} {context}");
+                assert!(
+                    took >= Duration::from_millis(50) && took < Duration::from_secs(2),
+                    "{b:?} {context}: a 50 ms wait took {took:?}"
+                );
+            };
+            timed("first wait");
+            let injected = fault::injected();
+            let tried = fault::count(Call::Thread);
+            fault::fail_nth(Call::Thread, 1, libc::EAGAIN);
+            timed("second wait, no thread can be made");
+            fault::clear();
+            (
+                fault::injected() - injected,
+                fault::count(Call::Thread) - tried,
+            )
+        })
+        .join()
+        .unwrap();
+        if common::own_waits_expected() {
+            assert_eq!((injected, tried), (1, 1), "{b:?}: the thread was asked for");
+        } else {
+            assert_eq!(tried, 0, "{b:?}: no deadline thread without own waits");
+        }
+        assert_eq!(threads_named(timer), 0, "{b:?}: none was made");
+        assert_eq!(peer.cmd("unlock p 0 0"), "ok");
+    }
 }
 
 /// `io_uring_setup` refused at a thread's first wait: with ENOMEM (for now), that wait

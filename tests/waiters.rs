@@ -83,10 +83,40 @@ fn child_backends() -> Vec<Backend> {
     }
 }
 
-/// A timeout with which a wait of [`child_backends`] uses a waiter child (an
-/// untimed flock wait is the thread's own where io_uring serves).
-fn child_timeout() -> Option<Duration> {
-    own_waits_expected().then_some(Duration::from_secs(30))
+/// Makes the flock waits on `path` use waiter children where they would be the
+/// thread's own: an OFD lock on a far byte of the file, held while the result lives.
+/// A flock wait is the thread's own only on a file without `fcntl` locks, whose
+/// POSIX locks its descriptor's close would drop (README, "How waiting works").
+fn force_children(path: &Path, b: Backend) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    if b != Backend::Flock || !own_waits_expected() {
+        return None;
+    }
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: an all-zero struct flock is valid; fcntl reads it.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_RDLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 1 << 40;
+    fl.l_len = 1;
+    // SAFETY: a valid descriptor and struct.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    assert_eq!(rc, 0);
+    Some(file)
+}
+
+/// The deadline thread's name (README, "How waiting works").
+const TIMER_THREAD: &str = "unilock-timer";
+
+/// How many threads of this process are named `name`.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.trim_end() == name)
+        })
+        .count()
 }
 
 fn open_descriptors() -> usize {
@@ -195,17 +225,18 @@ fn one_waiter_child_serves_every_wait_of_a_thread_and_uses_no_descriptor() {
         let path = dir.0.join(name(b));
         let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
         let mut peer = holder(&path, b);
+        let _children = force_children(&path, b);
         assert_eq!(peer.cmd("unlock h 0 0"), "ok");
         let (go, results, thread) = waiting_thread(lock);
         // A thread's first wait has a child of its own, gone once it is granted.
-        let once = handed_off(&mut peer, &path, &go, &results, child_timeout());
+        let once = handed_off(&mut peer, &path, &go, &results, None);
         assert!(once.result.is_ok(), "{b:?}: {:?}", once.result);
         assert!(
             once.children.is_empty(),
             "{b:?}: the first wait's child is gone: {:?}",
             once.children
         );
-        let first = handed_off(&mut peer, &path, &go, &results, child_timeout());
+        let first = handed_off(&mut peer, &path, &go, &results, None);
         assert!(first.result.is_ok(), "{b:?}: {:?}", first.result);
         assert_eq!(
             first.children.len(),
@@ -280,6 +311,7 @@ fn every_waiter_child_runs_on_the_cpu_of_the_thread_that_waits() {
         let path = dir.0.join(name(b));
         let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
         let mut peer = holder(&path, b);
+        let _children = force_children(&path, b);
         assert_eq!(peer.cmd("unlock h 0 0"), "ok");
         let (go, jobs) = mpsc::channel::<Option<usize>>();
         let (report, results) = mpsc::channel();
@@ -290,7 +322,7 @@ fn every_waiter_child_runs_on_the_cpu_of_the_thread_that_waits() {
                 if let Some(cpu) = cpu {
                     pin_thread(cpu);
                 }
-                waiter.lock(Mode::Exclusive, 0, 0, child_timeout()).unwrap();
+                waiter.lock(Mode::Exclusive, 0, 0, None).unwrap();
                 waiter.unlock(0, 0).unwrap();
                 report.send(0).unwrap();
             }
@@ -348,15 +380,16 @@ fn a_threads_waiter_child_is_killed_and_reaped_when_the_thread_exits() {
     let b = child_backends()[0];
     let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
     let mut peer = holder(&path, b);
+    let _children = force_children(&path, b);
     assert_eq!(peer.cmd("unlock h 0 0"), "ok");
     let (go, results, thread) = waiting_thread(lock);
     // The persistent child comes at the thread's second wait.
     assert!(
-        handed_off(&mut peer, &path, &go, &results, child_timeout())
+        handed_off(&mut peer, &path, &go, &results, None)
             .result
             .is_ok()
     );
-    let w = handed_off(&mut peer, &path, &go, &results, child_timeout());
+    let w = handed_off(&mut peer, &path, &go, &results, None);
     assert!(w.result.is_ok());
     let [child] = w.children[..] else {
         panic!("one waiter child: {:?}", w.children)
@@ -379,15 +412,16 @@ fn a_deadline_or_a_cancel_ends_the_waiter_child_and_the_next_wait_makes_a_new_on
         let path = dir.0.join(name(b));
         let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
         let mut peer = holder(&path, b);
+        let _children = force_children(&path, b);
         assert_eq!(peer.cmd("unlock h 0 0"), "ok");
         let (go, results, thread) = waiting_thread(lock.clone());
         // The persistent child comes at the thread's second wait.
         assert!(
-            handed_off(&mut peer, &path, &go, &results, child_timeout())
+            handed_off(&mut peer, &path, &go, &results, None)
                 .result
                 .is_ok()
         );
-        let first = handed_off(&mut peer, &path, &go, &results, child_timeout());
+        let first = handed_off(&mut peer, &path, &go, &results, None);
         let [old] = first.children[..] else {
             panic!("{b:?}: {:?}", first.children)
         };
@@ -405,7 +439,7 @@ fn a_deadline_or_a_cancel_ends_the_waiter_child_and_the_next_wait_makes_a_new_on
         assert_eq!(state(old), None, "{b:?}: the aborted child is reaped");
 
         // A cancel, from this thread while the other one waits.
-        go.send(child_timeout()).unwrap();
+        go.send(None).unwrap();
         wait_until("the waiter blocks in the kernel", || {
             someone_waits_on(&path)
         });
@@ -443,6 +477,7 @@ fn a_waiter_child_killed_by_someone_else_does_not_lose_the_wait() {
         let path = dir.0.join(name(b));
         let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
         let mut peer = holder(&path, b);
+        let _children = force_children(&path, b);
         let (tell, tid) = mpsc::channel();
         let waiter = std::thread::spawn(move || {
             // A first wait, which times out: the next one has the persistent child.
@@ -479,6 +514,7 @@ fn the_holder_after_a_wait_is_this_process_not_its_waiter_child() {
         let path = dir.0.join(name(b));
         let lock = Arc::new(Lock::open(&path, &opts(b)).unwrap());
         let mut peer = holder(&path, b);
+        let guard = force_children(&path, b);
         let waiter = {
             let lock = lock.clone();
             std::thread::spawn(move || {
@@ -486,7 +522,7 @@ fn the_holder_after_a_wait_is_this_process_not_its_waiter_child() {
                 // child, which then takes the lock for this process.
                 let first = lock.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(20)));
                 assert_eq!(first.unwrap_err().errno(), libc::ETIMEDOUT);
-                lock.lock(Mode::Exclusive, 0, 0, child_timeout()).unwrap();
+                lock.lock(Mode::Exclusive, 0, 0, None).unwrap();
                 waiter_children(gettid())
             })
         };
@@ -497,6 +533,7 @@ fn the_holder_after_a_wait_is_this_process_not_its_waiter_child() {
         assert_eq!(peer.cmd("unlock h 0 0"), "ok");
         let children = waiter.join().unwrap();
         assert_eq!(children.len(), 1, "{b:?}");
+        drop(guard);
         let holders = lock.list().unwrap();
         assert_eq!(holders.len(), 1, "{b:?}: {holders:?}");
         assert_eq!((holders[0].pid, holders[0].is_self), (me, true), "{b:?}");
@@ -534,6 +571,8 @@ fn exec_scenario_main() {
         words.next().unwrap().to_string(),
     );
     let lock = Lock::open(&path, &opts(backend)).unwrap();
+    // Closed by the execve (close-on-exec), as the lock's descriptor is.
+    let _children = force_children(Path::new(&path), backend);
     let run = move || {
         // A first wait, which times out (the test holds the lock until it reads the
         // line below): the next wait has the persistent child, or the thread's ring.
@@ -670,20 +709,23 @@ fn untimed_flock_waits_and_every_fcntl_wait_are_the_threads_own_with_no_child() 
         let mut peer = holder(&path, b);
         assert_eq!(peer.cmd("unlock h 0 0"), "ok");
         let (go, results, thread) = waiting_thread(lock);
-        let first = handed_off(&mut peer, &path, &go, &results, None);
+        // A thread's first timed wait ends with a timeout request in its ring (a
+        // flock wait: with a waiter child of its own); from its second on, the
+        // process's deadline thread serves.
+        let first = handed_off(
+            &mut peer,
+            &path,
+            &go,
+            &results,
+            Some(Duration::from_secs(10)),
+        );
         assert!(first.result.is_ok(), "{b:?}: {:?}", first.result);
-        let timeouts = if b == Backend::Flock {
-            // A timed flock wait has a waiter child (README, "How waiting works").
-            vec![None; 4]
-        } else {
-            vec![
-                None,
-                Some(Duration::from_secs(10)),
-                None,
-                Some(Duration::from_millis(500)),
-            ]
-        };
-        for timeout in timeouts {
+        for timeout in [
+            None,
+            Some(Duration::from_secs(10)),
+            None,
+            Some(Duration::from_millis(500)),
+        ] {
             assert_eq!(peer.cmd("lock h ex 0 0 0"), "ok");
             go.send(timeout).unwrap();
             wait_until("the waiter blocks in the kernel", || {
@@ -700,6 +742,11 @@ fn untimed_flock_waits_and_every_fcntl_wait_are_the_threads_own_with_no_child() 
                     "{b:?}: no child while waiting: {during:?}"
                 );
                 assert!(w.children.is_empty(), "{b:?}: no child: {:?}", w.children);
+                assert_eq!(
+                    threads_named(TIMER_THREAD),
+                    1,
+                    "{b:?}: one deadline thread in the process"
+                );
             } else {
                 // io_uring refused here: the persistent waiter child serves.
                 assert_eq!(w.children.len(), 1, "{b:?}: {:?}", w.children);
@@ -936,4 +983,110 @@ fn a_grant_that_races_a_deadline_or_a_cancel_is_kept_or_released() {
         // Both outcomes happened, or the race was never run.
         assert!(kept > 0 && ended > 0, "{b:?}: kept {kept}, ended {ended}");
     }
+}
+
+/// Two threads wait with deadlines set out of order, the later one first: each wait
+/// ends at its own deadline (the deadline thread, asleep until the later one, is woken
+/// for the earlier).
+#[test]
+fn deadlines_set_out_of_order_each_end_on_time() {
+    let _serial = serial();
+    let dir = TempDir::new("waiters-deadlines");
+    for b in ALL {
+        let path = dir.0.join(name(b));
+        let lock_a = Arc::new(Lock::open(&path, &opts(b)).unwrap());
+        let lock_b = Arc::new(Lock::open(&path, &opts(b)).unwrap());
+        let _peer = holder(&path, b);
+        let (ready, warmed) = mpsc::channel();
+        let timed = |lock: Arc<Lock>, timeout: Duration, go: mpsc::Receiver<()>| {
+            let ready = ready.clone();
+            std::thread::spawn(move || {
+                // A first timed wait: the thread's next ones have the deadline thread.
+                let first = lock.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(10)));
+                assert_eq!(first.unwrap_err().errno(), libc::ETIMEDOUT);
+                ready.send(()).unwrap();
+                go.recv().unwrap();
+                let start = Instant::now();
+                let r = lock.lock(Mode::Exclusive, 0, 0, Some(timeout));
+                (r.map_err(|e| e.errno()), start.elapsed())
+            })
+        };
+        let (go_a, wait_a) = mpsc::channel();
+        let (go_b, wait_b) = mpsc::channel();
+        let late = Duration::from_millis(1500);
+        let early = Duration::from_millis(150);
+        let a = timed(lock_a, late, wait_a);
+        let b_thread = timed(lock_b, early, wait_b);
+        warmed.recv().unwrap();
+        warmed.recv().unwrap();
+        go_a.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        go_b.send(()).unwrap();
+        let (rb, tb) = b_thread.join().unwrap();
+        let (ra, ta) = a.join().unwrap();
+        assert_eq!(rb, Err(libc::ETIMEDOUT), "{b:?}");
+        assert_eq!(ra, Err(libc::ETIMEDOUT), "{b:?}");
+        let tolerance = Duration::from_millis(400);
+        assert!(
+            tb >= early && tb < early + tolerance,
+            "{b:?}: the earlier deadline ends its wait on time: {tb:?}"
+        );
+        assert!(
+            ta >= late && ta < late + tolerance,
+            "{b:?}: the later deadline ends its wait on time: {ta:?}"
+        );
+    }
+}
+
+/// A flock upgrade (shared to exclusive) whose wait is moved to a waiter child (a
+/// POSIX lock taken on the file meanwhile) and then times out while another handle of
+/// this process holds the file shared: the handle still holds its shared lock, as the
+/// failed upgrade reports. (flock lets the shared lock go when the upgrade starts to
+/// wait; the wait's restart must take it back before it waits again for the process's
+/// other handles.)
+#[test]
+fn a_flock_upgrade_moved_to_a_waiter_child_keeps_the_shared_lock() {
+    let _serial = serial();
+    let dir = TempDir::new("waiters-upgrade");
+    let path = dir.0.join("f");
+    let a = Arc::new(Lock::open(&path, &opts(Backend::Flock)).unwrap());
+    let b = Lock::open(&path, &opts(Backend::Flock)).unwrap();
+    let posix = Lock::open(&path, &opts(Backend::Posix)).unwrap();
+    let mut peer = Peer::spawn();
+    assert_eq!(peer.cmd(&format!("open h {} flock", path.display())), "ok");
+    assert_eq!(peer.cmd("lock h sh 0 0 0"), "ok");
+    let (warmed, ready) = mpsc::channel();
+    let upgrade = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            // A first timed wait: the thread's next one is its own, where io_uring
+            // serves, and the POSIX lock below moves it to a waiter child.
+            let first = a.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(10)));
+            assert_eq!(first.unwrap_err().errno(), libc::ETIMEDOUT);
+            a.lock(Mode::Shared, 0, 0, Some(Duration::ZERO)).unwrap();
+            warmed.send(()).unwrap();
+            a.lock(Mode::Exclusive, 0, 0, Some(Duration::from_millis(600)))
+        })
+    };
+    ready.recv().unwrap();
+    wait_until("the upgrade waits in the kernel", || {
+        someone_waits_on(&path)
+    });
+    b.lock(Mode::Shared, 0, 0, Some(Duration::ZERO)).unwrap();
+    posix
+        .lock(Mode::Exclusive, 0, 10, Some(Duration::ZERO))
+        .unwrap();
+    let r = upgrade.join().unwrap();
+    assert_eq!(r.unwrap_err().errno(), libc::ETIMEDOUT);
+    b.unlock(0, 0).unwrap();
+    assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+    let mut other = Peer::spawn();
+    assert_eq!(other.cmd(&format!("open x {} flock", path.display())), "ok");
+    assert_eq!(
+        other.cmd("lock x ex 0 0 0"),
+        format!("err {}", libc::EAGAIN),
+        "the handle still holds the file shared"
+    );
+    a.unlock(0, 0).unwrap();
+    assert_eq!(other.cmd("lock x ex 0 0 0"), "ok");
 }
