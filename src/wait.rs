@@ -1,10 +1,11 @@
 //! Timed and cancellable waits.
 //!
 //! No kernel lock call takes a timeout, and a library may not take a signal from its
-//! host to interrupt one. Where io_uring serves, an OFD or POSIX wait is the waiting
-//! thread's own `fcntl` call, which an io_uring completion ends at the deadline or on
-//! cancel ([`crate::own_wait`]). Otherwise, and for flock waits, a blocking lock call
-//! is made by a *waiter child*: a
+//! host to interrupt one. Where io_uring serves, a wait is the waiting thread's own
+//! `fcntl` or `flock` call, which an io_uring completion ends at the deadline or on
+//! cancel ([`crate::own_wait`]). Otherwise (and for a flock wait on a file with `fcntl`
+//! locks, or a thread's first timed flock wait), a blocking lock call is made by a
+//! *waiter child*: a
 //! process that shares this process's memory and descriptor table (`clone(CLONE_VM |
 //! CLONE_FILES)`, no exit signal), blocks in the kernel (`flock(LOCK_EX)`,
 //! `F_OFD_SETLKW`, `F_SETLKW`) and reports when it gets the lock. Because the

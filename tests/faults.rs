@@ -243,17 +243,6 @@ fn wait_in_new_thread(lock: &std::sync::Arc<Lock>, context: &str) {
     );
 }
 
-/// How many threads of this process are named `name`.
-fn threads_named(name: &str) -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter(|t| {
-            let comm = t.as_ref().unwrap().path().join("comm");
-            std::fs::read_to_string(comm).is_ok_and(|c| c.trim_end() == name)
-        })
-        .count()
-}
-
 /// The deadline thread refused (no thread can be made): a thread's second timed wait,
 /// which it would serve, still ends on time, through a timeout request in the ring
 /// (OFD) or a waiter child (FLOCK); once threads can be made, the next one starts it.
@@ -262,7 +251,7 @@ fn deadline_thread_refused() {
     let _one = serial();
     let dir = TempDir::new("faults-timer");
     let timer = "unilock-timer";
-    assert_eq!(threads_named(timer), 0, "no deadline thread yet");
+    assert_eq!(common::threads_named(timer), 0, "no deadline thread yet");
     for b in [Backend::Ofd, Backend::Flock] {
         let path = dir.file(b.name());
         let lock = std::sync::Arc::new(Lock::open(&path, &options(b)).unwrap());
@@ -302,7 +291,7 @@ fn deadline_thread_refused() {
         } else {
             assert_eq!(tried, 0, "{b:?}: no deadline thread without own waits");
         }
-        assert_eq!(threads_named(timer), 0, "{b:?}: none was made");
+        assert_eq!(common::threads_named(timer), 0, "{b:?}: none was made");
         assert_eq!(peer.cmd("unlock p 0 0"), "ok");
     }
 }

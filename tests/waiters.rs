@@ -108,17 +108,6 @@ fn force_children(path: &Path, b: Backend) -> Option<std::fs::File> {
 /// The deadline thread's name (README, "How waiting works").
 const TIMER_THREAD: &str = "unilock-timer";
 
-/// How many threads of this process are named `name`.
-fn threads_named(name: &str) -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter(|t| {
-            let comm = t.as_ref().unwrap().path().join("comm");
-            std::fs::read_to_string(comm).is_ok_and(|c| c.trim_end() == name)
-        })
-        .count()
-}
-
 fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -743,7 +732,7 @@ fn untimed_flock_waits_and_every_fcntl_wait_are_the_threads_own_with_no_child() 
                 );
                 assert!(w.children.is_empty(), "{b:?}: no child: {:?}", w.children);
                 assert_eq!(
-                    threads_named(TIMER_THREAD),
+                    common::threads_named(TIMER_THREAD),
                     1,
                     "{b:?}: one deadline thread in the process"
                 );

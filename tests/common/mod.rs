@@ -488,3 +488,14 @@ pub fn not_run(test: &str, group: &str, reason: &str) {
     }
     panic!("{line}\n(UNILOCK_ALLOW_NOT_RUN={test} accepts that it does not run here)");
 }
+
+/// How many threads of this process are named `name` (`/proc/self/task/*/comm`).
+pub fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.trim_end() == name)
+        })
+        .count()
+}
