@@ -1084,9 +1084,9 @@ fn bench_handoff(cfg: &Config, dir: &Path, report: &mut Report) {
          pipe; the latency runs from there to the return of the waiter's call (read on \
          the same clock). {} rounds per waiter, interleaved (raw, floor, untimed, timed, \
          raw, ...). The *floor* is the least any design that makes the blocking call in \
-         a helper can cost (unilock's FLOCK waits, and every wait where io_uring is \
-         refused; its OFD and POSIX waits are the waiting thread's own call, which an \
-         io_uring completion ends early): a helper thread of this program, kept on the \
+         a helper can cost (unilock's waits where io_uring is refused; elsewhere its \
+         waits are the waiting thread's own call, which an io_uring completion ends \
+         early): a helper thread of this program, kept on the \
          waiting thread's CPU, makes the raw blocking call and wakes the waiting thread \
          through one futex word, with nothing else around it.\n\n\
          What a hand-off costs depends first on where the two run. The kernel wakes a \
@@ -1595,7 +1595,8 @@ fn memory_main(kind: &str, dir: &Path, count: usize) {
             std::mem::forget(handle);
         }
         "waiters" | "own-waits" => {
-            // FLOCK waits have waiter children; OFD waits are the threads' own.
+            // "waiters" runs with UNILOCK_WAITER=child (waiter children); OFD waits are
+            // otherwise the threads' own.
             let backend = if kind == "waiters" {
                 Backend::Flock
             } else {
@@ -1664,12 +1665,17 @@ fn per_waiter(
     (rss, heap, fds)
 }
 
-/// Runs the `kind` measurement of [`waiters_memory`] ("waiters": FLOCK handles, "own-waits":
-/// OFD handles) with `threads` threads in a fresh process (this program again); returns
-/// the numbers it printed.
+/// Runs the `kind` measurement of [`waiters_memory`] ("waiters": FLOCK handles with
+/// `UNILOCK_WAITER=child`, "own-waits": OFD handles) with `threads` threads in a fresh
+/// process (this program again); returns the numbers it printed.
 fn waiters_in_fresh_process(exe: &Path, dir: &Path, kind: &str, threads: usize) -> Vec<f64> {
     eprintln!("memory: {kind}");
-    let out = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    if kind == "waiters" {
+        // Waits of every backend are the threads' own where io_uring serves.
+        cmd.env("UNILOCK_WAITER", "child");
+    }
+    let out = cmd
         .arg("--memory")
         .arg(kind)
         .arg(dir)
@@ -1873,8 +1879,8 @@ fn bench_memory(cfg: &Config, dir: &Path, report: &mut Report) {
     );
     report.md(&format!(
         "### Waiter children\n\n\
-         {threads} threads of one process, each with its own FLOCK handle on one file, \
-         have a first wait that times out (a thread's first wait has a child of its \
+         {threads} threads of one process (run with `UNILOCK_WAITER=child`), each with \
+         its own FLOCK handle on one file, have a first wait that times out (a thread's first wait has a child of its \
          own), then block at once on a lock another process holds and take it in turn \
          once it is released: each thread keeps the waiter child made at its second \
          wait (`unilock-waiter`). Measured in a fresh process around the waits, with the \
