@@ -451,7 +451,11 @@ pub unsafe extern "C" fn unilock_close(l: *mut unilock) -> c_int {
 /// Takes `mode` on `len` bytes from `start` (`len` 0: to the end; `(0, 0)`: the whole
 /// file). `timeout_ms` 0: try once (`-EAGAIN` when held); < 0: wait forever; > 0: give up
 /// with `-ETIMEDOUT`. The wait sleeps in the kernel (no polling) and ends promptly at
-/// the deadline or on `unilock_cancel` (`-ECANCELED`).
+/// the deadline or on `unilock_cancel` (`-ECANCELED`). The calling thread makes the
+/// blocking call itself where io_uring serves (Linux 6.7); deadlines are then kept by
+/// one thread per process, `unilock-timer` (every signal blocked), started at a
+/// thread's second timed wait. Elsewhere a waiter child process, `unilock-waiter`,
+/// makes the call (README, "How waiting works"). No signal of the host's is used.
 ///
 /// Re-locking a held range converts it (never counted). OFD and POSIX conversions are
 /// atomic. A FLOCK upgrade (shared to exclusive) is not atomic in the kernel: if it
