@@ -316,13 +316,25 @@ pub(crate) fn abort(words: &Words, expected: u32) {
 /// on which `flock` fails with `EBADF`. The replaced descriptor's close drops the
 /// POSIX locks this process holds on the file; there are none while the wait is
 /// registered in the process's table ([`evict`]). Nothing for an `fcntl` wait.
+///
+/// The spare is checked first: a program that closes descriptors it did not open may
+/// have closed it, and its number may now be another file, which must never take the
+/// wait's place. Then (or when the replacement fails) a new `O_PATH` descriptor is
+/// opened for it.
 fn unplug(words: &Words) {
     let (fd, spare) = (
         words.flock_fd.load(Ordering::SeqCst),
         words.spare_fd.load(Ordering::SeqCst),
     );
-    if fd >= 0 && spare >= 0 {
-        sys::replace_fd(spare, fd);
+    if fd < 0 || spare < 0 {
+        return;
+    }
+    let is_path = |f: RawFd| sys::fd_flags(f).is_ok_and(|flags| flags & libc::O_PATH != 0);
+    if is_path(spare) && sys::replace_fd(spare, fd) >= 0 {
+        return;
+    }
+    if let Ok(fresh) = sys::open(c"/", libc::O_PATH | libc::O_CLOEXEC | libc::O_DIRECTORY, 0) {
+        sys::replace_fd(fresh.as_raw_fd(), fd);
     }
 }
 
@@ -704,11 +716,17 @@ fn deadline_main() {
 
 /// In a child just after `fork()`: no wait of the parent's threads goes on here, and
 /// the deadline thread is the parent's.
+///
+/// The child forgets the parent's pid everywhere it marks what belongs to this
+/// process (the deadline thread, the slots' rings): a grandchild may be given that pid
+/// again once the parent has exited.
 pub(crate) fn after_fork_in_child() {
+    TIMER_PID.store(0, Ordering::SeqCst);
     let mut p = SLOTS.load(Ordering::Acquire);
     // SAFETY: every pointer in the list is a leaked, never freed Slot.
     while let Some(slot) = unsafe { p.as_ref() } {
         slot.timer_turn.store(0, Ordering::SeqCst);
+        slot.pid.store(0, Ordering::SeqCst);
         p = slot.next.load(Ordering::Relaxed);
     }
 }

@@ -1079,3 +1079,73 @@ fn a_flock_upgrade_moved_to_a_waiter_child_keeps_the_shared_lock() {
     a.unlock(0, 0).unwrap();
     assert_eq!(other.cmd("lock x ex 0 0 0"), "ok");
 }
+
+/// The descriptors of this process that are `O_PATH` descriptors of `/`.
+fn path_descriptors_of_root() -> Vec<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            // SAFETY: F_GETFL only reads the flags of a descriptor number.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            (target == Path::new("/") && flags >= 0 && flags & libc::O_PATH != 0).then_some(fd)
+        })
+        .collect()
+}
+
+/// A program that closes descriptors it did not open (here: the library's `O_PATH`
+/// descriptor, which ends a FLOCK wait that is the thread's own) while a FLOCK wait is
+/// in progress: a cancel still ends the wait, and a file opened meanwhile at that
+/// descriptor's number is left alone.
+#[test]
+fn a_flock_wait_still_ends_when_the_program_closed_the_librarys_descriptor() {
+    let _serial = serial();
+    let dir = TempDir::new("waiters-closed-spare");
+    let path = dir.0.join("f");
+    let lock = Arc::new(Lock::open(&path, &opts(Backend::Flock)).unwrap());
+    let mut peer = holder(&path, Backend::Flock);
+    let (tell, ended) = mpsc::channel();
+    let waiter = {
+        let lock = lock.clone();
+        std::thread::spawn(move || tell.send(lock.lock(Mode::Exclusive, 0, 0, None)).unwrap())
+    };
+    wait_until("the waiter blocks in the kernel", || {
+        someone_waits_on(&path)
+    });
+    let closed = path_descriptors_of_root();
+    if own_waits_expected() {
+        assert_eq!(
+            closed.len(),
+            1,
+            "the library's O_PATH descriptor: {closed:?}"
+        );
+    }
+    for fd in &closed {
+        // SAFETY: closing a descriptor number, as a careless program would.
+        unsafe { libc::close(*fd) };
+    }
+    // Another file takes the lowest free number, likely the one just closed.
+    let other = std::fs::File::create(dir.0.join("other")).unwrap();
+    assert!(lock.cancel());
+    let result = ended.recv_timeout(Duration::from_secs(5));
+    if result.is_err() {
+        // Not ended by the cancel: let it end before failing.
+        assert_eq!(peer.cmd("unlock h 0 0"), "ok");
+    }
+    waiter.join().unwrap();
+    let result = result.expect("the cancel ends the wait");
+    assert_eq!(result.unwrap_err().errno(), libc::ECANCELED);
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETFL only reads the flags of a descriptor this test owns.
+    let flags = unsafe { libc::fcntl(other.as_raw_fd(), libc::F_GETFL) };
+    assert!(
+        flags >= 0 && flags & libc::O_PATH == 0,
+        "the other file is still the program's"
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/self/fd/{}", other.as_raw_fd())).unwrap(),
+        dir.0.join("other")
+    );
+}
