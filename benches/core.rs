@@ -1645,7 +1645,7 @@ fn waiter_children() -> u64 {
 /// Resident bytes, malloc'd bytes and open descriptors of this process.
 type Usage = (u64, u64, u64);
 
-/// Records what a measurement of [`waiters_in_fresh_process`] (`f`) grew by, per `per`
+/// Records what a measurement of [`memory_in_fresh_process`] (`f`) grew by, per `per`
 /// (waiter children, or threads), under `memory.KEY.*`; returns RSS, heap and
 /// descriptors each.
 fn per_waiter(
@@ -1665,10 +1665,11 @@ fn per_waiter(
     (rss, heap, fds)
 }
 
-/// Runs the `kind` measurement of [`waiters_memory`] ("waiters": FLOCK handles with
-/// `UNILOCK_WAITER=child`, "own-waits": OFD handles) with `threads` threads in a fresh
-/// process (this program again); returns the numbers it printed.
-fn waiters_in_fresh_process(exe: &Path, dir: &Path, kind: &str, threads: usize) -> Vec<f64> {
+/// Runs the `kind` measurement of [`memory_main`] with `count` (handles, ranges, or
+/// threads: "waiters" with FLOCK handles and `UNILOCK_WAITER=child`, "own-waits" with
+/// OFD handles, see [`waiters_memory`]) in a fresh process (this program again);
+/// returns the numbers it printed.
+fn memory_in_fresh_process(exe: &Path, dir: &Path, kind: &str, count: usize) -> Vec<f64> {
     eprintln!("memory: {kind}");
     let mut cmd = Command::new(exe);
     if kind == "waiters" {
@@ -1679,11 +1680,11 @@ fn waiters_in_fresh_process(exe: &Path, dir: &Path, kind: &str, threads: usize) 
         .arg("--memory")
         .arg(kind)
         .arg(dir)
-        .arg(threads.to_string())
+        .arg(count.to_string())
         .stderr(Stdio::inherit())
         .output()
-        .expect("run the measurement of waiting threads");
-    assert!(out.status.success(), "the {kind} measurement failed");
+        .expect("run a memory measurement");
+    assert!(out.status.success(), "the {kind} memory measurement failed");
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .map(|x| x.parse().expect("number"))
@@ -1837,21 +1838,7 @@ fn bench_memory(cfg: &Config, dir: &Path, report: &mut Report) {
         ),
     ];
     for (kind, what, count, where_) in runs {
-        eprintln!("memory: {kind}");
-        let out = Command::new(&exe)
-            .arg("--memory")
-            .arg(kind)
-            .arg(where_)
-            .arg(count.to_string())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run a memory measurement");
-        assert!(out.status.success(), "memory measurement {kind} failed");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let f: Vec<f64> = text
-            .split_whitespace()
-            .map(|x| x.parse().expect("number"))
-            .collect();
+        let f = memory_in_fresh_process(&exe, where_, kind, count);
         let rss = (f[1] - f[0]) / count as f64;
         let heap = (f[3] - f[2]) / count as f64;
         let key = format!("memory.{}", kind.replace('-', "_"));
@@ -1868,7 +1855,7 @@ fn bench_memory(cfg: &Config, dir: &Path, report: &mut Report) {
 
     // The waiter children: what one costs while its thread lives.
     let threads = cfg.mem_waiters;
-    let f = waiters_in_fresh_process(&exe, dir, "waiters", threads);
+    let f = memory_in_fresh_process(&exe, dir, "waiters", threads);
     let helpers = f[5];
     let (rss, heap, fds) = per_waiter(report, "waiters", &f, threads, helpers);
     report.target(
@@ -1895,7 +1882,7 @@ fn bench_memory(cfg: &Config, dir: &Path, report: &mut Report) {
     ));
 
     // The threads' own waits (OFD): what a thread's ring costs while the thread lives.
-    let f = waiters_in_fresh_process(&exe, dir, "own-waits", threads);
+    let f = memory_in_fresh_process(&exe, dir, "own-waits", threads);
     let children = f[5];
     let (rss, heap, fds) = per_waiter(report, "own_waits", &f, threads, threads as f64);
     report.target(

@@ -94,10 +94,9 @@ pub(crate) struct Words {
     state: AtomicU32,
     /// The word of the ring's futex wait: bumped and woken by an abort.
     abort: AtomicU32,
-    /// A flock wait's descriptors ([`FlockFds`]): the one its call is made on, and
-    /// the `O_PATH` one an abort puts in its place; -1 for an `fcntl` wait.
+    /// The descriptor a flock wait's call is made on ([`FlockFds`]); -1 for an
+    /// `fcntl` wait.
     flock_fd: AtomicI32,
-    spare_fd: AtomicI32,
     /// Set when a POSIX lock of this process is about to be taken on the file of the
     /// flock wait in progress ([`evict`]): the wait goes on through a waiter child.
     evicted: AtomicBool,
@@ -133,7 +132,6 @@ impl Slot {
                 state: AtomicU32::new(IDLE),
                 abort: AtomicU32::new(0),
                 flock_fd: AtomicI32::new(-1),
-                spare_fd: AtomicI32::new(-1),
                 evicted: AtomicBool::new(false),
             },
             pid: AtomicI32::new(0),
@@ -317,25 +315,32 @@ pub(crate) fn abort(words: &Words, expected: u32) {
 /// POSIX locks this process holds on the file; there are none while the wait is
 /// registered in the process's table ([`evict`]). Nothing for an `fcntl` wait.
 ///
-/// The spare is checked first: a program that closes descriptors it did not open may
+/// [`SPARE`] is checked first: a program that closes descriptors it did not open may
 /// have closed it, and its number may now be another file, which must never take the
 /// wait's place. Then (or when the replacement fails) a new `O_PATH` descriptor is
 /// opened for it.
 fn unplug(words: &Words) {
-    let (fd, spare) = (
-        words.flock_fd.load(Ordering::SeqCst),
-        words.spare_fd.load(Ordering::SeqCst),
-    );
-    if fd < 0 || spare < 0 {
+    let fd = words.flock_fd.load(Ordering::SeqCst);
+    if fd < 0 {
         return;
     }
-    let is_path = |f: RawFd| sys::fd_flags(f).is_ok_and(|flags| flags & libc::O_PATH != 0);
+    let spare = SPARE.load(Ordering::SeqCst);
     if is_path(spare) && sys::replace_fd(spare, fd) >= 0 {
         return;
     }
-    if let Ok(fresh) = sys::open(c"/", libc::O_PATH | libc::O_CLOEXEC | libc::O_DIRECTORY, 0) {
+    if let Some(fresh) = open_root_path() {
         sys::replace_fd(fresh.as_raw_fd(), fd);
     }
+}
+
+/// True when `fd` is an open `O_PATH` descriptor.
+fn is_path(fd: RawFd) -> bool {
+    fd >= 0 && sys::fd_flags(fd).is_ok_and(|flags| flags & libc::O_PATH != 0)
+}
+
+/// A new `O_PATH` descriptor of `/` (close-on-exec), on which `flock` fails.
+fn open_root_path() -> Option<OwnedFd> {
+    sys::open(c"/", libc::O_PATH | libc::O_CLOEXEC | libc::O_DIRECTORY, 0).ok()
 }
 
 /// Ends the flock wait that `words` serve for good, whatever its phase: called under
@@ -378,12 +383,10 @@ pub(crate) fn close_spare() {
 /// closes descriptors it did not open may have closed it); `None` when it cannot be.
 fn spare() -> Option<RawFd> {
     let fd = SPARE.load(Ordering::SeqCst);
-    if fd >= 0 && sys::fd_flags(fd).is_ok_and(|f| f & libc::O_PATH != 0) {
+    if is_path(fd) {
         return Some(fd);
     }
-    let new = sys::open(c"/", libc::O_PATH | libc::O_CLOEXEC | libc::O_DIRECTORY, 0)
-        .ok()?
-        .into_raw_fd();
+    let new = open_root_path()?.into_raw_fd();
     match SPARE.compare_exchange(fd, new, Ordering::SeqCst, Ordering::SeqCst) {
         Ok(_) => Some(new),
         Err(other) => {
@@ -393,15 +396,16 @@ fn spare() -> Option<RawFd> {
     }
 }
 
-/// The descriptors of a flock wait that is the thread's own: `dup`, a duplicate of
-/// the handle's descriptor on which the call is made (flock locks belong to the open
-/// file description, which the duplicate shares), and the process's `O_PATH`
-/// descriptor ([`SPARE`]), which an abort puts in its place ([`unplug`]), since `flock` takes its descriptor in
-/// a register, where no completion can make the restarted call fail.
+/// The descriptor of a flock wait that is the thread's own: a duplicate of the
+/// handle's descriptor, on which the call is made (flock locks belong to the open file
+/// description, which the duplicate shares), and which an abort replaces with
+/// [`SPARE`] ([`unplug`]), since `flock` takes its descriptor in a register, where no
+/// completion can make the restarted call fail. Making it also makes sure [`SPARE`]
+/// is open.
 ///
 /// The caller registers the wait in the process's table before the call and drops
 /// this under the table's mutex after it: so no POSIX lock of this process is held
-/// on the file while either descriptor may be closed.
+/// on the file while the duplicate may be replaced or closed.
 pub(crate) struct FlockFds {
     slot: &'static Slot,
     dup: OwnedFd,
@@ -413,8 +417,7 @@ impl FlockFds {
     pub(crate) fn new(fd: BorrowedFd<'_>) -> Option<FlockFds> {
         let slot = mine()?;
         let dup = sys::dup(fd, true).ok()?;
-        let spare = spare()?;
-        slot.words.spare_fd.store(spare, Ordering::SeqCst);
+        spare()?;
         slot.words.flock_fd.store(dup.as_raw_fd(), Ordering::SeqCst);
         slot.words.evicted.store(false, Ordering::SeqCst);
         Some(FlockFds { slot, dup })
@@ -429,7 +432,6 @@ impl FlockFds {
 impl Drop for FlockFds {
     fn drop(&mut self) {
         self.slot.words.flock_fd.store(-1, Ordering::SeqCst);
-        self.slot.words.spare_fd.store(-1, Ordering::SeqCst);
     }
 }
 
@@ -441,8 +443,8 @@ pub(crate) enum Call<'a> {
         cmd: libc::c_int,
         fl: &'a libc::flock,
     },
-    /// `flock(fds.dup, op)`; only without a deadline (no completion can replace the
-    /// descriptor).
+    /// `flock(fds.dup, op)`; with a deadline only where the deadline thread serves
+    /// (no completion can replace the descriptor).
     Flock { fds: &'a FlockFds, op: libc::c_int },
 }
 
@@ -680,30 +682,26 @@ fn deadline_main() {
         TIMER_SLEEPS_UNTIL.store(AWAKE, Ordering::SeqCst);
         let now = sys::monotonic_ns();
         let mut earliest = FOREVER;
-        let mut p = SLOTS.load(Ordering::Acquire);
-        // SAFETY: every pointer in the list is a leaked, never freed Slot.
-        while let Some(slot) = unsafe { p.as_ref() } {
+        each_slot(|slot| {
             let turn = slot.timer_turn.load(Ordering::SeqCst);
-            if turn != 0 {
-                let until = slot.timer_until.load(Ordering::SeqCst);
-                // `timer_until` is written before `timer_turn`, and every turn is
-                // new: the same turn twice means `until` is that turn's deadline.
-                if slot.timer_turn.load(Ordering::SeqCst) == turn {
-                    if until <= now {
-                        abort(&slot.words, turn);
-                        let _ = slot.timer_turn.compare_exchange(
-                            turn,
-                            0,
-                            Ordering::SeqCst,
-                            Ordering::SeqCst,
-                        );
-                    } else {
-                        earliest = earliest.min(until);
-                    }
-                }
+            if turn == 0 {
+                return;
             }
-            p = slot.next.load(Ordering::Relaxed);
-        }
+            let until = slot.timer_until.load(Ordering::SeqCst);
+            // `timer_until` is written before `timer_turn`, and every turn is new: the
+            // same turn twice means `until` is that turn's deadline.
+            if slot.timer_turn.load(Ordering::SeqCst) != turn {
+                return;
+            }
+            if until <= now {
+                abort(&slot.words, turn);
+                let _ =
+                    slot.timer_turn
+                        .compare_exchange(turn, 0, Ordering::SeqCst, Ordering::SeqCst);
+            } else {
+                earliest = earliest.min(until);
+            }
+        });
         TIMER_SLEEPS_UNTIL.store(earliest, Ordering::SeqCst);
         if TIMER_WORD.load(Ordering::SeqCst) != seq {
             continue;
@@ -722,11 +720,18 @@ fn deadline_main() {
 /// again once the parent has exited.
 pub(crate) fn after_fork_in_child() {
     TIMER_PID.store(0, Ordering::SeqCst);
+    each_slot(|slot| {
+        slot.timer_turn.store(0, Ordering::SeqCst);
+        slot.pid.store(0, Ordering::SeqCst);
+    });
+}
+
+/// Calls `f` on every slot of [`SLOTS`].
+fn each_slot(mut f: impl FnMut(&'static Slot)) {
     let mut p = SLOTS.load(Ordering::Acquire);
     // SAFETY: every pointer in the list is a leaked, never freed Slot.
     while let Some(slot) = unsafe { p.as_ref() } {
-        slot.timer_turn.store(0, Ordering::SeqCst);
-        slot.pid.store(0, Ordering::SeqCst);
+        f(slot);
         p = slot.next.load(Ordering::Relaxed);
     }
 }

@@ -353,13 +353,12 @@ fn own_waits() -> bool {
     }
 }
 
-/// The descriptors with which a flock wait on `fd` can be the waiting thread's own
+/// The descriptor with which a flock wait on `fd` can be the waiting thread's own
 /// ([`own_wait::FlockFds`]): where own waits serve (with a deadline, where the
-/// process's deadline thread serves), on a file
-/// that keeps its locks in the kernel and has no `fcntl` lock on it (the close of the
-/// wait's descriptor would drop this process's POSIX locks there, the program's own
-/// included). The caller has checked the table for this process's POSIX locks, and
-/// registers the wait there.
+/// process's deadline thread serves), on a file that keeps its locks in the kernel
+/// and has no `fcntl` lock on it (the close of the wait's descriptor would drop this
+/// process's POSIX locks there, the program's own included). The caller has checked
+/// the table for this process's POSIX locks, and registers the wait there.
 pub(crate) fn own_flock_fds(
     fd: BorrowedFd<'_>,
     deadline: &Deadline,

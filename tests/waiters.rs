@@ -88,21 +88,32 @@ fn child_backends() -> Vec<Backend> {
 /// A flock wait is the thread's own only on a file without `fcntl` locks, whose
 /// POSIX locks its descriptor's close would drop (README, "How waiting works").
 fn force_children(path: &Path, b: Backend) -> Option<std::fs::File> {
-    use std::os::fd::AsRawFd;
     if b != Backend::Flock || !own_waits_expected() {
         return None;
     }
     let file = std::fs::File::open(path).unwrap();
+    raw_fcntl_lock(&file, libc::F_OFD_SETLK, libc::F_RDLCK, 1 << 40, 1);
+    Some(file)
+}
+
+/// Takes a record lock (`cmd`, `l_type`) on `len` bytes from `start` of `file` with
+/// `fcntl` itself, as a program that mixes its own locks with the library's does.
+fn raw_fcntl_lock(
+    file: &std::fs::File,
+    cmd: libc::c_int,
+    l_type: libc::c_int,
+    start: i64,
+    len: i64,
+) {
+    use std::os::fd::AsRawFd;
     // SAFETY: an all-zero struct flock is valid; fcntl reads it.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_RDLCK as libc::c_short;
+    fl.l_type = l_type as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = 1 << 40;
-    fl.l_len = 1;
+    fl.l_start = start;
+    fl.l_len = len;
     // SAFETY: a valid descriptor and struct.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
-    assert_eq!(rc, 0);
-    Some(file)
+    assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) }, 0);
 }
 
 /// The deadline thread's name (README, "How waiting works").
@@ -759,22 +770,6 @@ fn posix_bytes_held(path: &Path) -> bool {
     answer != "ok"
 }
 
-/// Takes a POSIX write lock on bytes 0..10 of `file` with `fcntl` itself, as a
-/// program that mixes its own locks with the library's does.
-fn raw_posix_lock(file: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: an all-zero struct flock is valid; fcntl reads it.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_len = 10;
-    // SAFETY: a valid descriptor and struct.
-    assert_eq!(
-        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) },
-        0
-    );
-}
-
 /// A flock wait of one thread, while this process holds a POSIX lock on the same file
 /// (through another handle, taken during the wait, or with `fcntl` itself, taken
 /// before): however the wait ends, granted or cancelled, the POSIX lock stays. (A
@@ -797,7 +792,7 @@ fn a_flock_wait_never_drops_a_posix_lock_this_process_holds_on_the_file() {
             .open(&path)
             .unwrap();
         if raw {
-            raw_posix_lock(&raw_file);
+            raw_fcntl_lock(&raw_file, libc::F_SETLK, libc::F_WRLCK, 0, 10);
         }
         let waiter = {
             let flock = flock.clone();
